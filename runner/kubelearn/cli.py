@@ -1,0 +1,40 @@
+"""The ``kubelearn`` command line: what every pod runs, and the local launcher.
+
+Sub-commands are registered by the modules that own them, each through an
+``add_parser(subparsers)`` function that sets ``func`` on its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubelearn",
+        description="Run tf.contrib.learn-style experiments locally or on Kubernetes.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    from kubelearn import run_cli
+
+    run_cli.add_parser(subparsers)
+    try:
+        from kubelearn.em import cli as em_cli
+    except ImportError:  # run tracking not installed in this build
+        em_cli = None
+    if em_cli is not None:
+        em_cli.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
