@@ -11,12 +11,19 @@ import sys
 from collections.abc import Sequence
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line (exit code 2), not usage plus message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kubelearn",
         description="Run tf.contrib.learn-style experiments locally or on Kubernetes.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     from kubelearn import run_cli
 

@@ -1,0 +1,127 @@
+"""Checkpoints in ``model_dir``: ``model.ckpt-<step>.npz`` files plus a ``checkpoint`` index.
+
+Every file is written to a temporary name and renamed into place, so a process killed at
+any moment leaves either the previous checkpoint or the new one, never a torn file. Arrays
+are loaded with ``allow_pickle=False``: a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+
+INDEX_NAME = "checkpoint"
+PREFIX = "model.ckpt"
+GLOBAL_STEP = "global_step"
+_LINE_RE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths):\s*"(.*)"\s*$')
+_STEP_RE = re.compile(r"-(\d+)(?:\.npz)?$")
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_paths(model_dir: str | None) -> list[str]:
+    """Paths of the checkpoints listed in the index, oldest first."""
+    if not model_dir:
+        return []
+    index = os.path.join(model_dir, INDEX_NAME)
+    try:
+        with open(index, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return []
+    paths: list[str] = []
+    for line in lines:
+        match = _LINE_RE.match(line.strip())
+        if match and match.group(1) == "all_model_checkpoint_paths":
+            paths.append(os.path.join(model_dir, match.group(2)))
+    return [p for p in paths if os.path.exists(p + ".npz")]
+
+
+def latest_checkpoint(model_dir: str | None) -> str | None:
+    """Path prefix (without ``.npz``) of the newest checkpoint, or None."""
+    paths = checkpoint_paths(model_dir)
+    return paths[-1] if paths else None
+
+
+def step_of(path: str) -> int:
+    """The global step encoded in a checkpoint path."""
+    match = _STEP_RE.search(path)
+    if not match:
+        raise ValueError(f"Not a checkpoint path: {path}")
+    return int(match.group(1))
+
+
+def save(
+    model_dir: str,
+    variables: Mapping[str, np.ndarray],
+    global_step: int,
+    keep_checkpoint_max: int | None = 5,
+) -> str:
+    """Writes a checkpoint and updates the index; returns the checkpoint's path prefix."""
+    os.makedirs(model_dir, exist_ok=True)
+    prefix = os.path.join(model_dir, f"{PREFIX}-{int(global_step)}")
+    arrays = {name: np.asarray(value) for name, value in variables.items()}
+    arrays[GLOBAL_STEP] = np.asarray(int(global_step), dtype=np.int64)
+    _atomic_write(prefix + ".npz", lambda handle: np.savez(handle, **arrays))
+    names = [os.path.basename(p) for p in checkpoint_paths(model_dir)]
+    name = os.path.basename(prefix)
+    names = [n for n in names if n != name] + [name]
+    removed: list[str] = []
+    if keep_checkpoint_max:
+        removed = names[:-keep_checkpoint_max]
+        names = names[-keep_checkpoint_max:]
+    text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
+        f'all_model_checkpoint_paths: "{n}"\n' for n in names
+    )
+    _atomic_write(os.path.join(model_dir, INDEX_NAME), lambda h: h.write(text.encode()))
+    for old in removed:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(model_dir, old + ".npz"))
+    return prefix
+
+
+def load(path: str) -> tuple[dict[str, np.ndarray], int]:
+    """Reads a checkpoint; returns its variables and global step."""
+    file = path if path.endswith(".npz") else path + ".npz"
+    with np.load(file, allow_pickle=False) as data:
+        variables = {name: data[name] for name in data.files if name != GLOBAL_STEP}
+        step = int(data[GLOBAL_STEP]) if GLOBAL_STEP in data.files else step_of(path)
+    return variables, step
+
+
+def latest_global_step(model_dir: str | None) -> int:
+    """Global step of the newest checkpoint, 0 when there is none."""
+    path = latest_checkpoint(model_dir)
+    return step_of(path) if path else 0
+
+
+DONE_NAME = "training_done"
+
+
+def mark_training_done(model_dir: str, global_step: int) -> None:
+    """Records that training finished at ``global_step`` (evaluators stop after it)."""
+    os.makedirs(model_dir, exist_ok=True)
+    text = f"{int(global_step)}\n".encode()
+    _atomic_write(os.path.join(model_dir, DONE_NAME), lambda handle: handle.write(text))
+
+
+def training_done(model_dir: str | None) -> bool:
+    return bool(model_dir) and os.path.exists(os.path.join(model_dir, DONE_NAME))

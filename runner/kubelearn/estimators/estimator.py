@@ -1,0 +1,518 @@
+"""The Estimator: fit, evaluate, predict and export a network, with checkpoints in model_dir.
+
+Training runs through a *training session*, which owns the variables: the local session
+keeps them in this process; the parameter-server session (``kubelearn.distributed``)
+pulls them from and pushes gradients to the ps tasks of the cluster. The step loop is the
+same for both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kubelearn import checkpoints
+from kubelearn import inputs as inputs_lib
+from kubelearn.estimators import metrics as metrics_lib
+from kubelearn.estimators import network as net
+from kubelearn.estimators import optimizers
+from kubelearn.hooks import LoggingHook, StepContext
+from kubelearn.run_config import RunConfig, TaskType
+
+log = logging.getLogger("kubelearn")
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when evaluating or predicting before any checkpoint exists."""
+
+
+class NanLossDuringTrainingError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+class LocalSession:
+    """Variables, optimiser state and global step held in this process.
+
+    Restores from the latest checkpoint of ``model_dir`` on start and saves checkpoints on
+    the schedule of the RunConfig, so a killed process loses at most the steps since the
+    last checkpoint.
+    """
+
+    def __init__(self, estimator: Estimator):
+        self._estimator = estimator
+        self._config = estimator.config
+        self._optimizer = estimator._new_optimizer()
+        self._params: dict[str, np.ndarray] = {}
+        self._step = 0
+        self._saved_step = -1
+        self._last_save_time = time.monotonic()
+        self.last_checkpoint: str | None = checkpoints.latest_checkpoint(estimator.model_dir)
+
+    def start(self, input_dim: int) -> int:
+        restored = self._estimator._restore(self.last_checkpoint, input_dim)
+        if restored is None:
+            self._params = self._estimator._network.init_params(
+                input_dim, self._estimator._rng("init"))
+            self._step = 0
+        else:
+            self._params, slots, self._step = restored
+            self._optimizer.load_state(slots)
+            self._saved_step = self._step
+        self._last_save_time = time.monotonic()
+        return self._step
+
+    def params(self) -> dict[str, np.ndarray]:
+        return self._params
+
+    def global_step(self) -> int:
+        return self._step
+
+    def apply(self, grads: Mapping[str, np.ndarray]) -> int:
+        self._optimizer.apply(self._params, grads)
+        self._step += 1
+        return self._step
+
+    def after_step(self, step: int) -> None:
+        steps = self._config.save_checkpoints_steps
+        secs = self._config.save_checkpoints_secs
+        if (steps and step % steps == 0) or (
+            secs and time.monotonic() - self._last_save_time >= secs
+        ):
+            self.save()
+
+    def save(self) -> None:
+        if self._step == self._saved_step:
+            return
+        variables = {**self._params, **self._optimizer.state()}
+        self.last_checkpoint = checkpoints.save(
+            self._estimator.model_dir, variables, self._step, self._config.keep_checkpoint_max)
+        self._saved_step = self._step
+        self._last_save_time = time.monotonic()
+
+    def close(self) -> None:
+        self.save()
+
+
+class Estimator:
+    """Base of the canned estimators: a :class:`~kubelearn.estimators.network.Network`
+    trained with an optimiser, its checkpoints in ``model_dir``.
+    """
+
+    def __init__(
+        self,
+        network: net.Network,
+        model_dir: str | None = None,
+        config: RunConfig | None = None,
+        feature_columns: Sequence[str] | None = None,
+        optimizer: str | optimizers.Optimizer = "SGD",
+        learning_rate: float = 0.05,
+    ):
+        config = config if config is not None else RunConfig()
+        if model_dir and config.model_dir and os.path.abspath(model_dir) != os.path.abspath(
+            config.model_dir
+        ):
+            raise ValueError(
+                f"model_dir are set both in constructor and RunConfig, but with different "
+                f"values. In constructor: '{model_dir}', in RunConfig: '{config.model_dir}'."
+            )
+        model_dir = model_dir or config.model_dir
+        if not model_dir:
+            model_dir = tempfile.mkdtemp(prefix="kubelearn-")
+            log.warning("Using temporary folder as model directory: %s", model_dir)
+        if config.model_dir != model_dir:
+            config = config.replace(model_dir=model_dir)
+        self._config = config
+        self._model_dir = model_dir
+        self._network = network
+        self._feature_columns = list(feature_columns) if feature_columns else None
+        self._optimizer_arg = optimizer
+        self._learning_rate = learning_rate
+        optimizers.get(optimizer, learning_rate)  # validate now, not at the first step
+        self._feature_keys: list[str] | None = None
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def config(self) -> RunConfig:
+        return self._config
+
+    @property
+    def model_dir(self) -> str:
+        return self._model_dir
+
+    @property
+    def network(self) -> net.Network:
+        return self._network
+
+    def get_variable_names(self) -> list[str]:
+        path = self._latest_or_fail()
+        variables, _ = checkpoints.load(path)
+        return sorted(variables)
+
+    def get_variable_value(self, name: str) -> np.ndarray:
+        variables, _ = checkpoints.load(self._latest_or_fail())
+        return variables[name]
+
+    # -- helpers shared with the distributed session ---------------------------------
+    def _new_optimizer(self) -> optimizers.Optimizer:
+        if isinstance(self._optimizer_arg, optimizers.Optimizer):
+            return optimizers.from_spec(optimizers.spec(self._optimizer_arg))
+        return optimizers.get(self._optimizer_arg, self._learning_rate)
+
+    def _rng(self, purpose: str) -> np.random.Generator:
+        seed = self._config.tf_random_seed
+        if seed is None:
+            return np.random.default_rng()
+        offset = {"init": 0, "dropout": 1}.get(purpose, 2)
+        return np.random.default_rng([seed, offset, self._config.task_id])
+
+    def _restore(self, path: str | None, input_dim: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int] | None:
+        if path is None:
+            return None
+        variables, step = checkpoints.load(path)
+        shapes = self._network.shapes(input_dim)
+        params = {}
+        for name, shape in shapes.items():
+            if name not in variables:
+                raise ValueError(f"Checkpoint {path} has no variable {name}; was it written "
+                                 f"by a different model?")
+            if variables[name].shape != shape:
+                raise ValueError(f"Checkpoint {path}: {name} has shape "
+                                 f"{variables[name].shape}, the model expects {shape}")
+            params[name] = variables[name].astype(self._network.dtype, copy=True)
+        slots = {k: v for k, v in variables.items() if k not in shapes}
+        log.info("Restored %s at global step %d", path, step)
+        return params, slots, step
+
+    def _features(self, features: Any) -> np.ndarray:
+        dtype = self._network.dtype
+        if isinstance(features, Mapping):
+            keys = self._feature_columns or sorted(features)
+            missing = [k for k in keys if k not in features]
+            if missing:
+                raise ValueError(f"Features are missing columns {missing}")
+            if self._feature_keys is None:
+                self._feature_keys = list(keys)
+            columns = [np.asarray(features[k], dtype=dtype) for k in keys]
+            n = len(columns[0])
+            return np.concatenate([c.reshape(n, -1) for c in columns], axis=1)
+        x = np.asarray(features, dtype=dtype)
+        if x.ndim == 1:
+            x = x.reshape(-1, 1)
+        elif x.ndim > 2:
+            x = x.reshape(x.shape[0], -1)
+        return x
+
+    def _labels(self, labels: Any) -> np.ndarray:
+        if labels is None:
+            raise ValueError("Training and evaluation need labels; the input_fn gave None")
+        y = np.asarray(labels)
+        if self._network.head == net.REGRESSION:
+            return y.astype(self._network.dtype).reshape(len(y), -1)
+        y = y.reshape(-1)
+        if y.size and (y.min() < 0 or y.max() >= max(self._n_classes(), 2)):
+            raise ValueError(f"Labels must be in [0, {self._n_classes()}), got values from "
+                             f"{y.min()} to {y.max()}")
+        return y.astype(np.int64)
+
+    def _n_classes(self) -> int:
+        return 2 if self._network.head == net.BINARY else self._network.outputs
+
+    def _latest_or_fail(self) -> str:
+        path = checkpoints.latest_checkpoint(self._model_dir)
+        if path is None:
+            raise NotFittedError(f"Couldn't find trained model at {self._model_dir}.")
+        return path
+
+    def _load_params(self, checkpoint_path: str | None) -> tuple[dict[str, np.ndarray], int]:
+        path = checkpoint_path or self._latest_or_fail()
+        variables, step = checkpoints.load(path)
+        names = [n for n in variables if n.startswith(f"{self._network.scope}/")
+                 and n.rsplit("/", 1)[-1] in ("kernel", "bias")]
+        return {n: variables[n] for n in names}, step
+
+    def _training_session(self) -> Any:
+        config = self._config
+        if config.num_ps_replicas and config.task_type in (
+            TaskType.WORKER, TaskType.MASTER, TaskType.CHIEF
+        ):
+            from kubelearn.distributed.session import ParameterServerSession
+
+            return ParameterServerSession(self)
+        return LocalSession(self)
+
+    # -- the public API ----------------------------------------------------------------
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        input_fn: Any = None,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        monitors: Iterable[Any] | None = None,
+        max_steps: int | None = None,
+    ) -> Estimator:
+        """Trains from ``input_fn`` (or ``x``/``y``) for ``steps`` more steps or up to
+        global step ``max_steps``, resuming from the latest checkpoint.
+
+        Raises:
+          ValueError: for both ``steps`` and ``max_steps``, non-positive counts, or both
+            ``x`` and ``input_fn``.
+        """
+        if steps is not None and max_steps is not None:
+            raise ValueError("Can not provide both steps and max_steps.")
+        if steps is not None and steps <= 0:
+            raise ValueError(f"Must specify steps > 0, given: {steps}")
+        if max_steps is not None and max_steps <= 0:
+            raise ValueError(f"Must specify max_steps > 0, given: {max_steps}")
+        input_fn = self._input_fn(x, y, input_fn, batch_size, num_epochs=None, shuffle=True)
+        hooks = list(monitors or [])
+        if self._config.log_step_count_steps:
+            hooks.append(LoggingHook(self._config.log_step_count_steps))
+        self._train(inputs_lib.batches(input_fn), steps, max_steps, hooks)
+        return self
+
+    def _train(self, batch_iter: Iterator[Any], steps: int | None, max_steps: int | None,
+               hooks: list[Any]) -> None:
+        try:
+            features, labels = next(batch_iter)
+        except StopIteration:
+            log.warning("input_fn produced no data; nothing to train")
+            return
+        x = self._features(features)
+        y = self._labels(labels)
+        session = self._training_session()
+        step = session.start(x.shape[1])
+        if max_steps is not None and step >= max_steps:
+            log.info("Skipping training since max_steps has already saved.")
+            session.close()
+            return
+        target = max_steps if max_steps is not None else (
+            step + steps if steps is not None else None)
+        context = StepContext(self, session)
+        context.step = step
+        for hook in hooks:
+            hook.begin(context)
+        step = context.step = session.global_step()
+        rng = self._rng("dropout") if self._network.dropout else None
+        loss_and_grads = self._network.loss_and_grads
+        while target is None or step < target:
+            loss, grads = loss_and_grads(session.params(), x, y, rng)
+            if not math.isfinite(loss):
+                raise NanLossDuringTrainingError(f"NaN loss during training at step {step}.")
+            step = session.apply(grads)
+            context.step, context.loss = step, loss
+            session.after_step(step)
+            for hook in hooks:
+                hook.after_step(context)
+            if context.stop_requested:
+                break
+            try:
+                features, labels = next(batch_iter)
+            except StopIteration:
+                log.info("Input exhausted at global step %d", step)
+                break
+            x = self._features(features)
+            y = self._labels(labels)
+        session.close()
+        for hook in hooks:
+            hook.end(context)
+        log.info("Loss for final step: %s.", context.loss)
+
+    def _input_fn(self, x: Any, y: Any, input_fn: Any, batch_size: int | None,
+                  num_epochs: int | None, shuffle: bool) -> Any:
+        if input_fn is not None:
+            if x is not None or y is not None:
+                raise ValueError("Either x/y or input_fn must be given, not both.")
+            return input_fn
+        if x is None:
+            raise ValueError("Either x or input_fn must be provided.")
+        return inputs_lib.numpy_input_fn(x, y, batch_size=batch_size or 128,
+                                         num_epochs=num_epochs, shuffle=shuffle)
+
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        input_fn: Any = None,
+        feed_fn: Any = None,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        checkpoint_path: str | None = None,
+        hooks: Iterable[Any] | None = None,
+        log_progress: bool = True,
+    ) -> dict[str, Any]:
+        """Evaluates a checkpoint (the latest by default) on ``steps`` batches (None: until
+        the input is exhausted). Returns metrics with ``loss`` and ``global_step``.
+
+        ``metrics`` maps names to ``fn(predictions, labels) -> float`` computed over the
+        whole pass, where ``predictions`` is the dict :meth:`predict` returns as arrays.
+        """
+        if steps is not None and steps <= 0:
+            raise ValueError(f"Must specify steps > 0, given: {steps}")
+        input_fn = self._input_fn(x, y, input_fn, batch_size, num_epochs=1, shuffle=False)
+        params, global_step = self._load_params(checkpoint_path)
+        result = input_fn()
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(
+            result[0], (np.ndarray, Mapping)
+        ):
+            batch_iter: Iterator[Any] = iter([result] * (steps or 1))
+        else:
+            batch_iter = iter(result)
+        total_loss, count = 0.0, 0
+        all_logits, all_labels = [], []
+        hook_list = list(hooks or [])
+        for batch_index, (features, labels) in enumerate(batch_iter):
+            if steps is not None and batch_index >= steps:
+                break
+            xb, yb = self._features(features), self._labels(labels)
+            logits = self._network.logits(params, xb)
+            loss, _ = net.head_loss(self._network.head, logits, yb)
+            total_loss += loss * len(xb)
+            count += len(xb)
+            all_logits.append(logits)
+            all_labels.append(yb)
+        if count == 0:
+            raise ValueError("Evaluation input produced no data")
+        logits = np.concatenate(all_logits)
+        labels = np.concatenate(all_labels)
+        results: dict[str, Any] = {"loss": total_loss / count, "global_step": global_step}
+        predictions = self._outputs(logits)
+        if self._network.head == net.REGRESSION:
+            results.update(metrics_lib.regression(labels, predictions["predictions"]))
+        else:
+            results.update(metrics_lib.classification(labels, predictions["probabilities"]))
+        for metric_name, fn in (metrics or {}).items():
+            results[metric_name] = float(fn(predictions, labels))
+        context = StepContext(self, None)
+        context.step, context.loss = global_step, results["loss"]
+        for hook in hook_list:
+            hook.end(context)
+        if log_progress:
+            log.info("Saving evaluation summary for step %d: %s", global_step,
+                     ", ".join(f"{k} = {v:.6g}" for k, v in sorted(results.items())
+                               if isinstance(v, float)))
+        self._write_eval_summary(name, results)
+        return results
+
+    def _write_eval_summary(self, name: str | None, results: Mapping[str, Any]) -> None:
+        directory = os.path.join(self._model_dir, f"eval_{name}" if name else "eval")
+        os.makedirs(directory, exist_ok=True)
+        line = json.dumps({k: (v if isinstance(v, (int, float)) else str(v))
+                           for k, v in results.items()}, sort_keys=True)
+        with open(os.path.join(directory, "results.jsonl"), "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def _outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        if self._network.head == net.REGRESSION:
+            preds = logits[:, 0] if logits.shape[1] == 1 else logits
+            return {"predictions": preds}
+        probs = net.probabilities(self._network.head, logits)
+        return {"logits": logits, "probabilities": probs, "classes": probs.argmax(axis=1)}
+
+    def predict(
+        self,
+        x: Any = None,
+        input_fn: Any = None,
+        batch_size: int | None = None,
+        outputs: Sequence[str] | None = None,
+        as_iterable: bool = True,
+        checkpoint_path: str | None = None,
+    ) -> Any:
+        """Predictions of the latest checkpoint: an iterator of per-example dicts, or with
+        ``as_iterable=False`` one dict of arrays."""
+        input_fn = self._input_fn(x, None, input_fn, batch_size, num_epochs=1, shuffle=False)
+        params, _ = self._load_params(checkpoint_path)
+        result = input_fn()
+        if isinstance(result, tuple) and len(result) == 2:
+            result = [result]
+        chunks = []
+        for features, _labels in result:
+            out = self._outputs(self._network.logits(params, self._features(features)))
+            if outputs:
+                unknown = set(outputs) - set(out)
+                if unknown:
+                    raise ValueError(f"Unknown outputs {sorted(unknown)}; have {sorted(out)}")
+                out = {k: out[k] for k in outputs}
+            chunks.append(out)
+        if not chunks:
+            return iter(()) if as_iterable else {}
+        merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        if not as_iterable:
+            return merged
+        n = len(next(iter(merged.values())))
+        return ({k: v[i] for k, v in merged.items()} for i in range(n))
+
+    def export(self, export_dir: str, checkpoint_path: str | None = None) -> str:
+        """Writes the trained model (``model.npz`` and ``signature.json``) to ``export_dir``.
+
+        :func:`load_exported` reads it back for prediction, without the estimator.
+        """
+        params, step = self._load_params(checkpoint_path)
+        os.makedirs(export_dir, exist_ok=True)
+        checkpoints._atomic_write(os.path.join(export_dir, "model.npz"),
+                                  lambda handle: np.savez(handle, **params))
+        kernel = params[f"{self._network.layer_names()[0]}/kernel"]
+        signature = {
+            "format": "kubelearn.export/v1",
+            "estimator": type(self).__name__,
+            "scope": self._network.scope,
+            "head": self._network.head,
+            "outputs": self._network.outputs,
+            "hidden_units": [int(u) for u in self._network.hidden_units],
+            "activation": self._network.activation,
+            "input_dim": int(kernel.shape[0]),
+            "feature_keys": self._feature_keys or self._feature_columns,
+            "global_step": step,
+        }
+        text = json.dumps(signature, indent=2) + "\n"
+        checkpoints._atomic_write(os.path.join(export_dir, "signature.json"),
+                                  lambda handle: handle.write(text.encode()))
+        return export_dir
+
+
+class ExportedModel:
+    """A model loaded from :meth:`Estimator.export` for prediction."""
+
+    def __init__(self, export_dir: str):
+        with open(os.path.join(export_dir, "signature.json"), encoding="utf-8") as handle:
+            self.signature = json.load(handle)
+        with np.load(os.path.join(export_dir, "model.npz"), allow_pickle=False) as data:
+            self.params = {name: data[name] for name in data.files}
+        self.network = net.Network(
+            scope=self.signature["scope"], head=self.signature["head"],
+            outputs=self.signature["outputs"], hidden_units=tuple(self.signature["hidden_units"]),
+            activation=self.signature["activation"],
+        )
+
+    def predict(self, features: Any) -> dict[str, np.ndarray]:
+        keys = self.signature.get("feature_keys")
+        if isinstance(features, Mapping):
+            keys = keys or sorted(features)
+            n = len(features[keys[0]])
+            x = np.concatenate([np.asarray(features[k], np.float32).reshape(n, -1)
+                                for k in keys], axis=1)
+        else:
+            x = np.asarray(features, np.float32)
+            x = x.reshape(len(x), -1)
+        if x.shape[1] != self.signature["input_dim"]:
+            raise ValueError(f"Expected {self.signature['input_dim']} features, got {x.shape[1]}")
+        logits = self.network.logits(self.params, x)
+        if self.network.head == net.REGRESSION:
+            return {"predictions": logits[:, 0] if logits.shape[1] == 1 else logits}
+        probs = net.probabilities(self.network.head, logits)
+        return {"logits": logits, "probabilities": probs, "classes": probs.argmax(axis=1)}
+
+
+def load_exported(export_dir: str) -> ExportedModel:
+    return ExportedModel(export_dir)

@@ -1,0 +1,147 @@
+"""Optimisers that update each variable on its own, so a parameter server can apply them
+to just the variables of its shard. Their state (slots) is a flat dict of arrays named
+``<variable>/<Slot>`` and is saved in checkpoints beside the variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class Optimizer:
+    """Base class: ``apply`` updates ``params`` in place from ``grads``."""
+
+    name = "Optimizer"
+    slot_names: tuple[str, ...] = ()
+
+    def __init__(self, learning_rate: float):
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        self.learning_rate = float(learning_rate)
+        self.slots: dict[str, np.ndarray] = {}
+
+    def _slot(self, var: str, slot: str, like: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        key = f"{var}/{slot}"
+        value = self.slots.get(key)
+        if value is None:
+            value = np.full_like(like, fill)
+            self.slots[key] = value
+        return value
+
+    def apply(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
+        for name, grad in grads.items():
+            self.update(name, params[name], grad)
+
+    def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, np.ndarray]:
+        return dict(self.slots)
+
+    def load_state(self, slots: Mapping[str, np.ndarray]) -> None:
+        self.slots = {k: np.array(v) for k, v in slots.items()}
+
+
+class GradientDescent(Optimizer):
+    name = "SGD"
+
+    def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        param -= self.learning_rate * grad
+
+
+class Momentum(Optimizer):
+    name = "Momentum"
+    slot_names = ("Momentum",)
+
+    def __init__(self, learning_rate: float, momentum: float = 0.9, use_nesterov: bool = False):
+        super().__init__(learning_rate)
+        self.momentum = float(momentum)
+        self.use_nesterov = use_nesterov
+
+    def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        accum = self._slot(name, "Momentum", param)
+        accum *= self.momentum
+        accum += grad
+        if self.use_nesterov:
+            param -= self.learning_rate * (grad + self.momentum * accum)
+        else:
+            param -= self.learning_rate * accum
+
+
+class Adagrad(Optimizer):
+    name = "Adagrad"
+    slot_names = ("Adagrad",)
+
+    def __init__(self, learning_rate: float, initial_accumulator_value: float = 0.1):
+        super().__init__(learning_rate)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+
+    def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        accum = self._slot(name, "Adagrad", param, self.initial_accumulator_value)
+        accum += grad * grad
+        param -= self.learning_rate * grad / np.sqrt(accum)
+
+
+class Adam(Optimizer):
+    name = "Adam"
+    slot_names = ("Adam", "Adam_1", "Adam_t")
+
+    def __init__(self, learning_rate: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
+                 epsilon: float = 1e-8):
+        super().__init__(learning_rate)
+        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
+
+    def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        m = self._slot(name, "Adam", param)
+        v = self._slot(name, "Adam_1", param)
+        t = self.slots.setdefault(f"{name}/Adam_t", np.zeros((), dtype=np.int64))
+        t += 1
+        m *= self.beta1
+        m += (1.0 - self.beta1) * grad
+        v *= self.beta2
+        v += (1.0 - self.beta2) * grad * grad
+        step = int(t)
+        lr = self.learning_rate * np.sqrt(1.0 - self.beta2**step) / (1.0 - self.beta1**step)
+        param -= (lr * m / (np.sqrt(v) + self.epsilon)).astype(param.dtype, copy=False)
+
+
+_BY_NAME: dict[str, type[Optimizer]] = {
+    "sgd": GradientDescent,
+    "gradientdescent": GradientDescent,
+    "momentum": Momentum,
+    "adagrad": Adagrad,
+    "adam": Adam,
+}
+
+
+def get(optimizer: str | Optimizer, learning_rate: float) -> Optimizer:
+    """An optimiser from a name (``SGD``, ``Momentum``, ``Adagrad``, ``Adam``) or instance."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    key = str(optimizer).replace("_", "").lower()
+    if key not in _BY_NAME:
+        raise ValueError(
+            f"Unknown optimizer {optimizer!r}; expected one of SGD, Momentum, Adagrad, Adam"
+        )
+    return _BY_NAME[key](learning_rate)
+
+
+def spec(optimizer: Optimizer) -> dict[str, float | str | bool]:
+    """A JSON-able description from which :func:`from_spec` rebuilds the optimiser."""
+    out: dict[str, float | str | bool] = {"name": optimizer.name,
+                                           "learning_rate": optimizer.learning_rate}
+    for key in ("momentum", "use_nesterov", "initial_accumulator_value", "beta1", "beta2",
+                "epsilon"):
+        if hasattr(optimizer, key):
+            out[key] = getattr(optimizer, key)
+    return out
+
+
+def from_spec(description: Mapping[str, float | str | bool]) -> Optimizer:
+    kwargs = dict(description)
+    cls = _BY_NAME.get(str(kwargs.pop("name")).lower())
+    if cls is None:
+        raise ValueError(f"Unknown optimizer in spec: {description!r}")
+    return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,441 @@
+"""Experiment: everything needed to train and evaluate a model, and the schedules that
+each role of a distributed job runs (tf.contrib.learn's and Polyaxon's ``Experiment``).
+
+Defaults are tf.contrib.learn's (``eval_steps=100``, ``eval_delay_secs=120``, ...);
+Polyaxon's set is :data:`POLYAXON_DEFAULTS`, used by :meth:`Experiment.polyaxon`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kubelearn import checkpoints
+from kubelearn.export import ExportStrategy
+from kubelearn.hooks import GlobalStepWaiterHook, ValidationMonitor
+
+log = logging.getLogger("kubelearn")
+
+POLYAXON_DEFAULTS: dict[str, Any] = {
+    "eval_steps": 10,
+    "eval_delay_secs": 0,
+    "eval_every_n_steps": 1,
+    "train_steps_per_iteration": 100,
+}
+
+
+def _standardized_predicate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Accepts predicates taking ``(eval_results)`` or ``(eval_results, checkpoint_path)``."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return lambda results, checkpoint_path=None: fn(results)
+    if "checkpoint_path" in parameters or any(
+        p.kind == p.VAR_KEYWORD for p in parameters.values()
+    ):
+        return fn
+    return lambda results, checkpoint_path=None: fn(results)
+
+
+class Experiment:
+    """Holds an estimator, its input functions and the training/evaluation settings.
+
+    The constructor stores everything and runs nothing.
+
+    Raises:
+      ValueError: if ``estimator`` has no callable ``fit`` and ``evaluate``, or
+        ``export_strategies`` is not None, an ExportStrategy or a list of them.
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        train_input_fn: Any,
+        eval_input_fn: Any,
+        eval_metrics: Any = None,
+        train_steps: int | None = None,
+        eval_steps: int | None = 100,
+        train_monitors: Iterable[Any] | None = None,
+        eval_hooks: Iterable[Any] | None = None,
+        local_eval_frequency: int | None = None,
+        eval_delay_secs: float = 120,
+        continuous_eval_throttle_secs: float = 60,
+        min_eval_frequency: int | None = None,
+        delay_workers_by_global_step: bool = False,
+        export_strategies: Any = None,
+        train_steps_per_iteration: int | None = None,
+        checkpoint_and_export: bool = False,
+        saving_listeners: Any = None,
+        check_interval_secs: float = 5,
+        train_hooks: Iterable[Any] | None = None,
+        eval_every_n_steps: int | None = None,
+    ):
+        if not callable(getattr(estimator, "evaluate", None)):
+            raise ValueError("`estimator` must implement `evaluate` (tf.contrib.learn.Evaluable).")
+        if not callable(getattr(estimator, "fit", None)):
+            raise ValueError("`estimator` must implement `fit` (tf.contrib.learn.Trainable).")
+        if train_hooks is not None and train_monitors is not None:
+            raise ValueError("Pass `train_monitors` or its alias `train_hooks`, not both.")
+        if eval_every_n_steps is not None and min_eval_frequency is not None:
+            raise ValueError(
+                "Pass `min_eval_frequency` or its alias `eval_every_n_steps`, not both.")
+        if train_steps_per_iteration is not None and not isinstance(
+            train_steps_per_iteration, int
+        ):
+            raise ValueError("`train_steps_per_iteration` must be an integer.")
+        monitors = train_monitors if train_monitors is not None else train_hooks
+        frequency = min_eval_frequency if min_eval_frequency is not None else eval_every_n_steps
+        self._estimator = estimator
+        self._train_input_fn = train_input_fn
+        self._eval_input_fn = eval_input_fn
+        self._eval_metrics = eval_metrics
+        self._train_steps = train_steps
+        self._eval_steps = eval_steps
+        self._train_monitors = list(monitors) if monitors else []
+        self._eval_hooks = list(eval_hooks) if eval_hooks else []
+        self._local_eval_frequency = local_eval_frequency
+        self._eval_delay_secs = eval_delay_secs
+        self._continuous_eval_throttle_secs = continuous_eval_throttle_secs
+        self._min_eval_frequency = frequency if frequency is not None else 1
+        self._delay_workers_by_global_step = delay_workers_by_global_step
+        self._train_steps_per_iteration = train_steps_per_iteration
+        self._checkpoint_and_export = checkpoint_and_export
+        self._saving_listeners = saving_listeners
+        self._check_interval_secs = check_interval_secs
+        self._export_strategies: tuple[ExportStrategy, ...] = ()
+        self._set_export_strategies(export_strategies)
+        # Injected so that tests need not wait: every delay goes through these.
+        self._sleep: Callable[[float], None] = time.sleep
+        self._time: Callable[[], float] = time.time
+
+    @classmethod
+    def polyaxon(cls, estimator: Any, train_input_fn: Any, eval_input_fn: Any,
+                 **kwargs: Any) -> Experiment:
+        """An Experiment with Polyaxon's defaults (``eval_steps=10``, ``eval_delay_secs=0``,
+        ``eval_every_n_steps=1``, ``train_steps_per_iteration=100``)."""
+        merged = dict(POLYAXON_DEFAULTS)
+        if "min_eval_frequency" in kwargs:
+            merged.pop("eval_every_n_steps")
+        merged.update(kwargs)
+        return cls(estimator, train_input_fn, eval_input_fn, **merged)
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def estimator(self) -> Any:
+        return self._estimator
+
+    @property
+    def eval_metrics(self) -> Any:
+        return self._eval_metrics
+
+    @property
+    def train_steps(self) -> int | None:
+        return self._train_steps
+
+    @property
+    def eval_steps(self) -> int | None:
+        return self._eval_steps
+
+    # -- configuration -----------------------------------------------------------------
+    def _set_export_strategies(self, values: Any) -> None:
+        strategies: list[ExportStrategy] = []
+        if values:
+            if isinstance(values, ExportStrategy):
+                strategies.append(values)
+            else:
+                try:
+                    items = list(values)
+                except TypeError:
+                    raise ValueError(
+                        "`export_strategies` must be an ExportStrategy, an iterable of "
+                        f"ExportStrategy, or `None`, found {values}.") from None
+                for value in items:
+                    if not isinstance(value, ExportStrategy):
+                        raise ValueError(
+                            "`export_strategies` must be an ExportStrategy, an iterable of "
+                            f"ExportStrategy, or `None`, found {value}.")
+                    strategies.append(value)
+        self._export_strategies = tuple(strategies)
+
+    def extend_train_hooks(self, additional_hooks: Iterable[Any]) -> None:
+        """Extends the hooks for training."""
+        self._train_monitors.extend(additional_hooks)
+
+    def extend_eval_hooks(self, additional_hooks: Iterable[Any]) -> None:
+        """Extends the hooks for evaluation."""
+        self._eval_hooks.extend(additional_hooks)
+
+    def reset_export_strategies(self, new_export_strategies: Any = None
+                                ) -> tuple[ExportStrategy, ...]:
+        """Replaces the export strategies; returns the old ones."""
+        old = self._export_strategies
+        self._set_export_strategies(new_export_strategies)
+        return old
+
+    # -- internal calls (keyword arguments only, as the duck-typed contract says) --------
+    def _config(self) -> Any:
+        return getattr(self._estimator, "config", None)
+
+    def _model_dir(self) -> str | None:
+        model_dir = getattr(self._estimator, "model_dir", None)
+        if model_dir is None and self._config() is not None:
+            model_dir = getattr(self._config(), "model_dir", None)
+        return model_dir
+
+    def _call_train(self, *, input_fn: Any, steps: int | None = None,
+                    max_steps: int | None = None, hooks: list[Any] | None = None) -> Any:
+        return self._estimator.fit(input_fn=input_fn, steps=steps, max_steps=max_steps,
+                                   monitors=hooks)
+
+    def _call_evaluate(self, *, input_fn: Any, steps: int | None, name: str | None,
+                       checkpoint_path: str | None = None, hooks: list[Any] | None = None
+                       ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"input_fn": input_fn, "steps": steps, "hooks": hooks,
+                                  "name": name, "checkpoint_path": checkpoint_path}
+        if self._eval_metrics is not None:
+            kwargs["metrics"] = self._eval_metrics
+        return self._estimator.evaluate(**kwargs)
+
+    def _maybe_export(self, eval_result: Any, checkpoint_path: str | None = None) -> list[Any]:
+        results = []
+        base = os.path.join(self._model_dir() or ".", "export")
+        for strategy in self._export_strategies:
+            results.append(strategy.export(self._estimator, os.path.join(base, strategy.name),
+                                           checkpoint_path=checkpoint_path,
+                                           eval_result=eval_result))
+        return results
+
+    def _has_training_stopped(self, eval_result: Any) -> bool:
+        if not eval_result:
+            return False
+        global_step = eval_result.get("global_step")
+        return bool(global_step and self._train_steps and global_step >= self._train_steps)
+
+    # -- schedules -------------------------------------------------------------------
+    def train(self, delay_secs: float | None = None) -> Any:
+        """Fits the estimator to ``train_steps`` (a global target) after a start delay.
+
+        Without ``delay_secs``, worker ``i`` waits ``min(60, 5 * i)`` seconds, or with
+        ``delay_workers_by_global_step`` until the global step reaches
+        ``8000 * ln(i + 1)``.
+
+        Returns:
+          The trained estimator.
+        """
+        extra_hooks: list[Any] = []
+        if delay_secs is None:
+            config = self._config()
+            task_id = (getattr(config, "task_id", 0) or 0) if config is not None else 0
+            if self._delay_workers_by_global_step:
+                extra_hooks.append(GlobalStepWaiterHook(int(8000.0 * math.log(task_id + 1)),
+                                                        sleep=self._sleep))
+                delay_secs = 0
+            else:
+                delay_secs = min(60, task_id * 5)
+        if delay_secs > 0:
+            log.info("Waiting %d secs before starting training.", delay_secs)
+            self._sleep(delay_secs)
+        return self._call_train(input_fn=self._train_input_fn, max_steps=self._train_steps,
+                                hooks=self._train_monitors + extra_hooks)
+
+    def evaluate(self, delay_secs: float | None = None, name: str | None = None
+                 ) -> dict[str, Any]:
+        """Evaluates the latest checkpoint on ``eval_steps`` batches after ``delay_secs``
+        (default ``eval_delay_secs``); returns the metrics dict."""
+        if delay_secs is None:
+            delay_secs = self._eval_delay_secs
+        if delay_secs:
+            log.info("Waiting %d secs before starting eval.", delay_secs)
+            self._sleep(delay_secs)
+        return self._call_evaluate(input_fn=self._eval_input_fn, steps=self._eval_steps,
+                                   name=name or "one_pass", hooks=self._eval_hooks)
+
+    def local_run(self) -> tuple[dict[str, Any], list[Any]]:
+        """Deprecated: ``train_and_evaluate`` evaluating every ``local_eval_frequency``."""
+        warnings.warn("local_run is deprecated; use train_and_evaluate", DeprecationWarning,
+                      stacklevel=2)
+        saved = self._min_eval_frequency
+        self._min_eval_frequency = self._local_eval_frequency
+        try:
+            return self.train_and_evaluate()
+        finally:
+            self._min_eval_frequency = saved
+
+    def train_and_evaluate(self) -> tuple[dict[str, Any], list[Any]]:
+        """Trains, evaluating each new checkpoint once at least ``min_eval_frequency`` steps
+        have passed, then evaluates the final model.
+
+        Returns:
+          ``(eval_result, export_results)``.
+        """
+        monitors = list(self._train_monitors)
+        if self._min_eval_frequency:
+            monitors.append(ValidationMonitor(
+                input_fn=self._eval_input_fn, eval_steps=self._eval_steps,
+                every_n_steps=self._min_eval_frequency, metrics=self._eval_metrics,
+                hooks=self._eval_hooks))
+        saved = self._train_monitors
+        self._train_monitors = monitors
+        try:
+            self.train(delay_secs=0)
+        finally:
+            self._train_monitors = saved
+        eval_result = self._call_evaluate(input_fn=self._eval_input_fn, steps=self._eval_steps,
+                                          name=None, hooks=self._eval_hooks)
+        return eval_result, self._maybe_export(eval_result)
+
+    def continuous_train_and_evaluate(
+        self, continuous_eval_predicate_fn: Callable[..., Any] | None = None
+    ) -> tuple[dict[str, Any] | None, list[Any] | None]:
+        """Alternates ``train_steps_per_iteration`` training steps with an evaluation until
+        the predicate says stop or ``train_steps`` is reached.
+
+        Raises:
+          ValueError: if ``continuous_eval_predicate_fn`` is neither None nor callable.
+        """
+        if continuous_eval_predicate_fn is not None and not callable(
+            continuous_eval_predicate_fn
+        ):
+            raise ValueError("`continuous_eval_predicate_fn` must be a callable, or None.")
+        predicate = (_standardized_predicate(continuous_eval_predicate_fn)
+                     if continuous_eval_predicate_fn else None)
+        per_iteration = 1000
+        if self._train_steps_per_iteration is not None:
+            per_iteration = self._train_steps_per_iteration
+        elif self._train_steps is not None:
+            per_iteration = max(1, int(self._train_steps / 10))
+        eval_result: dict[str, Any] | None = None
+        export_results: list[Any] | None = None
+        latest: str | None = None
+        while not predicate or predicate(eval_result,
+                                         checkpoint_path=latest if eval_result else None):
+            if self._has_training_stopped(eval_result):
+                log.info("Stop training model as max steps reached")
+                break
+            steps = per_iteration
+            if self._train_steps is not None and eval_result:
+                steps = min(steps, self._train_steps - int(eval_result["global_step"]))
+            elif self._train_steps is not None:
+                done = checkpoints.latest_global_step(self._model_dir())
+                steps = min(steps, max(1, self._train_steps - done))
+            self._call_train(input_fn=self._train_input_fn, steps=steps,
+                             hooks=self._train_monitors)
+            latest = checkpoints.latest_checkpoint(self._model_dir())
+            eval_result = self._call_evaluate(input_fn=self._eval_input_fn,
+                                              steps=self._eval_steps, name="one_pass",
+                                              checkpoint_path=latest, hooks=self._eval_hooks)
+            export_results = self._maybe_export(eval_result)
+        return eval_result, export_results
+
+    continuous_train_and_eval = continuous_train_and_evaluate
+
+    def _continuous_eval(self, input_fn: Any, name: str, delay_secs: float | None,
+                         throttle_delay_secs: float | None,
+                         evaluate_checkpoint_only_once: bool = True,
+                         continuous_eval_predicate_fn: Callable[..., Any] | None = None,
+                         export: bool = True) -> dict[str, Any] | None:
+        if continuous_eval_predicate_fn is not None and not callable(
+            continuous_eval_predicate_fn
+        ):
+            raise ValueError("`continuous_eval_predicate_fn` must be a callable, or None.")
+        predicate = (_standardized_predicate(continuous_eval_predicate_fn)
+                     if continuous_eval_predicate_fn else None)
+        if delay_secs is None:
+            delay_secs = self._eval_delay_secs
+        if throttle_delay_secs is None:
+            throttle_delay_secs = self._continuous_eval_throttle_secs
+        if delay_secs:
+            log.info("Waiting %f secs before starting eval.", delay_secs)
+            self._sleep(delay_secs)
+        previous_path: str | None = None
+        eval_result: dict[str, Any] | None = None
+        last_warning = 0.0
+        while not predicate or predicate(eval_result, checkpoint_path=previous_path):
+            if self._has_training_stopped(eval_result):
+                log.info("Exiting continuous eval, global_step=%s >= train_step=%s",
+                         eval_result["global_step"], self._train_steps)  # type: ignore[index]
+                return eval_result
+            start = self._time()
+            latest = checkpoints.latest_checkpoint(self._model_dir())
+            message = None
+            if not latest:
+                message = ("Estimator is not fitted yet. "
+                           "Will start an evaluation when a checkpoint is ready.")
+            elif evaluate_checkpoint_only_once and latest == previous_path:
+                if checkpoints.training_done(self._model_dir()):
+                    log.info("Exiting continuous eval: training has finished.")
+                    return eval_result
+                message = "No new checkpoint ready for evaluation."
+            if message:
+                if start - last_warning > 600:
+                    log.warning(message)
+                    last_warning = start
+            else:
+                eval_result = self._call_evaluate(input_fn=input_fn, steps=self._eval_steps,
+                                                  name=name, checkpoint_path=latest,
+                                                  hooks=self._eval_hooks) or {}
+                if export:
+                    self._maybe_export(eval_result, checkpoint_path=latest)
+                last_warning = 0.0
+                previous_path = latest
+            duration = self._time() - start
+            if duration < throttle_delay_secs:
+                self._sleep(throttle_delay_secs - duration)
+        return eval_result
+
+    def continuous_eval(self, delay_secs: float | None = None,
+                        throttle_delay_secs: float | None = None,
+                        evaluate_checkpoint_only_once: bool = True,
+                        continuous_eval_predicate_fn: Callable[..., Any] | None = None,
+                        name: str = "continuous") -> dict[str, Any] | None:
+        """Evaluates each new checkpoint once, at most every ``throttle_delay_secs``, until
+        the predicate returns False or training has finished; returns the last result."""
+        return self._continuous_eval(
+            self._eval_input_fn, name=name, delay_secs=delay_secs,
+            throttle_delay_secs=throttle_delay_secs,
+            evaluate_checkpoint_only_once=evaluate_checkpoint_only_once,
+            continuous_eval_predicate_fn=continuous_eval_predicate_fn)
+
+    def continuous_eval_on_train_data(
+        self,
+        delay_secs: float | None = None,
+        throttle_delay_secs: float | None = None,
+        continuous_eval_predicate_fn: Callable[..., Any] | None = None,
+        name: str = "continuous_on_train_data",
+    ) -> dict[str, Any] | None:
+        """``continuous_eval`` on the training data (no export)."""
+        return self._continuous_eval(
+            self._train_input_fn, name=name, delay_secs=delay_secs,
+            throttle_delay_secs=throttle_delay_secs,
+            continuous_eval_predicate_fn=continuous_eval_predicate_fn, export=False)
+
+    def run_std_server(self) -> None:
+        """Serves this task's shard of the variables and blocks until told to stop.
+
+        Raises:
+          ValueError: if the config lacks a cluster spec, task type, index or address.
+        """
+        config = self._config()
+        if (config is None or not getattr(config, "cluster_spec", None)
+                or not getattr(config, "task_type", None) or not getattr(config, "master", None)
+                or getattr(config, "task_id", None) is None):
+            raise ValueError("Could not start server; be sure to specify cluster_spec, "
+                             "task_type, master, and task in RunConfig or set the TF_CONFIG "
+                             "environment variable.")
+        from kubelearn.distributed.server import serve
+
+        serve(config)
+
+    def test(self) -> dict[str, Any]:
+        """Trains and evaluates one step each (and exports); returns the evaluation."""
+        self._call_train(input_fn=self._train_input_fn, steps=1, hooks=self._train_monitors)
+        eval_result = self._call_evaluate(input_fn=self._eval_input_fn, steps=1,
+                                          name="one_pass")
+        self._maybe_export(eval_result)
+        return eval_result

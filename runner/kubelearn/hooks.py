@@ -1,0 +1,146 @@
+"""Training hooks (tf.contrib.learn's monitors): code that runs around training steps.
+
+A hook sees a :class:`StepContext` after every step and may ask training to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+log = logging.getLogger("kubelearn")
+
+
+class StepContext:
+    """What a hook sees: the estimator, the current global step and loss, the session."""
+
+    def __init__(self, estimator: Any, session: Any):
+        self.estimator = estimator
+        self.session = session
+        self.step = 0
+        self.loss = math.nan
+        self.stop_requested = False
+
+    @property
+    def last_checkpoint(self) -> str | None:
+        return self.session.last_checkpoint
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+
+class Hook:
+    """Base class; override what you need."""
+
+    def begin(self, context: StepContext) -> None:
+        """Called once before the first step."""
+
+    def after_step(self, context: StepContext) -> None:
+        """Called after every step."""
+
+    def end(self, context: StepContext) -> None:
+        """Called once when training ends normally."""
+
+
+class StopAtStepHook(Hook):
+    """Stops after ``num_steps`` more steps or at global step ``last_step``."""
+
+    def __init__(self, num_steps: int | None = None, last_step: int | None = None):
+        if (num_steps is None) == (last_step is None):
+            raise ValueError("One of num_steps or last_step must be specified.")
+        self._num_steps, self._last_step = num_steps, last_step
+
+    def begin(self, context: StepContext) -> None:
+        if self._num_steps is not None:
+            self._last_step = context.step + self._num_steps
+
+    def after_step(self, context: StepContext) -> None:
+        if self._last_step is not None and context.step >= self._last_step:
+            context.request_stop()
+
+
+class LoggingHook(Hook):
+    """Logs the global step, loss and steps per second every ``every_n_steps``."""
+
+    def __init__(self, every_n_steps: int = 100):
+        self.every_n_steps = every_n_steps
+        self._last_step = 0
+        self._last_time = 0.0
+
+    def begin(self, context: StepContext) -> None:
+        self._last_step, self._last_time = context.step, time.monotonic()
+
+    def after_step(self, context: StepContext) -> None:
+        if self.every_n_steps and context.step - self._last_step >= self.every_n_steps:
+            now = time.monotonic()
+            rate = (context.step - self._last_step) / max(now - self._last_time, 1e-9)
+            log.info("global_step = %d, loss = %.6g (%.1f steps/sec)", context.step,
+                     context.loss, rate)
+            self._last_step, self._last_time = context.step, now
+
+
+class GlobalStepWaiterHook(Hook):
+    """Delays the start of training until the global step reaches ``wait_until_step``."""
+
+    def __init__(self, wait_until_step: int, poll_secs: float = 0.5, sleep=time.sleep):
+        self.wait_until_step = wait_until_step
+        self._poll_secs = poll_secs
+        self._sleep = sleep
+
+    def begin(self, context: StepContext) -> None:
+        if self.wait_until_step <= 0:
+            return
+        logged = False
+        while True:
+            step = context.session.global_step()
+            if step >= self.wait_until_step:
+                return
+            if not logged:
+                log.info("Waiting for global step %d before starting training (now %d).",
+                         self.wait_until_step, step)
+                logged = True
+            self._sleep(self._poll_secs)
+
+
+class ValidationMonitor(Hook):
+    """Evaluates each new checkpoint once at least ``every_n_steps`` steps have passed."""
+
+    def __init__(self, input_fn: Any, eval_steps: int | None = None, every_n_steps: int = 1,
+                 metrics: Any = None, name: str | None = None, hooks: Any = None):
+        self.input_fn = input_fn
+        self.eval_steps = eval_steps
+        self.every_n_steps = every_n_steps
+        self.metrics = metrics
+        self.name = name
+        self.hooks = hooks
+        self.last_evaluated_step: int | None = None
+        self.last_checkpoint: str | None = None
+        self.results: dict[str, Any] | None = None
+
+    def after_step(self, context: StepContext) -> None:
+        path = context.last_checkpoint
+        if path is None or path == self.last_checkpoint:
+            return
+        if (self.last_evaluated_step is not None
+                and context.step - self.last_evaluated_step < self.every_n_steps):
+            return
+        kwargs: dict[str, Any] = {"input_fn": self.input_fn, "steps": self.eval_steps,
+                                  "name": self.name, "checkpoint_path": path,
+                                  "hooks": self.hooks}
+        if self.metrics is not None:
+            kwargs["metrics"] = self.metrics
+        self.results = context.estimator.evaluate(**kwargs)
+        self.last_evaluated_step = context.step
+        self.last_checkpoint = path
+        log.info("Validation (step %d): %s", context.step, _format(self.results))
+
+
+def _format(results: dict[str, Any] | None) -> str:
+    if not results:
+        return "{}"
+    return ", ".join(
+        f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in
+        sorted(results.items())
+    )

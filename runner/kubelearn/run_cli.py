@@ -1,0 +1,195 @@
+"""``kubelearn run``: what every pod of an experiment runs.
+
+Exit codes are a contract with the operator's ExitCode restart policy:
+
+* 0: success;
+* 2: bad input (malformed TF_CONFIG or hparams, an experiment function that cannot be
+  imported or does not build an Experiment, an unknown schedule): one line on stderr,
+  no traceback, never worth a restart;
+* 1: an error while training (with its traceback);
+* 128+N: killed by signal N (the process dies of the signal; SIGINT included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK = 0
+EXIT_TRAINING_ERROR = 1
+EXIT_BAD_INPUT = 2
+
+ENV_EXPERIMENT_FN = "KUBELEARN_EXPERIMENT_FN"
+ENV_HPARAMS = "KUBELEARN_HPARAMS"
+ENV_MODEL_DIR = "KUBELEARN_MODEL_DIR"
+ENV_SCHEDULE = "KUBELEARN_SCHEDULE"
+
+
+class BadInput(Exception):
+    """Input that no retry can fix; reported as one line with exit code 2."""
+
+
+def load_experiment_fn(spec: str) -> Callable[..., Any]:
+    """Imports ``module:function``.
+
+    Raises:
+      BadInput: for a malformed spec, a module that cannot be imported, or a missing or
+        non-callable attribute.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInput(f"experiment function {spec!r} must have the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInput(f"cannot import module {module_name!r} of experiment function "
+                       f"{spec!r}: {exc}") from None
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise BadInput(f"module {module_name!r} has no attribute {attr!r} "
+                           f"(experiment function {spec!r})") from None
+    if not callable(target):
+        raise BadInput(f"experiment function {spec!r} is not callable")
+    return target
+
+
+def build_hparams(env_text: str | None, cli_text: str | None) -> Any:
+    """HParams from the environment's JSON (``KUBELEARN_HPARAMS``) overridden by ``--hparams``.
+
+    Raises:
+      BadInput: when either cannot be parsed or a value has the wrong type.
+    """
+    from kubelearn.hparams import HParams
+
+    try:
+        hparams = HParams.from_text(env_text or "")
+    except ValueError as exc:
+        raise BadInput(f"bad {ENV_HPARAMS}: {exc}") from None
+    if cli_text:
+        try:
+            overrides = HParams.from_text(cli_text)
+            for name, value in overrides.values().items():
+                if name in hparams:
+                    hparams.set_hparam(name, value)
+                else:
+                    hparams.add_hparam(name, value)
+        except (ValueError, KeyError) as exc:
+            raise BadInput(f"bad --hparams {cli_text!r}: {exc}") from None
+    return hparams
+
+
+def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str | None]:
+    """Checks every input before anything runs; returns (fn, run_config, hparams, schedule).
+
+    Raises:
+      BadInput: for anything wrong with the inputs.
+    """
+    from kubelearn import learn_runner
+    from kubelearn.experiment import Experiment
+    from kubelearn.run_config import RunConfig
+
+    spec = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
+    if not spec:
+        raise BadInput(f"no experiment function: pass --experiment-fn module:function or set "
+                       f"{ENV_EXPERIMENT_FN}")
+    model_dir = args.model_dir or os.environ.get(ENV_MODEL_DIR)
+    if not model_dir:
+        raise BadInput(f"no model directory: pass --model-dir or set {ENV_MODEL_DIR}")
+    try:
+        run_config = RunConfig(model_dir=model_dir)
+    except ValueError as exc:
+        raise BadInput(f"bad TF_CONFIG: {exc}") from None
+    hparams = build_hparams(os.environ.get(ENV_HPARAMS), args.hparams)
+    fn = load_experiment_fn(spec)
+    try:
+        inspect.signature(fn).bind(run_config, hparams)
+    except TypeError:
+        raise BadInput(f"experiment function {spec!r} must accept (run_config, hparams)") from None
+    except ValueError:
+        pass  # builtins without a signature: let the call decide
+    schedule = args.schedule or os.environ.get(ENV_SCHEDULE) or None
+    if schedule is not None:
+        name = learn_runner.SCHEDULE_ALIASES.get(schedule, schedule)
+        member = getattr(Experiment, name, None)
+        if name.startswith("_") or member is None or not callable(member):
+            valid = [n for n in dir(Experiment)
+                     if not n.startswith("_") and callable(getattr(Experiment, n))
+                     and n != "polyaxon"]
+            raise BadInput(f"unknown schedule {schedule!r}; valid schedules: "
+                           f"{', '.join(valid)}")
+    else:
+        try:
+            learn_runner._get_default_schedule(run_config)
+        except ValueError as exc:
+            raise BadInput(f"{exc} (task type {run_config.task_type!r}; pass --schedule)"
+                           ) from None
+    return fn, run_config, hparams, schedule
+
+
+def _die_of_signal(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The ``kubelearn run`` command."""
+    from kubelearn import learn_runner
+    from kubelearn.learn_runner import ExperimentFnError
+
+    try:
+        fn, run_config, hparams, schedule = prepare(args)
+    except BadInput as exc:
+        print(f"kubelearn run: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    configure_logging(args.log_level)
+    logging.getLogger("kubelearn").info(
+        "Running %s as %s:%d (schedule %s) in %s", args.experiment_fn or fn.__name__,
+        run_config.task_type or "local", run_config.task_id, schedule or "default",
+        run_config.model_dir)
+    try:
+        learn_runner.run(fn, run_config=run_config, hparams=hparams, schedule=schedule)
+    except ExperimentFnError as exc:
+        print(f"kubelearn run: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _die_of_signal(signal.SIGINT)
+        return 128 + signal.SIGINT
+    except Exception:
+        traceback.print_exc()
+        return EXIT_TRAINING_ERROR
+    return EXIT_OK
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run one task of an experiment (what each pod runs)",
+        description="Reads TF_CONFIG, builds RunConfig and HParams and calls "
+                    "learn_runner.run. Exit codes: 0 success, 1 training error, 2 bad input, "
+                    "128+N killed by signal N.")
+    parser.add_argument("--experiment-fn", metavar="MODULE:FUNCTION",
+                        help=f"the experiment function (default ${ENV_EXPERIMENT_FN})")
+    parser.add_argument("--schedule", help="Experiment method to run (default: by task type)")
+    parser.add_argument("--hparams", metavar="NAME=VALUE,...",
+                        help=f"hyper-parameters, overriding ${ENV_HPARAMS} (JSON)")
+    parser.add_argument("--model-dir", help=f"checkpoint directory (default ${ENV_MODEL_DIR})")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.set_defaults(func=run_command)

@@ -1,0 +1,324 @@
+"""RunConfig: where a task stands in the cluster, read from ``TF_CONFIG`` when constructed.
+
+``TF_CONFIG`` is JSON: ``{"cluster": {"ps": ["h:p"], "worker": [...]}, "task": {"type":
+"worker", "index": 0}, "environment": "cloud"}``. Every problem with it is a ``ValueError``
+that names what is wrong, so a pod with a broken environment fails at once and legibly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+
+class TaskType:
+    MASTER = "master"
+    CHIEF = "chief"
+    PS = "ps"
+    WORKER = "worker"
+    EVALUATOR = "evaluator"
+
+
+class Environment:
+    LOCAL = "local"
+    CLOUD = "cloud"
+    GOOGLE = "google"
+
+
+class ClusterSpec:
+    """An immutable map from job name to the list of its task addresses."""
+
+    def __init__(self, cluster: Mapping[str, Any] | ClusterSpec | None):
+        if isinstance(cluster, ClusterSpec):
+            cluster = cluster.as_dict()
+        jobs: dict[str, list[str]] = {}
+        for job, tasks in (cluster or {}).items():
+            if not isinstance(job, str) or not job:
+                raise ValueError(f"TF_CONFIG cluster has an invalid job name: {job!r}")
+            if isinstance(tasks, str) or not isinstance(tasks, (list, tuple)):
+                raise ValueError(
+                    f"TF_CONFIG cluster.{job} must be a list of 'host:port' addresses, "
+                    f"got {tasks!r}"
+                )
+            for address in tasks:
+                if not isinstance(address, str) or ":" not in address:
+                    raise ValueError(
+                        f"TF_CONFIG cluster.{job} has an invalid address {address!r} "
+                        f"(expected 'host:port')"
+                    )
+            jobs[job] = list(tasks)
+        self._jobs = jobs
+
+    @property
+    def jobs(self) -> list[str]:
+        return list(self._jobs)
+
+    def job_tasks(self, job_name: str) -> list[str]:
+        return list(self._jobs[job_name])
+
+    def num_tasks(self, job_name: str) -> int:
+        return len(self._jobs.get(job_name, []))
+
+    def task_address(self, job_name: str, task_index: int) -> str:
+        return self._jobs[job_name][task_index]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {job: list(tasks) for job, tasks in self._jobs.items()}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._jobs)
+
+    def __bool__(self) -> bool:
+        return bool(self._jobs)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ClusterSpec):
+            return self._jobs == other._jobs
+        if isinstance(other, Mapping):
+            return self._jobs == {k: list(v) for k, v in other.items()}
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ClusterSpec({self._jobs!r})"
+
+
+def parse_tf_config(text: str | None) -> dict[str, Any]:
+    """Parses and checks the ``TF_CONFIG`` JSON text; empty or None means a single machine."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object, got {type(config).__name__}")
+    cluster = config.get("cluster")
+    if cluster is not None and not isinstance(cluster, dict):
+        raise ValueError("TF_CONFIG cluster must be an object of job name to address list")
+    task = config.get("task")
+    if task is not None and not isinstance(task, dict):
+        raise ValueError("TF_CONFIG task must be an object with 'type' and 'index'")
+    return config
+
+
+class RunConfig:
+    """Configuration of one task of an experiment, modelled on tf.contrib.learn's RunConfig.
+
+    Cluster, task and environment come from ``TF_CONFIG``; everything else from the
+    arguments. Use :meth:`replace` to derive a changed copy.
+    """
+
+    _REPLACEABLE = (
+        "model_dir", "tf_random_seed", "save_summary_steps", "save_checkpoints_secs",
+        "save_checkpoints_steps", "keep_checkpoint_max", "keep_checkpoint_every_n_hours",
+        "log_step_count_steps", "session_config", "num_cores", "gpu_memory_fraction",
+        "log_device_placement", "evaluation_master", "master",
+    )
+
+    def __init__(
+        self,
+        master: str | None = None,
+        num_cores: int = 0,
+        log_device_placement: bool = False,
+        gpu_memory_fraction: float = 1.0,
+        tf_random_seed: int | None = None,
+        save_summary_steps: int = 100,
+        save_checkpoints_secs: float | object | None = "default",
+        save_checkpoints_steps: int | None = None,
+        keep_checkpoint_max: int = 5,
+        keep_checkpoint_every_n_hours: float = 10000,
+        log_step_count_steps: int = 100,
+        evaluation_master: str = "",
+        model_dir: str | None = None,
+        session_config: Any = None,
+    ):
+        if save_checkpoints_secs == "default":
+            save_checkpoints_secs = None if save_checkpoints_steps is not None else 600
+        if save_checkpoints_secs is not None and save_checkpoints_steps is not None:
+            raise ValueError(
+                "Can not provide both save_checkpoints_secs and save_checkpoints_steps."
+            )
+        if keep_checkpoint_max is not None and keep_checkpoint_max < 0:
+            raise ValueError(f"keep_checkpoint_max must be >= 0, got {keep_checkpoint_max}")
+        self._tf_config_text = os.environ.get("TF_CONFIG")
+        self._init_task(parse_tf_config(self._tf_config_text), master)
+        self.num_cores = num_cores
+        self.log_device_placement = log_device_placement
+        self.gpu_memory_fraction = gpu_memory_fraction
+        self.evaluation_master = evaluation_master or ""
+        self._tf_random_seed = tf_random_seed
+        self._save_summary_steps = save_summary_steps
+        self._save_checkpoints_secs = save_checkpoints_secs
+        self._save_checkpoints_steps = save_checkpoints_steps
+        self._keep_checkpoint_max = keep_checkpoint_max
+        self._keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
+        self._log_step_count_steps = log_step_count_steps
+        self._session_config = session_config
+        self._model_dir = model_dir or None
+
+    def _init_task(self, config: Mapping[str, Any], master: str | None) -> None:
+        self._cluster_spec = ClusterSpec(config.get("cluster") or {})
+        task = config.get("task") or {}
+        self._environment = config.get("environment", Environment.LOCAL)
+        self._task_type: str | None = task.get("type")
+        raw_index = task.get("index", 0)
+        if isinstance(raw_index, bool) or not isinstance(raw_index, int) or raw_index < 0:
+            raise ValueError(f"TF_CONFIG task.index must be a non-negative integer, got "
+                             f"{raw_index!r}")
+        self._task_id = raw_index
+        if self._task_type is not None and not isinstance(self._task_type, str):
+            raise ValueError(f"TF_CONFIG task.type must be a string, got {self._task_type!r}")
+        if self._cluster_spec and self._task_type is not None:
+            if self._task_type not in self._cluster_spec.jobs:
+                raise ValueError(
+                    f"TF_CONFIG task type {self._task_type!r} is not in the cluster "
+                    f"(jobs: {', '.join(self._cluster_spec.jobs)})"
+                )
+            count = self._cluster_spec.num_tasks(self._task_type)
+            if self._task_id >= count:
+                raise ValueError(
+                    f"TF_CONFIG task index {self._task_id} is out of range for "
+                    f"{self._task_type!r}, which has {count} task(s)"
+                )
+        elif self._task_type is not None and not self._cluster_spec:
+            raise ValueError(f"TF_CONFIG names task type {self._task_type!r} but has no cluster")
+        if master is not None:
+            self._master = master
+        elif self._cluster_spec and self._task_type is not None:
+            address = self._cluster_spec.task_address(self._task_type, self._task_id)
+            self._master = f"grpc://{address}"
+        else:
+            self._master = ""
+        self._is_chief = self._compute_is_chief()
+
+    def _compute_is_chief(self) -> bool:
+        if not self._cluster_spec or self._task_type is None:
+            return True
+        head_roles = (TaskType.MASTER, TaskType.CHIEF)
+        if self._environment == Environment.CLOUD:
+            return self._task_type in head_roles and self._task_id == 0
+        if any(self._cluster_spec.num_tasks(role) for role in head_roles):
+            return self._task_type in head_roles and self._task_id == 0
+        return self._task_type == TaskType.WORKER and self._task_id == 0
+
+    # Cluster and task.
+    @property
+    def cluster_spec(self) -> ClusterSpec:
+        return self._cluster_spec
+
+    @property
+    def task_type(self) -> str | None:
+        return self._task_type
+
+    @property
+    def task_id(self) -> int:
+        return self._task_id
+
+    @property
+    def environment(self) -> str:
+        return self._environment
+
+    @property
+    def master(self) -> str:
+        return self._master
+
+    @property
+    def is_chief(self) -> bool:
+        return self._is_chief
+
+    @property
+    def num_ps_replicas(self) -> int:
+        return self._cluster_spec.num_tasks(TaskType.PS)
+
+    @property
+    def num_worker_replicas(self) -> int:
+        return sum(
+            self._cluster_spec.num_tasks(role)
+            for role in (TaskType.WORKER, TaskType.MASTER, TaskType.CHIEF)
+        ) or 1
+
+    @property
+    def task_address(self) -> str | None:
+        """``host:port`` of this task in the cluster, or None on a single machine."""
+        if not self._cluster_spec or self._task_type is None:
+            return None
+        return self._cluster_spec.task_address(self._task_type, self._task_id)
+
+    # Training settings.
+    @property
+    def model_dir(self) -> str | None:
+        return self._model_dir
+
+    @property
+    def tf_random_seed(self) -> int | None:
+        return self._tf_random_seed
+
+    @property
+    def save_summary_steps(self) -> int:
+        return self._save_summary_steps
+
+    @property
+    def save_checkpoints_secs(self) -> float | None:
+        return self._save_checkpoints_secs  # type: ignore[return-value]
+
+    @property
+    def save_checkpoints_steps(self) -> int | None:
+        return self._save_checkpoints_steps
+
+    @property
+    def keep_checkpoint_max(self) -> int:
+        return self._keep_checkpoint_max
+
+    @property
+    def keep_checkpoint_every_n_hours(self) -> float:
+        return self._keep_checkpoint_every_n_hours
+
+    @property
+    def log_step_count_steps(self) -> int:
+        return self._log_step_count_steps
+
+    @property
+    def session_config(self) -> Any:
+        return self._session_config
+
+    def replace(self, **kwargs: Any) -> RunConfig:
+        """Returns a copy with the given properties changed.
+
+        Raises:
+          ValueError: for a property that cannot be replaced.
+        """
+        for key in kwargs:
+            if key not in self._REPLACEABLE:
+                raise ValueError(f"{key} is not a replaceable property of RunConfig")
+        new = object.__new__(RunConfig)
+        new.__dict__.update(self.__dict__)
+        for key, value in kwargs.items():
+            if key in ("num_cores", "gpu_memory_fraction", "log_device_placement",
+                       "evaluation_master"):
+                setattr(new, key, value)
+            elif key == "master":
+                new._master = value
+            else:
+                setattr(new, f"_{key}", value)
+        if kwargs.get("save_checkpoints_steps") is not None and "save_checkpoints_secs" not in \
+                kwargs:
+            new._save_checkpoints_secs = None
+        if kwargs.get("save_checkpoints_secs") is not None and "save_checkpoints_steps" not in \
+                kwargs:
+            new._save_checkpoints_steps = None
+        if new._save_checkpoints_secs is not None and new._save_checkpoints_steps is not None:
+            raise ValueError(
+                "Can not provide both save_checkpoints_secs and save_checkpoints_steps."
+            )
+        return new
+
+    def __repr__(self) -> str:
+        return (
+            f"RunConfig(task_type={self._task_type!r}, task_id={self._task_id}, "
+            f"environment={self._environment!r}, model_dir={self._model_dir!r}, "
+            f"is_chief={self._is_chief})"
+        )
