@@ -1,0 +1,163 @@
+"""Crash-safe file primitives for run directories.
+
+Metadata is rewritten whole through a temporary file and ``os.replace`` so a reader (or a
+crash) only ever sees the old or the new version. Metric records are appended as one JSON
+line per ``os.write`` call on an ``O_APPEND`` descriptor, so a killed process leaves at most
+one torn last line, which :func:`read_jsonl` skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+# Non-finite floats are numbers but strict JSON cannot hold them: they are written as these
+# strings and turned back into floats by the reader.
+_NONFINITE_TO_STR = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_STR_TO_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Persist a directory entry (a rename or a new file) where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` with ``text`` so that no reader sees a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(
+        data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000
+    )
+
+
+def write_yaml(path: str | os.PathLike[str], data: Any) -> None:
+    atomic_write_text(path, dump_yaml(data))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def encode_number(value: float | int) -> float | int | str:
+    """JSON-safe form of a metric value (non-finite floats become strings)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NONFINITE_TO_STR[repr(value)]
+    return value
+
+
+def decode_number(value: Any) -> Any:
+    if isinstance(value, str) and value in _STR_TO_NONFINITE:
+        return _STR_TO_NONFINITE[value]
+    return value
+
+
+class JsonlAppender:
+    """Appends JSON records to a file, one whole line per ``os.write``.
+
+    ``fsync_secs`` is the durability policy: 0 syncs after every line, a positive number
+    syncs at most that often (and on :meth:`sync`/:meth:`close`), a negative number only
+    on :meth:`sync`/:meth:`close`. Lines reach the kernel at once either way, so a killed
+    process loses nothing; the policy only matters when the machine itself goes down.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fsync_secs: float = 1.0) -> None:
+        self.path = Path(path)
+        existed = self.path.exists()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if not existed:
+            fsync_dir(self.path.parent)
+        self._fsync_secs = fsync_secs
+        self._last_sync = time.monotonic()
+        self._dirty = False
+        # A torn line left by an earlier crash must not swallow the next record.
+        if existed and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self._write_all(b"\n")
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        self._write_all(line.encode("utf-8"))
+        self._dirty = True
+        now = time.monotonic()
+        if self._fsync_secs == 0 or (
+            self._fsync_secs > 0 and now - self._last_sync >= self._fsync_secs
+        ):
+            self.sync()
+
+    def sync(self) -> None:
+        if self._fd >= 0 and self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSONL file, skipping a torn or unreadable line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    # The piece after the last newline is empty for a clean file, a torn record otherwise.
+    torn = lines.pop()
+    if torn.strip():
+        log.debug("%s: skipping an incomplete last line", path)
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            log.warning("%s:%d: skipping an unreadable line", path, number)
+            continue
+        if isinstance(record, dict):
+            yield record
