@@ -110,7 +110,7 @@ def test_em_imports_without_optional_packages() -> None:
         import sys
         sys.modules["tensorboardX"] = None
         sys.modules["matplotlib"] = None
-        import kubelearn.em, kubelearn.em.tensorboard
+        import kubelearn.em, kubelearn.em.cli, kubelearn.em.tensorboard
         print("ok")
     """)
     env = dict(os.environ, PYTHONPATH=RUNNER)

@@ -1,0 +1,296 @@
+"""``kubelearn runs``: list, show, compare and plot tracked runs.
+
+Tables are for people; ``--json`` prints the same facts for scripts. A run is named by its
+directory, its id, a unique id prefix, or its name (the latest run of that name).
+Exit codes: 0 done, 1 a run was not found or could not be read or plotted, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kubelearn.em.reader import RunRecord, find_run, list_runs
+from kubelearn.em.run import DEFAULT_PARENT_DIR, PARENT_DIR_ENV
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _time(value: str | None) -> str:
+    """ISO time as 'YYYY-MM-DD HH:MM:SS' for tables."""
+    return value[:19].replace("T", " ") if value else "-"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str, allow_nan=False))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+# -- sub-commands ---------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    runs = list_runs(args.dir)
+    if args.json:
+        _print_json([r.to_dict(with_metrics=False) for r in runs])
+        return 0
+    if not runs:
+        print(f"no runs in {args.dir}")
+        return 0
+    rows = [
+        (
+            r.id,
+            r.name,
+            r.status,
+            _time(r.created_at),
+            r.last_step(),
+            r.last("train").get("loss"),
+            r.last("val").get("loss"),
+            ", ".join(r.labels) or "-",
+        )
+        for r in runs
+    ]
+    header = ("ID", "NAME", "STATUS", "CREATED", "STEP", "LOSS", "VAL LOSS", "LABELS")
+    print(format_table(header, rows))
+    return 0
+
+
+def _metric_rows(run: RunRecord) -> list[tuple[Any, ...]]:
+    rows = []
+    for kind in run.metrics:
+        for name in run.metric_names(kind):
+            steps, values = run.series(kind, name)
+            finite = [v for v in values if math.isfinite(v)]
+            rows.append((
+                kind,
+                name,
+                len(values),
+                steps[-1] if steps else None,
+                values[-1] if values else None,
+                min(finite) if finite else None,
+                max(finite) if finite else None,
+            ))
+    return rows
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    run = find_run(args.run, args.dir)
+    if args.json:
+        _print_json(run.to_dict(with_metrics=True))
+        return 0
+    fields = [
+        ("id", run.id),
+        ("name", run.name),
+        ("status", run.status),
+        ("created", _time(run.created_at)),
+        ("finished", _time(run.finished_at)),
+        ("description", run.description or "-"),
+        ("labels", ", ".join(run.labels) or "-"),
+        ("path", str(run.path)),
+    ]
+    if run.error:
+        fields.append(("error", run.error))
+    if run.upload:
+        fields.append(("uploaded to", run.upload.get("path")))
+    width = max(len(k) for k, _ in fields) + 1
+    for key, value in fields:
+        print(f"{(key + ':').ljust(width)} {value}")
+    print("\nhparams:")
+    if run.hparams:
+        print(_indent(format_table(("NAME", "VALUE"), sorted(run.hparams.items()))))
+    else:
+        print("  -")
+    print("\nmetrics:")
+    rows = _metric_rows(run)
+    if rows:
+        header = ("TYPE", "METRIC", "RECORDS", "LAST STEP", "LAST", "MIN", "MAX")
+        print(_indent(format_table(header, rows)))
+    else:
+        print("  -")
+    return 0
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def compare_data(runs: list[RunRecord]) -> dict[str, Any]:
+    """Hyper-parameters and last metric values side by side, with what differs."""
+    ids = [r.id for r in runs]
+    hkeys = list(dict.fromkeys(k for r in runs for k in r.hparams))
+    hparams = {k: {r.id: r.hparams.get(k) for r in runs} for k in hkeys}
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        for kind in r.metrics:
+            for name, value in r.last(kind).items():
+                metrics.setdefault(kind, {}).setdefault(name, dict.fromkeys(ids))
+                metrics[kind][name][r.id] = _json_safe(value)
+    return {
+        "runs": [
+            {"id": r.id, "name": r.name, "status": r.status, "last_step": r.last_step()}
+            for r in runs
+        ],
+        "hparams": hparams,
+        "differing_hparams": [k for k, v in hparams.items() if len({_fmt(x) for x in
+                                                                      v.values()}) > 1],
+        "metrics": metrics,
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    runs = [find_run(ref, args.dir) for ref in args.runs]
+    data = compare_data(runs)
+    series = None
+    if args.output:
+        from kubelearn.em.plot import plot_runs
+
+        series = plot_runs(runs, args.output)
+    if args.json:
+        if args.output:
+            data["plot"] = {"output": str(args.output), "series": len(series or [])}
+        _print_json(data)
+        return 0
+    ids = [r.id for r in runs]
+    rows: list[list[Any]] = [
+        ["name", *(r.name for r in runs)],
+        ["status", *(r.status for r in runs)],
+        ["step", *(r.last_step() for r in runs)],
+    ]
+    differing = set(data["differing_hparams"])
+    for key, values in data["hparams"].items():
+        mark = " *" if key in differing else ""
+        rows.append([f"hparams.{key}{mark}", *(values[i] for i in ids)])
+    for kind, names in data["metrics"].items():
+        for name, values in names.items():
+            rows.append([f"{kind}.{name}", *(values[i] for i in ids)])
+    print(format_table(("", *ids), rows))
+    if differing:
+        print("\n* hyper-parameters that differ")
+    if args.output:
+        print(f"\nwrote {args.output}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from kubelearn.em.plot import plot_runs
+
+    runs = [find_run(ref, args.dir) for ref in args.runs]
+    output = args.output or f"{runs[0].id}.png"
+    series = plot_runs(runs, output)
+    if args.json:
+        _print_json({
+            "output": str(output),
+            "series": [
+                {"run": s.run, "type": s.type, "metric": s.metric, "points": len(s.steps)}
+                for s in series
+            ],
+        })
+    else:
+        print(f"wrote {output} ({len(series)} series)")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def _guarded(func: Any) -> Any:
+    """Turn the errors a user can cause into a message and exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except KeyError as exc:
+            print(f"kubelearn runs: {exc.args[0]}", file=sys.stderr)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"kubelearn runs: {exc}", file=sys.stderr)
+        return 1
+
+    return run
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``runs`` with its sub-commands to the ``kubelearn`` parser."""
+    default_dir = os.environ.get(PARENT_DIR_ENV) or DEFAULT_PARENT_DIR
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", default=argparse.SUPPRESS,
+                        help=f"directory of the runs (default: ${PARENT_DIR_ENV} or"
+                             f" {DEFAULT_PARENT_DIR})")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    runs = subparsers.add_parser("runs", help="list, show, compare and plot tracked runs",
+                                 description="List, show, compare and plot tracked runs.")
+    runs.add_argument("--dir", default=default_dir,
+                      help=f"directory of the runs (default: ${PARENT_DIR_ENV} or"
+                           f" {DEFAULT_PARENT_DIR})")
+    actions = runs.add_subparsers(dest="runs_command", metavar="ACTION")
+    actions.required = True
+
+    p = actions.add_parser("list", parents=[common], help="table of all runs")
+    p.set_defaults(func=_guarded(cmd_list))
+
+    p = actions.add_parser("show", parents=[common], help="one run in detail")
+    p.add_argument("run", metavar="NAME")
+    p.set_defaults(func=_guarded(cmd_show))
+
+    p = actions.add_parser("compare", parents=[common],
+                           help="hyper-parameters and final metrics of runs side by side")
+    p.add_argument("runs", metavar="NAME", nargs="+")
+    p.add_argument("-o", "--output", metavar="FILE.png",
+                   help="also write a PNG overlaying the runs' metrics")
+    p.set_defaults(func=_guarded(cmd_compare))
+
+    p = actions.add_parser("plot", parents=[common],
+                           help="PNG of loss and eval metrics against step")
+    p.add_argument("runs", metavar="NAME", nargs="+", help="one run, or several to overlay")
+    p.add_argument("-o", "--output", metavar="FILE.png",
+                   help="where to write the plot (default: <run id>.png)")
+    p.set_defaults(func=_guarded(cmd_plot))
+    return runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with just the ``runs`` command, as ``kubelearn`` would have it."""
+    parser = argparse.ArgumentParser(prog="kubelearn")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
