@@ -280,3 +280,42 @@ def test_reader_round_trip_and_list(runs_dir: Path) -> None:
         em.load_run(runs_dir)
     b.finish()
     assert em.list_runs(runs_dir / "missing") == []
+
+
+def test_fail_records_the_error(runs_dir: Path) -> None:
+    run = em.create_run(name="f")
+    run.fail(ZeroDivisionError("division by zero"))
+    assert run.status == "Failed"
+    assert run.error == "ZeroDivisionError: division by zero"
+    run.finish()  # an ended run stays as it ended
+    run.fail("again")
+    meta = _meta(run)
+    assert (meta["status"], meta["error"]) == ("Failed", "ZeroDivisionError: division by zero")
+    with pytest.raises(RuntimeError, match="Failed"):
+        run.log("train", {"loss": 1.0})
+
+
+def test_the_documented_examples(runs_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = em.create_run(name="cnn_keras", folder="cv/image-classification/mnist")
+    assert run.name == "cnn_keras"
+    run.finish()
+    hparams = {"batch_size": 32, "epochs": 1, "learning_rate": 0.001, "conv_channels1": 32}
+    # The t9k example spells the folder argument folder_path.
+    run = em.create_run(name="cnn_keras", hparams=hparams,
+                        folder_path="cv/image-classification/mnist", auto_upload=True,
+                        make_folder=True)
+    assert run.uploaded_to.parent.name == "mnist"
+    assert dict(run.hparams) == hparams
+    run.finish()
+    with pytest.raises(ValueError, match="disagree"):
+        em.create_run(folder="a", folder_path="b")
+    config = tmp_path / "run_config.yaml"
+    config.write_text(
+        "name: cnn_keras\nhparams:\n  batch_size: 32\n  epochs: 1\nlabels:\n- Keras\n"
+        "description: Train a simple CNN model that classifies images of handwritten digits.\n"
+    )
+    run = em.create_run(config_path="./run_config.yaml")
+    assert (run.name, run.labels) == ("cnn_keras", ["Keras"])
+    assert run.description.startswith("Train a simple CNN")
+    run.finish()

@@ -62,6 +62,7 @@ _CONFIG_KEYS = (
     "folder",
     "make_folder",
     "conflict_strategy",
+    "folder_path",
 )
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -312,6 +313,13 @@ class Run:
         """Mark the run Complete and flush everything; a no-op once the run has ended."""
         self._end(COMPLETE, None)
 
+    def fail(self, error: BaseException | str) -> None:
+        """Mark the run Failed with ``error`` (an exception or a one-line text); for callers
+        that catch the exception themselves. A no-op once the run has ended."""
+        if isinstance(error, BaseException):
+            error = lifecycle._describe(type(error), error, "")
+        self._end(FAILED, str(error))
+
     def upload(
         self, folder: str = "default", make_folder: bool = False, conflict_strategy: str = "new"
     ) -> Path | None:
@@ -437,6 +445,16 @@ def _read_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _merge_folder_path(args: dict[str, Any], folder_path: Any, where: str) -> None:
+    if folder_path is None:
+        return
+    if "folder" in args and args["folder"] not in ("default", folder_path):
+        raise ValueError(
+            f"{where}: folder {args['folder']!r} and folder_path {folder_path!r} disagree"
+        )
+    args["folder"] = folder_path
+
+
 def create_run(
     config_path: str | os.PathLike[str] | None = None,
     name: str = "default",
@@ -447,6 +465,8 @@ def create_run(
     folder: str = "default",
     make_folder: bool = False,
     conflict_strategy: str = "new",
+    *,
+    folder_path: str | None = None,
 ) -> Run:
     """Create and start a Run; its files go under ``$EM_RUN_PARENT_DIR`` (``.em/runs``).
 
@@ -454,6 +474,7 @@ def create_run(
     file and the arguments both give a key, the file wins. With ``auto_upload`` the run is
     uploaded to ``folder`` of the run store at once and kept up to date in the background;
     ``folder``, ``make_folder`` and ``conflict_strategy`` work as in :meth:`Run.upload`.
+    ``folder_path`` is another name for ``folder`` (one of the t9k examples uses it).
     """
     args: dict[str, Any] = {
         "name": name,
@@ -465,8 +486,11 @@ def create_run(
         "make_folder": make_folder,
         "conflict_strategy": conflict_strategy,
     }
+    _merge_folder_path(args, folder_path, "arguments")
     if config_path is not None:
-        args.update(_read_config(config_path))
+        config = _read_config(config_path)
+        _merge_folder_path(config, config.pop("folder_path", None), f"run config {config_path}")
+        args.update(config)
     return Run(
         name=check_name(args["name"]),
         hparams=plain_hparams(args["hparams"]),
