@@ -28,7 +28,7 @@ def _length(x: Features) -> int:
     return len(x)
 
 
-def _take(x: Features, index: np.ndarray) -> Features:
+def _take(x: Features, index: np.ndarray | slice) -> Features:
     if isinstance(x, Mapping):
         return {name: value[index] for name, value in x.items()}
     return x[index]
@@ -74,7 +74,12 @@ def numpy_input_fn(
         rng = np.random.default_rng(seed)
         epochs = itertools.count() if num_epochs is None else range(num_epochs)
         for _ in epochs:
-            order = rng.permutation(n) if shuffle else np.arange(n)
+            if not shuffle:  # slices are views: no copy per batch
+                for start in range(0, n, batch_size):
+                    part = slice(start, start + batch_size)
+                    yield _take(x, part), (None if y is None else y[part])
+                continue
+            order = rng.permutation(n)
             for start in range(0, n, batch_size):
                 index = order[start : start + batch_size]
                 yield _take(x, index), (None if y is None else y[index])

@@ -153,6 +153,7 @@ def configure_logging(level: str = "INFO") -> None:
 def run_command(args: argparse.Namespace) -> int:
     """The ``kubelearn run`` command."""
     from kubelearn import learn_runner
+    from kubelearn.experiment import Experiment
     from kubelearn.learn_runner import ExperimentFnError
 
     try:
@@ -161,12 +162,20 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"kubelearn run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(args.log_level)
-    logging.getLogger("kubelearn").info(
-        "Running %s as %s:%d (schedule %s) in %s", args.experiment_fn or fn.__name__,
-        run_config.task_type or "local", run_config.task_id, schedule or "default",
-        run_config.model_dir)
+    label = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
+
+    def announced_fn(config: Any, hp: Any) -> Any:
+        experiment = fn(config, hp)
+        if isinstance(experiment, Experiment):
+            logging.getLogger("kubelearn").info(
+                "Running %s as %s:%d (schedule %s) in %s", label,
+                config.task_type or "local", config.task_id, schedule or "default",
+                config.model_dir)
+        return experiment
+
     try:
-        learn_runner.run(fn, run_config=run_config, hparams=hparams, schedule=schedule)
+        learn_runner.run(announced_fn, run_config=run_config, hparams=hparams,
+                         schedule=schedule)
     except ExperimentFnError as exc:
         print(f"kubelearn run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -216,7 +216,7 @@ class Estimator:
             raise ValueError("Training and evaluation need labels; the input_fn gave None")
         y = np.asarray(labels)
         if self._network.head == net.REGRESSION:
-            return y.astype(self._network.dtype).reshape(len(y), -1)
+            return np.asarray(y, dtype=self._network.dtype).reshape(len(y), -1)
         y = y.reshape(-1)
         if y.size and (y.min() < 0 or y.max() >= max(self._n_classes(), 2)):
             raise ValueError(f"Labels must be in [0, {self._n_classes()}), got values from "

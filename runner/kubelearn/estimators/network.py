@@ -184,9 +184,10 @@ def head_loss(head: str, logits: np.ndarray, y: np.ndarray) -> tuple[float, np.n
     """Mean loss over the batch and its gradient with respect to the logits."""
     n = logits.shape[0]
     if head == REGRESSION:
-        diff = logits - y.reshape(logits.shape)
-        loss = float(np.mean(diff * diff))
-        return loss, (2.0 / diff.size) * diff
+        diff = logits - (y if y.shape == logits.shape else y.reshape(logits.shape))
+        flat = diff.ravel()
+        loss = float(flat @ flat) / flat.size
+        return loss, (2.0 / flat.size) * diff
     if head == BINARY:
         z = logits[:, 0]
         labels = y.reshape(-1).astype(logits.dtype)

@@ -1,0 +1,128 @@
+"""Overhead of the runner: Experiment.train versus a bare numpy loop of the same math.
+
+Both paths train the same model on the same batches for the same number of steps; the
+ratio (runner time / bare time) is the runner's overhead. Each pair is run alternately
+several times and the medians are compared, so machine noise hits both sides alike.
+
+    python bench/runner_overhead.py [--steps 3000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from kubelearn import Experiment, RunConfig
+from kubelearn.estimators import DNNRegressor, LinearRegressor
+from kubelearn.inputs import numpy_input_fn
+
+
+def make_data(n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    y = (x @ rng.normal(size=dim) + 0.1 * rng.normal(size=n)).astype(np.float32)
+    return x, y
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch: int):
+    """The same batch order as numpy_input_fn(shuffle=False)."""
+    n = len(x)
+    while True:
+        for start in range(0, n, batch):
+            yield x[start:start + batch], y[start:start + batch]
+
+
+def bare_linear(x, y, steps, batch, lr):
+    w = np.zeros((x.shape[1], 1), np.float32)
+    b = np.zeros(1, np.float32)
+    it = batches(x, y, batch)
+    for _ in range(steps):
+        xb, yb = next(it)
+        diff = xb @ w + b - yb.reshape(-1, 1)
+        loss = float(diff.ravel() @ diff.ravel()) / diff.size  # the runner logs it too
+        g = (2.0 / diff.size) * diff
+        w -= lr * (xb.T @ g)
+        b -= lr * g.sum(axis=0)
+    return w, loss
+
+
+def bare_dnn(x, y, steps, batch, lr, hidden):
+    rng = np.random.default_rng(0)
+    sizes = [x.shape[1], *hidden, 1]
+    ws = [rng.uniform(-np.sqrt(6 / (i + o)), np.sqrt(6 / (i + o)), (i, o)).astype(np.float32)
+          for i, o in zip(sizes, sizes[1:], strict=False)]
+    bs = [np.zeros(o, np.float32) for o in sizes[1:]]
+    it = batches(x, y, batch)
+    for _ in range(steps):
+        xb, yb = next(it)
+        acts, pres = [xb], []
+        h = xb
+        for w, b in zip(ws[:-1], bs[:-1], strict=True):
+            z = h @ w + b
+            pres.append(z)
+            h = np.maximum(z, 0)
+            acts.append(h)
+        out = h @ ws[-1] + bs[-1]
+        diff = out - yb.reshape(-1, 1)
+        loss = float(diff.ravel() @ diff.ravel()) / diff.size  # the runner logs it too
+        delta = (2.0 / diff.size) * diff
+        for i in range(len(ws) - 1, -1, -1):
+            gw, gb = acts[i].T @ delta, delta.sum(axis=0)
+            if i > 0:
+                delta = (delta @ ws[i].T) * (pres[i - 1] > 0)
+            ws[i] -= lr * gw
+            bs[i] -= lr * gb
+    return ws, loss
+
+
+def runner(estimator_factory, x, y, steps, batch):
+    with tempfile.TemporaryDirectory() as model_dir:
+        config = RunConfig(model_dir=model_dir, log_step_count_steps=100)
+        exp = Experiment(estimator_factory(config),
+                         numpy_input_fn(x, y, batch_size=batch, num_epochs=None, shuffle=False),
+                         numpy_input_fn(x, y, batch_size=batch, shuffle=False),
+                         train_steps=steps)
+        exp.train(delay_secs=0)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    x, y = make_data(8192, 64)
+    cases = {
+        "linear (64 features, batch 256)": (
+            lambda: bare_linear(x, y, args.steps, 256, 0.01),
+            lambda: runner(lambda c: LinearRegressor(config=c, learning_rate=0.01), x, y,
+                           args.steps, 256)),
+        "dnn [128, 64] (batch 256)": (
+            lambda: bare_dnn(x, y, args.steps, 256, 0.01, [128, 64]),
+            lambda: runner(lambda c: DNNRegressor(hidden_units=[128, 64], config=c,
+                                                  optimizer="SGD", learning_rate=0.01),
+                           x, y, args.steps, 256)),
+    }
+    print(f"{'model':34} {'bare s':>8} {'runner s':>9} {'ratio':>6}")
+    for name, (bare_fn, runner_fn) in cases.items():
+        bare_times, runner_times = [], []
+        for _ in range(args.repeats):
+            bare_times.append(timed(bare_fn))
+            runner_times.append(timed(runner_fn))
+        bare_s, runner_s = statistics.median(bare_times), statistics.median(runner_times)
+        print(f"{name:34} {bare_s:8.3f} {runner_s:9.3f} {runner_s / bare_s:6.3f}")
+
+
+if __name__ == "__main__":
+    main()

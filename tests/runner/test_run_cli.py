@@ -1,0 +1,108 @@
+"""``kubelearn run`` as a real process: exit codes, one-line errors, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from kubelearn import checkpoints
+
+LINEAR = "kubelearn.examples.linear:experiment_fn"
+
+
+def _run(args, env=None, timeout=120):
+    full_env = {**os.environ, **(env or {})}
+    if "TF_CONFIG" not in (env or {}):
+        full_env.pop("TF_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "kubelearn.cli", "run", *args],
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def test_success_exit_0(tmp_path):
+    proc = _run(["--experiment-fn", LINEAR, "--model-dir", str(tmp_path),
+                 "--hparams", "train_steps=50,save_checkpoints_steps=25"])
+    assert proc.returncode == 0, proc.stderr
+    assert checkpoints.latest_global_step(str(tmp_path)) == 50
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--experiment-fn", "no_such_module:fn"], {}, "no_such_module"),
+        (["--experiment-fn", "kubelearn.examples.linear"], {}, "module:function"),
+        (["--experiment-fn", "kubelearn.examples.linear:nope"], {}, "'nope'"),
+        (["--experiment-fn", LINEAR, "--hparams", "train_steps=[1,"], {}, "train_steps=[1,"),
+        (["--experiment-fn", LINEAR, "--hparams", "a=1,a=2"], {}, "Multiple assignments"),
+        (["--experiment-fn", LINEAR, "--schedule", "fly"], {}, "'fly'"),
+        (["--experiment-fn", LINEAR], {"TF_CONFIG": "{oops"}, "TF_CONFIG"),
+        (["--experiment-fn", LINEAR],
+         {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]},
+                                   "task": {"type": "worker", "index": 4}})}, "index 4"),
+        (["--experiment-fn", LINEAR], {"KUBELEARN_HPARAMS": "{not json"}, "KUBELEARN_HPARAMS"),
+        (["--experiment-fn", "not_an_experiment:build"], {}, "did not return an Experiment"),
+        (["--experiment-fn", "json:dumps"], {}, "(run_config, hparams)"),
+    ],
+)
+def test_bad_input_exit_2_with_one_line(tmp_path, args, env, needle):
+    (tmp_path / "not_an_experiment.py").write_text(
+        "def build(run_config, hparams):\n    return 42\n")
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = _run([*args, "--model-dir", str(tmp_path / "model")], env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_training_error_exit_1_with_traceback(tmp_path):
+    proc = _run(["--experiment-fn", LINEAR, "--model-dir", str(tmp_path),
+                 "--hparams", "train_steps=50,learning_rate=1e6"])
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "NaN loss" in proc.stderr
+
+
+def _start(model_dir, steps):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn", LINEAR,
+         "--model-dir", model_dir,
+         "--hparams", f"train_steps={steps},save_checkpoints_steps=200,batch_size=256,"
+                      "n_features=64,n_examples=20000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_step(model_dir, step, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if checkpoints.latest_global_step(model_dir) >= step:
+            return checkpoints.latest_global_step(model_dir)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint at step {step} within {timeout}s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_process_resumes_from_last_checkpoint(tmp_path, sig):
+    model_dir = str(tmp_path)
+    total = 1000000
+    proc = _start(model_dir, total)
+    saved = _wait_for_step(model_dir, 400, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -sig  # a shell reports 128 + N
+    at_kill = checkpoints.latest_global_step(model_dir)
+    assert at_kill >= saved
+    target = at_kill + 300
+    again = subprocess.run(
+        [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn", LINEAR,
+         "--model-dir", model_dir, "--hparams",
+         f"train_steps={target},save_checkpoints_steps=200,batch_size=256,n_features=64,"
+         "n_examples=20000"], capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
+    assert again.returncode == 0, again.stderr
+    assert f"at global step {at_kill}" in again.stderr
+    assert checkpoints.latest_global_step(model_dir) == target
