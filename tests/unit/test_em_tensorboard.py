@@ -119,3 +119,27 @@ def test_em_imports_without_optional_packages() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
+
+
+def test_two_writers_in_one_directory_keep_their_own_files(tmp_path: Path) -> None:
+    first, second = EventWriter(tmp_path), EventWriter(tmp_path)
+    first.scalar("a", 1.0, 1)
+    second.scalar("b", 2.0, 1)
+    first.close()
+    second.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    assert sorted(scalars(tmp_path)) == [("a", 1, 1.0), ("b", 1, 2.0)]
+
+
+def test_events_survive_an_exit_without_close(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        from kubelearn.em.tensorboard import EventWriter
+        w = EventWriter({str(tmp_path)!r}, flush_secs=3600)
+        for step in range(100):
+            w.scalar("loss", step / 100, step)
+    """)
+    env = dict(os.environ, PYTHONPATH=RUNNER)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [s for _, s, _ in scalars(tmp_path)] == list(range(100))

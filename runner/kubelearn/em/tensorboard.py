@@ -9,8 +9,11 @@ then overlays them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,12 +21,16 @@ from kubelearn.em.values import as_number
 
 log = logging.getLogger(__name__)
 _warned = False
+_counter = itertools.count()
 
 
-def _summary_writer_class() -> Any:
+def _tensorboardx() -> Any:
+    """tensorboardX's synchronous event writer and summary builders, or None."""
     global _warned
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import summary
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2
     except ImportError:
         if not _warned:
             log.warning(
@@ -32,16 +39,31 @@ def _summary_writer_class() -> Any:
             )
             _warned = True
         return None
-    return SummaryWriter
+    return EventsWriter, summary, event_pb2
 
 
 class EventWriter:
-    """Writes scalar summaries to an event file in ``logdir``."""
+    """Writes scalar summaries to an event file in ``logdir``.
 
-    def __init__(self, logdir: str | os.PathLike[str], flush_secs: int = 10) -> None:
+    Built on tensorboardX's ``EventsWriter`` (the file writer inside its ``SummaryWriter``)
+    rather than on ``SummaryWriter`` itself, whose queue-backed ``flush`` returns before
+    queued events are written: here :meth:`flush` means the events are in the file.
+    Buffered events are flushed every ``flush_secs`` and at close (or interpreter exit).
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str], flush_secs: float = 10.0) -> None:
         self.logdir = os.fspath(logdir)
-        cls = _summary_writer_class()
-        self._writer = cls(logdir=self.logdir, flush_secs=flush_secs) if cls else None
+        self._flush_secs = flush_secs
+        self._last_flush = time.monotonic()
+        self._writer: Any = None
+        parts = _tensorboardx()
+        if parts is None:
+            return
+        events_writer, self._summary, self._event_pb2 = parts
+        os.makedirs(self.logdir, exist_ok=True)
+        suffix = f".{os.getpid()}.{next(_counter)}"
+        self._writer = events_writer(os.path.join(self.logdir, "events"), suffix)
+        self._finalizer = weakref.finalize(self, self._writer.close)
 
     @property
     def enabled(self) -> bool:
@@ -53,7 +75,14 @@ class EventWriter:
         if number is None:
             raise ValueError(f"scalar {tag!r}: {value!r} is not a number")
         if self._writer is not None:
-            self._writer.add_scalar(tag, float(number), global_step=int(step))
+            event = self._event_pb2.Event(
+                wall_time=time.time(),
+                step=int(step),
+                summary=self._summary.scalar(tag, float(number)),
+            )
+            self._writer.write_event(event)
+            if time.monotonic() - self._last_flush >= self._flush_secs:
+                self.flush()
 
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
         """One scalar per key, tagged ``<prefix>/<key>`` (just ``<key>`` when prefix is '')."""
@@ -66,10 +95,11 @@ class EventWriter:
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._finalizer()
             self._writer = None
 
     def __enter__(self) -> EventWriter:
