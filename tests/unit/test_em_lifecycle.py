@@ -54,6 +54,7 @@ def test_uncaught_exception_marks_run_failed_and_keeps_traceback(tmp_path: Path)
     run = _only_run(tmp_path)
     assert run.status == "Failed"
     assert run.error == "RuntimeError: diverged at step 1"
+    assert not run.process_gone()  # it ended and said so
     assert run.finished_at
     assert run.series("train", "loss") == ([1], [1.0])
 
@@ -130,6 +131,8 @@ def test_sigkill_mid_logging_leaves_readable_records(tmp_path: Path) -> None:
         proc.communicate(timeout=60)
     run = _only_run(tmp_path)
     assert run.status == "Running"  # nothing ran at the kill
+    assert run.pid == proc.pid and run.process_gone()
+    assert run.to_dict()["process_gone"] is True
     assert run.description.startswith("at step ")  # run.yaml parsed: replaced whole
     assert run.hparams == {"lr": 0.1}
     steps, losses = run.series("train", "loss")

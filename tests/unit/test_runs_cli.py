@@ -61,7 +61,7 @@ def test_list_table_and_json(runs_dir: Path, capsys) -> None:
     assert rows[0] == ["ID", "NAME", "STATUS", "CREATED", "STEP", "LOSS", "VAL LOSS", "LABELS"]
     assert rows[1][:3] == [a.id, "mnist", "Complete"]
     assert rows[1][4:] == ["50", "0.2", "0.4", "digits"]
-    assert rows[2][:3] == [b.id, "mnist", "Running"]
+    assert rows[2][:3] == [b.id, "mnist", "Running"]  # this process: alive
     assert rows[2][4:] == ["50", "0.1", "0.2", "digits, fast"]
     code, out, _ = run_cli(capsys, "runs", "list", "--json")
     data = json.loads(out)
@@ -292,3 +292,17 @@ def test_kubelearn_command_has_runs(runs_dir: Path, tmp_path: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in json.loads(proc.stdout)] == [run.id]
+
+
+def test_a_killed_run_is_shown_as_such(runs_dir: Path, capsys) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import os, signal\nfrom kubelearn import em\nem.create_run(name='gone')\n"
+         "os.kill(os.getpid(), signal.SIGKILL)\n"],
+        env=dict(os.environ, PYTHONPATH=str(REPO / "runner")), timeout=60)
+    assert proc.returncode == -9
+    code, out, _ = run_cli(capsys, "runs", "list")
+    assert code == 0 and table(out)[1][2] == "Running (process gone)"
+    code, out, _ = run_cli(capsys, "runs", "show", "gone", "--json")
+    assert code == 0
+    assert json.loads(out)["status"] == "Running" and json.loads(out)["process_gone"]

@@ -59,6 +59,10 @@ def _json_safe(value: Any) -> Any:
 # -- sub-commands ---------------------------------------------------------------------------
 
 
+def _status(run: RunRecord) -> str:
+    return f"{run.status} (process gone)" if run.process_gone() else run.status
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     runs = list_runs(args.dir)
     if args.json:
@@ -71,7 +75,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         (
             r.id,
             r.name,
-            r.status,
+            _status(r),
             _time(r.created_at),
             r.last_step(),
             r.last("train").get("loss"),
@@ -111,7 +115,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     fields = [
         ("id", run.id),
         ("name", run.name),
-        ("status", run.status),
+        ("status", _status(run)),
         ("created", _time(run.created_at)),
         ("finished", _time(run.finished_at)),
         ("description", run.description or "-"),

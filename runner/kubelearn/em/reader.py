@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,22 @@ class RunRecord:
     finished_at: str | None = None
     error: str | None = None
     upload: dict[str, Any] | None = None
+    host: str | None = None
+    pid: int | None = None
     metrics: dict[str, list[MetricRecord]] = field(default_factory=dict)
+
+    def process_gone(self) -> bool:
+        """True when the run says Running but its process, on this host, no longer exists
+        (it was killed before it could record how it ended)."""
+        if self.status != "Running" or self.host != socket.gethostname() or not self.pid:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def metric_names(self, type: str) -> list[str]:
         names: dict[str, None] = {}
@@ -91,6 +107,9 @@ class RunRecord:
             "finished_at": self.finished_at,
             "error": self.error,
             "upload": self.upload,
+            "host": self.host,
+            "pid": self.pid,
+            "process_gone": self.process_gone(),
             "last_step": self.last_step(),
             "last": {
                 t: {k: _json_number(v) for k, v in self.last(t).items()} for t in self.metrics
@@ -156,6 +175,8 @@ def load_run(path: str | os.PathLike[str]) -> RunRecord:
         finished_at=meta.get("finished_at"),
         error=meta.get("error"),
         upload=meta.get("upload"),
+        host=meta.get("host"),
+        pid=meta.get("pid") if isinstance(meta.get("pid"), int) else None,
         metrics=metrics,
     )
 
