@@ -167,3 +167,22 @@ def test_auto_upload_false_ignores_upload_arguments(store: Path) -> None:
     run = em.create_run(name="local", folder="does/not/exist")
     run.finish()
     assert not store.exists()
+
+
+def test_auto_upload_stops_when_its_copy_is_replaced(store: Path) -> None:
+    first = em.create_run(name="cnn", auto_upload=True, folder="f", make_folder=True)
+    dest = first.uploaded_to
+    second = _finished_run()
+    assert second.upload(folder="f", conflict_strategy="replace") == dest
+    first.log("train", {"loss": 9.0}, step=1)
+    first.finish()
+    assert _stored_id(dest) == second.id  # not taken back by the first run
+    assert em.load_run(dest).last("train") == {"loss": 1.0}
+
+
+def test_a_corrupt_stored_run_counts_as_another_run(store: Path) -> None:
+    run = _finished_run()
+    broken = resolve_folder("f", make_folder=True) / "cnn"
+    broken.mkdir()
+    (broken / "run.yaml").write_text("id: [unclosed\n")
+    assert run.upload(folder="f").name == "cnn-2"

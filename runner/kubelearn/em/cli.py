@@ -41,8 +41,9 @@ def _time(value: str | None) -> str:
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in header]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -95,15 +96,17 @@ def _metric_rows(run: RunRecord) -> list[tuple[Any, ...]]:
         for name in run.metric_names(kind):
             steps, values = run.series(kind, name)
             finite = [v for v in values if math.isfinite(v)]
-            rows.append((
-                kind,
-                name,
-                len(values),
-                steps[-1] if steps else None,
-                values[-1] if values else None,
-                min(finite) if finite else None,
-                max(finite) if finite else None,
-            ))
+            rows.append(
+                (
+                    kind,
+                    name,
+                    len(values),
+                    steps[-1] if steps else None,
+                    values[-1] if values else None,
+                    min(finite) if finite else None,
+                    max(finite) if finite else None,
+                )
+            )
     return rows
 
 
@@ -165,8 +168,9 @@ def compare_data(runs: list[RunRecord]) -> dict[str, Any]:
             for r in runs
         ],
         "hparams": hparams,
-        "differing_hparams": [k for k, v in hparams.items() if len({_fmt(x) for x in
-                                                                      v.values()}) > 1],
+        "differing_hparams": [
+            k for k, v in hparams.items() if len({_fmt(x) for x in v.values()}) > 1
+        ],
         "metrics": metrics,
     }
 
@@ -212,13 +216,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     output = args.output or f"{runs[0].id}.png"
     series = plot_runs(runs, output)
     if args.json:
-        _print_json({
-            "output": str(output),
-            "series": [
-                {"run": s.run, "type": s.type, "metric": s.metric, "points": len(s.steps)}
-                for s in series
-            ],
-        })
+        _print_json(
+            {
+                "output": str(output),
+                "series": [
+                    {"run": s.run, "type": s.type, "metric": s.metric, "points": len(s.steps)}
+                    for s in series
+                ],
+            }
+        )
     else:
         print(f"wrote {output} ({len(series)} series)")
     return 0
@@ -246,16 +252,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``runs`` with its sub-commands to the ``kubelearn`` parser."""
     default_dir = os.environ.get(PARENT_DIR_ENV) or DEFAULT_PARENT_DIR
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", default=argparse.SUPPRESS,
-                        help=f"directory of the runs (default: ${PARENT_DIR_ENV} or"
-                             f" {DEFAULT_PARENT_DIR})")
+    common.add_argument(
+        "--dir",
+        default=argparse.SUPPRESS,
+        help=f"directory of the runs (default: ${PARENT_DIR_ENV} or {DEFAULT_PARENT_DIR})",
+    )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    runs = subparsers.add_parser("runs", help="list, show, compare and plot tracked runs",
-                                 description="List, show, compare and plot tracked runs.")
-    runs.add_argument("--dir", default=default_dir,
-                      help=f"directory of the runs (default: ${PARENT_DIR_ENV} or"
-                           f" {DEFAULT_PARENT_DIR})")
+    runs = subparsers.add_parser(
+        "runs",
+        help="list, show, compare and plot tracked runs",
+        description="List, show, compare and plot tracked runs.",
+    )
+    runs.add_argument(
+        "--dir",
+        default=default_dir,
+        help=f"directory of the runs (default: ${PARENT_DIR_ENV} or {DEFAULT_PARENT_DIR})",
+    )
     actions = runs.add_subparsers(dest="runs_command", metavar="ACTION")
     actions.required = True
 
@@ -266,18 +279,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("run", metavar="NAME")
     p.set_defaults(func=_guarded(cmd_show))
 
-    p = actions.add_parser("compare", parents=[common],
-                           help="hyper-parameters and final metrics of runs side by side")
+    p = actions.add_parser(
+        "compare", parents=[common], help="hyper-parameters and final metrics of runs side by side"
+    )
     p.add_argument("runs", metavar="NAME", nargs="+")
-    p.add_argument("-o", "--output", metavar="FILE.png",
-                   help="also write a PNG overlaying the runs' metrics")
+    p.add_argument(
+        "-o", "--output", metavar="FILE.png", help="also write a PNG overlaying the runs' metrics"
+    )
     p.set_defaults(func=_guarded(cmd_compare))
 
-    p = actions.add_parser("plot", parents=[common],
-                           help="PNG of loss and eval metrics against step")
+    p = actions.add_parser(
+        "plot", parents=[common], help="PNG of loss and eval metrics against step"
+    )
     p.add_argument("runs", metavar="NAME", nargs="+", help="one run, or several to overlay")
-    p.add_argument("-o", "--output", metavar="FILE.png",
-                   help="where to write the plot (default: <run id>.png)")
+    p.add_argument(
+        "-o", "--output", metavar="FILE.png", help="where to write the plot (default: <run id>.png)"
+    )
     p.set_defaults(func=_guarded(cmd_plot))
     return runs
 

@@ -35,9 +35,7 @@ def _matplotlib() -> tuple[Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise RuntimeError(
-            "plotting needs matplotlib: pip install 'kubelearn[plot]'"
-        ) from None
+        raise RuntimeError("plotting needs matplotlib: pip install 'kubelearn[plot]'") from None
     return Figure, FigureCanvasAgg
 
 
@@ -78,8 +76,9 @@ def plot_runs(runs: list[RunRecord], output: str | os.PathLike[str]) -> list[Ser
         colour = colours.setdefault(key, f"C{len(colours) % 10}")
         values = [math.nan if v is None else v for v in s.values]
         marker = "o" if len(s.steps) == 1 else None
-        axes[s.metric].plot(s.steps, values, _STYLES.get(s.type, "-."), color=colour,
-                            marker=marker, label=s.label)
+        axes[s.metric].plot(
+            s.steps, values, _STYLES.get(s.type, "-."), color=colour, marker=marker, label=s.label
+        )
     for metric, ax in axes.items():
         ax.set_title(metric)
         ax.set_xlabel("step")

@@ -28,7 +28,7 @@ from typing import Any
 
 from kubelearn.em import lifecycle
 from kubelearn.em.files import JsonlAppender, encode_number, read_yaml, write_yaml
-from kubelearn.em.store import RUN_FILE, upload_run
+from kubelearn.em.store import RUN_FILE, stored_run_id, sync_run, upload_run
 from kubelearn.em.values import (
     check_bool,
     check_conflict_strategy,
@@ -340,7 +340,7 @@ class Run:
                 return None
             self._upload = {"folder": folder, "path": str(dest.resolve())}
             self._write_meta()
-            upload_run(self.path, self.id, self._name, folder, False, conflict_strategy)
+            sync_run(self.path, dest)  # the copy's run.yaml now says where it is
         return dest
 
     def __enter__(self) -> Run:
@@ -422,12 +422,21 @@ class Run:
                 log.warning("run %s: final upload failed: %s", self.id, exc)
 
     def _sync_upload(self) -> None:
-        if self._auto is None:
-            return
-        folder, make_folder, strategy = self._auto
+        """Bring the uploaded copy up to date; it stays where the first upload put it."""
         with self._lock:
+            if self._auto is None or self._upload is None:
+                return  # not auto-uploaded, or skipped because of a conflict
+            dest = Path(self._upload["path"])
+            if stored_run_id(dest) != self.id:
+                log.warning(
+                    "run %s: its copy at %s was replaced or removed; auto upload stops",
+                    self.id,
+                    dest,
+                )
+                self._auto = None
+                return
             self._flush()
-            upload_run(self.path, self.id, self._name, folder, make_folder, strategy)
+            sync_run(self.path, dest)
 
 
 def _read_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:

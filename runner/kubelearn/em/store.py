@@ -22,6 +22,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+import yaml
+
 from kubelearn.em.files import atomic_write_text, fsync_dir, read_yaml
 from kubelearn.em.values import check_conflict_strategy, check_str
 
@@ -68,10 +70,11 @@ def is_run_dir(path: Path) -> bool:
     return (path / RUN_FILE).is_file()
 
 
-def _run_id(path: Path) -> str | None:
+def stored_run_id(path: Path) -> str | None:
+    """The id in the ``run.yaml`` at ``path``, None when there is no readable run."""
     try:
         meta = read_yaml(path / RUN_FILE)
-    except (OSError, ValueError):
+    except (OSError, ValueError, yaml.YAMLError):
         return None
     return meta.get("id") if isinstance(meta, dict) else None
 
@@ -145,7 +148,7 @@ def upload_run(
     root = store_root(store)
     parent = resolve_folder(folder, make_folder, root)
     dest = parent / name
-    if dest.exists() and _run_id(dest) == run_id:
+    if dest.exists() and stored_run_id(dest) == run_id:
         sync_run(local_dir, dest)
         return dest
     if dest.exists():
@@ -170,7 +173,7 @@ def upload_run(
         n = 2
         while True:
             candidate = parent / f"{name}-{n}"
-            if candidate.exists() and _run_id(candidate) == run_id:
+            if candidate.exists() and stored_run_id(candidate) == run_id:
                 sync_run(local_dir, candidate)
                 return candidate
             if _place(staging, candidate):

@@ -75,10 +75,7 @@ def record_evaluation(
     kind = check_log_type(type)
     step = results.get("global_step")
     step = as_number(step) if step is not None else None
-    metrics = {
-        k: v for k, v in results.items()
-        if k != "global_step" and as_number(v) is not None
-    }
+    metrics = {k: v for k, v in results.items() if k != "global_step" and as_number(v) is not None}
     skipped = sorted(set(results) - set(metrics) - {"global_step"})
     if skipped:
         log.debug("not recording non-numeric evaluation results: %s", ", ".join(skipped))
