@@ -186,3 +186,10 @@ def test_a_corrupt_stored_run_counts_as_another_run(store: Path) -> None:
     broken.mkdir()
     (broken / "run.yaml").write_text("id: [unclosed\n")
     assert run.upload(folder="f").name == "cnn-2"
+
+
+def test_the_default_folder_needs_no_make_folder(store: Path) -> None:
+    run = _finished_run()
+    assert run.upload() == store / "alice" / "default" / "cnn"
+    with pytest.raises(FileNotFoundError):
+        run.upload(folder="/default")  # only the user's own default folder

@@ -7,7 +7,8 @@ Layout: a folder is a directory; a run is a directory named after the run that h
 ``run.yaml``. Folder paths follow the rule of ``t9k.em``: a path that does not start with
 '/' is relative to the current user's home folder ``/<user>/`` (user from ``$EM_USER``,
 else the login name), so ``folder='cv/mnist'`` is ``<store>/<user>/cv/mnist`` and
-``folder='/team/cv'`` is ``<store>/team/cv``.
+``folder='/team/cv'`` is ``<store>/team/cv``. A folder must exist (or be made with
+``make_folder=True``), except each user's ``default`` folder, which is made when first used.
 
 A run lands in the store by a single rename of a fully copied staging directory, so a
 reader never sees half an upload; later syncs of the same run replace files one by one,
@@ -31,6 +32,7 @@ STORE_ENV = "EM_RUN_STORE"
 DEFAULT_STORE = ".em/store"
 USER_ENV = "EM_USER"
 RUN_FILE = "run.yaml"
+DEFAULT_FOLDER = "default"
 _STAGING = ".staging"
 
 
@@ -85,7 +87,10 @@ def resolve_folder(
     """The directory of ``folder`` in the store, made when asked to; errors name the folder."""
     root = store_root(store)
     path = root
-    for part in folder_parts(folder):
+    parts = folder_parts(folder)
+    if parts == [current_user(), DEFAULT_FOLDER]:
+        make_folder = True  # every user has a default folder
+    for part in parts:
         path = path / part
         if is_run_dir(path):
             raise ValueError(f"folder {folder!r}: {path} is a run, not a folder")
