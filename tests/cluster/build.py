@@ -1,0 +1,57 @@
+"""Locate (building once if needed) the control-plane binary and helm through build.sh.
+
+The build itself lives in the shell script so that CI can pre-build without Python; this module
+only runs it and reads the paths it prints.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Paths of the built tools."""
+
+    kubecp: Path
+    helm: Path
+
+
+class BuildError(RuntimeError):
+    """build.sh failed; the message carries its exit code and the tail of its output."""
+
+
+def ensure_built(progress: TextIO | None = None) -> Binaries:
+    """Run build.sh (a no-op when the cache holds the binaries) and return their paths.
+
+    build.sh writes progress to stderr, which goes to `progress` (default: this process's
+    stderr) line by line, so a cold build of several minutes shows in CI logs as it happens.
+    """
+    out = progress if progress is not None else sys.stderr
+    proc = subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    tail: list[str] = []
+    for line in proc.stderr:
+        out.write(line)
+        out.flush()
+        tail = [*tail[-39:], line]
+    stdout = proc.stdout.read()
+    rc = proc.wait()
+    if rc != 0:
+        raise BuildError(f"{BUILD_SCRIPT} exited with {rc}; last output:\n{''.join(tail)}")
+    paths = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+    try:
+        return Binaries(kubecp=Path(paths["KUBECP"]), helm=Path(paths["HELM"]))
+    except KeyError as exc:
+        raise BuildError(f"{BUILD_SCRIPT} did not print {exc.args[0]}=<path>: {stdout!r}") from exc

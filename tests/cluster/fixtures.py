@@ -1,0 +1,110 @@
+"""pytest plugin: one real control plane per session, a fresh namespace per test.
+
+Load it with `pytest_plugins = ["tests.cluster.fixtures"]`. When the selected tests use
+`control_plane`, the binaries are built (or reused) through build.sh right after collection,
+before any test runs, so a cold build of several minutes counts against no test's timeout; its
+progress shows on the terminal even under output capture. The first test that asks for
+`control_plane` starts it; it is stopped at the end of the session, and at interpreter exit
+if the session dies first (and the processes die with this one if it is killed outright).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+
+from tests.cluster.build import Binaries, ensure_built
+from tests.cluster.controlplane import ControlPlane, start_control_plane
+from tests.cluster.helpers import wait_for
+
+
+@contextlib.contextmanager
+def _terminal_output(config: pytest.Config) -> Iterator[None]:
+    """Let the block write to the real stderr even while pytest captures output."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        yield
+        return
+    with capman.global_and_fixture_disabled():
+        yield
+
+
+_BUILT: dict[str, Binaries | BaseException] = {}
+
+
+def _binaries(config: pytest.Config) -> Binaries:
+    """Build once per session; a failed build fails every cluster test with its output."""
+    if "result" not in _BUILT:
+        with _terminal_output(config):
+            try:
+                _BUILT["result"] = ensure_built(progress=sys.stderr)
+            except Exception as exc:
+                _BUILT["result"] = exc
+    result = _BUILT["result"]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+        with contextlib.suppress(Exception):  # reported by the fixture, per test
+            _binaries(session.config)
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, for the whole session."""
+    binaries = _binaries(request.config)
+    with _terminal_output(request.config):
+        cp = start_control_plane(binaries.kubecp, binaries.helm, progress=sys.stderr)
+    atexit.register(cp.stop)  # a crash past the finalizer still ends the processes
+    try:
+        yield cp
+    finally:
+        cp.stop()
+        atexit.unregister(cp.stop)
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    """An ApiClient with admin (system:masters) credentials, loaded from the kubeconfig."""
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def _namespace_name(nodeid: str) -> str:
+    """A readable, unique DNS-1123 label from the test's name."""
+    base = re.sub(r"[^a-z0-9]+", "-", nodeid.rsplit("::", 1)[-1].lower()).strip("-")
+    return f"{base[:40].rstrip('-') or 'test'}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, kube_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount in place), deleted after the test."""
+    core = client.CoreV1Api(kube_api)
+    name = _namespace_name(request.node.nodeid)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        # The ServiceAccount admission plugin rejects pods until "default" exists.
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", name),
+            timeout=30,
+            description=f"ServiceAccount {name}/default from the controller-manager",
+        )
+        yield name
+    finally:
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(name)

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the real control plane fixtures (tests/cluster/fixtures.py)."""
+
+pytest_plugins = ["tests.cluster.fixtures"]
