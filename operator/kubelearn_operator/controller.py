@@ -1,0 +1,306 @@
+"""Carries out reconcile plans: a work queue of experiments, the API calls and the events.
+
+Level-triggered: every experiment, pod and service event enqueues its experiment, and a resync
+timer enqueues all of them; a worker reconciles one experiment at a time (never two workers on
+the same key), from the latest cached Experiment and the operator's pod and service indexes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from . import metrics, naming
+from .kube import ApiError, KubeClient
+from .manifests import ExperimentRef, build_secret
+from .pods import PodState
+from .reconcile import Event, Observed, Options, Plan, plan, status_patch
+from .settings import Settings
+from .status import format_time
+
+logger = logging.getLogger("kubelearn_operator")
+
+Key = tuple[str, str]
+
+
+class WorkQueue:
+    """Deduplicating queue: a key is queued once and never processed by two workers at once."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._processing: set[Key] = set()
+        self._dirty: set[Key] = set()
+
+    def add(self, key: Key) -> None:
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: Key, delay: float) -> None:
+        asyncio.get_running_loop().call_later(max(delay, 0.0), self.add, key)
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._queued.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+
+def _resource_version(body: Mapping[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _experiment_path(namespace: str, name: str = "") -> str:
+    path = f"/apis/{naming.GROUP}/{naming.VERSION}/namespaces/{namespace}/{naming.PLURAL}"
+    return f"{path}/{name}" if name else path
+
+
+class Controller:
+    def __init__(self, settings: Settings, client: KubeClient,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.options = Options(default_image=settings.image,
+                               cluster_domain=settings.cluster_domain)
+        self.queue = WorkQueue()
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self.pods_index: Mapping[Key, Iterable[PodState]] = {}
+        self.services_index: Mapping[Key, Iterable[tuple[str, str]]] = {}
+        self._ensured: set[tuple[str, str]] = set()
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._podgroup: tuple[float, bool] = (0.0, False)
+        self.instance = socket.gethostname()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(max(self.settings.workers, 1)):
+            self._tasks.append(loop.create_task(self._worker(), name=f"kubelearn-worker-{i}"))
+        for i in range(4):
+            self._tasks.append(loop.create_task(self._event_poster(), name=f"kubelearn-events-{i}"))
+        self._tasks.append(loop.create_task(self._resync(), name="kubelearn-resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.close()
+
+    def healthy(self) -> dict[str, Any]:
+        return {"experiments": len(self.bodies), "queued": len(self.queue),
+                "workers": sum(1 for t in self._tasks if not t.done())}
+
+    # -- inputs from the watches -----------------------------------------------------------
+    def observe_experiment(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self.bodies.pop(key, None)
+            self._forget(meta.get("uid", ""))
+            asyncio.get_running_loop().create_task(self._delete_owned(key, meta.get("uid", "")))
+            return
+        self._store(key, body)
+        self.queue.add(key)
+
+    def _store(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Keep the newest version: a watch event may lag behind our own status patch."""
+        cached = self.bodies.get(key)
+        if (cached is None or cached["metadata"].get("uid") != body["metadata"].get("uid")
+                or _resource_version(body) >= _resource_version(cached)):
+            self.bodies[key] = dict(body)
+
+    def _forget(self, uid: str) -> None:
+        self._ensured = {e for e in self._ensured if e[0] != uid}
+
+    def observed(self, key: Key, uid: str) -> Observed:
+        pods = {p.name: p for p in self.pods_index.get(key, ()) if p.owner_uid == uid}
+        services = frozenset(name for name, owner in self.services_index.get(key, ())
+                             if owner == uid)
+        return Observed(pods=pods, services=services, podgroup_available=False)
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for key in list(self.bodies):
+                self.queue.add(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # retried: the next attempt sees fresh state
+                logger.warning("reconcile of %s/%s failed: %s", key[0], key[1], error)
+                self.queue.add_after(key, 2.0)
+            finally:
+                self.queue.done(key)
+
+    async def podgroup_available(self) -> bool:
+        checked, available = self._podgroup
+        if time.monotonic() - checked < self.settings.podgroup_check_seconds:
+            return available
+        try:
+            group = await self.client.request(
+                "GET", f"/apis/{naming.PODGROUP_GROUP}/{naming.PODGROUP_VERSION}")
+            available = any(r.get("name") == naming.PODGROUP_PLURAL
+                            for r in group.get("resources") or [])
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            available = False
+        self._podgroup = (time.monotonic(), available)
+        return available
+
+    async def reconcile(self, key: Key) -> Plan | None:
+        body = self.bodies.get(key)
+        if body is None:
+            return None
+        started = time.perf_counter()
+        uid = body["metadata"].get("uid", "")
+        observed = self.observed(key, uid)
+        if (body.get("spec") or {}).get("runPolicy", {}).get("schedulingPolicy") is not None:
+            observed = Observed(observed.pods, observed.services, await self.podgroup_available())
+        result = plan(body, observed, self.clock(), self.options)
+        await self.execute(key, body, result)
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        if result.requeue_after is not None:
+            self.queue.add_after(key, result.requeue_after + 0.05)
+        return result
+
+    # -- carrying out a plan ---------------------------------------------------------------
+    async def execute(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
+        namespace, name = key
+        meta = body["metadata"]
+        ref = ExperimentRef(name, namespace, meta.get("uid", ""))
+        if result.status is not None:
+            patch = status_patch(body.get("status") or {}, result.status)
+            if patch:
+                patch["lastReconcileTime"] = format_time(self.clock())
+                try:
+                    updated = await self.client.merge_patch(
+                        _experiment_path(namespace, name) + "/status", {"status": patch})
+                except ApiError as error:
+                    if error.status == 404:
+                        return
+                    raise
+                self._store(key, updated)
+        for counter in result.counters:
+            metrics.count(counter, namespace)
+        for event in result.events:
+            self.post_event(ref, event)
+        if result.delete_experiment:
+            if await self.client.delete(_experiment_path(namespace, name), meta.get("uid")):
+                metrics.count("deleted", namespace)
+            return
+        await self._gather(self._delete_pod(ref, pod, uid) for pod, uid in result.delete_pods)
+        await self._gather(self._delete_service(ref, svc) for svc in result.delete_services)
+        if result.ensure_secret and (ref.uid, "secret") not in self._ensured:
+            created = await self.client.create(
+                f"/api/v1/namespaces/{namespace}/secrets",
+                build_secret(ref, secrets.token_hex(32)))
+            self._ensured.add((ref.uid, "secret"))
+            if created:
+                self.post_event(ref, Event("Normal", "SuccessfulCreateSecret",
+                                           f"Created secret {naming.secret_name(name)}"))
+        if result.podgroup is not None and (ref.uid, "podgroup") not in self._ensured:
+            created = await self.client.create(
+                f"/apis/{naming.PODGROUP_GROUP}/{naming.PODGROUP_VERSION}/namespaces/"
+                f"{namespace}/{naming.PODGROUP_PLURAL}", result.podgroup)
+            self._ensured.add((ref.uid, "podgroup"))
+            if created:
+                self.post_event(ref, Event("Normal", "SuccessfulCreatePodGroup",
+                                           f"Created PodGroup {naming.podgroup_name(name)}"))
+        await self._gather(
+            [self._create(ref, "services", "Service", s) for s in result.create_services]
+            + [self._create(ref, "pods", "Pod", p) for p in result.create_pods])
+
+    async def _gather(self, calls: Iterable[Any]) -> None:
+        """Run API calls concurrently (the client bounds concurrency and QPS); raise the first
+        error only after all have finished, so one failure never strands the rest."""
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for outcome in results:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _create(self, ref: ExperimentRef, plural: str, kind: str,
+                      manifest: Mapping[str, Any]) -> None:
+        name = manifest["metadata"]["name"]
+        if await self.client.create(f"/api/v1/namespaces/{ref.namespace}/{plural}", manifest):
+            self.post_event(ref, Event("Normal", f"SuccessfulCreate{kind}",
+                                       f"Created {kind.lower()} {name}"))
+
+    async def _delete_pod(self, ref: ExperimentRef, name: str, uid: str) -> None:
+        if await self.client.delete(f"/api/v1/namespaces/{ref.namespace}/pods/{name}", uid):
+            self.post_event(ref, Event("Normal", "SuccessfulDeletePod", f"Deleted pod {name}"))
+
+    async def _delete_service(self, ref: ExperimentRef, name: str) -> None:
+        if await self.client.delete(f"/api/v1/namespaces/{ref.namespace}/services/{name}"):
+            self.post_event(ref, Event("Normal", "SuccessfulDeleteService",
+                                       f"Deleted service {name}"))
+
+    async def _delete_owned(self, key: Key, uid: str) -> None:
+        """After an Experiment is deleted, remove what the garbage collector has not yet."""
+        namespace = key[0]
+        try:
+            await self._gather(
+                [self.client.delete(f"/api/v1/namespaces/{namespace}/pods/{p.name}", p.uid)
+                 for p in list(self.pods_index.get(key, ())) if p.owner_uid == uid]
+                + [self.client.delete(f"/api/v1/namespaces/{namespace}/services/{name}")
+                   for name, owner in list(self.services_index.get(key, ())) if owner == uid])
+        except Exception as error:
+            logger.warning("clean-up after %s/%s was deleted failed: %s", *key, error)
+
+    # -- events ----------------------------------------------------------------------------
+    def post_event(self, ref: ExperimentRef, event: Event) -> None:
+        stamp = format_time(self.clock())
+        self._events.put_nowait({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
+            "involvedObject": {"apiVersion": naming.API_VERSION, "kind": naming.KIND,
+                               "name": ref.name, "namespace": ref.namespace, "uid": ref.uid},
+            "type": event.type, "reason": event.reason, "message": event.message[:1024],
+            "source": {"component": "kubelearn-operator"},
+            "reportingComponent": "kubelearn-operator", "reportingInstance": self.instance,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        })
+
+    async def _event_poster(self) -> None:
+        while True:
+            event = await self._events.get()
+            try:
+                await self.client.request(
+                    "POST", f"/api/v1/namespaces/{event['metadata']['namespace']}/events",
+                    body=event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # events are best effort
+                logger.debug("posting event failed: %s", error)

@@ -1,0 +1,90 @@
+"""What the operator needs to know about a pod, read from its manifest (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import naming
+
+ACTIVE_PHASES = ("Pending", "Running", "Unknown")
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    uid: str
+    experiment: str
+    role: str
+    index: int
+    phase: str
+    exit_code: int | None = None
+    restart_count: int = 0
+    deleting: bool = False
+    reason: str = ""
+    message: str = ""
+    termination_message: str | None = None
+    metrics_annotation: str | None = None
+    owner_uid: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES and not self.deleting
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def _main_status(statuses: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    for status in statuses:
+        if status.get("name") == naming.CONTAINER_NAME:
+            return status
+    return statuses[0] if statuses else None
+
+
+def pod_state(pod: Mapping[str, Any]) -> PodState | None:
+    """Summary of a pod of an experiment; None when the pod is not labelled as one."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        experiment = labels[naming.LABEL_EXPERIMENT]
+        role = labels[naming.LABEL_ROLE]
+        index = int(labels[naming.LABEL_INDEX])
+    except (KeyError, ValueError):
+        return None
+    status = pod.get("status") or {}
+    statuses = list(status.get("containerStatuses") or [])
+    main = _main_status(statuses)
+    exit_code = None
+    termination_message = None
+    if main is not None:
+        terminated = (main.get("state") or {}).get("terminated")
+        if terminated:
+            exit_code = terminated.get("exitCode")
+            termination_message = terminated.get("message")
+    return PodState(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        experiment=experiment,
+        role=role,
+        index=index,
+        phase=status.get("phase") or "Pending",
+        exit_code=exit_code,
+        restart_count=sum(int(s.get("restartCount") or 0) for s in statuses),
+        deleting=bool(meta.get("deletionTimestamp")),
+        reason=status.get("reason") or "",
+        message=status.get("message") or "",
+        termination_message=termination_message,
+        metrics_annotation=(meta.get("annotations") or {}).get(naming.ANNOTATION_METRICS),
+        owner_uid=controller_uid(meta),
+    )
+
+
+def controller_uid(meta: Mapping[str, Any]) -> str:
+    """Uid of the object's controlling owner ('' when it has none)."""
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("controller"):
+            return str(owner.get("uid") or "")
+    return ""

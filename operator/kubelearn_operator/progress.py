@@ -1,0 +1,54 @@
+"""Training progress reported by the runner, lifted from pods into the Experiment's status.
+
+The runner reports a JSON object (``{"step": 120, "loss": 0.31, ...}``) in its pod's
+``kubelearn.dev/metrics`` annotation while it trains and in its termination message when it
+exits. The replica that decides success (chief or master, else worker 0) is the one shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .pods import PodState
+
+
+def _parse(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _reporter(pods: Iterable[PodState], leader_role: str | None) -> PodState | None:
+    role = leader_role or "worker"
+    for pod in pods:
+        if pod.role == role and pod.index == 0:
+            return pod
+    return None
+
+
+def progress_from_pods(pods: Iterable[PodState], leader_role: str | None) -> dict[str, Any]:
+    """Status fields (``metrics``, ``step``, ``loss``) from the reporting replica; {} if none.
+
+    The termination message wins over the annotation: it is the runner's final word.
+    """
+    pod = _reporter(pods, leader_role)
+    if pod is None:
+        return {}
+    metrics = _parse(pod.termination_message) or _parse(pod.metrics_annotation)
+    if metrics is None:
+        return {}
+    result: dict[str, Any] = {"metrics": metrics}
+    step = metrics.get("step", metrics.get("global_step"))
+    if isinstance(step, (int, float)) and not isinstance(step, bool):
+        result["step"] = int(step)
+    loss = metrics.get("loss")
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
+        result["loss"] = float(loss)
+    return result

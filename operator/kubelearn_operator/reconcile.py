@@ -1,0 +1,383 @@
+"""The reconcile decision: desired state versus observed state, as a pure function.
+
+``plan()`` reads an Experiment and what exists of it (pods, services) and returns what to do:
+objects to create or delete, the status to write, events to post. It performs no I/O, so every
+policy is tested without a cluster; ``controller.py`` carries the plan out. Running the same
+plan twice is harmless: names are deterministic and restarts are keyed by the failed pod's uid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import naming
+from .manifests import ExperimentRef, PodBuilder, build_podgroup, build_service
+from .pods import PodState
+from .progress import progress_from_pods
+from .spec import ExperimentSpec, SpecError, parse_spec
+from .status import (
+    clear_condition,
+    format_time,
+    is_true,
+    parse_time,
+    phase,
+    replica_statuses,
+    set_condition,
+    total_restarts,
+)
+
+PODGROUP_MISSING = (f"PodGroup CRD {naming.PODGROUP_GROUP}/{naming.PODGROUP_VERSION} is not "
+                    "installed: pods are scheduled without gang scheduling")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists of one experiment, as last seen."""
+
+    pods: Mapping[str, PodState] = field(default_factory=dict)
+    services: frozenset[str] = frozenset()
+    podgroup_available: bool = False
+
+
+@dataclass(frozen=True)
+class Options:
+    default_image: str = "kubelearn/runner:0.1.0"
+    cluster_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any] | None = None
+    ensure_secret: bool = False
+    podgroup: dict[str, Any] | None = None
+    create_services: list[dict[str, Any]] = field(default_factory=list)
+    create_pods: list[dict[str, Any]] = field(default_factory=list)
+    delete_pods: list[tuple[str, str]] = field(default_factory=list)
+    delete_services: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    counters: list[str] = field(default_factory=list)
+    delete_experiment: bool = False
+    requeue_after: float | None = None
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        if self.requeue_after is None or seconds < self.requeue_after:
+            self.requeue_after = seconds
+
+
+def is_retryable(policy: str, pod: PodState) -> bool:
+    """Whether a failed pod is restarted under its role's restart policy.
+
+    ExitCode: 1-127 are the program's own verdict (permanent); 128 and above mean killed by a
+    signal (retry); no exit code at all (evicted, lost) is retried too.
+    """
+    if policy in ("OnFailure", "Always"):
+        return True
+    if policy == "ExitCode":
+        return pod.exit_code is None or pod.exit_code >= 128 or pod.exit_code == 0
+    return False
+
+
+def _describe_failure(pod: PodState) -> str:
+    if pod.exit_code is not None:
+        return f"{pod.name} exited with code {pod.exit_code}"
+    return f"{pod.name} failed ({pod.reason or 'no exit code'})"
+
+
+def cleanup(pods: Mapping[str, PodState], services: frozenset[str], policy: str,
+            failed: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """Pods and services to delete once finished: failure always stops the active pods."""
+    delete_pods = []
+    for pod in pods.values():
+        if pod.deleting:
+            continue
+        if (pod.active and (failed or policy in ("Running", "All"))) or policy == "All":
+            delete_pods.append((pod.name, pod.uid))
+    delete_services = sorted(services) if policy == "All" else []
+    return delete_pods, delete_services
+
+
+class _Planner:
+    def __init__(self, body: Mapping[str, Any], observed: Observed, now: datetime,
+                 options: Options) -> None:
+        meta = body.get("metadata") or {}
+        self.body = body
+        self.observed = observed
+        self.now = now
+        self.options = options
+        self.ref = ExperimentRef(meta.get("name", ""), meta.get("namespace", ""),
+                                 meta.get("uid", ""))
+        self.generation = meta.get("generation")
+        self.old: Mapping[str, Any] = body.get("status") or {}
+        self.conditions: list[dict[str, Any]] = [dict(c) for c in
+                                                 self.old.get("conditions") or []]
+        self.pod_restarts: dict[str, dict[str, Any]] = {
+            k: dict(v) for k, v in (self.old.get("podRestarts") or {}).items()}
+        self.status: dict[str, Any] = {}
+        self.plan = Plan()
+
+    @property
+    def key(self) -> str:
+        return f"{self.ref.namespace}/{self.ref.name}"
+
+    def transition(self, ctype: str, reason: str, message: str, *, warning: bool = False,
+                   counter: str | None = None) -> None:
+        """Set a condition true; post an event and count it only when it becomes true."""
+        if not is_true(self.conditions, ctype):
+            self.plan.events.append(Event("Warning" if warning else "Normal", reason, message))
+            if counter:
+                self.plan.counters.append(counter)
+        self.conditions = set_condition(self.conditions, ctype, True, reason, message, self.now)
+
+    def clear(self, ctype: str, reason: str, message: str) -> None:
+        self.conditions = clear_condition(self.conditions, ctype, reason, message, self.now)
+
+    # -- outcome -------------------------------------------------------------------------
+    def finish(self, succeeded: bool, reason: str, message: str) -> None:
+        if succeeded:
+            self.transition("Succeeded", reason, message, counter="succeeded")
+        else:
+            self.transition("Failed", reason, message, warning=True, counter="failed")
+        self.clear("Running", reason, message)
+        self.clear("Restarting", reason, message)
+        self.status["completionTime"] = self.old.get("completionTime") or format_time(self.now)
+
+    def finished(self, spec: ExperimentSpec | None) -> None:
+        """Already finished: keep cleaning up per policy and honour ttlSecondsAfterFinished."""
+        if spec is None:
+            return
+        failed = is_true(self.conditions, "Failed")
+        pods, services = cleanup(self.observed.pods, self.observed.services,
+                                 spec.run_policy.clean_pod_policy, failed)
+        self.plan.delete_pods += pods
+        self.plan.delete_services += services
+        ttl = spec.run_policy.ttl_seconds_after_finished
+        done = parse_time(self.status.get("completionTime") or self.old.get("completionTime"))
+        if ttl is not None and done is not None:
+            left = (done.timestamp() + ttl) - self.now.timestamp()
+            if left <= 0:
+                self.plan.delete_experiment = True
+                self.plan.events.append(Event(
+                    "Normal", "ExperimentDeleted",
+                    f"Experiment {self.key} deleted {ttl}s after it finished "
+                    "(ttlSecondsAfterFinished)."))
+            else:
+                self.plan.requeue(left)
+
+    # -- the whole decision ----------------------------------------------------------------
+    def run(self) -> Plan:
+        meta = self.body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return self.plan
+        try:
+            spec = parse_spec(self.body.get("spec") or {}, name=self.ref.name,
+                              namespace=self.ref.namespace,
+                              default_image=self.options.default_image)
+        except SpecError as error:
+            self.transition("Failed", "InvalidSpec", str(error), warning=True, counter="failed")
+            self.status["completionTime"] = (self.old.get("completionTime")
+                                             or format_time(self.now))
+            return self.done(None)
+        if is_true(self.conditions, "Succeeded") or is_true(self.conditions, "Failed"):
+            self.finished(spec)
+            return self.done(spec)
+        self.transition("Created", "ExperimentCreated", f"Experiment {self.key} is created.",
+                        counter="created")
+        if spec.run_policy.suspend:
+            self.suspend(spec)
+            return self.done(spec)
+        if is_true(self.conditions, "Suspended"):
+            self.conditions = set_condition(self.conditions, "Suspended", False,
+                                            "ExperimentResumed",
+                                            f"Experiment {self.key} is resumed.", self.now)
+            self.plan.events.append(Event("Normal", "ExperimentResumed",
+                                          f"Experiment {self.key} is resumed."))
+            self.status["startTime"] = format_time(self.now)
+        self.active(spec)
+        return self.done(spec)
+
+    def suspend(self, spec: ExperimentSpec) -> None:
+        message = f"Experiment {self.key} is suspended."
+        self.transition("Suspended", "ExperimentSuspended", message)
+        self.clear("Running", "ExperimentSuspended", message)
+        self.clear("Restarting", "ExperimentSuspended", message)
+        for pod in self.observed.pods.values():
+            if not pod.deleting and pod.phase != "Succeeded":
+                self.plan.delete_pods.append((pod.name, pod.uid))
+        # The deadline counts active time: it starts again on resume.
+        self.status["startTime"] = None
+
+    def active(self, spec: ExperimentSpec) -> None:
+        plan = self.plan
+        start = self.status.get("startTime") or self.old.get("startTime") or format_time(self.now)
+        self.status["startTime"] = start
+        plan.ensure_secret = True
+        gang = spec.run_policy.scheduling is not None
+        if gang:
+            if self.observed.podgroup_available:
+                plan.podgroup = build_podgroup(self.ref, spec)
+                self.status["podGroup"] = {"name": naming.podgroup_name(self.ref.name),
+                                           "message": ""}
+            else:
+                if (self.old.get("podGroup") or {}).get("message") != PODGROUP_MISSING:
+                    plan.events.append(Event("Warning", "PodGroupUnavailable", PODGROUP_MISSING))
+                self.status["podGroup"] = {"name": "", "message": PODGROUP_MISSING}
+        builder = PodBuilder(self.ref, spec, cluster_domain=self.options.cluster_domain,
+                             gang=gang and self.observed.podgroup_available)
+        desired = spec.replica_keys()
+        desired_names = {naming.replica_name(self.ref.name, r, i) for r, i in desired}
+        pods = self.observed.pods
+        # Replicas beyond the spec (it was scaled down) go away with their services.
+        for name, pod in pods.items():
+            if name not in desired_names and not pod.deleting:
+                plan.delete_pods.append((pod.name, pod.uid))
+        plan.delete_services += sorted(s for s in self.observed.services
+                                       if s not in desired_names)
+        permanent: list[PodState] = []
+        restarts: list[PodState] = []
+        all_running = True
+        for role, index in desired:
+            name = naming.replica_name(self.ref.name, role, index)
+            if name not in self.observed.services:
+                plan.create_services.append(build_service(self.ref, role, index))
+            pod = pods.get(name)
+            if pod is None:
+                count = int(self.pod_restarts.get(name, {}).get("count") or 0)
+                plan.create_pods.append(builder.pod(role, index, restarts=count))
+                all_running = False
+                continue
+            if pod.deleting or pod.phase not in ("Running", "Succeeded"):
+                all_running = False
+            if pod.deleting or pod.phase != "Failed":
+                continue
+            if is_retryable(spec.replicas[role].restart_policy, pod):
+                restarts.append(pod)
+            else:
+                permanent.append(pod)
+
+        new_restarts = [p for p in restarts
+                        if self.pod_restarts.get(p.name, {}).get("uid") != p.uid]
+        counts = {role: r.replicas for role, r in spec.replicas.items()}
+        statuses = replica_statuses(counts, [p for n, p in pods.items() if n in desired_names],
+                                    self.pod_restarts)
+        restarts_so_far = total_restarts(statuses)
+        self.status["replicaStatuses"] = statuses
+        self.progress(spec)
+
+        # Outcome, in order: success, permanent failure, restarts past the limit, deadline.
+        if self.succeeded(spec):
+            self.finish(True, "ExperimentSucceeded",
+                        f"Experiment {self.key} successfully completed.")
+        elif decisive := [p for p in permanent if p.role != "evaluator"]:
+            details = "; ".join(_describe_failure(p) for p in decisive[:5])
+            self.finish(False, "ExperimentFailed",
+                        f"Experiment {self.key} has failed because {len(decisive)} replica(s) "
+                        f"failed: {details}.")
+        elif restarts_so_far + len(new_restarts) > spec.run_policy.backoff_limit:
+            self.finish(False, "BackoffLimitExceeded",
+                        f"Experiment {self.key} has failed because it has reached the "
+                        f"specified backoff limit ({spec.run_policy.backoff_limit} restarts).")
+        elif self.deadline_passed(spec, start):
+            self.finish(False, "DeadlineExceeded",
+                        f"Experiment {self.key} has failed because it was active longer than "
+                        f"activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds}s).")
+        if is_true(self.conditions, "Succeeded") or is_true(self.conditions, "Failed"):
+            plan.create_pods.clear()
+            plan.create_services.clear()
+            self.finished(spec)
+            return
+
+        for pod in permanent:  # only evaluators reach here: reported, never decisive
+            if statuses[pod.role]["failed"] > (self.old_failed(pod.role)):
+                plan.events.append(Event("Warning", "ReplicaFailed",
+                                         f"{_describe_failure(pod)}; evaluators do not decide "
+                                         "the experiment's outcome."))
+        for pod in restarts:
+            if pod in new_restarts:
+                record = self.pod_restarts.get(pod.name, {})
+                self.pod_restarts[pod.name] = {"role": pod.role,
+                                               "count": int(record.get("count") or 0) + 1,
+                                               "uid": pod.uid}
+                statuses[pod.role]["restarts"] += 1
+                plan.counters.append("restarted")
+                plan.events.append(Event("Warning", "RestartingPod",
+                                         f"Restarting {_describe_failure(pod)}."))
+            plan.delete_pods.append((pod.name, pod.uid))
+        if restarts:
+            self.transition("Restarting", "ExperimentRestarting",
+                            f"Experiment {self.key} is restarting because {len(restarts)} "
+                            "replica(s) failed.", warning=True)
+            self.clear("Running", "ExperimentRestarting",
+                       f"Experiment {self.key} is restarting.")
+        elif all_running and any(p.phase == "Running" for p in pods.values()):
+            self.transition("Running", "ExperimentRunning", f"Experiment {self.key} is running.")
+            self.clear("Restarting", "ExperimentRunning", f"Experiment {self.key} is running.")
+        deadline = spec.run_policy.active_deadline_seconds
+        start_time = parse_time(start)
+        if deadline is not None and start_time is not None:
+            plan.requeue(start_time.timestamp() + deadline - self.now.timestamp())
+
+    def old_failed(self, role: str) -> int:
+        return int(((self.old.get("replicaStatuses") or {}).get(role) or {}).get("failed") or 0)
+
+    def succeeded(self, spec: ExperimentSpec) -> bool:
+        def ok(role: str, index: int) -> bool:
+            pod = self.observed.pods.get(naming.replica_name(self.ref.name, role, index))
+            return pod is not None and pod.phase == "Succeeded"
+
+        leader = spec.leader_role
+        if leader:
+            return ok(leader, 0)
+        workers = spec.count("worker")
+        if spec.success_policy == "AllWorkers":
+            return workers > 0 and all(ok("worker", i) for i in range(workers))
+        return workers > 0 and ok("worker", 0)
+
+    def deadline_passed(self, spec: ExperimentSpec, start: str) -> bool:
+        deadline = spec.run_policy.active_deadline_seconds
+        started = parse_time(start)
+        return (deadline is not None and started is not None
+                and self.now.timestamp() - started.timestamp() >= deadline)
+
+    def progress(self, spec: ExperimentSpec) -> None:
+        self.status.update(progress_from_pods(self.observed.pods.values(), spec.leader_role))
+
+    def done(self, spec: ExperimentSpec | None) -> Plan:
+        status = self.status
+        status["conditions"] = self.conditions
+        status["phase"] = phase(self.conditions)
+        status["observedGeneration"] = self.generation
+        if self.pod_restarts:
+            status["podRestarts"] = self.pod_restarts
+        if spec is not None:
+            statuses = status.get("replicaStatuses")
+            if statuses is None:
+                counts = {role: r.replicas for role, r in spec.replicas.items()}
+                statuses = replica_statuses(counts, self.observed.pods.values(),
+                                            self.pod_restarts)
+                status["replicaStatuses"] = statuses
+            active = sum(s["active"] for s in statuses.values())
+            status["replicas"] = f"{active}/{spec.total_replicas}"
+        self.plan.status = status
+        return self.plan
+
+
+def plan(body: Mapping[str, Any], observed: Observed, now: datetime,
+         options: Options | None = None) -> Plan:
+    """Decide what to do for one Experiment. Pure: no I/O, ``now`` is passed in."""
+    return _Planner(body, observed, now, options or Options()).run()
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge patch of the status keys that changed (None removes a key)."""
+    return {k: v for k, v in new.items() if old.get(k) != v and not (v is None and k not in old)}

@@ -1,0 +1,49 @@
+"""Operator settings, read once from the environment at start-up (never inside builders)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_IMAGE = "kubelearn/runner:0.1.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    image: str = DEFAULT_IMAGE
+    cluster_domain: str | None = None
+    api_qps: float = 500.0
+    api_burst: int = 1000
+    create_concurrency: int = 64
+    workers: int = 8
+    resync_seconds: float = 10.0
+    metrics_port: int = 9090
+    podgroup_check_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float) -> float:
+            value = env.get(name)
+            if not value:
+                return default
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+        return cls(
+            image=env.get("KUBELEARN_RUNNER_IMAGE") or DEFAULT_IMAGE,
+            cluster_domain=env.get("KUBELEARN_CLUSTER_DOMAIN") or None,
+            api_qps=number("KUBELEARN_API_QPS", cls.api_qps),
+            api_burst=int(number("KUBELEARN_API_BURST", cls.api_burst)),
+            create_concurrency=int(number("KUBELEARN_CREATE_CONCURRENCY",
+                                          cls.create_concurrency)),
+            workers=int(number("KUBELEARN_WORKERS", cls.workers)),
+            resync_seconds=number("KUBELEARN_RESYNC_SECONDS", cls.resync_seconds),
+            metrics_port=int(number("KUBELEARN_METRICS_PORT", cls.metrics_port)),
+            podgroup_check_seconds=number("KUBELEARN_PODGROUP_CHECK_SECONDS",
+                                          cls.podgroup_check_seconds),
+        )

@@ -1,0 +1,149 @@
+"""Pods, services, secret, PodGroup and TF_CONFIG built from a spec."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from kubelearn_operator import naming
+from kubelearn_operator.manifests import (
+    ExperimentRef,
+    build_pod,
+    build_podgroup,
+    build_secret,
+    build_service,
+)
+from kubelearn_operator.spec import parse_spec
+from kubelearn_operator.tfconfig import cluster_spec, tf_config
+
+from .test_operator_spec import MINIMAL
+
+REF = ExperimentRef("linear", "ml", "uid-1")
+
+
+def _spec(spec=None, name="linear"):
+    return parse_spec(spec or MINIMAL, name=name, namespace="ml", default_image="runner:1")
+
+
+def _env(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_cluster_spec_addresses_and_evaluator_left_out() -> None:
+    cluster = cluster_spec("linear", "ml", {"ps": 1, "worker": 2, "master": 1, "evaluator": 1})
+    assert cluster == {
+        "master": ["linear-master-0.ml.svc:2222"],
+        "ps": ["linear-ps-0.ml.svc:2222"],
+        "worker": ["linear-worker-0.ml.svc:2222", "linear-worker-1.ml.svc:2222"],
+    }
+    assert cluster_spec("e", "n", {"worker": 1}, cluster_domain="cluster.local") == {
+        "worker": ["e-worker-0.n.svc.cluster.local:2222"]}
+    assert json.loads(tf_config(cluster, "worker", 1)) == {
+        "cluster": cluster, "task": {"type": "worker", "index": 1}, "environment": "cloud"}
+
+
+def test_pod_of_the_minimal_form() -> None:
+    pod = build_pod(REF, _spec(), "worker", 1)
+    meta = pod["metadata"]
+    assert meta["name"] == "linear-worker-1" and meta["namespace"] == "ml"
+    assert meta["labels"] == {naming.LABEL_EXPERIMENT: "linear", naming.LABEL_ROLE: "worker",
+                              naming.LABEL_INDEX: "1"}
+    assert meta["ownerReferences"] == [{
+        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment", "name": "linear",
+        "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"  # ExitCode restarts are the operator's
+    assert spec["enableServiceLinks"] is False
+    (container,) = spec["containers"]
+    assert container["name"] == "kubelearn" and container["image"] == "runner:1"
+    assert container["command"] == ["kubelearn", "run", "--experiment-fn",
+                                    "kubelearn.examples.linear:experiment_fn"]
+    assert container["ports"][0] == {"name": "kubelearn-port", "containerPort": 2222,
+                                     "protocol": "TCP"}
+    env = _env(container)
+    assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
+    assert json.loads(env["TF_CONFIG"])["cluster"]["worker"][1] == "linear-worker-1.ml.svc:2222"
+    assert env["KUBELEARN_EXPERIMENT"] == "linear"
+    assert env["KUBELEARN_ROLE"] == "worker" and env["KUBELEARN_INDEX"] == "1"
+    assert json.loads(env["KUBELEARN_HPARAMS"]) == {"learning_rate": 0.05, "train_steps": 2000}
+    assert env["KUBELEARN_MODEL_DIR"] == "/tmp/kubelearn/ml/linear"
+    assert env["KUBELEARN_TOKEN"] == {"secretKeyRef": {"name": "linear-kubelearn-token",
+                                                       "key": "token"}}
+
+
+def test_master_is_labelled_job_role_master() -> None:
+    pod = build_pod(REF, _spec(), "master", 0)
+    assert pod["metadata"]["labels"][naming.LABEL_JOB_ROLE] == "master"
+    assert naming.LABEL_JOB_ROLE not in build_pod(REF, _spec(), "ps", 0)["metadata"]["labels"]
+
+
+def test_template_is_kept_and_ours_wins_on_conflicts() -> None:
+    spec = _spec({
+        "experimentFn": "m:f", "schedule": "train",
+        "replicaSpecs": {"worker": {"replicas": 1, "restartPolicy": "OnFailure", "template": {
+            "metadata": {"labels": {"team": "a", naming.LABEL_ROLE: "spoof"},
+                         "annotations": {"note": "x"}},
+            "spec": {"nodeSelector": {"gpu": "yes"}, "containers": [
+                {"name": "sidecar", "image": "side:1"},
+                {"name": "kubelearn", "image": "custom:3",
+                 "env": [{"name": "EXTRA", "value": "1"},
+                         {"name": "KUBELEARN_ROLE", "value": "spoof"}],
+                 "resources": {"limits": {"cpu": "1"}}}]}}}}})
+    pod = build_pod(REF, spec, "worker", 0, restarts=2)
+    assert pod["metadata"]["labels"]["team"] == "a"
+    assert pod["metadata"]["labels"][naming.LABEL_ROLE] == "worker"
+    assert pod["metadata"]["annotations"] == {"note": "x", naming.ANNOTATION_RESTARTS: "2"}
+    assert pod["spec"]["nodeSelector"] == {"gpu": "yes"}
+    assert pod["spec"]["restartPolicy"] == "OnFailure"
+    sidecar, main = pod["spec"]["containers"]
+    assert "env" not in sidecar and sidecar["image"] == "side:1"
+    assert main["image"] == "custom:3" and main["resources"] == {"limits": {"cpu": "1"}}
+    assert main["command"][-2:] == ["--schedule", "train"]
+    env = _env(main)
+    assert env["EXTRA"] == "1" and env["KUBELEARN_ROLE"] == "worker"
+    assert [e["name"] for e in main["env"]].count("KUBELEARN_ROLE") == 1
+    # The builder never mutates the spec's template.
+    assert spec.replicas["worker"].template["metadata"]["labels"][naming.LABEL_ROLE] == "spoof"
+
+
+def test_user_command_is_kept() -> None:
+    spec = _spec({"experimentFn": "m:f", "replicaSpecs": {"worker": {"template": {"spec": {
+        "containers": [{"name": "kubelearn", "command": ["python", "-m", "x"]}]}}}}})
+    assert build_pod(REF, spec, "worker", 0)["spec"]["containers"][0]["command"] == [
+        "python", "-m", "x"]
+
+
+def test_headless_service_publishes_not_ready_addresses() -> None:
+    svc = build_service(REF, "ps", 0)
+    assert svc["metadata"]["name"] == "linear-ps-0"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {naming.LABEL_EXPERIMENT: "linear",
+                                       naming.LABEL_ROLE: "ps", naming.LABEL_INDEX: "0"}
+    assert svc["spec"]["ports"] == [{"name": "kubelearn-port", "port": 2222,
+                                     "targetPort": 2222, "protocol": "TCP"}]
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_secret_carries_the_token() -> None:
+    secret = build_secret(REF, "s3cret")
+    assert secret["metadata"]["name"] == "linear-kubelearn-token"
+    assert base64.b64decode(secret["data"]["token"]) == b"s3cret"
+
+
+def test_gang_scheduling_podgroup_and_pod_fields() -> None:
+    spec = _spec({**MINIMAL, "runPolicy": {"schedulingPolicy": {
+        "minAvailable": 3, "queue": "research", "priorityClass": "high",
+        "scheduleTimeoutSeconds": 30}}})
+    group = build_podgroup(REF, spec)
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["kind"] == "PodGroup"
+    assert group["spec"] == {"minMember": 3, "scheduleTimeoutSeconds": 30}
+    assert group["metadata"]["labels"]["kubelearn.dev/queue"] == "research"
+    pod = build_pod(REF, spec, "worker", 0, gang=True)
+    assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+    assert pod["spec"]["priorityClassName"] == "high"
+    assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "linear"
+    plain = build_pod(REF, spec, "worker", 0, gang=False)
+    assert "schedulerName" not in plain["spec"]
+    default_min = _spec({**MINIMAL, "runPolicy": {"schedulingPolicy": {}}})
+    assert build_podgroup(REF, default_min)["spec"]["minMember"] == 4

@@ -1,0 +1,49 @@
+"""Progress hook: runner reports lifted from pods, and pod parsing."""
+
+from __future__ import annotations
+
+import json
+
+from kubelearn_operator import naming
+from kubelearn_operator.pods import pod_state
+from kubelearn_operator.progress import progress_from_pods
+
+
+def _pod(role: str, index: int, *, annotation: dict | None = None,
+         termination: str | None = None, phase: str = "Running"):
+    meta = {"name": f"e-{role}-{index}", "uid": "u",
+            "labels": naming.replica_labels("e", role, index)}
+    if annotation is not None:
+        meta["annotations"] = {naming.ANNOTATION_METRICS: json.dumps(annotation)}
+    status = {"phase": phase, "containerStatuses": [
+        {"name": "sidecar", "restartCount": 1, "state": {}},
+        {"name": "kubelearn", "restartCount": 2,
+         "state": {"terminated": {"exitCode": 0, "message": termination}}
+         if termination is not None else {"running": {}}}]}
+    return pod_state({"metadata": meta, "status": status})
+
+
+def test_pod_state_reads_the_main_container() -> None:
+    state = _pod("worker", 3, termination="{}", phase="Succeeded")
+    assert state is not None
+    assert (state.role, state.index, state.phase, state.exit_code) == ("worker", 3,
+                                                                       "Succeeded", 0)
+    assert state.restart_count == 3  # every container's restarts count
+    assert pod_state({"metadata": {"name": "x", "labels": {}}}) is None
+
+
+def test_annotation_while_training_then_termination_message() -> None:
+    pods = [_pod("master", 0, annotation={"step": 10, "loss": 1.5}), _pod("worker", 0)]
+    assert progress_from_pods(pods, "master") == {
+        "metrics": {"step": 10, "loss": 1.5}, "step": 10, "loss": 1.5}
+    final = [_pod("master", 0, annotation={"step": 10, "loss": 1.5},
+                  termination=json.dumps({"global_step": 2000, "loss": 0.01}))]
+    assert progress_from_pods(final, "master")["step"] == 2000
+
+
+def test_worker_zero_reports_without_a_leader_and_garbage_is_ignored() -> None:
+    pods = [_pod("worker", 1, annotation={"step": 5}), _pod("worker", 0, annotation={"step": 7})]
+    assert progress_from_pods(pods, None)["step"] == 7
+    assert progress_from_pods([_pod("worker", 0, termination="not json")], None) == {}
+    nan = progress_from_pods([_pod("worker", 0, annotation={"loss": "NaN", "step": True})], None)
+    assert "loss" not in nan and "step" not in nan
