@@ -181,13 +181,19 @@ def _pid_alive(pid: int, proc: subprocess.Popen | None) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """True while a live (not zombie) process is in group `pgid`.
+
+    Zombies count as gone: once a detached component's starter has exited, reaping it is
+    up to whichever process adopted it.
+    """
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def free_ports(count: int) -> list[int]:
