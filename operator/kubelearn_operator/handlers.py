@@ -1,5 +1,8 @@
 """kopf handlers: thin adapters from watch events to the controller's work queue.
 
+All are coroutines: kopf runs plain functions in a thread pool, and the work queue belongs to
+the event loop.
+
 Run with ``kopf run --standalone -m kubelearn_operator.handlers --all-namespaces`` (or
 ``python -m kubelearn_operator``, which also turns the liveness endpoint on).
 """
@@ -57,25 +60,25 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.probe(id="controller")
-def probe(**_: Any) -> dict[str, Any]:
+async def probe(**_: Any) -> dict[str, Any]:
     return _controller().healthy()
 
 
 @kopf.index("pods", labels=_EXPERIMENT_PRESENT)
-def experiment_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, PodState] | None:
+async def experiment_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, PodState] | None:
     state = pod_state(body)
     return {(namespace, state.experiment): state} if state else None
 
 
 @kopf.index("services", labels=_EXPERIMENT_PRESENT)
-def experiment_services(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels,
+async def experiment_services(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels,
                         **_: Any) -> dict[Any, tuple[str, str]]:
     key = (namespace, labels[naming.LABEL_EXPERIMENT])
     return {key: (name, controller_uid(body.get("metadata") or {}))}
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
-def experiment_event(event: kopf.RawEvent, body: kopf.Body, experiment_pods: kopf.Index,
+async def experiment_event(event: kopf.RawEvent, body: kopf.Body, experiment_pods: kopf.Index,
                      experiment_services: kopf.Index, **_: Any) -> None:
     controller = _controller()
     controller.pods_index = experiment_pods
@@ -84,10 +87,10 @@ def experiment_event(event: kopf.RawEvent, body: kopf.Body, experiment_pods: kop
 
 
 @kopf.on.event("pods", labels=_EXPERIMENT_PRESENT)
-def pod_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+async def pod_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
     _controller().queue.add((namespace, labels[naming.LABEL_EXPERIMENT]))
 
 
 @kopf.on.event("services", labels=_EXPERIMENT_PRESENT)
-def service_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+async def service_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
     _controller().queue.add((namespace, labels[naming.LABEL_EXPERIMENT]))
