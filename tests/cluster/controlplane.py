@@ -119,12 +119,27 @@ class ControlPlane:
         """True when the API server answers /readyz with ok."""
         return _readyz(self.server, self.admin_token, _ssl_context(self.ca_file)) == "ok"
 
+    def _live_components(self) -> list[int]:
+        """The recorded pids still running this kubecp: after a reboot or a long time, the
+        numbers may belong to unrelated processes, which must not be signalled."""
+        live = []
+        for pid in self.pids:
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+                pgid = os.getpgid(pid)
+            except OSError:
+                continue
+            if argv0.decode(errors="replace") == str(self.kubecp) and pgid == self.pgid:
+                live.append(pid)
+        return live
+
     def stop(self, timeout: float = 20.0, remove_workdir: bool = True) -> None:
         """Terminate the whole process group (SIGTERM, then SIGKILL) and remove the work dir."""
         if self._stopped:
             return
         self._stopped = True
-        kill_process_group(self.pgid, timeout, self._procs, self.pids)
+        if self._procs or self._live_components():
+            kill_process_group(self.pgid, timeout, self._procs, self._live_components())
         if remove_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

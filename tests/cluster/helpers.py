@@ -6,6 +6,8 @@ least-privilege client made from a ServiceAccount token.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -67,25 +69,33 @@ def apply_yaml(
     Objects whose kind is not yet served (a CRD applied just before) are retried until
     discovery shows them or `discovery_timeout` passes.
     """
-    dyn = dynamic.DynamicClient(api_client)
-    applied = []
-    for obj in load_yaml_documents(path_or_text):
-        res = _resource(dyn, obj["apiVersion"], obj["kind"], discovery_timeout)
-        meta = obj.setdefault("metadata", {})
-        ns = None
-        if res.namespaced:
-            ns = meta.get("namespace") or namespace or "default"
-            meta["namespace"] = ns
-        result = dyn.server_side_apply(
-            res,
-            body=obj,
-            name=meta["name"],
-            namespace=ns,
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        )
-        applied.append(result.to_dict())
-    return applied
+    docs = load_yaml_documents(path_or_text)
+    # A private discovery cache: the client's default file is keyed by host:port only, so a
+    # later control plane on a reused port would start from this one's resource list.
+    with tempfile.TemporaryDirectory(prefix="kubelearn-discovery-") as cache_dir:
+        dyn = dynamic.DynamicClient(api_client, cache_file=os.path.join(cache_dir, "cache.json"))
+        return [_apply_one(dyn, obj, namespace, discovery_timeout) for obj in docs]
+
+
+def _apply_one(
+    dyn: dynamic.DynamicClient, obj: dict[str, Any], namespace: str | None, timeout: float
+) -> dict[str, Any]:
+    """Server-side apply one object (forcing conflicts: the test is the one owner)."""
+    res = _resource(dyn, obj["apiVersion"], obj["kind"], timeout)
+    meta = obj.setdefault("metadata", {})
+    ns = None
+    if res.namespaced:
+        ns = meta.get("namespace") or namespace or "default"
+        meta["namespace"] = ns
+    result = dyn.server_side_apply(
+        res,
+        body=obj,
+        name=meta["name"],
+        namespace=ns,
+        field_manager=FIELD_MANAGER,
+        force_conflicts=True,
+    )
+    return result.to_dict()
 
 
 def service_account_token(
