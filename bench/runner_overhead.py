@@ -10,6 +10,7 @@ several times and the medians are compared, so machine noise hits both sides ali
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import tempfile
@@ -55,7 +56,7 @@ def bare_dnn(x, y, steps, batch, lr, hidden):
     rng = np.random.default_rng(0)
     sizes = [x.shape[1], *hidden, 1]
     ws = [rng.uniform(-np.sqrt(6 / (i + o)), np.sqrt(6 / (i + o)), (i, o)).astype(np.float32)
-          for i, o in zip(sizes, sizes[1:], strict=False)]
+          for i, o in itertools.pairwise(sizes)]
     bs = [np.zeros(o, np.float32) for o in sizes[1:]]
     it = batches(x, y, batch)
     for _ in range(steps):

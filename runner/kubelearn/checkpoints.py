@@ -123,5 +123,14 @@ def mark_training_done(model_dir: str, global_step: int) -> None:
     _atomic_write(os.path.join(model_dir, DONE_NAME), lambda handle: handle.write(text))
 
 
-def training_done(model_dir: str | None) -> bool:
-    return bool(model_dir) and os.path.exists(os.path.join(model_dir, DONE_NAME))
+def training_done(model_dir: str | None, target_step: int | None = None) -> bool:
+    """Whether training recorded its end, at ``target_step`` or later when one is given
+    (a marker left by an earlier, shorter run does not count)."""
+    if not model_dir:
+        return False
+    try:
+        with open(os.path.join(model_dir, DONE_NAME), encoding="utf-8") as handle:
+            step = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    return target_step is None or step >= target_step

@@ -25,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    from kubelearn import run_cli
+    from kubelearn import local, run_cli
 
     run_cli.add_parser(subparsers)
+    local.add_parser(subparsers)
     try:
         from kubelearn.em import cli as em_cli
     except ImportError:  # run tracking not installed in this build

@@ -368,7 +368,7 @@ class Experiment:
                 message = ("Estimator is not fitted yet. "
                            "Will start an evaluation when a checkpoint is ready.")
             elif evaluate_checkpoint_only_once and latest == previous_path:
-                if checkpoints.training_done(self._model_dir()):
+                if checkpoints.training_done(self._model_dir(), self._train_steps):
                     log.info("Exiting continuous eval: training has finished.")
                     return eval_result
                 message = "No new checkpoint ready for evaluation."

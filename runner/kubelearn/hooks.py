@@ -5,8 +5,10 @@ A hook sees a :class:`StepContext` after every step and may ask training to stop
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -144,3 +146,43 @@ def _format(results: dict[str, Any] | None) -> str:
         f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in
         sorted(results.items())
     )
+
+
+PROGRESS_FILE = "progress.json"
+
+
+class ProgressHook(Hook):
+    """Keeps ``model_dir/progress.json`` current (global step, loss, steps/sec, at most once a
+    second): what ``kubelearn local`` shows and what the operator reads into status."""
+
+    def __init__(self, model_dir: str, every_secs: float = 1.0):
+        self.path = os.path.join(model_dir, PROGRESS_FILE)
+        self.every_secs = every_secs
+        self._last = 0.0
+        self._rate_from: tuple[float, int] | None = None
+
+    def begin(self, context: StepContext) -> None:
+        self._rate_from = (time.monotonic(), context.step)
+
+    def after_step(self, context: StepContext) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_secs:
+            self._write(context, now)
+
+    def end(self, context: StepContext) -> None:
+        self._write(context, time.monotonic())
+
+    def _write(self, context: StepContext, now: float) -> None:
+        start_time, start_step = self._rate_from or (now, context.step)
+        rate = (context.step - start_step) / (now - start_time) if now > start_time else 0.0
+        record = {"global_step": context.step,
+                  "loss": context.loss if math.isfinite(context.loss) else None,
+                  "steps_per_sec": round(rate, 3), "time": time.time()}
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # progress is best effort; training goes on
+            log.debug("Could not write %s: %s", self.path, exc)
+        self._last = now

@@ -172,7 +172,10 @@ class RunConfig:
         self._task_id = raw_index
         if self._task_type is not None and not isinstance(self._task_type, str):
             raise ValueError(f"TF_CONFIG task.type must be a string, got {self._task_type!r}")
-        if self._cluster_spec and self._task_type is not None:
+        # An evaluator is not part of the cluster it evaluates (as in TF's estimator).
+        outside_cluster = (self._task_type == TaskType.EVALUATOR
+                           and self._task_type not in self._cluster_spec.jobs)
+        if self._cluster_spec and self._task_type is not None and not outside_cluster:
             if self._task_type not in self._cluster_spec.jobs:
                 raise ValueError(
                     f"TF_CONFIG task type {self._task_type!r} is not in the cluster "
@@ -188,7 +191,7 @@ class RunConfig:
             raise ValueError(f"TF_CONFIG names task type {self._task_type!r} but has no cluster")
         if master is not None:
             self._master = master
-        elif self._cluster_spec and self._task_type is not None:
+        elif self._cluster_spec and self._task_type is not None and not outside_cluster:
             address = self._cluster_spec.task_address(self._task_type, self._task_id)
             self._master = f"grpc://{address}"
         else:
@@ -243,8 +246,9 @@ class RunConfig:
 
     @property
     def task_address(self) -> str | None:
-        """``host:port`` of this task in the cluster, or None on a single machine."""
-        if not self._cluster_spec or self._task_type is None:
+        """``host:port`` of this task in the cluster, or None when it has none."""
+        if (not self._cluster_spec or self._task_type is None
+                or self._task_type not in self._cluster_spec.jobs):
             return None
         return self._cluster_spec.task_address(self._task_type, self._task_id)
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+
 from kubelearn import checkpoints
 
 LINEAR = "kubelearn.examples.linear:experiment_fn"

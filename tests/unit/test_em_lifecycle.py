@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kubelearn import em
 from kubelearn.em.files import read_jsonl
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from kubelearn import em
 from kubelearn.em.files import read_jsonl
 

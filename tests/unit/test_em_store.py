@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kubelearn import em
 from kubelearn.em.store import folder_parts, resolve_folder
 

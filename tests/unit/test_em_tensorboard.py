@@ -10,8 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kubelearn.em.tensorboard import EventWriter
 from tensorboardX.proto import event_pb2
+
+from kubelearn.em.tensorboard import EventWriter
 
 RUNNER = str(Path(__file__).resolve().parents[2] / "runner")
 

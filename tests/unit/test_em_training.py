@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kubelearn import RunConfig, em
 from kubelearn.em.tensorboard import EventWriter
 from kubelearn.em.training import TrainingRecorder, record_evaluation
 from kubelearn.estimators import LinearRegressor
 from kubelearn.examples import linear
 from kubelearn.inputs import numpy_input_fn
-
 from tests.unit.test_em_tensorboard import scalars
 
 

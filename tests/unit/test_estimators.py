@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+
 from kubelearn import RunConfig, checkpoints, learn_runner
 from kubelearn.estimators import (
     DNNClassifier,

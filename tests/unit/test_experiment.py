@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+
 from kubelearn import Experiment, RunConfig, checkpoints, make_export_strategy
 from kubelearn.estimators import LinearRegressor
 from kubelearn.experiment import POLYAXON_DEFAULTS

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from kubelearn import Experiment, HParams, RunConfig, learn_runner, run_experiment
 from kubelearn.learn_runner import ExperimentFnError
 

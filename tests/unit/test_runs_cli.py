@@ -12,10 +12,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from kubelearn import em
 from kubelearn.em import cli
 from kubelearn.em.plot import SERIES_KEY
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 

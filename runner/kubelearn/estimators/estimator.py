@@ -24,7 +24,7 @@ from kubelearn import inputs as inputs_lib
 from kubelearn.estimators import metrics as metrics_lib
 from kubelearn.estimators import network as net
 from kubelearn.estimators import optimizers
-from kubelearn.hooks import LoggingHook, StepContext
+from kubelearn.hooks import LoggingHook, ProgressHook, StepContext
 from kubelearn.run_config import RunConfig, TaskType
 
 log = logging.getLogger("kubelearn")
@@ -55,6 +55,7 @@ class LocalSession:
         self._saved_step = -1
         self._last_save_time = time.monotonic()
         self.last_checkpoint: str | None = checkpoints.latest_checkpoint(estimator.model_dir)
+        self.target_step: int | None = None
 
     def start(self, input_dim: int) -> int:
         restored = self._estimator._restore(self.last_checkpoint, input_dim)
@@ -97,8 +98,10 @@ class LocalSession:
         self._saved_step = self._step
         self._last_save_time = time.monotonic()
 
-    def close(self) -> None:
+    def close(self, done: bool = False) -> None:
         self.save()
+        if done:
+            checkpoints.mark_training_done(self._estimator.model_dir, self._step)
 
 
 class Estimator:
@@ -135,7 +138,8 @@ class Estimator:
         self._feature_columns = list(feature_columns) if feature_columns else None
         self._optimizer_arg = optimizer
         self._learning_rate = learning_rate
-        optimizers.get(optimizer, learning_rate)  # validate now, not at the first step
+        if not isinstance(optimizer, optimizers.Optimizer):
+            optimizers.get(optimizer, learning_rate)  # validate now, not at the first step
         self._feature_keys: list[str] | None = None
 
     # -- properties ------------------------------------------------------------------
@@ -162,8 +166,9 @@ class Estimator:
 
     # -- helpers shared with the distributed session ---------------------------------
     def _new_optimizer(self) -> optimizers.Optimizer:
+        """A fresh optimiser (no slots) of the configured kind, for one training session."""
         if isinstance(self._optimizer_arg, optimizers.Optimizer):
-            return optimizers.from_spec(optimizers.spec(self._optimizer_arg))
+            return optimizers.copy(self._optimizer_arg)
         return optimizers.get(self._optimizer_arg, self._learning_rate)
 
     def _rng(self, purpose: str) -> np.random.Generator:
@@ -277,6 +282,8 @@ class Estimator:
         hooks = list(monitors or [])
         if self._config.log_step_count_steps:
             hooks.append(LoggingHook(self._config.log_step_count_steps))
+        if self._config.is_chief:
+            hooks.append(ProgressHook(self._model_dir))
         self._train(inputs_lib.batches(input_fn), steps, max_steps, hooks)
         return self
 
@@ -290,10 +297,11 @@ class Estimator:
         x = self._features(features)
         y = self._labels(labels)
         session = self._training_session()
+        session.target_step = max_steps
         step = session.start(x.shape[1])
-        if max_steps is not None and step >= max_steps:
+        if getattr(session, "finished", False) or (max_steps is not None and step >= max_steps):
             log.info("Skipping training since max_steps has already saved.")
-            session.close()
+            session.close(done=True)
             return
         target = max_steps if max_steps is not None else (
             step + steps if steps is not None else None)
@@ -313,7 +321,7 @@ class Estimator:
             session.after_step(step)
             for hook in hooks:
                 hook.after_step(context)
-            if context.stop_requested:
+            if context.stop_requested or getattr(session, "finished", False):
                 break
             try:
                 features, labels = next(batch_iter)
@@ -322,7 +330,8 @@ class Estimator:
                 break
             x = self._features(features)
             y = self._labels(labels)
-        session.close()
+        done = getattr(session, "finished", False) or (max_steps is not None and step >= max_steps)
+        session.close(done=done)
         for hook in hooks:
             hook.end(context)
         log.info("Loss for final step: %s.", context.loss)

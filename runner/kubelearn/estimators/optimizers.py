@@ -107,6 +107,32 @@ class Adam(Optimizer):
         param -= (lr * m / (np.sqrt(v) + self.epsilon)).astype(param.dtype, copy=False)
 
 
+class SyncReplicas(Optimizer):
+    """Synchronous training: the parameter servers average ``replicas_to_aggregate``
+    gradients into one update per global step and drop stale ones (TF's
+    SyncReplicasOptimizer). On a single machine it is the wrapped optimiser."""
+
+    def __init__(self, optimizer: Optimizer, replicas_to_aggregate: int):
+        if not isinstance(replicas_to_aggregate, int) or replicas_to_aggregate < 1:
+            raise ValueError(
+                f"replicas_to_aggregate must be a positive integer, got {replicas_to_aggregate!r}")
+        self.inner = optimizer
+        self.replicas_to_aggregate = replicas_to_aggregate
+        self.name = optimizer.name
+        self.learning_rate = optimizer.learning_rate
+
+    @property  # type: ignore[override]
+    def slots(self) -> dict[str, np.ndarray]:
+        return self.inner.slots
+
+    @slots.setter
+    def slots(self, value: dict[str, np.ndarray]) -> None:
+        self.inner.slots = value
+
+    def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        self.inner.update(name, param, grad)
+
+
 _BY_NAME: dict[str, type[Optimizer]] = {
     "sgd": GradientDescent,
     "gradientdescent": GradientDescent,
@@ -130,6 +156,7 @@ def get(optimizer: str | Optimizer, learning_rate: float) -> Optimizer:
 
 def spec(optimizer: Optimizer) -> dict[str, float | str | bool]:
     """A JSON-able description from which :func:`from_spec` rebuilds the optimiser."""
+    optimizer = getattr(optimizer, "inner", optimizer)
     out: dict[str, float | str | bool] = {"name": optimizer.name,
                                            "learning_rate": optimizer.learning_rate}
     for key in ("momentum", "use_nesterov", "initial_accumulator_value", "beta1", "beta2",
@@ -145,3 +172,10 @@ def from_spec(description: Mapping[str, float | str | bool]) -> Optimizer:
     if cls is None:
         raise ValueError(f"Unknown optimizer in spec: {description!r}")
     return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def copy(optimizer: Optimizer) -> Optimizer:
+    """A fresh optimiser of the same kind and settings, without slots."""
+    if isinstance(optimizer, SyncReplicas):
+        return SyncReplicas(copy(optimizer.inner), optimizer.replicas_to_aggregate)
+    return from_spec(spec(optimizer))

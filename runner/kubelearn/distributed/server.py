@@ -1,0 +1,269 @@
+"""The parameter server: serves one shard of the variables and applies the optimiser.
+
+One thread, one ROUTER socket: requests are handled in arrival order, so updates never
+race. Every request carries the experiment's token; anything malformed gets an error
+reply and the server keeps serving. When the chief says ``stop`` the server answers
+``done`` to whoever still asks, then exits, so the whole job can finish.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kubelearn.distributed import ENV_TOKEN, wire
+from kubelearn.estimators import optimizers
+
+log = logging.getLogger("kubelearn.ps")
+
+STOP_GRACE_SECS = 2.0
+STOP_MAX_SECS = 30.0
+
+
+def bind_address(address: str) -> str:
+    """``tcp://`` endpoint to bind for ``host:port``: the host itself when it is an IP
+    literal, every interface otherwise (a DNS name points at this pod from outside)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"tcp://*:{port}"
+    return f"tcp://[{ip}]:{port}" if ip.version == 6 else f"tcp://{ip}:{port}"
+
+
+class ShardState:
+    """Variables, optimiser and step counter of one ps task; pure, no I/O."""
+
+    def __init__(self, holds_global_step: bool):
+        self.holds_global_step = holds_global_step
+        self.initialized = False
+        self.variables: dict[str, np.ndarray] = {}
+        self.expected: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.optimizer: optimizers.Optimizer | None = None
+        self.global_step = 0
+        self.sync_replicas: int | None = None
+        self._accum: dict[str, np.ndarray] = {}
+        self._accum_count = 0
+
+    def initialize(self, header: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
+        spec = header.get("optimizer")
+        if not isinstance(spec, dict):
+            raise wire.WireError("init needs an 'optimizer' spec")
+        names = header.get("variables")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise wire.WireError("init needs the list of 'variables'")
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise wire.WireError(f"init is missing values for {missing}")
+        for name, value in tensors.items():
+            if name not in names and name.rsplit("/", 1)[0] not in names:
+                raise wire.WireError(f"init tensor {name!r} is neither a variable nor a slot")
+            if value.dtype.name not in ("float32", "float64", "int64"):
+                raise wire.WireError(f"init tensor {name!r} has dtype {value.dtype.name}")
+        try:
+            optimizer = optimizers.from_spec(spec)
+        except (TypeError, ValueError) as exc:
+            raise wire.WireError(f"bad optimizer spec: {exc}") from None
+        step = header.get("global_step", 0)
+        if not isinstance(step, int) or step < 0:
+            raise wire.WireError(f"bad global_step {step!r}")
+        sync = header.get("sync_replicas")
+        if sync is not None and (not isinstance(sync, int) or sync < 1):
+            raise wire.WireError(f"bad sync_replicas {sync!r}")
+        self.variables = {n: np.array(tensors[n]) for n in names}
+        self.expected = {n: (v.dtype.name, v.shape) for n, v in self.variables.items()}
+        optimizer.load_state({k: np.array(v) for k, v in tensors.items() if k not in names})
+        self.optimizer = optimizer
+        self.global_step = step
+        self.sync_replicas = sync
+        self._accum, self._accum_count = {}, 0
+        self.initialized = True
+
+    def apply(self, grads: Mapping[str, np.ndarray], count_step: bool) -> bool:
+        """Applies (or, with sync replicas, accumulates) gradients. Returns True when the
+        variables changed."""
+        assert self.optimizer is not None
+        if self.sync_replicas and self.sync_replicas > 1:
+            for name, grad in grads.items():
+                if name in self._accum:
+                    self._accum[name] += grad
+                else:
+                    self._accum[name] = np.array(grad, dtype=self.variables[name].dtype)
+            self._accum_count += 1
+            if self._accum_count < self.sync_replicas:
+                return False
+            scale = 1.0 / self._accum_count
+            grads = {n: g * scale for n, g in self._accum.items()}
+            self._accum, self._accum_count = {}, 0
+            self.global_step += 1
+        else:
+            if count_step:
+                self.global_step += 1
+        for name, grad in grads.items():
+            self.optimizer.update(name, self.variables[name], grad)
+        return True
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        assert self.optimizer is not None
+        return {**self.variables, **self.optimizer.state()}
+
+
+class ParameterServer:
+    """Serves a :class:`ShardState` on a ZeroMQ ROUTER socket."""
+
+    def __init__(self, address: str, task_index: int, token: str | None):
+        import zmq
+
+        self._zmq = zmq
+        self.state = ShardState(holds_global_step=task_index == 0)
+        self.task_index = task_index
+        self._token = token or ""
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._socket.setsockopt(zmq.IPV6, 1)
+        self.endpoint = bind_address(address)
+        self._socket.bind(self.endpoint)
+        self._refused: set[bytes] = set()
+        self._stopping_since: float | None = None
+        self._last_request = time.monotonic()
+        self._waiting: list[tuple[bytes, dict[str, Any]]] = []
+
+    # -- replies ---------------------------------------------------------------------
+    def _send(self, ident: bytes, header: dict[str, Any],
+              tensors: Mapping[str, np.ndarray] | None = None) -> None:
+        self._socket.send_multipart([ident, *wire.encode(header, tensors)], copy=False)
+
+    def _error(self, ident: bytes, request_id: Any, code: str, message: str) -> None:
+        self._send(ident, {"id": request_id, "ok": False, "code": code, "error": message})
+
+    def _values_reply(self, ident: bytes, request_id: Any) -> None:
+        self._send(ident, {"id": request_id, "ok": True, "global_step": self.state.global_step,
+                           "initialized": True}, self.state.variables)
+
+    # -- requests --------------------------------------------------------------------
+    def _authorized(self, ident: bytes, header: Mapping[str, Any]) -> bool:
+        given = header.get("token")
+        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._token.encode()):
+            return True
+        if ident not in self._refused:
+            self._refused.add(ident)
+            log.warning("Refused a peer without the experiment token (%s)", ident.hex())
+        return False
+
+    def handle(self, frames: list[Any]) -> None:
+        ident, body = bytes(frames[0]), frames[1:]
+        self._last_request = time.monotonic()
+        try:
+            header = wire.decode_header(body[0]) if body else {}
+        except wire.WireError as exc:
+            self._error(ident, None, "bad_request", str(exc))
+            return
+        request_id = header.get("id")
+        if not self._authorized(ident, header):
+            self._error(ident, request_id, "unauthenticated", "missing or wrong token")
+            return
+        op = header.get("op")
+        state = self.state
+        try:
+            if op == "status":
+                self._send(ident, {"id": request_id, "ok": True,
+                                   "initialized": state.initialized,
+                                   "global_step": state.global_step,
+                                   "done": self._stopping_since is not None})
+            elif op == "stop":
+                if self._stopping_since is None:
+                    log.info("Told to stop at global step %d", state.global_step)
+                    self._stopping_since = time.monotonic()
+                self._send(ident, {"id": request_id, "ok": True})
+            elif self._stopping_since is not None and op != "snapshot":
+                self._send(ident, {"id": request_id, "ok": True, "done": True,
+                                   "global_step": state.global_step})
+            elif op == "init":
+                if state.initialized and not header.get("force"):
+                    self._send(ident, {"id": request_id, "ok": True, "initialized": True,
+                                       "changed": False, "global_step": state.global_step})
+                    return
+                _, tensors = wire.decode(body)
+                state.initialize(header, tensors)
+                log.info("Initialized %d variables at global step %d",
+                         len(state.variables), state.global_step)
+                self._send(ident, {"id": request_id, "ok": True, "changed": True,
+                                   "global_step": state.global_step})
+            elif not state.initialized:
+                self._error(ident, request_id, "uninitialized", "variables not initialized")
+            elif op == "pull":
+                self._values_reply(ident, request_id)
+            elif op == "push":
+                self._push(ident, request_id, header, body)
+            elif op == "snapshot":
+                self._send(ident, {"id": request_id, "ok": True,
+                                   "global_step": state.global_step}, state.snapshot())
+            else:
+                self._error(ident, request_id, "bad_request", f"unknown op {op!r}")
+        except wire.WireError as exc:
+            log.warning("Rejected %s request: %s", op, exc)
+            self._error(ident, request_id, "bad_request", str(exc))
+
+    def _push(self, ident: bytes, request_id: Any, header: Mapping[str, Any],
+              body: list[Any]) -> None:
+        state = self.state
+        _, grads = wire.decode(body, state.expected)
+        sync = state.sync_replicas and state.sync_replicas > 1
+        if sync:
+            pulled = header.get("pulled_step")
+            if isinstance(pulled, int) and pulled < state.global_step:
+                self._values_reply(ident, request_id)  # stale gradient: dropped, as TF does
+                return
+        changed = state.apply(grads, count_step=bool(header.get("step")))
+        if not sync:
+            self._values_reply(ident, request_id)
+            return
+        self._waiting.append((ident, {"id": request_id}))
+        if changed:
+            waiting, self._waiting = self._waiting, []
+            for waiter, meta in waiting:
+                self._values_reply(waiter, meta["id"])
+
+    # -- loop ------------------------------------------------------------------------
+    def finished(self) -> bool:
+        if self._stopping_since is None:
+            return False
+        now = time.monotonic()
+        return (now - self._last_request >= STOP_GRACE_SECS
+                or now - self._stopping_since >= STOP_MAX_SECS)
+
+    def serve_forever(self) -> None:
+        poller = self._zmq.Poller()
+        poller.register(self._socket, self._zmq.POLLIN)
+        log.info("Parameter server %d listening on %s", self.task_index, self.endpoint)
+        while not self.finished():
+            if poller.poll(200):
+                self.handle(self._socket.recv_multipart(copy=False))
+        log.info("Parameter server %d exiting", self.task_index)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def serve(config: Any) -> None:
+    """Runs the parameter server of ``config``'s task until the chief stops it."""
+    address = config.task_address or config.master.replace("grpc://", "")
+    token = os.environ.get(ENV_TOKEN)
+    if not token:
+        log.warning("%s is not set: the parameter server accepts only peers without a token",
+                    ENV_TOKEN)
+    server = ParameterServer(address, config.task_id, token)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()

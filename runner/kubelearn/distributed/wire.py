@@ -1,0 +1,105 @@
+"""Messages on the wire: one JSON header frame, then one raw buffer per tensor.
+
+The header lists each tensor's name, dtype and shape; :func:`decode` checks every buffer
+against it (and against what the receiver serves) before a single byte is used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+ALLOWED_DTYPES = frozenset({"float32", "float64", "int64"})
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 10_000
+
+
+class WireError(ValueError):
+    """A message that does not match the protocol; the peer gets it as an error reply."""
+
+
+def encode(header: Mapping[str, Any], tensors: Mapping[str, np.ndarray] | None = None
+           ) -> list[Any]:
+    """Frames for ``header`` plus ``tensors`` (C-contiguous buffers, sent without copies)."""
+    tensors = tensors or {}
+    specs = []
+    frames: list[Any] = [b""]
+    for name, value in tensors.items():
+        array = np.asarray(value)
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")
+        if array.dtype.name not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r} has dtype {array.dtype.name}, which the wire "
+                            f"does not carry")
+        specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
+        frames.append(memoryview(array).cast("B") if array.size else b"")
+    frames[0] = json.dumps({**header, "tensors": specs}, separators=(",", ":")).encode()
+    return frames
+
+
+def decode_header(frame: Any) -> dict[str, Any]:
+    data = bytes(frame)
+    if len(data) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError("header must be a JSON object")
+    return header
+
+
+def decode(frames: Sequence[Any],
+           expected: Mapping[str, tuple[str, tuple[int, ...]]] | None = None
+           ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Parses frames into (header, tensors), validating every tensor.
+
+    Args:
+      frames: the message frames (bytes or zmq Frames).
+      expected: name -> (dtype, shape) that each tensor must match; names outside it are
+        rejected. None accepts any well-formed tensor (for replies from a trusted server).
+
+    Raises:
+      WireError: for a malformed header, an unknown name, a dtype or shape mismatch, or a
+        buffer whose length does not match its declared shape.
+    """
+    if not frames:
+        raise WireError("empty message")
+    header = decode_header(frames[0])
+    specs = header.pop("tensors", [])
+    if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
+        raise WireError("header 'tensors' must be a list")
+    if len(specs) != len(frames) - 1:
+        raise WireError(f"header lists {len(specs)} tensors but {len(frames) - 1} buffers "
+                        f"follow")
+    tensors: dict[str, np.ndarray] = {}
+    for spec, frame in zip(specs, frames[1:], strict=True):
+        if not isinstance(spec, dict):
+            raise WireError("tensor spec must be an object")
+        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
+        if not isinstance(name, str) or name in tensors:
+            raise WireError(f"bad or repeated tensor name {name!r}")
+        if dtype not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r}: dtype {dtype!r} is not allowed")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise WireError(f"tensor {name!r}: bad shape {shape!r}")
+        if expected is not None:
+            if name not in expected:
+                raise WireError(f"tensor {name!r} is not served here")
+            want_dtype, want_shape = expected[name]
+            if dtype != want_dtype or tuple(shape) != tuple(want_shape):
+                raise WireError(f"tensor {name!r}: expected {want_dtype} {list(want_shape)}, "
+                                f"got {dtype} {shape}")
+        buffer = getattr(frame, "buffer", frame)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if len(memoryview(buffer).cast("B")) != nbytes:
+            raise WireError(f"tensor {name!r}: buffer has {len(memoryview(buffer).cast('B'))} "
+                            f"bytes, {dtype} {shape} needs {nbytes}")
+        tensors[name] = np.frombuffer(buffer, dtype=dtype).reshape(tuple(shape))
+    return header, tensors

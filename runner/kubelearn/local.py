@@ -1,0 +1,382 @@
+"""``kubelearn local experiment.yaml``: run an Experiment manifest as local processes.
+
+One process per replica, each with the ``TF_CONFIG`` a pod would get (addresses on free
+127.0.0.1 ports), a fresh token, and its logs streamed with a ``[role-i]`` prefix. The
+restart, back-off, deadline and success policies of the manifest apply as on a cluster.
+Ctrl-C or SIGTERM stops every child; children also die with the launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from kubelearn import checkpoints
+from kubelearn.hooks import PROGRESS_FILE
+from kubelearn.manifest import CLUSTER_ROLES, ExperimentSpec, ManifestError, load_spec
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+START_ORDER = ("ps", "master", "chief", "worker", "evaluator")
+# After the experiment succeeded, how long the other replicas get to finish by themselves.
+FINISH_GRACE_SECS = 60.0
+TERMINATE_GRACE_SECS = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def cluster_for(spec: ExperimentSpec, port: Callable[[], int] = free_port
+                ) -> dict[str, list[str]]:
+    """The cluster spec: one 127.0.0.1 address per replica of every cluster role."""
+    return {role: [f"127.0.0.1:{port()}" for _ in range(spec.replicas(role))]
+            for role in CLUSTER_ROLES if spec.replicas(role)}
+
+
+def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, index: int,
+             model_dir: str, token: str) -> dict[str, str]:
+    """The environment of one replica, as the operator gives it to a pod."""
+    tf_config = {"cluster": cluster, "task": {"type": role, "index": index},
+                 "environment": "cloud"}
+    return {
+        "TF_CONFIG": json.dumps(tf_config),
+        "KUBELEARN_TOKEN": token,
+        "KUBELEARN_EXPERIMENT": spec.name,
+        "KUBELEARN_ROLE": role,
+        "KUBELEARN_INDEX": str(index),
+        "KUBELEARN_HPARAMS": json.dumps(spec.hparams),
+        "KUBELEARN_MODEL_DIR": model_dir,
+        "KUBELEARN_EXPERIMENT_FN": spec.experiment_fn,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def restart_wanted(policy: str, exit_code: int) -> bool:
+    """Whether a replica that exited with ``exit_code`` is restarted under ``policy``.
+
+    ``exit_code`` is the shell's view: 128+N for a process killed by signal N.
+    """
+    if policy == "Always":
+        return True
+    if policy == "OnFailure":
+        return exit_code != 0
+    if policy == "ExitCode":
+        return exit_code >= 128
+    return False
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Replica:
+    role: str
+    index: int
+    env: dict[str, str]
+    policy: str
+    process: subprocess.Popen[str] | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    finished: bool = False  # exited and will not be restarted
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+class Console:
+    """Prefixed log lines on stdout and a progress line that does not get in their way."""
+
+    def __init__(self, out: TextIO, progress_tty: bool):
+        self._out = out
+        self._tty = progress_tty
+        self._lock = threading.Lock()
+        self._bar = ""
+        self._last_plain = 0.0
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            if self._tty and self._bar:
+                self._out.write("\r\x1b[2K")
+            self._out.write(text + "\n")
+            if self._tty and self._bar:
+                self._out.write(self._bar)
+            self._out.flush()
+
+    def progress(self, step: int, total: int | None, loss: float | None, rate: float) -> None:
+        loss_text = "-" if loss is None else f"{loss:.6g}"
+        if self._tty:
+            width = 30
+            done = int(width * min(step / total, 1.0)) if total else 0
+            bar = "#" * done + "." * (width - done) if total else ""
+            of = f"/{total}" if total else ""
+            text = f"[{bar}] step {step}{of}  loss {loss_text}  {rate:.1f} steps/s"
+            with self._lock:
+                self._bar = text[: shutil.get_terminal_size((100, 20)).columns - 1]
+                self._out.write("\r\x1b[2K" + self._bar)
+                self._out.flush()
+        elif time.monotonic() - self._last_plain >= 5.0:
+            self._last_plain = time.monotonic()
+            of = f"/{total}" if total else ""
+            self.line(f"progress: global step {step}{of}, loss {loss_text}, {rate:.1f} steps/s")
+
+    def end_progress(self) -> None:
+        with self._lock:
+            if self._tty and self._bar:
+                self._out.write("\n")
+                self._out.flush()
+            self._bar = ""
+
+
+class Launcher:
+    """Starts, watches and restarts the replicas of one experiment."""
+
+    def __init__(self, spec: ExperimentSpec, model_dir: str, console: Console,
+                 python: str = sys.executable):
+        self.spec = spec
+        self.model_dir = model_dir
+        self.console = console
+        self.python = python
+        self.token = secrets.token_hex(16)
+        self.cluster = cluster_for(spec)
+        self.replicas = [
+            Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token),
+                    spec.roles[role].restart_policy)
+            for role in START_ORDER if spec.replicas(role) for i in range(spec.replicas(role))
+        ]
+        self.total_restarts = 0
+        self.failure: str | None = None
+        self.started = time.monotonic()
+        self._signal: int | None = None
+
+    # -- processes -------------------------------------------------------------------
+    def _spawn(self, replica: Replica) -> None:
+        env = {**os.environ, **replica.env}
+        cmd = [self.python, "-m", "kubelearn.cli", "run", "--experiment-fn",
+               self.spec.experiment_fn]
+        replica.process = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+        replica.exit_code = None
+        thread = threading.Thread(target=self._pump, args=(replica, replica.process),
+                                  daemon=True)
+        thread.start()
+        replica.threads.append(thread)
+
+    def _pump(self, replica: Replica, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.console.line(f"[{replica.name}] {line.rstrip()}")
+
+    def start(self) -> None:
+        self.console.line(f"Experiment {self.spec.name}: "
+                          + ", ".join(f"{r} x{self.spec.replicas(r)}" for r in START_ORDER
+                                      if self.spec.replicas(r))
+                          + f"; model dir {self.model_dir}")
+        for replica in self.replicas:
+            self._spawn(replica)
+
+    def terminate(self) -> None:
+        """SIGTERM every live replica, SIGKILL whoever is still there after a grace."""
+        live = [r.process for r in self.replicas if r.process and r.process.poll() is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + TERMINATE_GRACE_SECS
+        for proc in live:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        for replica in self.replicas:
+            for thread in replica.threads:
+                thread.join(timeout=2)
+
+    # -- policies --------------------------------------------------------------------
+    def _reap(self) -> None:
+        for replica in self.replicas:
+            proc = replica.process
+            if proc is None or replica.finished or proc.poll() is None:
+                continue
+            code = proc.returncode
+            code = 128 - code if code < 0 else code
+            replica.exit_code = code
+            experiment_over = self._succeeded()
+            if not experiment_over and restart_wanted(replica.policy, code):
+                limit = self.spec.backoff_limit
+                if limit is not None and self.total_restarts >= limit:
+                    replica.finished = True
+                    self.failure = (f"{replica.name} exited with code {code} and the back-off "
+                                    f"limit of {limit} restarts is reached")
+                    continue
+                self.total_restarts += 1
+                replica.restarts += 1
+                self.console.line(f"[{replica.name}] exited with code {code}; restarting "
+                                  f"({replica.policy}, restart {replica.restarts})")
+                self._spawn(replica)
+                continue
+            replica.finished = True
+            if code != 0 and replica.role != "evaluator" and not experiment_over:
+                self.failure = f"{replica.name} failed with exit code {code}"
+
+    def _succeeded(self) -> bool:
+        head = self.spec.chief_role()
+        if self.spec.success_policy == "AllWorkers" and not self.spec.replicas("master") \
+                and not self.spec.replicas("chief"):
+            workers = [r for r in self.replicas if r.role == "worker"]
+            return all(r.finished and r.exit_code == 0 for r in workers)
+        for replica in self.replicas:
+            if head and (replica.role, replica.index) == head:
+                return replica.finished and replica.exit_code == 0
+        return False
+
+    def _all_done(self) -> bool:
+        return all(r.process is None or r.process.poll() is not None for r in self.replicas)
+
+    def request_stop(self, signum: int) -> None:
+        self._signal = signum
+
+    def progress(self) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(self.model_dir, PROGRESS_FILE), encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def run(self) -> int:
+        """Runs until the experiment succeeds or fails; returns the launcher's exit code."""
+        self.start()
+        total = self.spec.hparams.get("train_steps")
+        total = total if isinstance(total, int) else None
+        success_at: float | None = None
+        try:
+            while True:
+                time.sleep(0.2)
+                if self._signal is not None:
+                    self.console.end_progress()
+                    self.console.line(f"Stopping every replica (signal {self._signal})")
+                    self.terminate()
+                    return 128 + self._signal
+                self._reap()
+                report = self.progress()
+                if report and success_at is None:
+                    self.console.progress(int(report.get("global_step", 0)), total,
+                                          report.get("loss"),
+                                          float(report.get("steps_per_sec") or 0.0))
+                deadline = self.spec.active_deadline_seconds
+                if deadline and time.monotonic() - self.started > deadline and not self.failure:
+                    self.failure = f"active deadline of {deadline}s exceeded"
+                if self.failure:
+                    self.console.end_progress()
+                    self.console.line(f"Experiment {self.spec.name} failed: {self.failure}")
+                    self.terminate()
+                    return EXIT_FAILED
+                if success_at is None and self._succeeded():
+                    success_at = time.monotonic()
+                    self.console.end_progress()
+                if success_at is not None and (
+                    self._all_done() or time.monotonic() - success_at > FINISH_GRACE_SECS
+                ):
+                    self.terminate()
+                    return EXIT_OK
+        finally:
+            self.console.end_progress()
+
+    # -- the end ---------------------------------------------------------------------
+    def summary(self) -> list[str]:
+        lines = []
+        results = os.path.join(self.model_dir, "eval", "results.jsonl")
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(results, encoding="utf-8") as handle:
+                final = json.loads(handle.read().splitlines()[-1])
+            lines.append("final evaluation: " + ", ".join(
+                f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
+                for k, v in sorted(final.items())))
+        report = self.progress()
+        elapsed = time.monotonic() - self.started
+        if report:
+            lines.append(f"global step {report.get('global_step')} in {elapsed:.1f}s "
+                         f"({float(report.get('steps_per_sec') or 0):.1f} steps/s at the end)")
+        latest = checkpoints.latest_checkpoint(self.model_dir)
+        if latest:
+            lines.append(f"checkpoint: {latest}")
+        run_dir = os.path.join(self.model_dir, "run")
+        if os.path.exists(run_dir):
+            lines.append(f"run record: {run_dir}")
+        exits = ", ".join(f"{r.name}={r.exit_code}" for r in self.replicas)
+        lines.append(f"replica exit codes: {exits}; restarts: {self.total_restarts}")
+        return lines
+
+
+def local_command(args: argparse.Namespace) -> int:
+    """The ``kubelearn local`` command."""
+    try:
+        spec = load_spec(args.manifest)
+    except ManifestError as exc:
+        print(f"kubelearn local: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        import zmq  # noqa: F401  (the parameter servers need it)
+    except ImportError:
+        if spec.replicas("ps"):
+            print("kubelearn local: error: parameter servers need pyzmq: "
+                  "pip install 'kubelearn[distributed]'", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    model_dir = os.path.abspath(args.model_dir or spec.model_dir
+                                or os.path.join("output", spec.name))
+    if os.path.exists(model_dir) and args.fresh:
+        shutil.rmtree(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    console = Console(sys.stdout, progress_tty=sys.stdout.isatty() and not args.no_progress)
+    launcher = Launcher(spec, model_dir, console)
+    previous = {s: signal.signal(s, lambda signum, _frame: launcher.request_stop(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = launcher.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    outcome = {EXIT_OK: "Succeeded", EXIT_FAILED: "Failed"}.get(code, "Stopped")
+    console.line(f"Experiment {spec.name} {outcome}")
+    for line in launcher.summary():
+        console.line(f"  {line}")
+    return code
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "local", help="run an Experiment manifest as local processes (no cluster)",
+        description="Starts one process per replica of the manifest with TF_CONFIG on "
+                    "127.0.0.1, streams their logs and exits with the experiment's outcome "
+                    "(0 succeeded, 1 failed, 2 invalid manifest).")
+    parser.add_argument("manifest", help="Experiment YAML (the file you would kubectl apply)")
+    parser.add_argument("--model-dir", help="checkpoints and results (default: spec.modelDir "
+                                            "or ./output/<name>)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the model dir first instead of resuming from it")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="plain progress lines even on a terminal")
+    parser.set_defaults(func=local_command)

@@ -1,0 +1,224 @@
+"""Distributed training with real processes on loopback: the ps protocol, `kubelearn local`,
+and faults (SIGKILL of a worker, the ps, the master) that training survives."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kubelearn import checkpoints
+from kubelearn.distributed.client import PSClient, PSError
+from kubelearn.estimators import optimizers
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def ps_process(tmp_path):
+    port = _free_port()
+    tf_config = {"cluster": {"ps": [f"127.0.0.1:{port}"], "worker": ["127.0.0.1:1"]},
+                 "task": {"type": "ps", "index": 0}, "environment": "cloud"}
+    log = open(tmp_path / "ps.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn",
+         "kubelearn.examples.linear:experiment_fn", "--model-dir", str(tmp_path / "m")],
+        env=_env(TF_CONFIG=json.dumps(tf_config), KUBELEARN_TOKEN="s3cret"),
+        stdout=log, stderr=subprocess.STDOUT)
+    yield proc, f"127.0.0.1:{port}", tmp_path / "ps.log"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def test_ps_refuses_bad_token_rejects_bad_tensors_and_keeps_serving(ps_process):
+    proc, address, log_path = ps_process
+    intruder = PSClient([address], token="wrong", request_timeout=10, deadline=60)
+    for _ in range(3):
+        with pytest.raises(PSError, match="unauthenticated"):
+            intruder.call(0, "status")
+    intruder.close()
+    client = PSClient([address], token="s3cret", request_timeout=10, deadline=60)
+    with pytest.raises(PSError, match="uninitialized"):
+        client.call(0, "pull")
+    spec = optimizers.spec(optimizers.GradientDescent(0.5))
+    client.call(0, "init", {"variables": ["w"], "optimizer": spec, "global_step": 0},
+                {"w": np.ones((2, 3), np.float32)})
+    for bad in ({"w": np.ones((2, 3), np.float64)}, {"w": np.ones((3, 2), np.float32)},
+                {"v": np.ones((2, 3), np.float32)}):
+        with pytest.raises(PSError, match="bad_request"):
+            client.call(0, "push", {"step": True}, bad)
+    header, tensors = client.call(0, "push", {"step": True}, {"w": np.ones((2, 3), np.float32)})
+    assert header["global_step"] == 1
+    np.testing.assert_allclose(tensors["w"], 0.5)
+    client.call(0, "stop")
+    assert proc.wait(timeout=30) == 0
+    client.close()
+    log = log_path.read_text()
+    assert log.count("Refused a peer") == 1, log
+    assert "expected float32 [2, 3], got float64 [2, 3]" in log
+
+
+def _manifest(tmp_path: Path, name: str, hparams: dict, replicas: dict,
+              policy: str = "ExitCode", evaluator: bool = False) -> Path:
+    specs = {role: {"replicas": count, "restartPolicy": policy}
+             for role, count in replicas.items()}
+    if evaluator:
+        specs["evaluator"] = {"replicas": 1, "restartPolicy": "OnFailure"}
+    manifest = {
+        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": name},
+        "spec": {"experimentFn": "kubelearn.examples.linear:experiment_fn",
+                 "hparams": hparams, "replicaSpecs": specs,
+                 "runPolicy": {"backoffLimit": 10}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def _launch(manifest: Path, model_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
+         str(model_dir), "--no-progress"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+def _pids_of(model_dir: Path, role: str | None = None) -> list[int]:
+    """Processes started for this experiment (found by their environment)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"KUBELEARN_MODEL_DIR={model_dir}".encode() not in environ:
+            continue
+        if role is None or f"KUBELEARN_ROLE={role}".encode() in environ:
+            found.append(int(entry))
+    return found
+
+
+def _progress(model_dir: Path) -> int:
+    try:
+        return int(json.loads((model_dir / "progress.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _wait_progress(model_dir: Path, step: int, proc: subprocess.Popen, timeout=120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = _progress(model_dir)
+        if now >= step:
+            return now
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"global step {step} not reached; last {_progress(model_dir)}")
+
+
+def _finish(proc: subprocess.Popen, timeout=240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+HP = {"train_steps": 6000, "n_features": 256, "batch_size": 256, "n_examples": 8192,
+      "learning_rate": 0.02, "save_checkpoints_steps": 300}
+
+
+def test_local_experiment_trains_evaluates_and_every_process_exits(tmp_path):
+    model_dir = tmp_path / "model"
+    manifest = _manifest(tmp_path, "full", {**HP, "train_steps": 1500},
+                         {"ps": 2, "worker": 2, "master": 1}, policy="Never", evaluator=True)
+    out = _finish(_launch(manifest, model_dir))
+    assert "Experiment full Succeeded" in out
+    assert re.search(r"replica exit codes: ps-0=0, ps-1=0, master-0=0, worker-0=0, "
+                     r"worker-1=0, evaluator-0=0", out), out[-2000:]
+    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    assert final["global_step"] >= 1500 and final["loss"] < 1e-2
+    assert checkpoints.latest_global_step(str(model_dir)) >= 1500
+    assert (model_dir / "eval_continuous" / "results.jsonl").exists()  # the evaluator's
+    assert "[worker-1]" in out and "[ps-1]" in out
+    assert _pids_of(model_dir) == []
+
+
+@pytest.mark.parametrize("role", ["worker", "ps", "master"])
+def test_training_survives_sigkill(tmp_path, role):
+    model_dir = tmp_path / "model"
+    manifest = _manifest(tmp_path, f"kill-{role}", HP, {"ps": 1, "worker": 2, "master": 1})
+    proc = _launch(manifest, model_dir)
+    _wait_progress(model_dir, 1500, proc)
+    checkpoint_before = checkpoints.latest_global_step(str(model_dir))
+    victims = _pids_of(model_dir, role)
+    assert victims, f"no {role} process found"
+    os.kill(victims[0], signal.SIGKILL)
+    step_at_kill = _progress(model_dir)
+    out = _finish(proc)
+    assert f"exited with code {128 + signal.SIGKILL}; restarting" in out
+    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    assert final["global_step"] >= HP["train_steps"]
+    assert final["loss"] < 1e-2
+    if role == "ps":
+        # The restarted ps got its shard back from the newest checkpoint: only the steps
+        # since that checkpoint were lost.
+        restored = [int(m) for m in re.findall(r"Restoring ps \[0\] from \S+ \(global step "
+                                               r"(\d+)\)", out)]
+        assert restored and restored[0] >= checkpoint_before, out[-3000:]
+        assert step_at_kill - restored[0] <= HP["save_checkpoints_steps"] + 500
+    else:
+        # The ps kept the variables: nothing was lost.
+        assert "Restoring ps" not in out and "Initializing variables" in out
+    assert _pids_of(model_dir) == []
+
+
+def test_sigterm_stops_every_process(tmp_path):
+    model_dir = tmp_path / "model"
+    manifest = _manifest(tmp_path, "stopme", {**HP, "train_steps": 10**7},
+                         {"ps": 1, "worker": 1, "master": 1})
+    proc = _launch(manifest, model_dir)
+    _wait_progress(model_dir, 200, proc)
+    assert len(_pids_of(model_dir)) == 3
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert _pids_of(model_dir) == []
+
+
+def test_bad_manifest_starts_nothing(tmp_path):
+    manifest = _manifest(tmp_path, "bad", HP, {"ps": 1, "worker": -1, "master": 1})
+    proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "local", str(manifest),
+                           "--model-dir", str(tmp_path / "m")], capture_output=True, text=True,
+                          env=_env(), timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "kubelearn local: error: spec.replicaSpecs.worker.replicas: must be an integer >= 0, "
+        "got -1"]
+    assert not (tmp_path / "m").exists()
