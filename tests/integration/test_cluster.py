@@ -292,3 +292,53 @@ def test_helm_template_passes_server_side_dry_run(
     # A dry run stores nothing.
     apps = client.AppsV1Api(kube_api)
     assert _gone(lambda: apps.read_namespaced_deployment("kubelearn", namespace))
+
+
+def test_chart_service_account_has_what_the_operator_needs_and_no_more(
+    control_plane: ControlPlane,
+    kube_api: client.ApiClient,
+    experiment_crd: dict,
+    namespace: str,
+):
+    release = f"rbac-{namespace[-6:]}"  # cluster-scoped names must not collide across tests
+    rendered = _run(
+        [str(control_plane.helm), "template", release, str(CHART), "--namespace", namespace],
+        control_plane,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    sa_name = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
+    role_name = next(d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole")
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    try:
+        apply_yaml(kube_api, rendered.stdout, namespace)
+        sa_api = service_account_client(kube_api, namespace, sa_name)
+        co = client.CustomObjectsApi(sa_api)
+        core = client.CoreV1Api(sa_api)
+        # Watching experiments in every namespace, and the pods it runs them as.
+        wait_for(
+            lambda: co.list_cluster_custom_object("kubelearn.dev", "v1alpha1", "experiments"),
+            30,
+            "the chart's ClusterRoleBinding to let the operator list experiments",
+        )
+        core.list_namespace()
+        pod = core.create_namespaced_pod(namespace, _pod("replica-0"))
+        assert pod.metadata.name == "replica-0"
+        core.create_namespaced_service(
+            namespace,
+            client.V1Service(
+                metadata=client.V1ObjectMeta(name="replica-0"),
+                spec=client.V1ServiceSpec(cluster_ip="None", selector={"r": "0"}),
+            ),
+        )
+        # Nothing beyond that: no secrets, no deleting namespaces.
+        for forbidden in (
+            lambda: core.list_namespaced_secret(namespace),
+            lambda: core.delete_namespace(namespace),
+        ):
+            with pytest.raises(client.ApiException) as exc:
+                forbidden()
+            assert exc.value.status == 403
+    finally:
+        rbac.delete_cluster_role_binding(role_name)
+        rbac.delete_cluster_role(role_name)
