@@ -93,6 +93,8 @@ class Controller:
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._podgroup: tuple[float, bool] = (0.0, False)
+        self._failures: dict[Key, int] = {}
+        self._reported: set[tuple[str, str, str]] = set()
         self.instance = socket.gethostname()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -137,6 +139,7 @@ class Controller:
 
     def _forget(self, uid: str) -> None:
         self._ensured = {e for e in self._ensured if e[0] != uid}
+        self._reported = {e for e in self._reported if e[0] != uid}
 
     def observed(self, key: Key, uid: str) -> Observed:
         pods = {p.name: p for p in self.pods_index.get(key, ()) if p.owner_uid == uid}
@@ -156,11 +159,15 @@ class Controller:
             key = await self.queue.get()
             try:
                 await self.reconcile(key)
+                self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # retried: the next attempt sees fresh state
-                logger.warning("reconcile of %s/%s failed: %s", key[0], key[1], error)
-                self.queue.add_after(key, 2.0)
+            except Exception as error:  # retried with backoff: the next try sees fresh state
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(1.0 * 2 ** (failures - 1), 60.0)
+                logger.warning("reconcile of %s/%s failed (retry in %.0fs): %s",
+                               key[0], key[1], delay, error)
+                self.queue.add_after(key, delay)
             finally:
                 self.queue.done(key)
 
@@ -254,7 +261,19 @@ class Controller:
     async def _create(self, ref: ExperimentRef, plural: str, kind: str,
                       manifest: Mapping[str, Any]) -> None:
         name = manifest["metadata"]["name"]
-        if await self.client.create(f"/api/v1/namespaces/{ref.namespace}/{plural}", manifest):
+        try:
+            created = await self.client.create(f"/api/v1/namespaces/{ref.namespace}/{plural}",
+                                               manifest)
+        except ApiError as error:
+            # Rejected (quota, admission, a missing PriorityClass...): say so once, on the
+            # Experiment, where users look; the reconcile is retried with backoff.
+            reason = error.body.get("message") if isinstance(error.body, dict) else str(error)
+            if (ref.uid, name, str(reason)) not in self._reported:
+                self._reported.add((ref.uid, name, str(reason)))
+                self.post_event(ref, Event("Warning", f"FailedCreate{kind}",
+                                           f"Error creating {kind.lower()} {name}: {reason}"))
+            raise
+        if created:
             self.post_event(ref, Event("Normal", f"SuccessfulCreate{kind}",
                                        f"Created {kind.lower()} {name}"))
 

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from kubelearn_operator.spec import SpecError, max_name_length, parse_spec
 
 MINIMAL: dict[str, Any] = {
@@ -44,7 +45,7 @@ INVALID_CASES = [
     ("count-given-twice", "twice", with_spec(replicaSpecs={"worker": {"replicas": 3}}),
      r"spec\.replicas\.worker and spec\.replicaSpecs\.worker\.replicas are both set"),
     ("name-too-long", "a" * 55, with_spec(), r"metadata\.name is too long"),
-    ("name-not-dns-label", "Linear", with_spec(), r"metadata\.name must be a DNS-1035 label"),
+    ("name-not-dns-label", "lin.ear", with_spec(), r"metadata\.name must be a DNS-1035 label"),
     ("restart-policy", "badpolicy", with_spec(replicas=None, replicaSpecs={
         "worker": {"restartPolicy": "Sometimes"}}), r"spec\.replicaSpecs\.worker\.restartPolicy"),
 ]
