@@ -6,7 +6,8 @@
 # The kubecp binary is cached under ${KUBELEARN_CACHE:-~/.cache/kubelearn}/kubecp-<hash>/, where
 # <hash> is the sha256 of go.sum together with go.mod, the Go sources and this script (an edited
 # main.go or changed flags must never be served a stale binary). A cold build compiles most of
-# Kubernetes: about 6 minutes measured on 2 cores (up to 25 when the cores are shared).
+# Kubernetes: measured 6-7 minutes on 2 cores, 8.5 with an empty Go module and build cache and
+# helm included (longer when the cores are busy).
 # Progress goes to stderr; stdout carries only the KEY=path lines.
 set -euo pipefail
 
@@ -71,10 +72,15 @@ build_kubecp() {
 	ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 	mkdir -p "$dir"
 	log "building kubecp (Kubernetes $kver) into $bin"
-	log "a cold build compiles most of Kubernetes: about 6 minutes on 2 idle cores, longer when shared"
+	log "a cold build compiles most of Kubernetes: 6-7 minutes on 2 cores, longer when they are busy"
 	local tmp="$bin.tmp.$$" total
 	log "resolving packages (downloads the Go modules on a fresh machine)"
-	total="$(cd "$mod" && go list -deps . | wc -l)"
+	if ! total="$(cd "$mod" && go list -deps . 2>"$dir/modules.log" | wc -l)"; then
+		log "resolving the Go modules FAILED; last lines of $dir/modules.log:"
+		tail -20 "$dir/modules.log" >&2
+		exit 1
+	fi
+	log "$(grep -c '^go: downloading' "$dir/modules.log" || true) modules downloaded, $total packages"
 	(cd "$mod" && run_with_progress "$dir/build.log" "go build kubecp" "$total" \
 		go build -v -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp" .)
 	mv -f "$tmp" "$bin"
