@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import socket
@@ -28,6 +29,9 @@ from .status import format_time
 logger = logging.getLogger("kubelearn_operator")
 
 Key = tuple[str, str]
+
+#: Creation events posted one by one per kind and reconcile; the rest share one event.
+EVENTS_PER_KIND = 10
 
 
 class WorkQueue:
@@ -84,7 +88,8 @@ class Controller:
         self.client = client
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.options = Options(default_image=settings.image,
-                               cluster_domain=settings.cluster_domain)
+                               cluster_domain=settings.cluster_domain,
+                               inline_cluster_max=settings.inline_cluster_max)
         self.queue = WorkQueue()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.pods_index: Mapping[Key, Iterable[PodState]] = {}
@@ -208,47 +213,106 @@ class Controller:
         namespace, name = key
         meta = body["metadata"]
         ref = ExperimentRef(name, namespace, meta.get("uid", ""))
-        if result.status is not None:
-            patch = status_patch(body.get("status") or {}, result.status)
-            if patch:
-                patch["lastReconcileTime"] = format_time(self.clock())
-                try:
-                    updated = await self.client.merge_patch(
-                        _experiment_path(namespace, name) + "/status", {"status": patch})
-                except ApiError as error:
-                    if error.status == 404:
-                        return
-                    raise
-                self._store(key, updated)
+        # Creating needs no ordering, so it starts at once, beside the status write;
+        # deletions wait for the status: a restart is recorded before its pod goes.
+        creates = asyncio.ensure_future(self._create_all(ref, result))
+        try:
+            present = await self._write_status(key, body, result)
+        except BaseException:
+            await asyncio.gather(creates, return_exceptions=True)
+            raise
         for counter in result.counters:
             metrics.count(counter, namespace)
         for event in result.events:
             self.post_event(ref, event)
-        if result.delete_experiment:
-            if await self.client.delete(_experiment_path(namespace, name), meta.get("uid")):
-                metrics.count("deleted", namespace)
-            return
-        await self._gather(self._delete_pod(ref, pod, uid) for pod, uid in result.delete_pods)
-        await self._gather(self._delete_service(ref, svc) for svc in result.delete_services)
+        deletes: list[Any] = []
+        if present and result.delete_experiment:
+            deletes.append(self._delete_experiment(ref))
+        elif present:
+            deletes += [self._delete_pod(ref, pod, uid) for pod, uid in result.delete_pods]
+            deletes += [self._delete_service(ref, svc) for svc in result.delete_services]
+        await self._gather([creates, *deletes])
+
+    async def _delete_experiment(self, ref: ExperimentRef) -> None:
+        if await self.client.delete(_experiment_path(ref.namespace, ref.name), ref.uid):
+            metrics.count("deleted", ref.namespace)
+
+    async def _write_status(self, key: Key, body: Mapping[str, Any], result: Plan) -> bool:
+        """Patch the status keys that changed; False when the Experiment is gone."""
+        if result.status is None:
+            return True
+        patch = status_patch(body.get("status") or {}, result.status)
+        if not patch:
+            return True
+        namespace, name = key
+        patch["lastReconcileTime"] = format_time(self.clock())
+        try:
+            updated = await self.client.merge_patch(
+                _experiment_path(namespace, name) + "/status", {"status": patch})
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        self._store(key, updated)
+        return True
+
+    async def _create_all(self, ref: ExperimentRef, result: Plan) -> None:
+        """Secret, PodGroup, services and pods, all at once: pods may exist before the Secret
+        they refer to (the kubelet waits for it), so nothing here needs ordering."""
+        calls: list[Any] = []
         if result.ensure_secret and (ref.uid, "secret") not in self._ensured:
-            created = await self.client.create(
-                f"/api/v1/namespaces/{namespace}/secrets",
-                build_secret(ref, secrets.token_hex(32)))
-            self._ensured.add((ref.uid, "secret"))
-            if created:
-                self.post_event(ref, Event("Normal", "SuccessfulCreateSecret",
-                                           f"Created secret {naming.secret_name(name)}"))
+            calls.append(self._ensure(ref, "secret", f"/api/v1/namespaces/{ref.namespace}/secrets",
+                                      build_secret(ref, secrets.token_hex(32)), "Secret"))
+        if result.configmap is not None:
+            digest = hashlib.sha1(result.configmap["data"][naming.CLUSTER_KEY].encode())
+            generation = f"configmap-{digest.hexdigest()}"
+            if (ref.uid, generation) not in self._ensured:
+                calls.append(self._ensure(
+                    ref, generation, f"/api/v1/namespaces/{ref.namespace}/configmaps",
+                    result.configmap, "ConfigMap", replace=True))
         if result.podgroup is not None and (ref.uid, "podgroup") not in self._ensured:
-            created = await self.client.create(
-                f"/apis/{naming.PODGROUP_GROUP}/{naming.PODGROUP_VERSION}/namespaces/"
-                f"{namespace}/{naming.PODGROUP_PLURAL}", result.podgroup)
-            self._ensured.add((ref.uid, "podgroup"))
-            if created:
-                self.post_event(ref, Event("Normal", "SuccessfulCreatePodGroup",
-                                           f"Created PodGroup {naming.podgroup_name(name)}"))
-        await self._gather(
-            [self._create(ref, "services", "Service", s) for s in result.create_services]
-            + [self._create(ref, "pods", "Pod", p) for p in result.create_pods])
+            calls.append(self._ensure(
+                ref, "podgroup", f"/apis/{naming.PODGROUP_GROUP}/{naming.PODGROUP_VERSION}/"
+                f"namespaces/{ref.namespace}/{naming.PODGROUP_PLURAL}", result.podgroup,
+                "PodGroup"))
+        services = [self._create(ref, "services", "Service", s) for s in result.create_services]
+        pods = [self._create(ref, "pods", "Pod", p) for p in result.create_pods]
+        outcomes = await asyncio.gather(*calls, *services, *pods, return_exceptions=True)
+        made_services = outcomes[len(calls):len(calls) + len(services)]
+        made_pods = outcomes[len(calls) + len(services):]
+        self._creation_events(ref, "Service", result.create_services, made_services)
+        self._creation_events(ref, "Pod", result.create_pods, made_pods)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _creation_events(self, ref: ExperimentRef, kind: str,
+                         manifests: list[dict[str, Any]], outcomes: list[Any]) -> None:
+        """One event per created object, up to a limit; past it, one event lists the rest
+        (a 1000-replica experiment posts a few dozen events, not 2000, while it starts)."""
+        names = [m["metadata"]["name"] for m, ok in zip(manifests, outcomes, strict=True)
+                 if ok is True]
+        for name in names[:EVENTS_PER_KIND]:
+            self.post_event(ref, Event("Normal", f"SuccessfulCreate{kind}",
+                                       f"Created {kind.lower()} {name}"))
+        rest = names[EVENTS_PER_KIND:]
+        if rest:
+            shown = ", ".join(rest[:20]) + (", ..." if len(rest) > 20 else "")
+            self.post_event(ref, Event("Normal", f"SuccessfulCreate{kind}",
+                                       f"Created {len(rest)} more {kind.lower()}s: {shown}"
+                                       f" (last {rest[-1]})"))
+
+    async def _ensure(self, ref: ExperimentRef, what: str, path: str,
+                      manifest: Mapping[str, Any], kind: str, replace: bool = False) -> None:
+        """Create once per operator process; with ``replace``, an existing object's data is
+        brought up to date (a ConfigMap after the spec was scaled)."""
+        name = manifest["metadata"]["name"]
+        if await self.client.create(path, manifest):
+            self.post_event(ref, Event("Normal", f"SuccessfulCreate{kind}",
+                                       f"Created {kind.lower()} {name}"))
+        elif replace:
+            await self.client.merge_patch(f"{path}/{name}", {"data": manifest["data"]})
+        self._ensured.add((ref.uid, what))
 
     async def _gather(self, calls: Iterable[Any]) -> None:
         """Run API calls concurrently (the client bounds concurrency and QPS); raise the first
@@ -259,7 +323,7 @@ class Controller:
                 raise outcome
 
     async def _create(self, ref: ExperimentRef, plural: str, kind: str,
-                      manifest: Mapping[str, Any]) -> None:
+                      manifest: Mapping[str, Any]) -> bool:
         name = manifest["metadata"]["name"]
         try:
             created = await self.client.create(f"/api/v1/namespaces/{ref.namespace}/{plural}",
@@ -273,9 +337,7 @@ class Controller:
                 self.post_event(ref, Event("Warning", f"FailedCreate{kind}",
                                            f"Error creating {kind.lower()} {name}: {reason}"))
             raise
-        if created:
-            self.post_event(ref, Event("Normal", f"SuccessfulCreate{kind}",
-                                       f"Created {kind.lower()} {name}"))
+        return created
 
     async def _delete_pod(self, ref: ExperimentRef, name: str, uid: str) -> None:
         if await self.client.delete(f"/api/v1/namespaces/{ref.namespace}/pods/{name}", uid):

@@ -37,6 +37,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=naming.GROUP)
     settings.posting.level = logging.WARNING
+    # React to an event at once rather than waiting 0.1 s for more of the same object's.
+    settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60

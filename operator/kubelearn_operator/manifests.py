@@ -11,7 +11,10 @@ from typing import Any
 
 from . import naming
 from .spec import ExperimentSpec
-from .tfconfig import cluster_spec, tf_config
+from .tfconfig import cluster_json, cluster_spec, tf_config, tf_config_reference
+
+#: Above this many replicas TF_CONFIG's cluster comes from a ConfigMap, not each pod.
+INLINE_CLUSTER_MAX_REPLICAS = 64
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,15 @@ def default_command(spec: ExperimentSpec) -> list[str]:
 
 
 def replica_env(ref: ExperimentRef, spec: ExperimentSpec, role: str, index: int,
-                tf_config_value: str) -> list[dict[str, Any]]:
+                tf_config_value: str, *, cluster_from_configmap: bool = False,
+                ) -> list[dict[str, Any]]:
     """Environment of a replica's main container: the runner contract."""
+    cluster: list[dict[str, Any]] = []
+    if cluster_from_configmap:
+        cluster = [{"name": naming.CLUSTER_ENV, "valueFrom": {"configMapKeyRef": {
+            "name": naming.cluster_configmap_name(ref.name), "key": naming.CLUSTER_KEY}}}]
     return [
+        *cluster,
         {"name": "TF_CONFIG", "value": tf_config_value},
         {"name": "KUBELEARN_EXPERIMENT", "value": ref.name},
         {"name": "KUBELEARN_ROLE", "value": role},
@@ -73,13 +82,29 @@ class PodBuilder:
     """Builds every replica's pod of one experiment; the cluster spec is computed once."""
 
     def __init__(self, ref: ExperimentRef, spec: ExperimentSpec, *,
-                 cluster_domain: str | None = None, gang: bool = False) -> None:
+                 cluster_domain: str | None = None, gang: bool = False,
+                 inline_max: int = INLINE_CLUSTER_MAX_REPLICAS) -> None:
         self.ref = ref
         self.spec = spec
         self.gang = gang and spec.run_policy.scheduling is not None
         counts = {role: r.replicas for role, r in spec.replicas.items()}
         self.cluster = cluster_spec(ref.name, ref.namespace, counts,
                                     cluster_domain=cluster_domain)
+        self.cluster_from_configmap = spec.total_replicas > inline_max
+
+    def configmap(self) -> dict[str, Any] | None:
+        """The ConfigMap the pods' TF_CONFIG refers to, when the cluster is not inlined."""
+        if not self.cluster_from_configmap:
+            return None
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": self.ref.metadata(naming.cluster_configmap_name(self.ref.name),
+                                              naming.selector(self.ref.name)),
+                "data": {naming.CLUSTER_KEY: cluster_json(self.cluster)}}
+
+    def tf_config(self, role: str, index: int) -> str:
+        if self.cluster_from_configmap:
+            return tf_config_reference(role, index, naming.CLUSTER_ENV)
+        return tf_config(self.cluster, role, index)
 
     def pod(self, role: str, index: int, *, restarts: int = 0) -> dict[str, Any]:
         replica = self.spec.replicas[role]
@@ -100,8 +125,8 @@ class PodBuilder:
         main.setdefault("image", self.spec.image)
         if not main.get("command") and not main.get("args"):
             main["command"] = default_command(self.spec)
-        ours = replica_env(self.ref, self.spec, role, index,
-                           tf_config(self.cluster, role, index))
+        ours = replica_env(self.ref, self.spec, role, index, self.tf_config(role, index),
+                           cluster_from_configmap=self.cluster_from_configmap)
         names = {e["name"] for e in ours}
         main["env"] = ours + [e for e in main.get("env") or [] if e.get("name") not in names]
         ports = [p for p in main.get("ports") or [] if p.get("containerPort") != naming.PORT]

@@ -24,6 +24,8 @@ CONTAINER_NAME = "kubelearn"
 PORT = 2222
 PORT_NAME = "kubelearn-port"
 TOKEN_KEY = "token"
+CLUSTER_KEY = "cluster"
+CLUSTER_ENV = "KUBELEARN_CLUSTER_SPEC"
 
 PODGROUP_GROUP = "scheduling.x-k8s.io"
 PODGROUP_VERSION = "v1alpha1"
@@ -42,6 +44,11 @@ def replica_name(experiment: str, role: str, index: int) -> str:
 def secret_name(experiment: str) -> str:
     """Name of the Secret holding the experiment's parameter-server token."""
     return f"{experiment}-kubelearn-token"
+
+
+def cluster_configmap_name(experiment: str) -> str:
+    """Name of the ConfigMap holding a large experiment's cluster spec (TF_CONFIG's bulk)."""
+    return f"{experiment}-kubelearn-cluster"
 
 
 def podgroup_name(experiment: str) -> str:

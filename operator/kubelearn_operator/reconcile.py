@@ -14,7 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from . import naming
-from .manifests import ExperimentRef, PodBuilder, build_podgroup, build_service
+from .manifests import (
+    INLINE_CLUSTER_MAX_REPLICAS,
+    ExperimentRef,
+    PodBuilder,
+    build_podgroup,
+    build_service,
+)
 from .pods import PodState
 from .progress import progress_from_pods
 from .spec import ExperimentSpec, SpecError, parse_spec
@@ -46,6 +52,7 @@ class Observed:
 class Options:
     default_image: str = "kubelearn/runner:0.1.0"
     cluster_domain: str | None = None
+    inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Event:
 class Plan:
     status: dict[str, Any] | None = None
     ensure_secret: bool = False
+    configmap: dict[str, Any] | None = None
     podgroup: dict[str, Any] | None = None
     create_services: list[dict[str, Any]] = field(default_factory=list)
     create_pods: list[dict[str, Any]] = field(default_factory=list)
@@ -233,7 +241,9 @@ class _Planner:
                     plan.events.append(Event("Warning", "PodGroupUnavailable", PODGROUP_MISSING))
                 self.status["podGroup"] = {"name": "", "message": PODGROUP_MISSING}
         builder = PodBuilder(self.ref, spec, cluster_domain=self.options.cluster_domain,
-                             gang=gang and self.observed.podgroup_available)
+                             gang=gang and self.observed.podgroup_available,
+                             inline_max=self.options.inline_cluster_max)
+        plan.configmap = builder.configmap()
         desired = spec.replica_keys()
         desired_names = {naming.replica_name(self.ref.name, r, i) for r, i in desired}
         pods = self.observed.pods
@@ -294,6 +304,7 @@ class _Planner:
         if is_true(self.conditions, "Succeeded") or is_true(self.conditions, "Failed"):
             plan.create_pods.clear()
             plan.create_services.clear()
+            plan.configmap = None
             self.finished(spec)
             return
 

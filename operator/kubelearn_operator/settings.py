@@ -20,6 +20,7 @@ class Settings:
     resync_seconds: float = 10.0
     metrics_port: int = 9090
     podgroup_check_seconds: float = 30.0
+    inline_cluster_max: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -46,4 +47,6 @@ class Settings:
             metrics_port=int(number("KUBELEARN_METRICS_PORT", cls.metrics_port)),
             podgroup_check_seconds=number("KUBELEARN_PODGROUP_CHECK_SECONDS",
                                           cls.podgroup_check_seconds),
+            inline_cluster_max=int(number("KUBELEARN_INLINE_CLUSTER_MAX_REPLICAS",
+                                          cls.inline_cluster_max)),
         )

@@ -26,3 +26,19 @@ def tf_config(cluster: Mapping[str, list[str]], role: str, index: int) -> str:
     """The TF_CONFIG value of one replica; ``environment: cloud`` as contrib.learn expects."""
     return json.dumps({"cluster": cluster, "task": {"type": role, "index": index},
                        "environment": "cloud"}, separators=(",", ":"))
+
+
+def tf_config_reference(role: str, index: int, variable: str) -> str:
+    """TF_CONFIG with the cluster taken from an earlier environment variable.
+
+    The kubelet expands ``$(VAR)`` in an env value from the variables defined before it, so
+    the pod stores a reference and the process still sees the whole TF_CONFIG. A 1000-replica
+    cluster spec is 40 kB: inlined, every pod would carry it (40 MB through etcd and every
+    watch); referenced, one ConfigMap does.
+    """
+    task = json.dumps({"type": role, "index": index}, separators=(",", ":"))
+    return f'{{"cluster":$({variable}),"task":{task},"environment":"cloud"}}'
+
+
+def cluster_json(cluster: Mapping[str, list[str]]) -> str:
+    return json.dumps(cluster, separators=(",", ":"))

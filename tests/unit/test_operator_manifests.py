@@ -147,3 +147,38 @@ def test_gang_scheduling_podgroup_and_pod_fields() -> None:
     assert "schedulerName" not in plain["spec"]
     default_min = _spec({**MINIMAL, "runPolicy": {"schedulingPolicy": {}}})
     assert build_podgroup(REF, default_min)["spec"]["minMember"] == 4
+
+
+def _kubelet_expand(value: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion from variables defined earlier (enough for the test)."""
+    import re
+
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)),
+                  value)
+
+
+def test_large_cluster_spec_comes_from_one_configmap() -> None:
+    from kubelearn_operator.manifests import PodBuilder
+
+    spec = _spec({"experimentFn": "m:f", "replicas": {"ps": 2, "worker": 100}})
+    builder = PodBuilder(REF, spec, inline_max=64)
+    configmap = builder.configmap()
+    assert configmap is not None
+    assert configmap["metadata"]["name"] == "linear-kubelearn-cluster"
+    assert configmap["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    pod = builder.pod("worker", 7)
+    env = pod["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert names.index("KUBELEARN_CLUSTER_SPEC") < names.index("TF_CONFIG")
+    assert env[names.index("KUBELEARN_CLUSTER_SPEC")]["valueFrom"] == {"configMapKeyRef": {
+        "name": "linear-kubelearn-cluster", "key": "cluster"}}
+    raw = env[names.index("TF_CONFIG")]["value"]
+    assert len(raw) < 200  # the pod no longer carries the whole cluster
+    seen = _kubelet_expand(raw, {"KUBELEARN_CLUSTER_SPEC": configmap["data"]["cluster"]})
+    counts = {"ps": 2, "worker": 100}
+    assert json.loads(seen) == {"cluster": cluster_spec("linear", "ml", counts),
+                                "task": {"type": "worker", "index": 7},
+                                "environment": "cloud"}
+    small = PodBuilder(REF, _spec(), inline_max=64)
+    assert small.configmap() is None
+    assert "$(" not in _env(small.pod("worker", 0)["spec"]["containers"][0])["TF_CONFIG"]
