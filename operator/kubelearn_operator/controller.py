@@ -19,9 +19,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import metrics, naming
+from .informer import Informer
 from .kube import ApiError, KubeClient
 from .manifests import ExperimentRef, build_secret
-from .pods import PodState
+from .pods import PodState, controller_uid, pod_state
 from .reconcile import Event, Observed, Options, Plan, plan, status_patch
 from .settings import Settings
 from .status import format_time
@@ -92,8 +93,8 @@ class Controller:
                                inline_cluster_max=settings.inline_cluster_max)
         self.queue = WorkQueue()
         self.bodies: dict[Key, dict[str, Any]] = {}
-        self.pods_index: Mapping[Key, Iterable[PodState]] = {}
-        self.services_index: Mapping[Key, Iterable[tuple[str, str]]] = {}
+        self._pods: dict[str, Informer[PodState]] = {}
+        self._services: dict[str, Informer[str]] = {}
         self._ensured: set[tuple[str, str]] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,7 +134,40 @@ class Controller:
             asyncio.get_running_loop().create_task(self._delete_owned(key, meta.get("uid", "")))
             return
         self._store(key, body)
+        self._watch_namespace(key[0])
         self.queue.add(key)
+
+    def _watch_namespace(self, namespace: str) -> None:
+        """Start the pod and service caches of a namespace when its first Experiment shows."""
+        if namespace in self._pods:
+            return
+        selector = naming.LABEL_EXPERIMENT
+
+        def parse_pod(obj: dict[str, Any]) -> tuple[str, PodState] | None:
+            state = pod_state(obj)
+            return (state.experiment, state) if state else None
+
+        def parse_service(obj: dict[str, Any]) -> tuple[str, str] | None:
+            meta = obj.get("metadata") or {}
+            experiment = (meta.get("labels") or {}).get(naming.LABEL_EXPERIMENT)
+            return (experiment, controller_uid(meta)) if experiment else None
+
+        def changed(ns: str, experiment: str) -> None:
+            if (ns, experiment) in self.bodies:
+                self.queue.add((ns, experiment))
+
+        loop = asyncio.get_running_loop()
+        for store, plural, parse in ((self._pods, "pods", parse_pod),
+                                     (self._services, "services", parse_service)):
+            informer: Informer[Any] = Informer(self.client, namespace, plural, selector, parse,
+                                               changed)
+            store[namespace] = informer
+            self._tasks.append(loop.create_task(informer.run(),
+                                                name=f"kubelearn-{plural}-{namespace}"))
+
+    async def synced(self, namespace: str) -> None:
+        for store in (self._pods, self._services):
+            await store[namespace].synced.wait()
 
     def _store(self, key: Key, body: Mapping[str, Any]) -> None:
         """Keep the newest version: a watch event may lag behind our own status patch."""
@@ -147,8 +181,10 @@ class Controller:
         self._reported = {e for e in self._reported if e[0] != uid}
 
     def observed(self, key: Key, uid: str) -> Observed:
-        pods = {p.name: p for p in self.pods_index.get(key, ()) if p.owner_uid == uid}
-        services = frozenset(name for name, owner in self.services_index.get(key, ())
+        """Pods and services of the experiment with this uid (not of a deleted namesake)."""
+        namespace, name = key
+        pods = {n: p for n, p in self._pods[namespace].get(name).items() if p.owner_uid == uid}
+        services = frozenset(n for n, owner in self._services[namespace].get(name).items()
                              if owner == uid)
         return Observed(pods=pods, services=services, podgroup_available=False)
 
@@ -193,6 +229,10 @@ class Controller:
         return available
 
     async def reconcile(self, key: Key) -> Plan | None:
+        body = self.bodies.get(key)
+        if body is None:
+            return None
+        await self.synced(key[0])
         body = self.bodies.get(key)
         if body is None:
             return None
@@ -350,13 +390,17 @@ class Controller:
 
     async def _delete_owned(self, key: Key, uid: str) -> None:
         """After an Experiment is deleted, remove what the garbage collector has not yet."""
-        namespace = key[0]
+        namespace, experiment = key
+        pods = self._pods.get(namespace)
+        services = self._services.get(namespace)
+        if pods is None or services is None:
+            return
         try:
             await self._gather(
                 [self.client.delete(f"/api/v1/namespaces/{namespace}/pods/{p.name}", p.uid)
-                 for p in list(self.pods_index.get(key, ())) if p.owner_uid == uid]
+                 for p in list(pods.get(experiment).values()) if p.owner_uid == uid]
                 + [self.client.delete(f"/api/v1/namespaces/{namespace}/services/{name}")
-                   for name, owner in list(self.services_index.get(key, ())) if owner == uid])
+                   for name, owner in list(services.get(experiment).items()) if owner == uid])
         except Exception as error:
             logger.warning("clean-up after %s/%s was deleted failed: %s", *key, error)
 

@@ -1,4 +1,6 @@
-"""kopf handlers: thin adapters from watch events to the controller's work queue.
+"""kopf handlers: thin adapters from Experiment events to the controller's work queue.
+
+Pods and services are watched by the controller's own label-filtered caches (informer.py).
 
 All are coroutines: kopf runs plain functions in a thread pool, and the work queue belongs to
 the event loop.
@@ -18,11 +20,9 @@ import kopf
 from . import metrics, naming
 from .controller import Controller
 from .kube import KubeClient, load_connection
-from .pods import PodState, controller_uid, pod_state
 from .settings import Settings
 
 _state: dict[str, Controller] = {}
-_EXPERIMENT_PRESENT = {naming.LABEL_EXPERIMENT: kopf.PRESENT}
 
 
 def _controller() -> Controller:
@@ -66,33 +66,6 @@ async def probe(**_: Any) -> dict[str, Any]:
     return _controller().healthy()
 
 
-@kopf.index("pods", labels=_EXPERIMENT_PRESENT)
-async def experiment_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, PodState] | None:
-    state = pod_state(body)
-    return {(namespace, state.experiment): state} if state else None
-
-
-@kopf.index("services", labels=_EXPERIMENT_PRESENT)
-async def experiment_services(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels,
-                        **_: Any) -> dict[Any, tuple[str, str]]:
-    key = (namespace, labels[naming.LABEL_EXPERIMENT])
-    return {key: (name, controller_uid(body.get("metadata") or {}))}
-
-
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
-async def experiment_event(event: kopf.RawEvent, body: kopf.Body, experiment_pods: kopf.Index,
-                     experiment_services: kopf.Index, **_: Any) -> None:
-    controller = _controller()
-    controller.pods_index = experiment_pods
-    controller.services_index = experiment_services
-    controller.observe_experiment(event.get("type"), copy.deepcopy(dict(body)))
-
-
-@kopf.on.event("pods", labels=_EXPERIMENT_PRESENT)
-async def pod_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
-    _controller().queue.add((namespace, labels[naming.LABEL_EXPERIMENT]))
-
-
-@kopf.on.event("services", labels=_EXPERIMENT_PRESENT)
-async def service_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
-    _controller().queue.add((namespace, labels[naming.LABEL_EXPERIMENT]))
+async def experiment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    _controller().observe_experiment(event.get("type"), copy.deepcopy(dict(body)))

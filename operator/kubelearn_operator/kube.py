@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +91,8 @@ class KubeClient:
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._concurrency,
+            # Unlimited pool: the semaphore bounds requests, and watches stay open beside them.
+            connector = aiohttp.TCPConnector(limit=0,
                                              ssl=self.connection.ssl_context)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=dict(self.connection.headers),
@@ -119,6 +120,23 @@ class KubeClient:
                 if response.status >= 400:
                     raise ApiError(response.status, data, method, path)
                 return data
+
+    async def stream(self, path: str, params: Mapping[str, str]) -> AsyncIterator[Any]:
+        """The events of a watch, decoded; outside the concurrency bound (it stays open)."""
+        from .informer import decode_lines
+
+        session = await self.session()
+        await self.limiter.acquire()
+        async with session.get(self.connection.server + path, params=params,
+                               timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+                               ) as response:
+            if response.status >= 400:
+                raise ApiError(response.status, await response.text(), "WATCH", path)
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                events, buffer = decode_lines(buffer + chunk)
+                for event in events:
+                    yield event
 
     # -- helpers ---------------------------------------------------------------------------
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
