@@ -111,6 +111,14 @@ class Controller:
         for i in range(4):
             self._tasks.append(loop.create_task(self._event_poster(), name=f"kubelearn-events-{i}"))
         self._tasks.append(loop.create_task(self._resync(), name="kubelearn-resync"))
+        self._tasks.append(loop.create_task(self._warm_up(), name="kubelearn-warm-up"))
+
+    async def _warm_up(self) -> None:
+        """Open a few connections now, so the first experiment's creates do not each pay a
+        TLS handshake (they are kept alive for minutes)."""
+        count = min(self.settings.create_concurrency, 16)
+        await asyncio.gather(*(self.client.request("GET", "/version") for _ in range(count)),
+                             return_exceptions=True)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -232,10 +240,13 @@ class Controller:
         body = self.bodies.get(key)
         if body is None:
             return None
-        await self.synced(key[0])
-        body = self.bodies.get(key)
-        if body is None:
-            return None
+        if (body.get("status") or {}).get("conditions"):
+            # Reconciled before, so objects of it may exist: decide only on a full cache.
+            # A first reconcile need not wait: at worst its creates meet 409 AlreadyExists.
+            await self.synced(key[0])
+            body = self.bodies.get(key)
+            if body is None:
+                return None
         started = time.perf_counter()
         uid = body["metadata"].get("uid", "")
         observed = self.observed(key, uid)

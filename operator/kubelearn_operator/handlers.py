@@ -38,7 +38,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
         prefix=naming.GROUP)
     settings.posting.level = logging.WARNING
     # React to an event at once rather than waiting 0.1 s for more of the same object's.
-    settings.batching.batch_window = 0.01
+    settings.batching.batch_window = 0.001
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
