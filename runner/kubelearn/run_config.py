@@ -201,9 +201,9 @@ class RunConfig:
     def _compute_is_chief(self) -> bool:
         if not self._cluster_spec or self._task_type is None:
             return True
+        # Master (or chief) 0 leads; a cluster without one is led by worker 0, in the
+        # cloud environment as elsewhere, so that worker-only jobs have a chief.
         head_roles = (TaskType.MASTER, TaskType.CHIEF)
-        if self._environment == Environment.CLOUD:
-            return self._task_type in head_roles and self._task_id == 0
         if any(self._cluster_spec.num_tasks(role) for role in head_roles):
             return self._task_type in head_roles and self._task_id == 0
         return self._task_type == TaskType.WORKER and self._task_id == 0

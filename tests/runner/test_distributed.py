@@ -42,7 +42,7 @@ def ps_process(tmp_path):
     port = _free_port()
     tf_config = {"cluster": {"ps": [f"127.0.0.1:{port}"], "worker": ["127.0.0.1:1"]},
                  "task": {"type": "ps", "index": 0}, "environment": "cloud"}
-    log = open(tmp_path / "ps.log", "w")
+    log = open(tmp_path / "ps.log", "w")  # noqa: SIM115  (outlives this block: the fixture's)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn",
          "kubelearn.examples.linear:experiment_fn", "--model-dir", str(tmp_path / "m")],
@@ -222,3 +222,25 @@ def test_bad_manifest_starts_nothing(tmp_path):
         "kubelearn local: error: spec.replicaSpecs.worker.replicas: must be an integer >= 0, "
         "got -1"]
     assert not (tmp_path / "m").exists()
+
+
+def test_sync_replicas_steps_in_lockstep(tmp_path):
+    model_dir = tmp_path / "model"
+    manifest = _manifest(tmp_path, "sync", {**HP, "train_steps": 300, "sync_replicas": 3},
+                         {"ps": 2, "worker": 2, "master": 1}, policy="Never")
+    out = _finish(_launch(manifest, model_dir))
+    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    # Every global step averages one gradient from each of the 3 replicas, so the step
+    # count lands exactly on train_steps (asynchronous training overshoots).
+    assert final["global_step"] == 300, out[-3000:]
+    assert _pids_of(model_dir) == []
+
+
+def test_worker_only_cluster_is_led_by_worker_0(tmp_path):
+    model_dir = tmp_path / "model"
+    manifest = _manifest(tmp_path, "workers", {**HP, "train_steps": 400},
+                         {"ps": 1, "worker": 2}, policy="Never")
+    out = _finish(_launch(manifest, model_dir))
+    assert "[worker-0]" in out and "Initializing variables on ps [0]" in out
+    assert checkpoints.latest_global_step(str(model_dir)) >= 400
+    assert (model_dir / "training_done").exists()

@@ -55,6 +55,9 @@ def test_reads_tf_config(monkeypatch):
         ("local", {"type": "worker", "index": 1}, {"ps": ["p:1"], "worker": ["w:1", "w:2"]},
          False),
         ("local", {"type": "ps", "index": 0}, {"ps": ["p:1"], "worker": ["w:1"]}, False),
+        ("cloud", {"type": "worker", "index": 0}, {"ps": ["p:1"], "worker": ["w:1", "w:2"]},
+         True),
+        ("local", {"type": "worker", "index": 0}, CLUSTER, False),
     ],
 )
 def test_is_chief(monkeypatch, environment, task, cluster, chief):

@@ -184,6 +184,10 @@ class ParameterServer:
                 if self._stopping_since is None:
                     log.info("Told to stop at global step %d", state.global_step)
                     self._stopping_since = time.monotonic()
+                waiting, self._waiting = self._waiting, []
+                for waiter, meta in waiting:  # pushes held for a sync step that never comes
+                    self._send(waiter, {"id": meta["id"], "ok": True, "done": True,
+                                        "global_step": state.global_step})
                 self._send(ident, {"id": request_id, "ok": True})
             elif self._stopping_since is not None and op != "snapshot":
                 self._send(ident, {"id": request_id, "ok": True, "done": True,

@@ -44,11 +44,25 @@ class Optimizer:
         self.slots = {k: np.array(v) for k, v in slots.items()}
 
 
+_CHUNK = 1 << 16  # elements per block of an in-place update: stays in cache
+
+
 class GradientDescent(Optimizer):
     name = "SGD"
 
     def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
-        param -= self.learning_rate * grad
+        if param.size <= _CHUNK:
+            param -= self.learning_rate * grad
+            return
+        # Large variables (a parameter server's): block by block, without a temporary
+        # as large as the variable.
+        flat_p, flat_g = param.reshape(-1), grad.reshape(-1)
+        scratch = np.empty(_CHUNK, dtype=param.dtype)
+        for start in range(0, flat_p.size, _CHUNK):
+            block = slice(start, start + _CHUNK)
+            out = scratch[: flat_p[block].size]
+            np.multiply(flat_g[block], self.learning_rate, out=out)
+            flat_p[block] -= out
 
 
 class Momentum(Optimizer):

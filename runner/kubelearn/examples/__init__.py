@@ -16,3 +16,13 @@ def hparam_values(hparams: Any, defaults: dict[str, Any]) -> dict[str, Any]:
         given = hparams
     values.update(given)
     return values
+
+
+def make_optimizer(hp: dict[str, Any]) -> Any:
+    """The optimiser named by ``hp["optimizer"]``, synchronous across ``hp["sync_replicas"]``
+    replicas when that is above 0."""
+    from kubelearn.estimators import optimizers
+
+    optimizer = optimizers.get(hp["optimizer"], float(hp["learning_rate"]))
+    replicas = int(hp.get("sync_replicas") or 0)
+    return optimizers.SyncReplicas(optimizer, replicas) if replicas > 0 else optimizer

@@ -4,7 +4,7 @@ The data set ships inside the package (``data/digits.npz``; the UCI optical digi
 bundled by scikit-learn). Hyper-parameters: ``train_steps`` (1500), ``learning_rate``
 (0.01), ``batch_size`` (64), ``hidden_units`` ([64, 32]), ``dropout`` (0.0 = none),
 ``optimizer`` (Adam), ``activation`` (relu), ``save_checkpoints_steps`` (250),
-``eval_throttle_secs`` (1), ``seed`` (0).
+``eval_throttle_secs`` (1), ``seed`` (0), ``sync_replicas`` (0).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from kubelearn import Experiment, RunConfig
 from kubelearn.estimators import DNNClassifier
-from kubelearn.examples import hparam_values
+from kubelearn.examples import hparam_values, make_optimizer
 from kubelearn.inputs import numpy_input_fn
 
 DEFAULTS: dict[str, Any] = {
@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "save_checkpoints_steps": 250,
     "eval_throttle_secs": 1,
     "seed": 0,
+    "sync_replicas": 0,
 }
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "digits.npz")
@@ -54,7 +55,7 @@ def experiment_fn(run_config: RunConfig | None = None, hparams: Any = None,
     split = len(x) - 300
     estimator = DNNClassifier(
         hidden_units=[int(u) for u in hp["hidden_units"]], n_classes=10, config=run_config,
-        optimizer=hp["optimizer"], learning_rate=float(hp["learning_rate"]),
+        optimizer=make_optimizer(hp),
         activation=hp["activation"], dropout=float(hp["dropout"]) or None)
     train_input_fn = numpy_input_fn(x[:split], y[:split], batch_size=int(hp["batch_size"]),
                                     num_epochs=None, shuffle=True,

@@ -2,7 +2,8 @@
 
 Hyper-parameters: ``train_steps`` (1000), ``learning_rate`` (0.05), ``batch_size`` (32),
 ``n_features`` (8), ``n_examples`` (4096), ``noise`` (0.01), ``optimizer`` (SGD),
-``save_checkpoints_steps`` (100), ``eval_throttle_secs`` (1), ``seed`` (0).
+``save_checkpoints_steps`` (100), ``eval_throttle_secs`` (1), ``seed`` (0),
+``sync_replicas`` (0: asynchronous; N: average N gradients per step).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from kubelearn import Experiment, RunConfig
 from kubelearn.estimators import LinearRegressor
-from kubelearn.examples import hparam_values
+from kubelearn.examples import hparam_values, make_optimizer
 from kubelearn.inputs import numpy_input_fn
 
 DEFAULTS: dict[str, Any] = {
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "save_checkpoints_steps": 100,
     "eval_throttle_secs": 1,
     "seed": 0,
+    "sync_replicas": 0,
 }
 
 
@@ -51,8 +53,7 @@ def experiment_fn(run_config: RunConfig | None = None, hparams: Any = None,
     x, y, _, _ = make_data(int(hp["n_features"]), int(hp["n_examples"]), float(hp["noise"]),
                            int(hp["seed"]))
     split = len(x) * 4 // 5
-    estimator = LinearRegressor(config=run_config, optimizer=hp["optimizer"],
-                                learning_rate=float(hp["learning_rate"]))
+    estimator = LinearRegressor(config=run_config, optimizer=make_optimizer(hp))
     train_input_fn = numpy_input_fn(x[:split], y[:split], batch_size=int(hp["batch_size"]),
                                     num_epochs=None, shuffle=True,
                                     seed=int(hp["seed"]) + run_config.task_id + 1)
