@@ -23,19 +23,31 @@ from kubelearn.estimators import optimizers
 
 log = logging.getLogger("kubelearn.ps")
 
+#: An IP the ps binds to instead of every interface when its address is a DNS name (the
+#: pod's IP when several pods share one host's network, as under a test node agent).
+ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
+
 STOP_GRACE_SECS = 2.0
 STOP_MAX_SECS = 30.0
 
 
-def bind_address(address: str) -> str:
+def bind_address(address: str, bind_host: str | None = None) -> str:
     """``tcp://`` endpoint to bind for ``host:port``: the host itself when it is an IP
-    literal, every interface otherwise (a DNS name points at this pod from outside)."""
+    literal, else ``bind_host`` (default ``$KUBELEARN_BIND_HOST``) when set, else every
+    interface (a DNS name points at this pod from outside)."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return f"tcp://*:{port}"
+        bind_host = bind_host if bind_host is not None else os.environ.get(ENV_BIND_HOST)
+        if not bind_host:
+            return f"tcp://*:{port}"
+        try:
+            ip = ipaddress.ip_address(bind_host.strip("[]"))
+        except ValueError:
+            raise ValueError(f"{ENV_BIND_HOST} must be an IP address, got {bind_host!r}"
+                             ) from None
     return f"tcp://[{ip}]:{port}" if ip.version == 6 else f"tcp://{ip}:{port}"
 
 
