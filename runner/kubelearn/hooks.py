@@ -24,6 +24,7 @@ class StepContext:
         self.step = 0
         self.loss = math.nan
         self.stop_requested = False
+        self.results: dict[str, Any] | None = None  # set for evaluation hooks
 
     @property
     def last_checkpoint(self) -> str | None:

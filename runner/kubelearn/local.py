@@ -65,6 +65,7 @@ def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, ind
         "KUBELEARN_HPARAMS": json.dumps(spec.hparams),
         "KUBELEARN_MODEL_DIR": model_dir,
         "KUBELEARN_EXPERIMENT_FN": spec.experiment_fn,
+        "KUBELEARN_METRICS_PORT": "0",  # the launcher reads progress.json directly
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -323,9 +324,12 @@ class Launcher:
         latest = checkpoints.latest_checkpoint(self.model_dir)
         if latest:
             lines.append(f"checkpoint: {latest}")
-        run_dir = os.path.join(self.model_dir, "run")
-        if os.path.exists(run_dir):
-            lines.append(f"run record: {run_dir}")
+        runs_dir = os.path.join(self.model_dir, "runs")
+        with contextlib.suppress(OSError):
+            runs = sorted(os.scandir(runs_dir), key=lambda e: e.stat().st_mtime)
+            if runs:
+                lines.append(f"run: {runs[-1].path} (kubelearn runs --dir {runs_dir} show "
+                             f"{runs[-1].name})")
         exits = ", ".join(f"{r.name}={r.exit_code}" for r in self.replicas)
         lines.append(f"replica exit codes: {exits}; restarts: {self.total_restarts}")
         return lines

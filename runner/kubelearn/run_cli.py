@@ -152,7 +152,7 @@ def configure_logging(level: str = "INFO") -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """The ``kubelearn run`` command."""
-    from kubelearn import learn_runner
+    from kubelearn import learn_runner, reporting
     from kubelearn.experiment import Experiment
     from kubelearn.learn_runner import ExperimentFnError
 
@@ -163,28 +163,40 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     configure_logging(args.log_level)
     label = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
+    resolved = learn_runner.SCHEDULE_ALIASES.get(schedule or "", schedule) or \
+        learn_runner._get_default_schedule(run_config)
+    reporters: list[Any] = []
 
     def announced_fn(config: Any, hp: Any) -> Any:
         experiment = fn(config, hp)
         if isinstance(experiment, Experiment):
             logging.getLogger("kubelearn").info(
                 "Running %s as %s:%d (schedule %s) in %s", label,
-                config.task_type or "local", config.task_id, schedule or "default",
-                config.model_dir)
+                config.task_type or "local", config.task_id, resolved, config.model_dir)
+            if config.is_chief and resolved in reporting.TRAINING_SCHEDULES:
+                try:
+                    reporters.append(reporting.Reporter(config, hp))
+                    reporters[0].attach(experiment)
+                except Exception as exc:  # reporting must never stop training
+                    logging.getLogger("kubelearn").warning("Run tracking is off: %s", exc)
         return experiment
 
     try:
-        learn_runner.run(announced_fn, run_config=run_config, hparams=hparams,
-                         schedule=schedule)
+        result = learn_runner.run(announced_fn, run_config=run_config, hparams=hparams,
+                                  schedule=schedule)
     except ExperimentFnError as exc:
         print(f"kubelearn run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _die_of_signal(signal.SIGINT)
         return 128 + signal.SIGINT
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
+        for reporter in reporters:
+            reporter.finish(error=exc)
         return EXIT_TRAINING_ERROR
+    for reporter in reporters:
+        reporter.finish(result)
     return EXIT_OK
 
 

@@ -88,3 +88,17 @@ def record_evaluation(
         writer.scalars("", metrics, int_step if int_step is not None else 0)
         writer.flush()
     return {k: float(as_number(v)) for k, v in metrics.items()}
+
+
+class EvaluationRecorder(Hook):
+    """An evaluation hook that records every evaluation's results (see
+    :func:`record_evaluation`) and keeps the latest in :attr:`last`."""
+
+    def __init__(self, run: Run | None = None, writer: EventWriter | None = None) -> None:
+        self.run, self.writer = run, writer
+        self.last: dict[str, float] = {}
+
+    def end(self, context: StepContext) -> None:
+        if context.results:
+            recorded = record_evaluation(context.results, self.run, self.writer)
+            self.last = {"global_step": float(context.step), **recorded}

@@ -405,6 +405,7 @@ class Estimator:
             results[metric_name] = float(fn(predictions, labels))
         context = StepContext(self, None)
         context.step, context.loss = global_step, results["loss"]
+        context.results = results
         for hook in hook_list:
             hook.end(context)
         if log_progress:

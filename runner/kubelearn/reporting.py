@@ -1,0 +1,160 @@
+"""What the chief of an experiment reports, and where.
+
+* A run (``kubelearn.em``) named after the experiment, with its hparams, the training loss
+  every ``save_summary_steps`` and every evaluation; TensorBoard event files in model_dir.
+* While training, ``GET /progress`` on the metrics port (``KUBELEARN_METRICS_PORT``, default
+  2223; 0 turns it off): global step, loss, steps/s and the latest evaluation as JSON. The
+  operator polls it into the Experiment's status; the runner needs no API permissions.
+* At the end, the final metrics as JSON in the termination message file
+  (``KUBELEARN_TERMINATION_LOG``, e.g. the pod's ``/dev/termination-log``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from kubelearn.hooks import PROGRESS_FILE
+
+log = logging.getLogger("kubelearn")
+
+ENV_METRICS_PORT = "KUBELEARN_METRICS_PORT"
+ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
+ENV_EXPERIMENT = "KUBELEARN_EXPERIMENT"
+ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
+DEFAULT_METRICS_PORT = 2223
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+TRAINING_SCHEDULES = frozenset({"train", "train_and_evaluate", "local_run",
+                                "continuous_train_and_evaluate", "continuous_train_and_eval",
+                                "test"})
+
+
+def _finite(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+class Reporter:
+    """Run tracking, the progress endpoint and the termination message of one chief task."""
+
+    def __init__(self, run_config: Any, hparams: Any, experiment_name: str | None = None):
+        from kubelearn import em
+        from kubelearn.em.tensorboard import EventWriter
+        from kubelearn.em.training import EvaluationRecorder, TrainingRecorder
+
+        self.model_dir = run_config.model_dir
+        name = experiment_name or os.environ.get(ENV_EXPERIMENT) or os.path.basename(
+            os.path.normpath(self.model_dir)) or "default"
+        os.environ.setdefault("EM_RUN_PARENT_DIR", os.path.join(self.model_dir, "runs"))
+        values = hparams.values() if hparams is not None else {}
+        self.run = em.create_run(name=name, hparams=values,
+                                 labels=[f"task={run_config.task_type or 'local'}"])
+        self._writers = [EventWriter(self.model_dir),
+                         EventWriter(os.path.join(self.model_dir, "eval"))]
+        every = max(1, int(run_config.save_summary_steps or 100))
+        self.train_hook = TrainingRecorder(self.run, self._writers[0], every_n_steps=every)
+        self.eval_hook = EvaluationRecorder(self.run, self._writers[1])
+        self._server: ThreadingHTTPServer | None = None
+        self._start_server()
+        log.info("Recording run %s in %s", self.run.name, self.run.path)
+
+    def attach(self, experiment: Any) -> None:
+        experiment.extend_train_hooks([self.train_hook])
+        experiment.extend_eval_hooks([self.eval_hook])
+
+    # -- the progress endpoint -------------------------------------------------------
+    def progress(self) -> dict[str, Any]:
+        report: dict[str, Any] = {}
+        try:
+            with open(os.path.join(self.model_dir, PROGRESS_FILE), encoding="utf-8") as handle:
+                report = json.load(handle)
+        except (OSError, ValueError):
+            pass
+        if self.eval_hook.last:
+            report["eval"] = {k: _finite(v) for k, v in self.eval_hook.last.items()}
+        report["run"] = str(self.run.path)
+        return report
+
+    def _start_server(self) -> None:
+        port = int(os.environ.get(ENV_METRICS_PORT, DEFAULT_METRICS_PORT) or 0)
+        if not port:
+            return
+        reporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/progress":
+                    self.send_error(404)
+                    return
+                body = json.dumps(reporter.progress()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:  # no access log in the training log
+                pass
+
+        host = os.environ.get(ENV_BIND_HOST) or os.environ.get("POD_IP") or "0.0.0.0"
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            log.warning("Progress endpoint not started on %s:%d: %s", host, port, exc)
+            return
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    # -- the end ---------------------------------------------------------------------
+    def final_metrics(self, result: Any) -> dict[str, Any]:
+        evaluation = result[0] if isinstance(result, tuple) and result else result
+        metrics: dict[str, Any] = {}
+        if isinstance(evaluation, dict):
+            for key, value in evaluation.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metrics[key] = _finite(float(value) if isinstance(value, float) else value)
+        elif self.eval_hook.last:
+            metrics.update(self.eval_hook.last)
+        if "global_step" not in metrics:
+            progress = self.progress()
+            metrics["global_step"] = progress.get("global_step")
+            metrics.setdefault("loss", progress.get("loss"))
+        if isinstance(metrics.get("global_step"), float):
+            metrics["global_step"] = int(metrics["global_step"])
+        metrics["run"] = str(self.run.path)
+        return metrics
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        if error is None:
+            self.run.finish()
+        else:
+            self.run.fail(error)
+        payload = self.final_metrics(result) if error is None else {
+            **{k: v for k, v in self.progress().items() if k in ("global_step", "loss")},
+            "error": f"{type(error).__name__}: {error}"[:500], "run": str(self.run.path)}
+        write_termination_message(payload)
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def write_termination_message(payload: dict[str, Any]) -> None:
+    """Writes ``payload`` as JSON to ``$KUBELEARN_TERMINATION_LOG`` when that is set."""
+    path = os.environ.get(ENV_TERMINATION_LOG)
+    if not path:
+        return
+    text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+    if len(text.encode()) > TERMINATION_LIMIT:
+        text = json.dumps({k: payload[k] for k in ("global_step", "loss", "run", "error")
+                           if k in payload}, separators=(",", ":"))
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        log.warning("Could not write the termination message to %s: %s", path, exc)
