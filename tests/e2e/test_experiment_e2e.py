@@ -1,0 +1,50 @@
+"""End to end: ``kubectl apply`` an Experiment; the operator makes pods, the node agent runs
+them as real runner processes, and the Experiment ends Succeeded with a trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kubelearn import checkpoints
+from tests.e2e.conftest import Cluster, pids_with_env
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "experiment.yaml"
+
+
+def final_evaluation(model_dir: Path) -> dict:
+    return json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+
+
+def test_kubectl_apply_example_trains_to_succeeded(cluster: Cluster):
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    status = cluster.wait_phase("linear", "Succeeded", timeout=240)
+
+    model_dir = cluster.model_dir("linear")
+    final = final_evaluation(model_dir)
+    assert final["global_step"] >= 2000 and final["loss"] < 1e-2, final
+    assert checkpoints.latest_global_step(str(model_dir)) >= 2000
+    # The master decided success; the ps was told to stop; the clean-up policy (Running)
+    # removes whatever still runs, so no pod is left running and no process either.
+    pods = cluster.wait_pods_finished("linear")
+    master = pods["linear-master-0"]
+    assert master.status.phase == "Succeeded"
+    assert master.status.container_statuses[0].state.terminated.exit_code == 0
+    assert master.status.pod_ip.startswith("127.") and master.spec.node_name
+    assert status["replicaStatuses"]["master"]["succeeded"] == 1
+    assert "Told to stop at global step" in cluster.agent.pod_log(cluster.ns, "linear-ps-0")
+    assert pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}") == []
+    # The chief recorded a run that finished.
+    runs = list((model_dir / "runs").glob("linear_*/run.yaml"))
+    assert runs and "status: Complete" in runs[0].read_text(), runs
+    # The replicas reached each other through the Service names in TF_CONFIG.
+    tf_config = json.loads(next(e.value for e in master.spec.containers[0].env
+                                if e.name == "TF_CONFIG"))
+    assert tf_config["cluster"]["ps"] == [f"linear-ps-0.{cluster.ns}.svc:2222"]
+    out = cluster.kubectl("get", "exp", "linear").stdout
+    assert "Succeeded" in out, out
