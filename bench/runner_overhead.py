@@ -115,14 +115,16 @@ def main() -> None:
                                                   optimizer="SGD", learning_rate=0.01),
                            x, y, args.steps, 256)),
     }
-    print(f"{'model':34} {'bare s':>8} {'runner s':>9} {'ratio':>6}")
+    print(f"{'model':34} {'bare s':>8} {'runner s':>9} {'ratio':>6} {'+us/step':>9}")
     for name, (bare_fn, runner_fn) in cases.items():
         bare_times, runner_times = [], []
         for _ in range(args.repeats):
             bare_times.append(timed(bare_fn))
             runner_times.append(timed(runner_fn))
         bare_s, runner_s = statistics.median(bare_times), statistics.median(runner_times)
-        print(f"{name:34} {bare_s:8.3f} {runner_s:9.3f} {runner_s / bare_s:6.3f}")
+        extra_us = (runner_s - bare_s) / args.steps * 1e6
+        print(f"{name:34} {bare_s:8.3f} {runner_s:9.3f} {runner_s / bare_s:6.3f} "
+              f"{extra_us:9.1f}")
 
 
 if __name__ == "__main__":

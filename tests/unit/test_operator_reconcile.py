@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+
 from kubelearn_operator import naming
 from kubelearn_operator.pods import PodState, pod_state
 from kubelearn_operator.reconcile import (
