@@ -49,6 +49,8 @@ class LocalSession:
     def __init__(self, estimator: Estimator):
         self._estimator = estimator
         self._config = estimator.config
+        self._save_steps = self._config.save_checkpoints_steps
+        self._save_secs = self._config.save_checkpoints_secs
         self._optimizer = estimator._new_optimizer()
         self._params: dict[str, np.ndarray] = {}
         self._step = 0
@@ -82,10 +84,8 @@ class LocalSession:
         return self._step
 
     def after_step(self, step: int) -> None:
-        steps = self._config.save_checkpoints_steps
-        secs = self._config.save_checkpoints_secs
-        if (steps and step % steps == 0) or (
-            secs and time.monotonic() - self._last_save_time >= secs
+        if (self._save_steps and step % self._save_steps == 0) or (
+            self._save_secs and time.monotonic() - self._last_save_time >= self._save_secs
         ):
             self.save()
 
@@ -199,6 +199,8 @@ class Estimator:
 
     def _features(self, features: Any) -> np.ndarray:
         dtype = self._network.dtype
+        if type(features) is np.ndarray and features.ndim == 2 and features.dtype == dtype:
+            return features  # the common case, checked first: it runs every step
         if isinstance(features, Mapping):
             keys = self._feature_columns or sorted(features)
             missing = [k for k in keys if k not in features]
@@ -219,8 +221,10 @@ class Estimator:
     def _labels(self, labels: Any) -> np.ndarray:
         if labels is None:
             raise ValueError("Training and evaluation need labels; the input_fn gave None")
-        y = np.asarray(labels)
+        y = labels if type(labels) is np.ndarray else np.asarray(labels)
         if self._network.head == net.REGRESSION:
+            if y.ndim == 2 and y.dtype == self._network.dtype:
+                return y
             return np.asarray(y, dtype=self._network.dtype).reshape(len(y), -1)
         y = y.reshape(-1)
         if y.size and (y.min() < 0 or y.max() >= max(self._n_classes(), 2)):
