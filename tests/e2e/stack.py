@@ -76,16 +76,20 @@ class Process:
 
 
 class Operator(Process):
-    """``python -m kubelearn_operator`` for some namespaces, with metrics and liveness."""
+    """The operator from the package for some namespaces (all when none are given), with
+    metrics and liveness: ``kopf run --standalone -m kubelearn_operator.handlers``."""
 
     def __init__(self, env: dict[str, str], namespaces: list[str], log: Path,
                  extra_env: dict[str, str] | None = None) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
-        argv = [sys.executable, "-m", "kubelearn_operator",
+        argv = [sys.executable, "-m", "kopf", "run", "--standalone",
+                "-m", "kubelearn_operator.handlers",
                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
         for ns in namespaces:
             argv += ["--namespace", ns]
+        if not namespaces:
+            argv.append("--all-namespaces")
         full_env = {**os.environ, **env, "KUBELEARN_METRICS_PORT": str(self.metrics_port),
                     "KUBELEARN_RESYNC_SECONDS": "2", "PYTHONUNBUFFERED": "1",
                     **(extra_env or {})}
