@@ -10,31 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
+
+from kubelearn import atomic
 
 INDEX_NAME = "checkpoint"
 PREFIX = "model.ckpt"
 GLOBAL_STEP = "global_step"
 _LINE_RE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths):\s*"(.*)"\s*$')
 _STEP_RE = re.compile(r"-(\d+)(?:\.npz)?$")
-
-
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def checkpoint_paths(model_dir: str | None) -> list[str]:
@@ -80,7 +66,7 @@ def save(
     prefix = os.path.join(model_dir, f"{PREFIX}-{int(global_step)}")
     arrays = {name: np.asarray(value) for name, value in variables.items()}
     arrays[GLOBAL_STEP] = np.asarray(int(global_step), dtype=np.int64)
-    _atomic_write(prefix + ".npz", lambda handle: np.savez(handle, **arrays))
+    atomic.write(prefix + ".npz", lambda handle: np.savez(handle, **arrays))
     names = [os.path.basename(p) for p in checkpoint_paths(model_dir)]
     name = os.path.basename(prefix)
     names = [n for n in names if n != name] + [name]
@@ -91,7 +77,7 @@ def save(
     text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
         f'all_model_checkpoint_paths: "{n}"\n' for n in names
     )
-    _atomic_write(os.path.join(model_dir, INDEX_NAME), lambda h: h.write(text.encode()))
+    atomic.write_text(os.path.join(model_dir, INDEX_NAME), text)
     for old in removed:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(model_dir, old + ".npz"))
@@ -119,8 +105,7 @@ DONE_NAME = "training_done"
 def mark_training_done(model_dir: str, global_step: int) -> None:
     """Records that training finished at ``global_step`` (evaluators stop after it)."""
     os.makedirs(model_dir, exist_ok=True)
-    text = f"{int(global_step)}\n".encode()
-    _atomic_write(os.path.join(model_dir, DONE_NAME), lambda handle: handle.write(text))
+    atomic.write_text(os.path.join(model_dir, DONE_NAME), f"{int(global_step)}\n")
 
 
 def training_done(model_dir: str | None, target_step: int | None = None) -> bool:

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any
 
+from kubelearn import atomic
+
 log = logging.getLogger("kubelearn")
 
 
@@ -179,11 +181,8 @@ class ProgressHook(Hook):
         record = {"global_step": context.step,
                   "loss": context.loss if math.isfinite(context.loss) else None,
                   "steps_per_sec": round(rate, 3), "time": time.time()}
-        tmp = f"{self.path}.tmp{os.getpid()}"
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(record, handle)
-            os.replace(tmp, self.path)
+            atomic.write_text(self.path, json.dumps(record))
         except OSError as exc:  # progress is best effort; training goes on
             log.debug("Could not write %s: %s", self.path, exc)
         self._last = now

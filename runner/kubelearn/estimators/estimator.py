@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kubelearn import checkpoints
+from kubelearn import atomic, checkpoints
 from kubelearn import inputs as inputs_lib
 from kubelearn.estimators import metrics as metrics_lib
 from kubelearn.estimators import network as net
@@ -474,8 +474,8 @@ class Estimator:
         """
         params, step = self._load_params(checkpoint_path)
         os.makedirs(export_dir, exist_ok=True)
-        checkpoints._atomic_write(os.path.join(export_dir, "model.npz"),
-                                  lambda handle: np.savez(handle, **params))
+        atomic.write(os.path.join(export_dir, "model.npz"),
+                     lambda handle: np.savez(handle, **params))
         kernel = params[f"{self._network.layer_names()[0]}/kernel"]
         signature = {
             "format": "kubelearn.export/v1",
@@ -489,9 +489,8 @@ class Estimator:
             "feature_keys": self._feature_keys or self._feature_columns,
             "global_step": step,
         }
-        text = json.dumps(signature, indent=2) + "\n"
-        checkpoints._atomic_write(os.path.join(export_dir, "signature.json"),
-                                  lambda handle: handle.write(text.encode()))
+        atomic.write_text(os.path.join(export_dir, "signature.json"),
+                          json.dumps(signature, indent=2) + "\n")
         return export_dir
 
 

@@ -26,3 +26,30 @@ def make_optimizer(hp: dict[str, Any]) -> Any:
     optimizer = optimizers.get(hp["optimizer"], float(hp["learning_rate"]))
     replicas = int(hp.get("sync_replicas") or 0)
     return optimizers.SyncReplicas(optimizer, replicas) if replicas > 0 else optimizer
+
+
+def run_config_for(run_config: Any, output_dir: str | None, hp: dict[str, Any]) -> Any:
+    """The RunConfig to build with (the deprecated ``output_dir`` form included), with the
+    checkpoint interval and seed of ``hp``."""
+    from kubelearn.run_config import RunConfig
+
+    if run_config is None:
+        run_config = RunConfig(model_dir=output_dir)
+    return run_config.replace(save_checkpoints_steps=int(hp["save_checkpoints_steps"]),
+                              tf_random_seed=int(hp["seed"]))
+
+
+def make_experiment(estimator: Any, train: tuple[Any, Any], evaluation: tuple[Any, Any],
+                    hp: dict[str, Any]) -> Any:
+    """An Experiment that trains on shuffled batches of ``train`` (each task its own order)
+    and evaluates on one pass over ``evaluation``."""
+    from kubelearn.experiment import Experiment
+    from kubelearn.inputs import numpy_input_fn
+
+    seed = int(hp["seed"]) + estimator.config.task_id + 1
+    train_input_fn = numpy_input_fn(*train, batch_size=int(hp["batch_size"]), num_epochs=None,
+                                    shuffle=True, seed=seed)
+    eval_input_fn = numpy_input_fn(*evaluation, batch_size=1024, num_epochs=1, shuffle=False)
+    return Experiment(estimator, train_input_fn, eval_input_fn,
+                      train_steps=int(hp["train_steps"]), eval_steps=None, eval_delay_secs=0,
+                      continuous_eval_throttle_secs=float(hp["eval_throttle_secs"]))

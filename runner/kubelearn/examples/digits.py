@@ -16,8 +16,7 @@ import numpy as np
 
 from kubelearn import Experiment, RunConfig
 from kubelearn.estimators import DNNClassifier
-from kubelearn.examples import hparam_values, make_optimizer
-from kubelearn.inputs import numpy_input_fn
+from kubelearn.examples import hparam_values, make_experiment, make_optimizer, run_config_for
 
 DEFAULTS: dict[str, Any] = {
     "train_steps": 1500,
@@ -45,23 +44,13 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 def experiment_fn(run_config: RunConfig | None = None, hparams: Any = None,
                   output_dir: str | None = None) -> Experiment:
     hp = hparam_values(hparams, DEFAULTS)
-    if run_config is None:
-        run_config = RunConfig(model_dir=output_dir)
-    run_config = run_config.replace(save_checkpoints_steps=int(hp["save_checkpoints_steps"]),
-                                    tf_random_seed=int(hp["seed"]))
+    run_config = run_config_for(run_config, output_dir, hp)
     x, y = load_digits()
     order = np.random.default_rng(int(hp["seed"])).permutation(len(x))
     x, y = x[order], y[order]
     split = len(x) - 300
     estimator = DNNClassifier(
         hidden_units=[int(u) for u in hp["hidden_units"]], n_classes=10, config=run_config,
-        optimizer=make_optimizer(hp),
-        activation=hp["activation"], dropout=float(hp["dropout"]) or None)
-    train_input_fn = numpy_input_fn(x[:split], y[:split], batch_size=int(hp["batch_size"]),
-                                    num_epochs=None, shuffle=True,
-                                    seed=int(hp["seed"]) + run_config.task_id + 1)
-    eval_input_fn = numpy_input_fn(x[split:], y[split:], batch_size=300, num_epochs=1,
-                                   shuffle=False)
-    return Experiment(estimator, train_input_fn, eval_input_fn,
-                      train_steps=int(hp["train_steps"]), eval_steps=None, eval_delay_secs=0,
-                      continuous_eval_throttle_secs=float(hp["eval_throttle_secs"]))
+        optimizer=make_optimizer(hp), activation=hp["activation"],
+        dropout=float(hp["dropout"]) or None)
+    return make_experiment(estimator, (x[:split], y[:split]), (x[split:], y[split:]), hp)

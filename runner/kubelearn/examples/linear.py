@@ -14,8 +14,7 @@ import numpy as np
 
 from kubelearn import Experiment, RunConfig
 from kubelearn.estimators import LinearRegressor
-from kubelearn.examples import hparam_values, make_optimizer
-from kubelearn.inputs import numpy_input_fn
+from kubelearn.examples import hparam_values, make_experiment, make_optimizer, run_config_for
 
 DEFAULTS: dict[str, Any] = {
     "train_steps": 1000,
@@ -46,19 +45,9 @@ def make_data(n_features: int, n_examples: int, noise: float, seed: int
 def experiment_fn(run_config: RunConfig | None = None, hparams: Any = None,
                   output_dir: str | None = None) -> Experiment:
     hp = hparam_values(hparams, DEFAULTS)
-    if run_config is None:
-        run_config = RunConfig(model_dir=output_dir)
-    run_config = run_config.replace(save_checkpoints_steps=int(hp["save_checkpoints_steps"]),
-                                    tf_random_seed=int(hp["seed"]))
+    run_config = run_config_for(run_config, output_dir, hp)
     x, y, _, _ = make_data(int(hp["n_features"]), int(hp["n_examples"]), float(hp["noise"]),
                            int(hp["seed"]))
     split = len(x) * 4 // 5
     estimator = LinearRegressor(config=run_config, optimizer=make_optimizer(hp))
-    train_input_fn = numpy_input_fn(x[:split], y[:split], batch_size=int(hp["batch_size"]),
-                                    num_epochs=None, shuffle=True,
-                                    seed=int(hp["seed"]) + run_config.task_id + 1)
-    eval_input_fn = numpy_input_fn(x[split:], y[split:], batch_size=1024, num_epochs=1,
-                                   shuffle=False)
-    return Experiment(estimator, train_input_fn, eval_input_fn,
-                      train_steps=int(hp["train_steps"]), eval_steps=None, eval_delay_secs=0,
-                      continuous_eval_throttle_secs=float(hp["eval_throttle_secs"]))
+    return make_experiment(estimator, (x[:split], y[:split]), (x[split:], y[split:]), hp)
