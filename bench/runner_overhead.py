@@ -2,7 +2,8 @@
 
 Both paths train the same model on the same batches for the same number of steps; the
 ratio (runner time / bare time) is the runner's overhead. Each pair is run alternately
-several times and the medians are compared, so machine noise hits both sides alike.
+several times and the best times are compared: noise from other work on the machine only
+ever adds time, so the minimum is the steadiest estimate of each side.
 
     python bench/runner_overhead.py [--steps 3000] [--repeats 5]
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import statistics
 import tempfile
 import time
 
@@ -121,7 +121,7 @@ def main() -> None:
         for _ in range(args.repeats):
             bare_times.append(timed(bare_fn))
             runner_times.append(timed(runner_fn))
-        bare_s, runner_s = statistics.median(bare_times), statistics.median(runner_times)
+        bare_s, runner_s = min(bare_times), min(runner_times)
         extra_us = (runner_s - bare_s) / args.steps * 1e6
         print(f"{name:34} {bare_s:8.3f} {runner_s:9.3f} {runner_s / bare_s:6.3f} "
               f"{extra_us:9.1f}")
