@@ -122,24 +122,29 @@ class Counter(threading.Thread):
         rv = lister(self.namespace).metadata.resource_version
         self.ready.set()
         # Raw watch lines, names only: the same light cost whichever operator is measured.
-        resp = lister(self.namespace, watch=True, resource_version=rv, timeout_seconds=900,
-                      _preload_content=False)
-        buffer = b""
-        try:
-            for chunk in resp.stream(1 << 16):
-                *lines, buffer = (buffer + chunk).split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if event.get("type") == "ADDED":
-                        self.names.add(event["object"]["metadata"]["name"])
-                if len(self.names) >= self.target:
-                    self.done_at = time.monotonic()
-                    self.finished.set()
-                    return
-        finally:
-            resp.release_conn()
+        # The server may close a watch at any time (a slow reader, a timeout): watch again
+        # from the last version seen.
+        while True:
+            resp = lister(self.namespace, watch=True, resource_version=rv, timeout_seconds=900,
+                          allow_watch_bookmarks=True, _preload_content=False)
+            buffer = b""
+            try:
+                for chunk in resp.stream(1 << 16):
+                    *lines, buffer = (buffer + chunk).split(b"\n")
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object") or {}
+                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                        if event.get("type") == "ADDED":
+                            self.names.add(obj["metadata"]["name"])
+                    if len(self.names) >= self.target:
+                        self.done_at = time.monotonic()
+                        self.finished.set()
+                        return
+            finally:
+                resp.release_conn()
 
 
 def measure(api: client.ApiClient, namespace: str, body: dict[str, Any], plural: str,
@@ -195,6 +200,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    # A plain SIGTERM still stops both operators and the control plane (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     peer, peer_error = (None, "--no-peer") if args.no_peer else build_peer()
     if peer is None and not args.no_peer:

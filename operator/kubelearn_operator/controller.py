@@ -2,7 +2,7 @@
 
 Level-triggered: every experiment, pod and service event enqueues its experiment, and a resync
 timer enqueues all of them; a worker reconciles one experiment at a time (never two workers on
-the same key), from the latest cached Experiment and the operator's pod and service indexes.
+the same key), from the latest cached Experiment and the operator's pod and service caches.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class Controller:
 
     def healthy(self) -> dict[str, Any]:
         return {"experiments": len(self.bodies), "queued": len(self.queue),
-                "workers": sum(1 for t in self._tasks if not t.done())}
+                "tasks": sum(1 for t in self._tasks if not t.done())}
 
     # -- inputs from the watches -----------------------------------------------------------
     def observe_experiment(self, event_type: str | None, body: Mapping[str, Any]) -> None:

@@ -1,4 +1,15 @@
-"""Operator settings, read once from the environment at start-up (never inside builders)."""
+"""Operator settings, read once from the environment at start-up (never inside builders).
+
+KUBELEARN_RUNNER_IMAGE        image of replicas that name none (kubelearn/runner:0.1.0)
+KUBELEARN_CLUSTER_DOMAIN      appended to replica addresses in TF_CONFIG (none: <svc>.<ns>.svc)
+KUBELEARN_API_QPS, _BURST     client-side rate limit of API requests (500/s, burst 1000)
+KUBELEARN_CREATE_CONCURRENCY  API requests in flight at once (64)
+KUBELEARN_WORKERS             experiments reconciled at once (8)
+KUBELEARN_RESYNC_SECONDS      every experiment is reconciled at least this often (10)
+KUBELEARN_METRICS_PORT        Prometheus /metrics port, 0 to disable (9090)
+KUBELEARN_PODGROUP_CHECK_SECONDS  how long the PodGroup API's presence is cached (30)
+KUBELEARN_INLINE_CLUSTER_MAX_REPLICAS  above this, TF_CONFIG's cluster comes from a ConfigMap (64)
+"""
 
 from __future__ import annotations
 

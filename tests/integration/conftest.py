@@ -3,13 +3,11 @@ a stand-in kubelet that writes pod status through the API."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -231,12 +229,3 @@ def experiments(kube_api: client.ApiClient, namespace: str,
 def pod_uids(pods: dict[str, client.V1Pod]) -> dict[str, str]:
     return {n: p.metadata.uid for n, p in pods.items()}
 
-
-def until(predicate: Callable[[], Any], timeout: float, description: str) -> Any:
-    return wait_for(predicate, timeout, description)
-
-
-@contextlib.contextmanager
-def elapsed() -> Iterator[Callable[[], float]]:
-    start = time.monotonic()
-    yield lambda: time.monotonic() - start

@@ -187,3 +187,27 @@ def test_two_namespaces_do_not_touch_each_other(experiments: Experiments, namesp
                    .owner_references[0].uid for p in now.values())
     finally:
         core.delete_namespace(other_ns)
+
+
+def test_large_experiment_takes_its_cluster_spec_from_one_configmap(
+        experiments: Experiments, namespace: str, start_operator,
+        kube_api: client.ApiClient) -> None:
+    start_operator(namespace)
+    workers = 70  # above the inline limit of 64 replicas
+    experiments.create("wide", {"experimentFn": "m:f", "replicas": {"worker": workers}})
+    pods = experiments.wait_pods("wide", {f"wide-worker-{i}" for i in range(workers)})
+    configmap = client.CoreV1Api(kube_api).read_namespaced_config_map(
+        "wide-kubelearn-cluster", namespace)
+    cluster = json.loads(configmap.data["cluster"])
+    assert cluster["worker"][69] == f"wide-worker-69.{namespace}.svc:2222"
+    assert configmap.metadata.owner_references[0].name == "wide"
+    env = pods["wide-worker-5"].spec.containers[0].env
+    names = [e.name for e in env]
+    assert names.index("KUBELEARN_CLUSTER_SPEC") < names.index("TF_CONFIG")
+    ref = env[names.index("KUBELEARN_CLUSTER_SPEC")].value_from.config_map_key_ref
+    assert (ref.name, ref.key) == ("wide-kubelearn-cluster", "cluster")
+    # What the kubelet hands the runner once it expands $(KUBELEARN_CLUSTER_SPEC):
+    value = env[names.index("TF_CONFIG")].value.replace("$(KUBELEARN_CLUSTER_SPEC)",
+                                                        configmap.data["cluster"])
+    assert json.loads(value) == {"cluster": cluster, "task": {"type": "worker", "index": 5},
+                                 "environment": "cloud"}

@@ -26,7 +26,7 @@ def _reason(experiments: Experiments, name: str, ctype: str) -> str:
 
 def test_exit_code_policy_restarts_signals_until_backoff_limit(
         experiments: Experiments, namespace: str, start_operator) -> None:
-    start_operator(namespace)
+    op = start_operator(namespace)
     experiments.create("exp", workers(2, runPolicy={"backoffLimit": 1}))
     pods = experiments.wait_pods("exp", {"exp-worker-0", "exp-worker-1"})
     experiments.run_all("exp")
@@ -51,6 +51,9 @@ def test_exit_code_policy_restarts_signals_until_backoff_limit(
     assert _reason(experiments, "exp", "Failed") == "BackoffLimitExceeded"
     # The failed pod stays for its logs, the rest is stopped.
     experiments.wait_pods("exp", {"exp-worker-1"})
+    metrics = op.metrics()
+    assert f'kubelearn_experiments_restarted_total{{namespace="{namespace}"}} 1.0' in metrics
+    assert f'kubelearn_experiments_failed_total{{namespace="{namespace}"}} 1.0' in metrics
 
 
 def test_exit_code_one_to_127_is_permanent(experiments: Experiments, namespace: str,

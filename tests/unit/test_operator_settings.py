@@ -1,0 +1,22 @@
+"""Operator settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubelearn_operator.settings import Settings
+
+
+def test_defaults_and_overrides() -> None:
+    assert Settings.from_env({}).image == "kubelearn/runner:0.1.0"
+    settings = Settings.from_env({"KUBELEARN_RUNNER_IMAGE": "r:2", "KUBELEARN_API_QPS": "50",
+                                  "KUBELEARN_API_BURST": "80",
+                                  "KUBELEARN_CREATE_CONCURRENCY": "8",
+                                  "KUBELEARN_CLUSTER_DOMAIN": "cluster.local"})
+    assert (settings.image, settings.api_qps, settings.api_burst, settings.create_concurrency,
+            settings.cluster_domain) == ("r:2", 50.0, 80, 8, "cluster.local")
+
+
+def test_a_bad_number_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="KUBELEARN_API_QPS must be a number"):
+        Settings.from_env({"KUBELEARN_API_QPS": "fast"})
