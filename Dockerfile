@@ -69,5 +69,5 @@ RUN --mount=type=bind,from=builder,source=/wheels/operator,target=/wheels \
 USER 65532:65532
 # Liveness and readiness on :8080/healthz, Prometheus metrics on :9090/metrics.
 EXPOSE 8080 9090
-ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "kubelearn_operator"]
-CMD []
+ENTRYPOINT ["/usr/bin/tini", "--", "kopf", "run", "--standalone", "-m", "kubelearn_operator.handlers"]
+CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -47,6 +47,20 @@ ADMIN_USER = "kubelearn-admin"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.0.0.0/24"
 STATE_FILE = "state.json"
+AUDIT_LOG = "audit.log"
+
+# With audit_log=True: one JSON line per finished request made by a ServiceAccount (the
+# operator under test acts as one), at Metadata level (who, verb, resource, response code;
+# no bodies). Other users' requests (the admin, the controller-manager) are not logged.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 
 _PR_SET_PDEATHSIG = 1
 
@@ -68,6 +82,7 @@ class ControlPlane:
     ca_file: Path
     pgid: int
     pids: list[int] = field(default_factory=list)
+    audit_log: Path | None = None
     _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
@@ -99,6 +114,7 @@ class ControlPlane:
             "ca_file": str(self.ca_file),
             "pgid": self.pgid,
             "pids": self.pids,
+            "audit_log": str(self.audit_log) if self.audit_log else None,
         }
 
     @classmethod
@@ -113,7 +129,21 @@ class ControlPlane:
             ca_file=Path(state["ca_file"]),
             pgid=int(state["pgid"]),
             pids=[int(p) for p in state.get("pids", [])],
+            audit_log=Path(state["audit_log"]) if state.get("audit_log") else None,
         )
+
+    def audit_events(self) -> list[dict]:
+        """The audit log's events so far (needs audit_log=True at start)."""
+        if self.audit_log is None:
+            raise ControlPlaneError("this control plane was started without audit_log=True")
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text().splitlines():
+            if line.strip():
+                with contextlib.suppress(ValueError):  # a line being written
+                    events.append(json.loads(line))
+        return events
 
     def is_ready(self) -> bool:
         """True when the API server answers /readyz with ok."""
@@ -361,11 +391,14 @@ def start_control_plane(
     detach: bool = False,
     progress: TextIO | None = None,
     timeout: float = 120.0,
+    audit_log: bool = False,
 ) -> ControlPlane:
     """Start etcd, kube-apiserver (waiting for /readyz) and kube-controller-manager.
 
     detach=False ties the processes to this one (they get SIGKILL if it dies); detach=True
-    leaves them running for the CLI. On any failure everything already started is stopped.
+    leaves them running for the CLI. audit_log=True has the API server log ServiceAccounts'
+    requests (AUDIT_POLICY) to `ControlPlane.audit_log`. On any failure everything already
+    started is stopped.
     """
     out = progress if progress is not None else sys.stderr
     t0 = time.monotonic()
@@ -378,7 +411,7 @@ def start_control_plane(
     workdir.mkdir(parents=True, exist_ok=True)
     launcher = _Launcher(workdir, detach)
     try:
-        cp = _start(kubecp, helm, workdir, launcher, controllers, say, timeout)
+        cp = _start(kubecp, helm, workdir, launcher, controllers, say, timeout, audit_log)
     except BaseException:
         if launcher.pgid is not None:
             kill_process_group(launcher.pgid, 10.0, launcher.procs)
@@ -395,6 +428,7 @@ def _start(
     controllers: Sequence[str],
     say: Callable[[str], None],
     timeout: float,
+    audit_log: bool = False,
 ) -> ControlPlane:
     etcd_port, peer_port, api_port, kcm_port = free_ports(4)
     bin_ = str(kubecp)
@@ -433,6 +467,15 @@ def _start(
     sa_key, sa_pub = _write_service_account_key(workdir)
     cert_dir = workdir / "certs"
     server = f"https://127.0.0.1:{api_port}"
+    audit_args: list[str] = []
+    audit_path = None
+    if audit_log:
+        policy = workdir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        audit_path = workdir / AUDIT_LOG
+        audit_args = [f"--audit-policy-file={policy}", f"--audit-log-path={audit_path}",
+                      "--audit-log-format=json", "--audit-log-mode=blocking",
+                      "--audit-log-maxbackup=0"]
     api, api_log = launcher.start(
         "kube-apiserver",
         [
@@ -451,6 +494,7 @@ def _start(
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--profiling=false",
+            *audit_args,
         ],
     )
     insecure = _ssl_context(None)  # the serving cert does not exist before the server starts
@@ -511,6 +555,7 @@ def _start(
         ca_file=ca_file,
         pgid=launcher.pgid,
         pids=[p.pid for p in launcher.procs],
+        audit_log=audit_path,
         _procs=launcher.procs,
     )
     (workdir / STATE_FILE).write_text(json.dumps(cp.state(), indent=2))

@@ -66,7 +66,9 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, for the whole session."""
     binaries = _binaries(request.config)
     with _terminal_output(request.config):
-        cp = start_control_plane(binaries.kubecp, binaries.helm, progress=sys.stderr)
+        # Audit ServiceAccounts' requests: tests count what the chart's account was refused.
+        cp = start_control_plane(binaries.kubecp, binaries.helm, progress=sys.stderr,
+                                 audit_log=True)
     atexit.register(cp.stop)  # a crash past the finalizer still ends the processes
     try:
         yield cp

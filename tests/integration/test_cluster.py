@@ -321,7 +321,6 @@ def test_chart_service_account_has_what_the_operator_needs_and_no_more(
             30,
             "the chart's ClusterRoleBinding to let the operator list experiments",
         )
-        core.list_namespace()
         pod = core.create_namespaced_pod(namespace, _pod("replica-0"))
         assert pod.metadata.name == "replica-0"
         core.create_namespaced_service(
@@ -331,9 +330,11 @@ def test_chart_service_account_has_what_the_operator_needs_and_no_more(
                 spec=client.V1ServiceSpec(cluster_ip="None", selector={"r": "0"}),
             ),
         )
-        # Nothing beyond that: no secrets, no deleting namespaces.
+        # Nothing beyond that: no reading secrets, no namespaces (serving all of them, the
+        # operator never lists them).
         for forbidden in (
             lambda: core.list_namespaced_secret(namespace),
+            lambda: core.list_namespace(),
             lambda: core.delete_namespace(namespace),
         ):
             with pytest.raises(client.ApiException) as exc:

@@ -19,9 +19,52 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The selector labels as "k=v,k=v": how the operator finds its own pods. */}}
+{{- define "kubelearn.selectorString" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s" .Chart.Name .Release.Name -}}
+{{- end -}}
+
 {{- define "kubelearn.labels" -}}
 {{ include "kubelearn.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Rules for the objects of Experiments, the same in a ClusterRole or a Role. */}}
+{{- define "kubelearn.namespacedRules" -}}
+# Experiments: watched (list, watch), deleted when their TTL runs out, status written.
+- apiGroups: ["kubelearn.dev"]
+  resources: ["experiments"]
+  verbs: ["list", "watch", "delete"]
+- apiGroups: ["kubelearn.dev"]
+  resources: ["experiments/status"]
+  verbs: ["patch"]
+# One pod and one headless service per replica: cached by list and watch, never read singly.
+- apiGroups: [""]
+  resources: ["pods", "services"]
+  verbs: ["list", "watch", "create", "delete"]
+# The parameter-server token (created once, never read back) and, for large experiments, the
+# cluster spec (created, then patched when the experiment is scaled).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+# Events on Experiments, from the operator and its framework.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+# Gang scheduling through scheduler-plugins, when an experiment asks for it.
+- apiGroups: ["scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["create"]
+{{- if .Values.networkPolicy.enabled }}
+# The per-experiment NetworkPolicy.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create"]
+{{- end }}
 {{- end -}}
