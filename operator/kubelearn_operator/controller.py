@@ -33,6 +33,8 @@ Key = tuple[str, str]
 
 #: Creation events posted one by one per kind and reconcile; the rest share one event.
 EVENTS_PER_KIND = 10
+#: How long an object this process created counts as existing before the cache shows it.
+EXPECT_SECONDS = 30.0
 
 
 class WorkQueue:
@@ -101,6 +103,10 @@ class Controller:
         self._podgroup: tuple[float, bool] = (0.0, False)
         self._failures: dict[Key, int] = {}
         self._reported: set[tuple[str, str, str]] = set()
+        # uid -> "pods/<name>" or "services/<name>" -> (deadline, role, index): created here,
+        # not yet in the cache. Without it a reconcile racing the watch would create again
+        # (harmless, 409) a thousand times.
+        self._expected: dict[str, dict[str, tuple[float, str, int]]] = {}
         self.instance = socket.gethostname()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -185,6 +191,7 @@ class Controller:
             self.bodies[key] = dict(body)
 
     def _forget(self, uid: str) -> None:
+        self._expected.pop(uid, None)
         self._ensured = {e for e in self._ensured if e[0] != uid}
         self._reported = {e for e in self._reported if e[0] != uid}
 
@@ -192,9 +199,22 @@ class Controller:
         """Pods and services of the experiment with this uid (not of a deleted namesake)."""
         namespace, name = key
         pods = {n: p for n, p in self._pods[namespace].get(name).items() if p.owner_uid == uid}
-        services = frozenset(n for n, owner in self._services[namespace].get(name).items()
-                             if owner == uid)
-        return Observed(pods=pods, services=services, podgroup_available=False)
+        services = {n for n, owner in self._services[namespace].get(name).items()
+                    if owner == uid}
+        expected = self._expected.get(uid)
+        if expected:
+            now = time.monotonic()
+            for ref, (deadline, role, index) in list(expected.items()):
+                plural, obj = ref.split("/", 1)
+                seen = obj in pods if plural == "pods" else obj in services
+                if seen or deadline < now:
+                    del expected[ref]
+                elif plural == "pods":
+                    pods[obj] = PodState(name=obj, uid="", experiment=name, role=role,
+                                         index=index, phase="Pending", owner_uid=uid)
+                else:
+                    services.add(obj)
+        return Observed(pods=pods, services=frozenset(services), podgroup_available=False)
 
     # -- the loop --------------------------------------------------------------------------
     async def _resync(self) -> None:
@@ -388,6 +408,11 @@ class Controller:
                 self.post_event(ref, Event("Warning", f"FailedCreate{kind}",
                                            f"Error creating {kind.lower()} {name}: {reason}"))
             raise
+        if created:
+            labels = manifest["metadata"].get("labels") or {}
+            self._expected.setdefault(ref.uid, {})[f"{plural}/{name}"] = (
+                time.monotonic() + EXPECT_SECONDS, labels.get(naming.LABEL_ROLE, ""),
+                int(labels.get(naming.LABEL_INDEX, 0)))
         return created
 
     async def _delete_pod(self, ref: ExperimentRef, name: str, uid: str) -> None:
