@@ -161,17 +161,16 @@ class Cluster:
         return Path(f"/tmp/kubelearn/{self.ns}/{name}")
 
 
-@pytest.fixture
-def cluster(kube_api: client.ApiClient, control_plane: Any, namespace: str, e2e_crd: Path,
-            tmp_path: Path) -> Iterator[Cluster]:
-    """The node agent and the operator for this test's namespace; all stopped afterwards,
-    and no process of the namespace's pods may outlive the test."""
+@contextlib.contextmanager
+def _running(kube_api: client.ApiClient, control_plane: Any, namespace: str, tmp_path: Path,
+             with_operator: bool) -> Iterator[Cluster]:
     c = Cluster(kube_api, control_plane, namespace, tmp_path)
     c.agent.start()
     try:
         wait_for(lambda: (c.agent.check_alive(), c.core.read_node(c.agent.node_name))[1],
                  60, "the node agent's Node")
-        c.start_operator()
+        if with_operator:
+            c.start_operator()
         yield c
     finally:
         for op in c.operators:
@@ -181,7 +180,25 @@ def cluster(kube_api: client.ApiClient, control_plane: Any, namespace: str, e2e_
             c.core.delete_node(c.agent.node_name)
         shutil.rmtree(f"/tmp/kubelearn/{namespace}", ignore_errors=True)
     deadline = time.monotonic() + 10
-    while (left := pids_with_env(f"KUBELEARN_MODEL_DIR=/tmp/kubelearn/{namespace}/")) \
-            and time.monotonic() < deadline:
+    marker = f"KUBELEARN_TEST_NAMESPACE={namespace}"
+    while (left := pids_with_env(f"KUBELEARN_MODEL_DIR=/tmp/kubelearn/{namespace}/")
+           + pids_with_env(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"pod processes outlived the test: {left}"
+
+
+@pytest.fixture
+def cluster(kube_api: client.ApiClient, control_plane: Any, namespace: str, e2e_crd: Path,
+            tmp_path: Path) -> Iterator[Cluster]:
+    """The node agent and the operator for this test's namespace; all stopped afterwards,
+    and no process of the namespace's pods may outlive the test."""
+    with _running(kube_api, control_plane, namespace, tmp_path, True) as c:
+        yield c
+
+
+@pytest.fixture
+def node(kube_api: client.ApiClient, control_plane: Any, namespace: str,
+         tmp_path: Path) -> Iterator[Cluster]:
+    """Only the node agent, for pods made by the test itself."""
+    with _running(kube_api, control_plane, namespace, tmp_path, False) as c:
+        yield c

@@ -418,6 +418,7 @@ class NodeAgent:
         env = self.container_env(run.namespace, pod, container, run.ip)
         argv = resolve_command([*(container.get("command") or []),
                                 *(container.get("args") or [])])
+        self.refresh_services(force=True)  # names made just before the pod resolve at once
         hosts = self.write_hosts(run.namespace, self._snapshot().get(run.namespace, []))
         term_target = container.get("terminationMessagePath") or "/dev/termination-log"
         run.termination_path.write_text("")

@@ -144,8 +144,9 @@ class NodeAgent(Process):
         return self.workdir / "pods" / f"{namespace}_{pod}"
 
     def pod_log(self, namespace: str, pod: str) -> str:
-        path = self.pod_dir(namespace, pod) / "kubelearn.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        """Every container log of the pod, all restarts."""
+        return "".join(path.read_text(errors="replace")
+                       for path in sorted(self.pod_dir(namespace, pod).glob("*.log")))
 
 
 def pod_log_paths(workdir: Path, namespace: str | None = None) -> list[Path]:
