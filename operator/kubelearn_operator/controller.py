@@ -179,9 +179,11 @@ class Controller:
             self._tasks.append(loop.create_task(informer.run(),
                                                 name=f"kubelearn-{plural}-{namespace}"))
 
-    async def synced(self, namespace: str) -> None:
+    async def synced(self, namespace: str, timeout: float = 30.0) -> None:
+        """Wait for the namespace's caches to be filled; a timeout fails the reconcile, which
+        is retried, so a cache that cannot list never holds a worker for good."""
         for store in (self._pods, self._services):
-            await store[namespace].synced.wait()
+            await asyncio.wait_for(store[namespace].synced.wait(), timeout)
 
     def _store(self, key: Key, body: Mapping[str, Any]) -> None:
         """Keep the newest version: a watch event may lag behind our own status patch."""

@@ -46,19 +46,24 @@ class Informer(Generic[V]):
         return self.items.get(experiment, {})
 
     async def run(self) -> None:
+        failures = 0
         while True:
             try:
                 version = await self._list()
                 self.synced.set()
+                failures = 0
                 while True:
                     version = await self._watch(version)
             except asyncio.CancelledError:
                 raise
             except Gone:
                 continue
-            except Exception as error:
-                logger.warning("watch of %s failed, listing again: %s", self.path, error)
-                await asyncio.sleep(1.0)
+            except Exception as error:  # e.g. no RBAC to list here yet: back off, retry
+                failures += 1
+                delay = min(2.0 ** (failures - 1), 30.0)
+                logger.warning("watch of %s failed, listing again in %.0fs: %s",
+                               self.path, delay, error)
+                await asyncio.sleep(delay)
 
     async def _list(self) -> str:
         items: list[dict[str, Any]] = []
