@@ -4,9 +4,11 @@ than since the last checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import urllib.request
 
 import pytest
 
@@ -142,6 +144,11 @@ def test_kubectl_delete_experiment_removes_everything(cluster: Cluster):
     start_training(cluster, name, at_step=300)
     model_dir = cluster.model_dir(name)
     assert len(pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}")) == 4
+    # The chief serves its progress on its own pod address, where the operator can read it.
+    master_ip = cluster.core.read_namespaced_pod(f"{name}-master-0", cluster.ns).status.pod_ip
+    report = wait_for(lambda: json.loads(urllib.request.urlopen(
+        f"http://{master_ip}:2223/progress", timeout=5).read()), 30, "the progress endpoint")
+    assert report["global_step"] >= 300, report
     cluster.kubectl("delete", "exp", name, "--wait=false")
     selector = f"kubelearn.dev/experiment={name}"
 
