@@ -125,9 +125,22 @@ def audit_of(cp: ControlPlane, user: str) -> list[dict[str, Any]]:
     return [e for e in cp.audit_events() if e.get("user", {}).get("username") == user]
 
 
+def _decision(event: dict[str, Any]) -> str:
+    return (event.get("annotations") or {}).get("authorization.k8s.io/decision", "")
+
+
 def forbidden(events: list[dict[str, Any]]) -> list[str]:
+    """Requests that got 403 because RBAC did not allow them."""
     return [f"{e['verb']} {e['requestURI']}" for e in events
-            if e.get("responseStatus", {}).get("code") == 403]
+            if e.get("responseStatus", {}).get("code") == 403 and _decision(e) != "allow"]
+
+
+def refused_by_admission(events: list[dict[str, Any]]) -> list[str]:
+    """Requests RBAC allowed that an admission plugin answered with 403 (a pod naming a
+    missing PriorityClass, say): not a permission the chart lacks."""
+    return [f"{e['verb']} {e['requestURI']}: {e['responseStatus'].get('message', '')}"
+            for e in events
+            if e.get("responseStatus", {}).get("code") == 403 and _decision(e) == "allow"]
 
 
 def used(events: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -466,6 +479,7 @@ def test_installed_chart_operator_reconciles_as_its_service_account_cluster_scop
                                 release_namespace, tmp_path)
     assert events, "the audit log has nothing from the chart's account"
     assert forbidden(events) == []
+    assert refused_by_admission(events) == []
     granted = {**NAMESPACED_RULES, **CRD_RULES}
     for key, verbs in used(events).items():
         assert verbs <= granted.get(key, set()), (key, verbs)
@@ -492,6 +506,7 @@ def test_installed_chart_operator_reconciles_as_its_service_account_namespace_sc
                                 namespace, tmp_path)
     assert events
     assert forbidden(events) == []
+    assert refused_by_admission(events) == []
     granted = {**NAMESPACED_RULES, **CRD_RULES, **NAMESPACE_RULES}
     for key, verbs in used(events).items():
         assert verbs <= granted.get(key, set()), (key, verbs)
@@ -517,4 +532,5 @@ def test_audit_log_counts_a_refusal(control_plane: ControlPlane, kube_api: clien
     user = sa_username(namespace, "default")
     found = wait_for(lambda: forbidden(audit_of(control_plane, user)), 10, "the 403 audited")
     assert any(f"/api/v1/namespaces/{namespace}/secrets" in f for f in found)
+    assert refused_by_admission(audit_of(control_plane, user)) == []
     assert Counter(e["verb"] for e in audit_of(control_plane, user))["list"] >= 1
