@@ -28,6 +28,7 @@ from kubernetes import client
 
 from kubelearn_operator.manifests import ExperimentRef
 from kubelearn_operator.netpol import NetworkPolicyConfig, build_network_policy, parse_selector
+from kubelearn_operator.settings import Settings
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.helpers import (
     client_for_token,
@@ -452,19 +453,26 @@ def _reconcile_example(cp: ControlPlane, kube_api: client.ApiClient, experiments
         except BaseException:
             print(op.tail())
             raise
-        # The NetworkPolicy the operator will create per experiment, created here with the
-        # operator's own token: the account may, and the API server takes the policy.
+        # The experiment's NetworkPolicy, as the operator builds it from the chart's settings.
         selector = parse_selector(op.chart_env["KUBELEARN_OPERATOR_SELECTOR"])
         exp = experiments.get(name)
         ref = ExperimentRef(name, ns, exp["metadata"]["uid"])
         policy = build_network_policy(name, ns, ref.owner_reference(), NetworkPolicyConfig(
             op.chart_env["KUBELEARN_OPERATOR_NAMESPACE"], selector))
-        sa_api = client_for_token(kube_api, token)
-        net = client.NetworkingV1Api(sa_api)
-        net.create_namespaced_network_policy(ns, policy)
-        stored = _api_dict(client.NetworkingV1Api(kube_api).read_namespaced_network_policy(
+        admin_net = client.NetworkingV1Api(kube_api)
+        if "network_policy" in Settings.__dataclass_fields__:
+            # The operator creates it.
+            wait_for(lambda: admin_net.read_namespaced_network_policy(
+                policy["metadata"]["name"], ns), 30, "the experiment's NetworkPolicy")
+        else:
+            # Until the operator creates it: made here with the operator's own token, so
+            # the account may, and the API server takes the policy.
+            net = client.NetworkingV1Api(client_for_token(kube_api, token))
+            net.create_namespaced_network_policy(ns, policy)
+        stored = _api_dict(admin_net.read_namespaced_network_policy(
             policy["metadata"]["name"], ns))
         assert stored["spec"] == policy["spec"]
+        assert stored["metadata"]["ownerReferences"][0]["uid"] == ref.uid
         time.sleep(1)  # the last requests' audit lines
     return audit_of(cp, sa_username(release_ns, sa_name))
 
