@@ -108,7 +108,8 @@ def test_operator_killed_mid_reconcile_and_restarted(cluster: Cluster):
     # And once more while training: the pods train on without it.
     cluster.operator.kill()
     step = progress(cluster.model_dir(name))
-    wait_progress(cluster.model_dir(name), step + 300, check=cluster.agent.check_alive)
+    wait_progress(cluster.model_dir(name), min(step + 300, FAULT_HPARAMS["train_steps"]),
+                  check=cluster.agent.check_alive)
     cluster.start_operator()
     status = cluster.wait_phase(name, "Succeeded", timeout=300)
     assert_trained_to_the_end(cluster, name)
