@@ -76,20 +76,28 @@ def test_operator_flows_are_refused_nothing_with_the_chart_rbac(tmp_path: Path):
 
 
 # -- the plugin, active only in the session the test above starts ---------------------------
-def _wait_until_allowed(kube_api: client.ApiClient, token: str, namespace: str) -> None:
+def _wait_until_allowed(kube_api: client.ApiClient, token: str,
+                        namespaces: list[str]) -> None:
     """RBAC objects take effect a moment after they are stored; ask as the account itself
     (a self review is always allowed, so waiting adds no 403 of its own)."""
     auth = client.AuthorizationV1Api(client_for_token(kube_api, token))
+    checks = [("kubelearn.dev", "experiments", ns) for ns in namespaces or [None]]
+    checks.append(("apiextensions.k8s.io", "customresourcedefinitions", None))
+    if namespaces:
+        checks.append(("", "namespaces", None))
 
     def allowed() -> bool:
-        review = auth.create_self_subject_access_review(client.V1SelfSubjectAccessReview(
-            spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=client.
-                                                      V1ResourceAttributes(
-                namespace=namespace, verb="watch", group="kubelearn.dev",
-                resource="experiments"))))
-        return bool(review.status.allowed)
+        for group, resource, namespace in checks:
+            review = auth.create_self_subject_access_review(client.V1SelfSubjectAccessReview(
+                spec=client.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=client.V1ResourceAttributes(
+                        namespace=namespace, verb="watch", group=group,
+                        resource=resource))))
+            if not review.status.allowed:
+                return False
+        return True
 
-    wait_for(allowed, 30, "the chart's Role to take effect")
+    wait_for(allowed, 30, "the chart's roles to take effect")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -106,10 +114,14 @@ def _operators_use_the_chart_rbac(request: pytest.FixtureRequest) -> Iterator[No
     workdir = Path(report).parent
 
     def start(self: Any) -> Any:
-        home = self.namespaces[0]
         release = f"flows-{len(users)}"
-        sets = ["rbac.scope=namespace",
-                "rbac.namespaces={" + ",".join(self.namespaces) + "}"]
+        if self.namespaces:  # the chart's namespace scope, for these namespaces
+            home = self.namespaces[0]
+            sets = ["rbac.scope=namespace",
+                    "rbac.namespaces={" + ",".join(self.namespaces) + "}"]
+        else:  # an operator of every namespace: the cluster scope
+            home = "default"
+            sets = ["rbac.scope=cluster"]
         args = ["template", release, str(CHART), "--namespace", home]
         for s in sets:
             args += ["--set", s]
@@ -117,8 +129,7 @@ def _operators_use_the_chart_rbac(request: pytest.FixtureRequest) -> Iterator[No
         apply_yaml(kube_api, yaml_dump(docs), home)
         sa_name = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
         token = service_account_token(kube_api, home, sa_name, expiration_seconds=7200)
-        for ns in self.namespaces:
-            _wait_until_allowed(kube_api, token, ns)
+        _wait_until_allowed(kube_api, token, list(self.namespaces))
         kubeconfig = write_kubeconfig(workdir / f"{release}.kubeconfig", cp, token, home)
         self.env["KUBECONFIG"] = str(kubeconfig)
         users.append(sa_username(home, sa_name))
