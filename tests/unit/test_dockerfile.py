@@ -5,6 +5,7 @@ There is no image build here (no container engine); these checks read the file.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -203,3 +204,24 @@ def test_dockerignore_lets_in_only_what_is_copied(stages):
     for path in allowed:
         assert (ROOT / path).exists(), path
     assert "**/__pycache__" in rules
+
+
+def test_operator_image_leaves_out_what_the_operator_never_imports(stages):
+    # The operator image installs its wheels with --no-deps and without numpy: the operator
+    # package may import only the standard library and the [operator] extra's packages.
+    run = " ".join(stages["operator"].all("RUN"))
+    assert "--no-deps" in run and 'python -c "import kubelearn_operator.handlers"' in run
+    allowed = set(sys.stdlib_module_names) | {"kopf", "aiohttp", "kubernetes",
+                                              "prometheus_client"}
+    for path in sorted((ROOT / "operator" / "kubelearn_operator").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed, (
+                    f"{path.name} imports {name}, which the operator image does not install")
