@@ -158,7 +158,8 @@ class _Planner:
             self.transition("Failed", reason, message, warning=True, counter="failed")
         self.clear("Running", reason, message)
         self.clear("Restarting", reason, message)
-        self.status["completionTime"] = self.old.get("completionTime") or format_time(self.now)
+        self.status["completionTime"] = (self.old.get("completionTime")
+                                         or format_time(self.now, round_up=True))
 
     def finished(self, spec: ExperimentSpec | None) -> None:
         """Already finished: keep cleaning up per policy and honour ttlSecondsAfterFinished."""
@@ -194,7 +195,7 @@ class _Planner:
         except SpecError as error:
             self.transition("Failed", "InvalidSpec", str(error), warning=True, counter="failed")
             self.status["completionTime"] = (self.old.get("completionTime")
-                                             or format_time(self.now))
+                                             or format_time(self.now, round_up=True))
             return self.done(None)
         if is_true(self.conditions, "Succeeded") or is_true(self.conditions, "Failed"):
             self.finished(spec)
@@ -210,7 +211,7 @@ class _Planner:
                                             f"Experiment {self.key} is resumed.", self.now)
             self.plan.events.append(Event("Normal", "ExperimentResumed",
                                           f"Experiment {self.key} is resumed."))
-            self.status["startTime"] = format_time(self.now)
+            self.status["startTime"] = format_time(self.now, round_up=True)
         self.active(spec)
         return self.done(spec)
 
@@ -227,7 +228,8 @@ class _Planner:
 
     def active(self, spec: ExperimentSpec) -> None:
         plan = self.plan
-        start = self.status.get("startTime") or self.old.get("startTime") or format_time(self.now)
+        start = (self.status.get("startTime") or self.old.get("startTime")
+                 or format_time(self.now, round_up=True))
         self.status["startTime"] = start
         plan.ensure_secret = True
         gang = spec.run_policy.scheduling is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .pods import PodState
@@ -13,8 +13,16 @@ CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "S
 _PHASE_ORDER = ("Failed", "Succeeded", "Suspended", "Restarting", "Running", "Created")
 
 
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def format_time(moment: datetime, *, round_up: bool = False) -> str:
+    """RFC 3339 in whole seconds, as Kubernetes writes times.
+
+    ``round_up`` for times that deadlines count from (start, completion): truncated, they
+    would make activeDeadlineSeconds and ttlSecondsAfterFinished fire up to a second early.
+    """
+    moment = moment.astimezone(timezone.utc)
+    if round_up and moment.microsecond:
+        moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str | None) -> datetime | None:

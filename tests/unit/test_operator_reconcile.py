@@ -431,3 +431,15 @@ def test_status_patch_holds_only_changes_and_removals() -> None:
     old = {"phase": "Running", "startTime": "t", "replicas": "1/1"}
     assert status_patch(old, {"phase": "Running", "startTime": None, "replicas": "0/1",
                               "completionTime": None}) == {"startTime": None, "replicas": "0/1"}
+
+
+def test_deadline_times_are_rounded_up_never_early() -> None:
+    b = body({**MINIMAL, "runPolicy": {"activeDeadlineSeconds": 10}})
+    start = NOW + timedelta(milliseconds=900)
+    first = step(b, observe(*running()), start)
+    assert b["status"]["startTime"] == format_time(NOW + timedelta(seconds=1))
+    assert first.requeue_after == pytest.approx(10.1)
+    step(b, observe(*running()), start + timedelta(seconds=9.5))
+    assert b["status"]["phase"] == "Running"  # 9.5 s after the real start: not yet
+    step(b, observe(*running()), start + timedelta(seconds=10.1))
+    assert b["status"]["phase"] == "Failed"
