@@ -92,7 +92,8 @@ class Controller:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.options = Options(default_image=settings.image,
                                cluster_domain=settings.cluster_domain,
-                               inline_cluster_max=settings.inline_cluster_max)
+                               inline_cluster_max=settings.inline_cluster_max,
+                               network_policy=settings.network_policy)
         self.queue = WorkQueue()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._pods: dict[str, Informer[PodState]] = {}
@@ -343,6 +344,10 @@ class Controller:
                 calls.append(self._ensure(
                     ref, generation, f"/api/v1/namespaces/{ref.namespace}/configmaps",
                     result.configmap, "ConfigMap", replace=True))
+        if result.network_policy is not None and (ref.uid, "netpol") not in self._ensured:
+            calls.append(self._ensure(
+                ref, "netpol", f"/apis/networking.k8s.io/v1/namespaces/{ref.namespace}/"
+                "networkpolicies", result.network_policy, "NetworkPolicy"))
         if result.podgroup is not None and (ref.uid, "podgroup") not in self._ensured:
             calls.append(self._ensure(
                 ref, "podgroup", f"/apis/{naming.PODGROUP_GROUP}/{naming.PODGROUP_VERSION}/"

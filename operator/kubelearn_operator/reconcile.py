@@ -21,6 +21,7 @@ from .manifests import (
     build_podgroup,
     build_service,
 )
+from .netpol import NetworkPolicyConfig, build_network_policy
 from .pods import PodState
 from .progress import progress_from_pods
 from .spec import ExperimentSpec, SpecError, parse_spec
@@ -53,6 +54,7 @@ class Options:
     default_image: str = "kubelearn/runner:0.1.0"
     cluster_domain: str | None = None
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
+    network_policy: NetworkPolicyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Plan:
     status: dict[str, Any] | None = None
     ensure_secret: bool = False
     configmap: dict[str, Any] | None = None
+    network_policy: dict[str, Any] | None = None
     podgroup: dict[str, Any] | None = None
     create_services: list[dict[str, Any]] = field(default_factory=list)
     create_pods: list[dict[str, Any]] = field(default_factory=list)
@@ -232,6 +235,10 @@ class _Planner:
                  or format_time(self.now, round_up=True))
         self.status["startTime"] = start
         plan.ensure_secret = True
+        if self.options.network_policy is not None:
+            plan.network_policy = build_network_policy(
+                self.ref.name, self.ref.namespace, self.ref.owner_reference(),
+                self.options.network_policy)
         gang = spec.run_policy.scheduling is not None
         if gang:
             if self.observed.podgroup_available:

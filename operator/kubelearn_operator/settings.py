@@ -9,6 +9,8 @@ KUBELEARN_RESYNC_SECONDS      every experiment is reconciled at least this often
 KUBELEARN_METRICS_PORT        Prometheus /metrics port, 0 to disable (9090)
 KUBELEARN_PODGROUP_CHECK_SECONDS  how long the PodGroup API's presence is cached (30)
 KUBELEARN_INLINE_CLUSTER_MAX_REPLICAS  above this, TF_CONFIG's cluster comes from a ConfigMap (64)
+KUBELEARN_NETWORK_POLICY, KUBELEARN_OPERATOR_NAMESPACE, KUBELEARN_OPERATOR_SELECTOR
+                              a NetworkPolicy per experiment (see netpol.py; the chart sets them)
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from .netpol import NetworkPolicyConfig, network_policy_config
 
 DEFAULT_IMAGE = "kubelearn/runner:0.1.0"
 
@@ -32,6 +36,7 @@ class Settings:
     metrics_port: int = 9090
     podgroup_check_seconds: float = 30.0
     inline_cluster_max: int = 64
+    network_policy: NetworkPolicyConfig | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,4 +65,5 @@ class Settings:
                                           cls.podgroup_check_seconds),
             inline_cluster_max=int(number("KUBELEARN_INLINE_CLUSTER_MAX_REPLICAS",
                                           cls.inline_cluster_max)),
+            network_policy=network_policy_config(env),
         )

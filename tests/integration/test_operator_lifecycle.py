@@ -211,3 +211,19 @@ def test_large_experiment_takes_its_cluster_spec_from_one_configmap(
                                                         configmap.data["cluster"])
     assert json.loads(value) == {"cluster": cluster, "task": {"type": "worker", "index": 5},
                                  "environment": "cloud"}
+
+
+def test_network_policy_fences_the_experiment(experiments: Experiments, namespace: str,
+                                              start_operator, kube_api: client.ApiClient
+                                              ) -> None:
+    start_operator(namespace, env={"KUBELEARN_OPERATOR_NAMESPACE": "kubelearn-system",
+                                   "KUBELEARN_OPERATOR_SELECTOR": "app=kubelearn-operator"})
+    created = experiments.create("linear", MINIMAL)
+    experiments.wait_pods("linear", NAMES)
+    net = client.NetworkingV1Api(kube_api)
+    policy = wait_for(lambda: net.read_namespaced_network_policy("linear-kubelearn", namespace),
+                      20, "the experiment's NetworkPolicy")
+    assert policy.metadata.owner_references[0].uid == created["metadata"]["uid"]
+    assert policy.spec.pod_selector.match_labels == {"kubelearn.dev/experiment": "linear"}
+    ports = sorted(p.port for rule in policy.spec.ingress for p in rule.ports)
+    assert ports == [2222, 2223]

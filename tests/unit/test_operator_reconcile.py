@@ -443,3 +443,15 @@ def test_deadline_times_are_rounded_up_never_early() -> None:
     assert b["status"]["phase"] == "Running"  # 9.5 s after the real start: not yet
     step(b, observe(*running()), start + timedelta(seconds=10.1))
     assert b["status"]["phase"] == "Failed"
+
+
+def test_network_policy_when_the_operator_knows_its_own_pods() -> None:
+    from kubelearn_operator.netpol import NetworkPolicyConfig
+
+    config = NetworkPolicyConfig("kubelearn-system", {"app": "kubelearn-operator"})
+    result = plan(body(), Observed(), NOW, Options(network_policy=config))
+    policy = result.network_policy
+    assert policy is not None and policy["metadata"]["name"] == "exp-kubelearn"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert policy["spec"]["podSelector"] == {"matchLabels": {naming.LABEL_EXPERIMENT: "exp"}}
+    assert plan(body(), Observed(), NOW).network_policy is None

@@ -20,3 +20,15 @@ def test_defaults_and_overrides() -> None:
 def test_a_bad_number_names_the_variable() -> None:
     with pytest.raises(ValueError, match="KUBELEARN_API_QPS must be a number"):
         Settings.from_env({"KUBELEARN_API_QPS": "fast"})
+
+
+def test_network_policy_settings() -> None:
+    assert Settings.from_env({}).network_policy is None  # run by hand: off
+    settings = Settings.from_env({"KUBELEARN_OPERATOR_NAMESPACE": "ops",
+                                  "KUBELEARN_OPERATOR_SELECTOR": "app=kubelearn"})
+    assert settings.network_policy is not None
+    assert settings.network_policy.operator_namespace == "ops"
+    assert Settings.from_env({"KUBELEARN_NETWORK_POLICY": "false",
+                              "KUBELEARN_OPERATOR_NAMESPACE": "ops",
+                              "KUBELEARN_OPERATOR_SELECTOR": "app=kubelearn"}
+                             ).network_policy is None
