@@ -7,7 +7,8 @@ Exit codes are a contract with the operator's ExitCode restart policy:
   imported or does not build an Experiment, an unknown schedule): one line on stderr,
   no traceback, never worth a restart;
 * 1: an error while training (with its traceback);
-* 128+N: killed by signal N (the process dies of the signal; SIGINT included).
+* 128+N: stopped by signal N (SIGTERM is handled and exits with 143, also as a container's
+  PID 1; SIGKILL and others kill the process, which a shell and the kubelet report as 128+N).
 """
 
 from __future__ import annotations
@@ -137,6 +138,22 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     return fn, run_config, hparams, schedule
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived. Raised in the main thread so that clean-up runs; ends in 128+15.
+
+    A handler is needed: as a container's PID 1 (the pod's command replaces the image's
+    entrypoint) a process ignores SIGTERM unless it handles it.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
 def _die_of_signal(signum: int) -> None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
@@ -162,6 +179,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"kubelearn run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(args.log_level)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     label = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
     resolved = learn_runner.SCHEDULE_ALIASES.get(schedule or "", schedule) or \
         learn_runner._get_default_schedule(run_config)
@@ -190,6 +208,11 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _die_of_signal(signal.SIGINT)
         return 128 + signal.SIGINT
+    except Terminated as exc:
+        logging.getLogger("kubelearn").warning("Stopping: %s", exc)
+        for reporter in reporters:
+            reporter.finish(error=exc)
+        return 128 + exc.signum
     except Exception as exc:
         traceback.print_exc()
         for reporter in reporters:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,7 +95,9 @@ def test_killed_process_resumes_from_last_checkpoint(tmp_path, sig):
     saved = _wait_for_step(model_dir, 400, proc)
     proc.send_signal(sig)
     proc.communicate(timeout=30)
-    assert proc.returncode == -sig  # a shell reports 128 + N
+    # SIGKILL kills the process (a shell and the kubelet report 128 + 9); SIGTERM is handled
+    # and exits with 128 + 15 itself, so that it works as a container's PID 1 too.
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig)
     at_kill = checkpoints.latest_global_step(model_dir)
     assert at_kill >= saved
     target = at_kill + 300
@@ -107,3 +110,25 @@ def test_killed_process_resumes_from_last_checkpoint(tmp_path, sig):
     assert again.returncode == 0, again.stderr
     assert f"at global step {at_kill}" in again.stderr
     assert checkpoints.latest_global_step(model_dir) == target
+
+
+def test_sigterm_stops_kubelearn_run_as_pid_1(tmp_path):
+    """In a container the pod's command is PID 1, which ignores unhandled SIGTERM."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to start a process as PID 1")
+    proc = subprocess.Popen(
+        [unshare, "--pid", "--fork", "--kill-child", sys.executable, "-m", "kubelearn.cli",
+         "run", "--experiment-fn", LINEAR, "--model-dir", str(tmp_path),
+         "--hparams", "train_steps=100000000,save_checkpoints_steps=1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
+    _wait_for_step(str(tmp_path), 1000, proc)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "terminated by signal 15" in err
