@@ -17,8 +17,9 @@ def main() -> None:
     args = parser.parse_args()
     from . import handlers  # noqa: F401  (registers the handlers)
 
-    kopf.run(standalone=True, namespaces=args.namespace or None,
-             clusterwide=not args.namespace, liveness_endpoint=args.liveness)
+    # kopf wants an iterable of namespaces even when serving the whole cluster.
+    kopf.run(standalone=True, namespaces=args.namespace, clusterwide=not args.namespace,
+             liveness_endpoint=args.liveness)
 
 
 if __name__ == "__main__":

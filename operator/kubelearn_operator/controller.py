@@ -18,13 +18,17 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+import aiohttp
+
 from . import metrics, naming
 from .informer import Informer
 from .kube import ApiError, KubeClient
 from .manifests import ExperimentRef, build_secret
 from .pods import PodState, controller_uid, pod_state
+from .progress import reporter
 from .reconcile import Event, Observed, Options, Plan, plan, status_patch
 from .settings import Settings
+from .spec import SpecError, parse_spec
 from .status import format_time
 
 logger = logging.getLogger("kubelearn_operator")
@@ -108,6 +112,7 @@ class Controller:
         # not yet in the cache. Without it a reconcile racing the watch would create again
         # (harmless, 409) a thousand times.
         self._expected: dict[str, dict[str, tuple[float, str, int]]] = {}
+        self._progress: dict[str, dict[str, Any]] = {}  # uid -> last polled chief progress
         self.instance = socket.gethostname()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -119,6 +124,9 @@ class Controller:
             self._tasks.append(loop.create_task(self._event_poster(), name=f"kubelearn-events-{i}"))
         self._tasks.append(loop.create_task(self._resync(), name="kubelearn-resync"))
         self._tasks.append(loop.create_task(self._warm_up(), name="kubelearn-warm-up"))
+        if self.settings.progress_seconds > 0:
+            self._tasks.append(loop.create_task(self._poll_progress(),
+                                                name="kubelearn-progress"))
 
     async def _warm_up(self) -> None:
         """Open a few connections now, so the first experiment's creates do not each pay a
@@ -195,6 +203,7 @@ class Controller:
 
     def _forget(self, uid: str) -> None:
         self._expected.pop(uid, None)
+        self._progress.pop(uid, None)
         self._ensured = {e for e in self._ensured if e[0] != uid}
         self._reported = {e for e in self._reported if e[0] != uid}
 
@@ -217,7 +226,8 @@ class Controller:
                                          index=index, phase="Pending", owner_uid=uid)
                 else:
                     services.add(obj)
-        return Observed(pods=pods, services=frozenset(services), podgroup_available=False)
+        return Observed(pods=pods, services=frozenset(services), podgroup_available=False,
+                        progress=self._progress.get(uid))
 
     # -- the loop --------------------------------------------------------------------------
     async def _resync(self) -> None:
@@ -242,6 +252,47 @@ class Controller:
                 self.queue.add_after(key, delay)
             finally:
                 self.queue.done(key)
+
+    async def _poll_progress(self) -> None:
+        """Every few seconds, ask each running chief for its progress (``GET /progress`` on
+        its pod address); a change is reconciled into the Experiment's status."""
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.sleep(self.settings.progress_seconds)
+                targets = []
+                for key, body in list(self.bodies.items()):
+                    if (body.get("status") or {}).get("phase") != "Running":
+                        continue
+                    uid = body["metadata"].get("uid", "")
+                    try:
+                        leader = parse_spec(body.get("spec") or {}, name=key[1],
+                                            namespace=key[0],
+                                            default_image=self.options.default_image
+                                            ).leader_role
+                    except SpecError:
+                        continue
+                    pod = reporter(self.observed(key, uid).pods.values(), leader)
+                    if pod is not None and pod.pod_ip and pod.phase == "Running":
+                        targets.append((key, uid, pod.pod_ip))
+                results = await asyncio.gather(
+                    *(self._fetch_progress(session, *t) for t in targets),
+                    return_exceptions=True)
+                for error in (r for r in results if isinstance(r, Exception)):
+                    logger.warning("progress poll failed: %s", error)
+
+    async def _fetch_progress(self, session: aiohttp.ClientSession, key: Key, uid: str,
+                              ip: str) -> None:
+        host = f"[{ip}]" if ":" in ip else ip
+        url = f"http://{host}:{naming.PROGRESS_PORT}{naming.PROGRESS_PATH}"
+        try:
+            async with session.get(url) as response:
+                report = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return  # not up yet, or gone: the next poll tries again
+        if isinstance(report, dict) and report != self._progress.get(uid):
+            self._progress[uid] = report
+            self.queue.add(key)
 
     async def podgroup_available(self) -> bool:
         checked, available = self._podgroup
@@ -274,7 +325,8 @@ class Controller:
         uid = body["metadata"].get("uid", "")
         observed = self.observed(key, uid)
         if (body.get("spec") or {}).get("runPolicy", {}).get("schedulingPolicy") is not None:
-            observed = Observed(observed.pods, observed.services, await self.podgroup_available())
+            observed = Observed(observed.pods, observed.services, await self.podgroup_available(),
+                                observed.progress)
         result = plan(body, observed, self.clock(), self.options)
         await self.execute(key, body, result)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)

@@ -64,6 +64,9 @@ def replica_env(ref: ExperimentRef, spec: ExperimentSpec, role: str, index: int,
         {"name": "KUBELEARN_MODEL_DIR", "value": spec.model_dir},
         {"name": "KUBELEARN_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": naming.secret_name(ref.name), "key": naming.TOKEN_KEY}}},
+        # The runner writes its final metrics (or its error) there; the kubelet puts them
+        # in the pod's status, where the operator reads them.
+        {"name": "KUBELEARN_TERMINATION_LOG", "value": naming.TERMINATION_LOG},
     ]
 
 
@@ -123,6 +126,9 @@ class PodBuilder:
         pod_spec["containers"] = containers
         main = _main_container(containers)
         main.setdefault("image", self.spec.image)
+        main.setdefault("terminationMessagePath", naming.TERMINATION_LOG)
+        # A replica that dies before writing its message still says why: its last log lines.
+        main.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
         if not main.get("command") and not main.get("args"):
             main["command"] = default_command(self.spec)
         ours = replica_env(self.ref, self.spec, role, index, self.tf_config(role, index),

@@ -19,6 +19,9 @@ LABEL_INDEX = f"{GROUP}/index"
 LABEL_JOB_ROLE = f"{GROUP}/job-role"
 ANNOTATION_RESTARTS = f"{GROUP}/restarts"
 ANNOTATION_METRICS = f"{GROUP}/metrics"
+TERMINATION_LOG = "/dev/termination-log"
+PROGRESS_PORT = 2223  # the chief's progress endpoint (the runner's KUBELEARN_PROGRESS_PORT)
+PROGRESS_PATH = "/progress"
 
 CONTAINER_NAME = "kubelearn"
 PORT = 2222

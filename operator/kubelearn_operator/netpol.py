@@ -20,7 +20,7 @@ from typing import Any
 
 from . import naming
 
-#: The chief's progress endpoint (the runner's KUBELEARN_METRICS_PORT default).
+#: The chief's progress endpoint (the runner's KUBELEARN_PROGRESS_PORT default).
 PROGRESS_PORT = 2223
 #: Label every namespace carries (Kubernetes >= 1.21), used to point at the operator's one.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

@@ -27,6 +27,7 @@ class PodState:
     termination_message: str | None = None
     metrics_annotation: str | None = None
     owner_uid: str = ""
+    pod_ip: str = ""
 
     @property
     def active(self) -> bool:
@@ -79,6 +80,7 @@ def pod_state(pod: Mapping[str, Any]) -> PodState | None:
         termination_message=termination_message,
         metrics_annotation=(meta.get("annotations") or {}).get(naming.ANNOTATION_METRICS),
         owner_uid=controller_uid(meta),
+        pod_ip=status.get("podIP") or "",
     )
 
 

@@ -1,8 +1,10 @@
 """Training progress reported by the runner, lifted from pods into the Experiment's status.
 
-The runner reports a JSON object (``{"step": 120, "loss": 0.31, ...}``) in its pod's
-``kubelearn.dev/metrics`` annotation while it trains and in its termination message when it
-exits. The replica that decides success (chief or master, else worker 0) is the one shown.
+While training, the chief serves its progress (``{"global_step": 120, "loss": 0.31, ...}``)
+on ``http://<pod IP>:2223/progress``; the controller polls it (the runner needs no API
+permissions). When it exits, its termination message holds the final metrics. A pod's
+``kubelearn.dev/metrics`` annotation is read too. The replica that decides success (chief or
+master, else worker 0) is the one shown.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def _parse(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _reporter(pods: Iterable[PodState], leader_role: str | None) -> PodState | None:
+def reporter(pods: Iterable[PodState], leader_role: str | None) -> PodState | None:
+    """The pod whose progress the experiment shows."""
     role = leader_role or "worker"
     for pod in pods:
         if pod.role == role and pod.index == 0:
@@ -33,15 +36,18 @@ def _reporter(pods: Iterable[PodState], leader_role: str | None) -> PodState | N
     return None
 
 
-def progress_from_pods(pods: Iterable[PodState], leader_role: str | None) -> dict[str, Any]:
+def progress_from_pods(pods: Iterable[PodState], leader_role: str | None,
+                       polled: dict[str, Any] | None = None) -> dict[str, Any]:
     """Status fields (``metrics``, ``step``, ``loss``) from the reporting replica; {} if none.
 
-    The termination message wins over the annotation: it is the runner's final word.
+    The termination message wins (it is the runner's final word), then the progress polled
+    from the running chief, then the annotation.
     """
-    pod = _reporter(pods, leader_role)
+    pod = reporter(pods, leader_role)
     if pod is None:
         return {}
-    metrics = _parse(pod.termination_message) or _parse(pod.metrics_annotation)
+    metrics = (_parse(pod.termination_message) or (polled if isinstance(polled, dict) else None)
+               or _parse(pod.metrics_annotation))
     if metrics is None:
         return {}
     result: dict[str, Any] = {"metrics": metrics}

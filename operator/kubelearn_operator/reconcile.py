@@ -8,6 +8,8 @@ plan twice is harmless: names are deterministic and restarts are keyed by the fa
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +49,7 @@ class Observed:
     pods: Mapping[str, PodState] = field(default_factory=dict)
     services: frozenset[str] = frozenset()
     podgroup_available: bool = False
+    progress: Mapping[str, Any] | None = None  # polled from the running chief
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,25 @@ def is_retryable(policy: str, pod: PodState) -> bool:
     return False
 
 
+FAILURE_DETAIL_MAX = 300
+
+
 def _describe_failure(pod: PodState) -> str:
+    """What failed and, from its termination message, why (e.g. the runner's error)."""
     if pod.exit_code is not None:
-        return f"{pod.name} exited with code {pod.exit_code}"
-    return f"{pod.name} failed ({pod.reason or 'no exit code'})"
+        message = f"{pod.name} exited with code {pod.exit_code}"
+    else:
+        message = f"{pod.name} failed ({pod.reason or 'no exit code'})"
+    detail = (pod.termination_message or "").strip()
+    if detail.startswith("{"):
+        with contextlib.suppress(ValueError, AttributeError):
+            detail = str(json.loads(detail).get("error") or "")
+    detail = " ".join(detail.split())
+    if detail:
+        if len(detail) > FAILURE_DETAIL_MAX:
+            detail = "..." + detail[-FAILURE_DETAIL_MAX:]
+        message += f": {detail}"
+    return message
 
 
 def cleanup(pods: Mapping[str, PodState], services: frozenset[str], policy: str,
@@ -370,7 +388,9 @@ class _Planner:
                 and self.now.timestamp() - started.timestamp() >= deadline)
 
     def progress(self, spec: ExperimentSpec) -> None:
-        self.status.update(progress_from_pods(self.observed.pods.values(), spec.leader_role))
+        self.status.update(progress_from_pods(
+            self.observed.pods.values(), spec.leader_role,
+            dict(self.observed.progress) if self.observed.progress else None))
 
     def done(self, spec: ExperimentSpec | None) -> Plan:
         status = self.status

@@ -9,6 +9,7 @@ KUBELEARN_RESYNC_SECONDS      every experiment is reconciled at least this often
 KUBELEARN_METRICS_PORT        Prometheus /metrics port, 0 to disable (9090)
 KUBELEARN_PODGROUP_CHECK_SECONDS  how long the PodGroup API's presence is cached (30)
 KUBELEARN_INLINE_CLUSTER_MAX_REPLICAS  above this, TF_CONFIG's cluster comes from a ConfigMap (64)
+KUBELEARN_PROGRESS_SECONDS    how often running chiefs' progress is polled into status (5; 0: off)
 KUBELEARN_NETWORK_POLICY, KUBELEARN_OPERATOR_NAMESPACE, KUBELEARN_OPERATOR_SELECTOR
                               a NetworkPolicy per experiment (see netpol.py; the chart sets them)
 """
@@ -36,6 +37,7 @@ class Settings:
     metrics_port: int = 9090
     podgroup_check_seconds: float = 30.0
     inline_cluster_max: int = 64
+    progress_seconds: float = 5.0
     network_policy: NetworkPolicyConfig | None = None
 
     @classmethod
@@ -65,5 +67,6 @@ class Settings:
                                           cls.podgroup_check_seconds),
             inline_cluster_max=int(number("KUBELEARN_INLINE_CLUSTER_MAX_REPLICAS",
                                           cls.inline_cluster_max)),
+            progress_seconds=number("KUBELEARN_PROGRESS_SECONDS", cls.progress_seconds),
             network_policy=network_policy_config(env),
         )

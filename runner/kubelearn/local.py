@@ -65,7 +65,7 @@ def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, ind
         "KUBELEARN_HPARAMS": json.dumps(spec.hparams),
         "KUBELEARN_MODEL_DIR": model_dir,
         "KUBELEARN_EXPERIMENT_FN": spec.experiment_fn,
-        "KUBELEARN_METRICS_PORT": "0",  # the launcher reads progress.json directly
+        "KUBELEARN_PROGRESS_PORT": "0",  # the launcher reads progress.json directly
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -2,9 +2,10 @@
 
 * A run (``kubelearn.em``) named after the experiment, with its hparams, the training loss
   every ``save_summary_steps`` and every evaluation; TensorBoard event files in model_dir.
-* While training, ``GET /progress`` on the metrics port (``KUBELEARN_METRICS_PORT``, default
-  2223; 0 turns it off): global step, loss, steps/s and the latest evaluation as JSON. The
-  operator polls it into the Experiment's status; the runner needs no API permissions.
+* While training, ``GET /progress`` on the progress port (``KUBELEARN_PROGRESS_PORT``: 2223
+  by default in a cluster, off on a single machine; 0 turns it off): global step, loss,
+  steps/s and the latest evaluation as JSON. The operator polls it into the Experiment's
+  status; the runner needs no API permissions.
 * At the end, the final metrics as JSON in the termination message file
   (``KUBELEARN_TERMINATION_LOG``, e.g. the pod's ``/dev/termination-log``).
 """
@@ -23,11 +24,11 @@ from kubelearn.hooks import PROGRESS_FILE
 
 log = logging.getLogger("kubelearn")
 
-ENV_METRICS_PORT = "KUBELEARN_METRICS_PORT"
+ENV_PROGRESS_PORT = "KUBELEARN_PROGRESS_PORT"
 ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
 ENV_EXPERIMENT = "KUBELEARN_EXPERIMENT"
 ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
-DEFAULT_METRICS_PORT = 2223
+DEFAULT_PROGRESS_PORT = 2223
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 TRAINING_SCHEDULES = frozenset({"train", "train_and_evaluate", "local_run",
                                 "continuous_train_and_evaluate", "continuous_train_and_eval",
@@ -59,6 +60,7 @@ class Reporter:
         self.train_hook = TrainingRecorder(self.run, self._writers[0], every_n_steps=every)
         self.eval_hook = EvaluationRecorder(self.run, self._writers[1])
         self._server: ThreadingHTTPServer | None = None
+        self._in_cluster = bool(run_config.cluster_spec)
         self._start_server()
         log.info("Recording run %s in %s", self.run.name, self.run.path)
 
@@ -80,7 +82,10 @@ class Reporter:
         return report
 
     def _start_server(self) -> None:
-        port = int(os.environ.get(ENV_METRICS_PORT, DEFAULT_METRICS_PORT) or 0)
+        # On by default only in a cluster, where the operator polls it; a single-machine
+        # run opens no port unless asked to.
+        default = DEFAULT_PROGRESS_PORT if self._in_cluster else 0
+        port = int(os.environ.get(ENV_PROGRESS_PORT, default) or 0)
         if not port:
             return
         reporter = self

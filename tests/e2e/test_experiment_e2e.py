@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kubelearn import checkpoints
+from tests.cluster.helpers import wait_for
 from tests.e2e.conftest import Cluster, pids_with_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -46,5 +47,51 @@ def test_kubectl_apply_example_trains_to_succeeded(cluster: Cluster):
     tf_config = json.loads(next(e.value for e in master.spec.containers[0].env
                                 if e.name == "TF_CONFIG"))
     assert tf_config["cluster"]["ps"] == [f"linear-ps-0.{cluster.ns}.svc:2222"]
+    # The final metrics reached the status, from the master's termination message.
+    assert status["step"] >= 2000 and status["loss"] < 1e-2, status
+    assert status["metrics"]["run"] == str(runs[0].parent)
     out = cluster.kubectl("get", "exp", "linear").stdout
-    assert "Succeeded" in out, out
+    assert "Succeeded" in out and str(status["step"]) in out, out
+
+
+LONG = """
+apiVersion: kubelearn.dev/v1alpha1
+kind: Experiment
+metadata:
+  name: long
+spec:
+  experimentFn: kubelearn.examples.linear:experiment_fn
+  hparams:
+    train_steps: 100000000
+    n_features: 128
+  replicas:
+    ps: 1
+    worker: 1
+    master: 1
+"""
+
+
+def test_status_follows_training_progress(cluster: Cluster):
+    manifest = cluster.workdir / "long.yaml"
+    manifest.write_text(LONG)
+    cluster.kubectl("apply", "-f", str(manifest))
+    # While it trains, the operator polls the chief's progress into the status (every 5 s).
+    seen: list[int] = []
+
+    def stepping() -> bool:
+        status = cluster.status("long")
+        assert status.get("phase") != "Failed", status
+        if status.get("phase") == "Running" and status.get("step"):
+            seen.append(status["step"])
+        return len(set(seen)) >= 2
+
+    wait_for(stepping, 120, "two different steps in the status while training")
+    running = cluster.status("long")
+    assert running["phase"] == "Running" and running["loss"] is not None
+    assert running["metrics"]["global_step"] == running["step"]
+    assert "steps_per_sec" in running["metrics"]
+    assert running["metrics"]["run"].startswith(str(cluster.model_dir("long")))
+    out = cluster.kubectl("get", "exp", "long").stdout
+    assert "Running" in out and str(running["step"]) in out, out
+    cluster.kubectl("delete", "exp", "long")  # the final metrics: the example test's
+

@@ -34,7 +34,7 @@ def test_chief_records_run_serves_progress_and_writes_termination_message(tmp_pa
         [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn", LINEAR,
          "--model-dir", str(model_dir), "--hparams",
          "train_steps=30000,n_features=1024,batch_size=512,save_checkpoints_steps=2000"],
-        env=_env(KUBELEARN_METRICS_PORT=str(port), KUBELEARN_BIND_HOST="127.0.0.1",
+        env=_env(KUBELEARN_PROGRESS_PORT=str(port), KUBELEARN_BIND_HOST="127.0.0.1",
                  KUBELEARN_TERMINATION_LOG=str(termination), KUBELEARN_EXPERIMENT="lin"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
@@ -72,7 +72,7 @@ def test_failed_training_reports_the_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn", LINEAR,
          "--model-dir", str(tmp_path / "m"), "--hparams", "train_steps=50,learning_rate=1e6"],
-        env=_env(KUBELEARN_METRICS_PORT="0", KUBELEARN_TERMINATION_LOG=str(termination)),
+        env=_env(KUBELEARN_PROGRESS_PORT="0", KUBELEARN_TERMINATION_LOG=str(termination)),
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     final = json.loads(termination.read_text())

@@ -125,10 +125,15 @@ def test_sigterm_stops_kubelearn_run_as_pid_1(tmp_path):
          "--hparams", "train_steps=100000000,save_checkpoints_steps=1000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
-    _wait_for_step(str(tmp_path), 1000, proc)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    assert len(children) == 1
-    os.kill(int(children[0]), signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _wait_for_step(str(tmp_path), 1000, proc)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        os.kill(int(children[0]), signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # --kill-child takes the PID 1 along
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "terminated by signal 15" in err

@@ -69,6 +69,10 @@ def test_pod_of_the_minimal_form() -> None:
     assert env["KUBELEARN_MODEL_DIR"] == "/tmp/kubelearn/ml/linear"
     assert env["KUBELEARN_TOKEN"] == {"secretKeyRef": {"name": "linear-kubelearn-token",
                                                        "key": "token"}}
+    # The runner's final word lands in the pod status; a crash falls back to the log tail.
+    assert env["KUBELEARN_TERMINATION_LOG"] == container["terminationMessagePath"] == \
+        "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_master_is_labelled_job_role_master() -> None:

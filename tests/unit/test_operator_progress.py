@@ -47,3 +47,22 @@ def test_worker_zero_reports_without_a_leader_and_garbage_is_ignored() -> None:
     assert progress_from_pods([_pod("worker", 0, termination="not json")], None) == {}
     nan = progress_from_pods([_pod("worker", 0, annotation={"loss": "NaN", "step": True})], None)
     assert "loss" not in nan and "step" not in nan
+
+
+def test_polled_progress_while_training_and_termination_message_at_the_end() -> None:
+    polled = {"global_step": 700, "loss": 0.5, "steps_per_sec": 90.0, "eval": {"loss": 0.6}}
+    running = [_pod("master", 0, annotation={"step": 10, "loss": 1.5})]
+    assert progress_from_pods(running, "master", polled) == {
+        "metrics": polled, "step": 700, "loss": 0.5}
+    done = [_pod("master", 0, termination=json.dumps({"global_step": 900, "loss": 0.1}),
+                 phase="Succeeded")]
+    assert progress_from_pods(done, "master", polled)["step"] == 900
+    assert progress_from_pods(running, "master", None)["step"] == 10
+
+
+def test_pod_state_keeps_the_pod_address() -> None:
+    pod = {"metadata": {"name": "e-master-0", "uid": "u",
+                        "labels": naming.replica_labels("e", "master", 0)},
+           "status": {"phase": "Running", "podIP": "10.1.2.3"}}
+    state = pod_state(pod)
+    assert state is not None and state.pod_ip == "10.1.2.3"

@@ -237,6 +237,28 @@ def test_permanent_failure_fails_and_stops_the_rest() -> None:
     assert [e.type for e in result.events if e.reason == "ExperimentFailed"] == ["Warning"]
 
 
+def test_failure_reason_carries_the_runners_error() -> None:
+    b = body({**MINIMAL, "runPolicy": {"cleanPodPolicy": "None"}})
+    step(b, observe(*running()))
+    error = json.dumps({"error": "NanLossDuringTrainingError: NaN loss during training at "
+                                 "step 12.", "global_step": 12})
+    step(b, observe(*running(except_=("master", 0)),
+                    pod("master", 0, "Failed", exit_code=1, termination=error)))
+    failed = next(c for c in b["status"]["conditions"] if c["type"] == "Failed")
+    assert ("exp-master-0 exited with code 1: NanLossDuringTrainingError: NaN loss during "
+            "training at step 12.") in failed["message"]
+    # A message that is not the runner's JSON (the kubelet's fallback to the log tail) is
+    # kept as it is, shortened from the front.
+    b = body({**MINIMAL, "runPolicy": {"cleanPodPolicy": "None"}})
+    step(b, observe(*running()))
+    tail = "Traceback ...\n" + "x" * 500 + "\nImportError: no module named foo"
+    step(b, observe(*running(except_=("master", 0)),
+                    pod("master", 0, "Failed", exit_code=1, termination=tail)))
+    failed = next(c for c in b["status"]["conditions"] if c["type"] == "Failed")
+    assert "ImportError: no module named foo" in failed["message"]
+    assert len(failed["message"]) < 500
+
+
 def test_ps_failure_fails_the_experiment() -> None:
     b = body()
     step(b, observe(*running()))
