@@ -33,6 +33,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -173,6 +174,21 @@ class Running:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+
+_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand_refs(value: str, defined: dict[str, str]) -> str:
+    """A kubelet's expansion of ``$(VAR)`` in an env value: variables defined earlier in the
+    container expand, ``$$`` is a literal ``$``, unknown references stay as written."""
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return defined.get(match.group(1), match.group(0))
+
+    return _REF.sub(replace, value)
 
 
 class NodeAgent:
@@ -402,13 +418,15 @@ class NodeAgent:
         env.update({"PYTHONPATH": os.pathsep.join(pythonpath), "PYTHONUNBUFFERED": "1",
                     "HOSTNAME": pod["metadata"]["name"], "POD_IP": ip,
                     "KUBELEARN_BIND_HOST": ip})
+        defined: dict[str, str] = {}  # what $(VAR) may refer to: this container's earlier vars
         for entry in container.get("env") or []:
             if "value" in entry:
-                env[entry["name"]] = str(entry["value"])
+                env[entry["name"]] = defined[entry["name"]] = expand_refs(
+                    str(entry["value"]), defined)
             elif "valueFrom" in entry:
                 value = self._env_value(namespace, pod, ip, entry["valueFrom"])
                 if value is not None:
-                    env[entry["name"]] = value
+                    env[entry["name"]] = defined[entry["name"]] = value
             else:
                 env[entry["name"]] = ""
         return env
