@@ -43,7 +43,7 @@ EXPECTED = {"w": ("float32", (2, 2))}
     [
         (lambda f: [b"not json", *f[1:]], "not JSON"),
         (lambda f: [json.dumps([1]).encode(), *f[1:]], "JSON object"),
-        (lambda f: f[:1], "buffers follow"),
+        (lambda f: f[:1], "follow"),
         (lambda f: [f[0], f[1][:-4]], "bytes"),
     ],
 )
@@ -132,3 +132,20 @@ def test_bind_address():
     assert bind_address("127.0.0.5:2222") == "tcp://127.0.0.5:2222"
     assert bind_address("exp-ps-0.ns.svc:2222") == "tcp://*:2222"
     assert bind_address("[::1]:9") == "tcp://[::1]:9"
+
+
+def test_large_tensor_travels_in_frames_and_is_joined():
+    value = np.arange(700_000, dtype=np.float64)  # 5.6 MB: six frames
+    frames = wire.encode({"op": "push"}, {"big": value, "small": np.ones(3, np.float32)})
+    assert len(frames) == 1 + 6 + 1
+    assert max(len(memoryview(f).cast("B")) for f in frames[1:]) <= wire.FRAME_BYTES
+    _, out = wire.decode([bytes(f) for f in frames])
+    np.testing.assert_array_equal(out["big"], value)
+    np.testing.assert_array_equal(out["small"], np.ones(3, np.float32))
+    header = json.loads(bytes(frames[0]))
+    header["tensors"][0]["frames"] = 5  # a lying frame count
+    with pytest.raises(wire.WireError, match="follow"):
+        wire.decode([json.dumps(header).encode(), *[bytes(f) for f in frames[1:]]])
+    header["tensors"][0]["frames"] = 0
+    with pytest.raises(wire.WireError, match="positive"):
+        wire.decode([json.dumps(header).encode(), *[bytes(f) for f in frames[1:]]])

@@ -65,7 +65,7 @@ class PSConnection:
              tensors: Mapping[str, np.ndarray] | None = None) -> None:
         request_id = next(self._ids)
         full = {**(header or {}), "op": op, "id": request_id, "token": self._token}
-        self._socket.send_multipart(wire.encode(full, tensors), copy=False)
+        wire.send(self._socket, wire.encode(full, tensors))
         self._pending = request_id
 
     def receive(self, timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:

@@ -153,7 +153,7 @@ class ParameterServer:
     # -- replies ---------------------------------------------------------------------
     def _send(self, ident: bytes, header: dict[str, Any],
               tensors: Mapping[str, np.ndarray] | None = None) -> None:
-        self._socket.send_multipart([ident, *wire.encode(header, tensors)], copy=False)
+        wire.send(self._socket, [ident, *wire.encode(header, tensors)])
 
     def _error(self, ident: bytes, request_id: Any, code: str, message: str) -> None:
         self._send(ident, {"id": request_id, "ok": False, "code": code, "error": message})
