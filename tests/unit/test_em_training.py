@@ -63,3 +63,25 @@ def test_recorders_accept_missing_targets_and_check_arguments(runs_dir: Path) ->
     with pytest.raises(ValueError, match="every_n_steps"):
         TrainingRecorder(run, every_n_steps=0)
     run.finish()
+
+
+def test_recorder_records_when_the_global_step_jumps_past_a_multiple() -> None:
+    from kubelearn.hooks import StepContext
+
+    class Sink:
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def log(self, kind: str, metrics: dict, step: int | None = None) -> None:
+            self.steps.append(step)
+
+    sink = Sink()
+    hook = TrainingRecorder(sink, None, every_n_steps=10)  # type: ignore[arg-type]
+    context = StepContext(None, None)
+    context.step = 3
+    hook.begin(context)
+    for step in (7, 12, 18, 25, 26):  # other workers move the global step too
+        context.step, context.loss = step, 0.5
+        hook.after_step(context)
+    hook.end(context)
+    assert sink.steps == [12, 25, 26]

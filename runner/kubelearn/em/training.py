@@ -39,6 +39,7 @@ class TrainingRecorder(Hook):
             raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
         self.run, self.writer, self.every_n_steps = run, writer, every_n_steps
         self._last_recorded: int | None = None
+        self._start = 0
 
     def _record(self, step: int, loss: float) -> None:
         if self.run is not None:
@@ -49,9 +50,13 @@ class TrainingRecorder(Hook):
 
     def begin(self, context: StepContext) -> None:
         self._last_recorded = None
+        self._start = context.step
 
     def after_step(self, context: StepContext) -> None:
-        if context.step % self.every_n_steps == 0:
+        # The global step can jump by more than one (other workers train too): record when
+        # it crosses a multiple of every_n_steps, not only when it lands on one.
+        last = self._last_recorded if self._last_recorded is not None else self._start
+        if context.step // self.every_n_steps > last // self.every_n_steps:
             self._record(context.step, context.loss)
 
     def end(self, context: StepContext) -> None:
