@@ -304,7 +304,8 @@ class Estimator:
         session.target_step = max_steps
         step = session.start(x.shape[1])
         if getattr(session, "finished", False) or (max_steps is not None and step >= max_steps):
-            log.info("Skipping training since max_steps has already saved.")
+            if not getattr(session, "finished", False):
+                log.info("Skipping training since max_steps has already saved.")
             session.close(done=True)
             return
         target = max_steps if max_steps is not None else (
