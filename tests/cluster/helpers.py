@@ -166,3 +166,21 @@ def wait_for(
                 f"timed out after {timeout:g}s waiting for {description}; last {last}"
             )
         time.sleep(interval)
+
+
+def apply_crd(api_client: client.ApiClient, path: str | Path, timeout: float = 30
+              ) -> dict[str, Any]:
+    """Applies a CustomResourceDefinition file and waits until it is Established (and its
+    names accepted); returns the CRD as applied."""
+    (crd,) = apply_yaml(api_client, path)
+    ext = client.ApiextensionsV1Api(api_client)
+
+    def established() -> dict[str, str]:
+        got = ext.read_custom_resource_definition(crd["metadata"]["name"])
+        conds = {c.type: c.status for c in got.status.conditions or []}
+        if conds.get("Established") == "True" and conds.get("NamesAccepted") == "True":
+            return conds
+        raise AssertionError(f"conditions {conds}")  # reported by wait_for on timeout
+
+    wait_for(established, timeout, f"the CRD {crd['metadata']['name']} to become Established")
+    return crd

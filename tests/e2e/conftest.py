@@ -18,40 +18,17 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster.helpers import apply_yaml, wait_for
+from tests.cluster.helpers import apply_crd, wait_for
 from tests.e2e.stack import CRD, NodeAgent, Operator
+from tests.processes import pids_with_env
 
 GROUP, VERSION, PLURAL = "kubelearn.dev", "v1alpha1", "experiments"
 
 
 @pytest.fixture(scope="session")
 def e2e_crd(kube_api: client.ApiClient) -> Path:
-    apply_yaml(kube_api, CRD)
-    ext = client.ApiextensionsV1Api(kube_api)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition("experiments.kubelearn.dev")
-        return any(c.type == "Established" and c.status == "True"
-                   for c in crd.status.conditions or [])
-
-    wait_for(established, 30, "the Experiment CRD to be established")
+    apply_crd(kube_api, CRD)
     return CRD
-
-
-def pids_with_env(prefix: str) -> list[int]:
-    """Processes with an environment entry starting with ``prefix``
-    (e.g. ``KUBELEARN_MODEL_DIR=/tmp/kubelearn/<ns>/``)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(e.startswith(prefix.encode()) for e in environ):
-            found.append(int(entry))
-    return found
 
 
 class Cluster:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.helpers import wait_for
-from tests.e2e.conftest import pids_with_env
+from tests.processes import pids_with_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -10,7 +10,8 @@ import pytest
 
 from kubelearn import checkpoints
 from tests.cluster.helpers import wait_for
-from tests.e2e.conftest import Cluster, pids_with_env
+from tests.e2e.conftest import Cluster
+from tests.processes import pids_with_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

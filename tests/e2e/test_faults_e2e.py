@@ -14,9 +14,10 @@ import pytest
 
 from kubelearn import checkpoints
 from tests.cluster.helpers import wait_for
-from tests.e2e.conftest import Cluster, pids_with_env
+from tests.e2e.conftest import Cluster
 from tests.e2e.experiments import BAD_DATA_MESSAGE
 from tests.e2e.faults import FAULT_HPARAMS, experiment, final_evaluation, progress, wait_progress
+from tests.processes import pids_with_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import apply_yaml, wait_for
+from tests.cluster.helpers import apply_crd, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "experiments.kubelearn.dev.yaml"
@@ -33,15 +33,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def experiment_crd(kube_api: client.ApiClient) -> Path:
     """The Experiment CRD from crds/, applied and established."""
-    apply_yaml(kube_api, CRD)
-    ext = client.ApiextensionsV1Api(kube_api)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition("experiments.kubelearn.dev")
-        return any(c.type == "Established" and c.status == "True"
-                   for c in crd.status.conditions or [])
-
-    wait_for(established, 30, "the Experiment CRD to be established")
+    apply_crd(kube_api, CRD)
     return CRD
 
 

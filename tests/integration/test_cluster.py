@@ -13,7 +13,7 @@ import yaml
 from kubernetes import client
 
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.helpers import apply_yaml, service_account_client, wait_for
+from tests.cluster.helpers import apply_crd, apply_yaml, service_account_client, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -69,18 +69,7 @@ def test_server_reports_built_version(control_plane: ControlPlane, kube_api: cli
 def experiment_crd(kube_api: client.ApiClient) -> dict:
     """The Experiment CRD from crds/, applied and Established."""
     wait_for(CRD_FILE.is_file, 120, f"{CRD_FILE} to exist")
-    (crd,) = apply_yaml(kube_api, CRD_FILE)
-    ext = client.ApiextensionsV1Api(kube_api)
-
-    def established():
-        got = ext.read_custom_resource_definition(crd["metadata"]["name"])
-        conds = {c.type: c.status for c in got.status.conditions or []}
-        if conds.get("Established") == "True" and conds.get("NamesAccepted") == "True":
-            return conds
-        raise AssertionError(f"conditions {conds}")  # reported by wait_for on timeout
-
-    wait_for(established, 30, "the Experiment CRD to become Established")
-    return crd
+    return apply_crd(kube_api, CRD_FILE)
 
 
 def _experiment(name: str, spec: dict) -> dict:

@@ -20,6 +20,7 @@ import yaml
 from kubelearn import checkpoints
 from kubelearn.distributed.client import PSClient, PSError
 from kubelearn.estimators import optimizers
+from tests.processes import pids_with_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,20 +111,9 @@ def _launch(manifest: Path, model_dir: Path) -> subprocess.Popen[str]:
 
 
 def _pids_of(model_dir: Path, role: str | None = None) -> list[int]:
-    """Processes started for this experiment (found by their environment)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"KUBELEARN_MODEL_DIR={model_dir}".encode() not in environ:
-            continue
-        if role is None or f"KUBELEARN_ROLE={role}".encode() in environ:
-            found.append(int(entry))
-    return found
+    """Processes started for this experiment."""
+    roles = [f"KUBELEARN_ROLE={role}"] if role else []
+    return pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}", *roles)
 
 
 def _progress(model_dir: Path) -> int:
