@@ -171,7 +171,7 @@ def run_command(args: argparse.Namespace) -> int:
     """The ``kubelearn run`` command."""
     from kubelearn import learn_runner, reporting
     from kubelearn.experiment import Experiment
-    from kubelearn.learn_runner import ExperimentFnError
+    from kubelearn.learn_runner import ExperimentFnError, RunConfigNotUsedError
 
     try:
         fn, run_config, hparams, schedule = prepare(args)
@@ -202,7 +202,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         result = learn_runner.run(announced_fn, run_config=run_config, hparams=hparams,
                                   schedule=schedule)
-    except ExperimentFnError as exc:
+    except (ExperimentFnError, RunConfigNotUsedError) as exc:
         print(f"kubelearn run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
