@@ -181,7 +181,7 @@ class _NotARunConfig:
 
 
 def test_run_config_that_is_not_a_run_config_is_value_error():
-    with pytest.raises(ValueError, match="`run_config` must be `tf.contrib.learn.RunConfig`"):
+    with pytest.raises(ValueError, match=r"`run_config` must be `tf\.contrib\.learn\.RunConfig`"):
         learn_runner.run(_experiment_fn, run_config=_NotARunConfig())
 
 

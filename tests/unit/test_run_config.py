@@ -145,8 +145,8 @@ def test_model_dir_from_tf_config(monkeypatch):
     _tf_config(monkeypatch, {"model_dir": "/from/env"})
     assert RunConfig().model_dir == "/from/env"
     assert RunConfig(model_dir="/from/env").model_dir == "/from/env"
-    with pytest.raises(ValueError, match="`model_dir` provided in RunConfig .* must have the "
-                                         "same value .* in TF_CONFIG"):
+    with pytest.raises(ValueError, match=r"`model_dir` provided in RunConfig .* must have the "
+                                         r"same value .* in TF_CONFIG"):
         RunConfig(model_dir="/from/env/sub")
 
 
