@@ -81,10 +81,14 @@ def _check_experiment(experiment: Any) -> None:
                                 f"got {type(experiment)} instead.")
 
 
-def _check_config_used(experiment: Experiment, expected_uid: str) -> None:
+def check_run_config_used(experiment: Experiment, expected_uid: str) -> None:
     """The Estimator must run with the ``run_config`` given to the experiment function (or a
     copy that changes only whitelisted properties), else the task would not run as
-    scheduled."""
+    scheduled.
+
+    Raises:
+      RunConfigNotUsedError: (a RuntimeError) it does not.
+    """
     config = getattr(experiment.estimator, "config", None)
     if not callable(getattr(config, "uid", None)):
         raise RunConfigNotUsedError(
@@ -143,7 +147,7 @@ def run(
         expected_uid = run_config.uid()
         experiment = experiment_fn(run_config, hparams)
         _check_experiment(experiment)
-        _check_config_used(experiment, expected_uid)
+        check_run_config_used(experiment, expected_uid)
     else:
         if not output_dir:
             raise ValueError("Must specify an output directory")

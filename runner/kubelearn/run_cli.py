@@ -186,8 +186,10 @@ def run_command(args: argparse.Namespace) -> int:
     reporters: list[Any] = []
 
     def announced_fn(config: Any, hp: Any) -> Any:
+        expected_uid = config.uid()
         experiment = fn(config, hp)
         if isinstance(experiment, Experiment):
+            learn_runner.check_run_config_used(experiment, expected_uid)  # before any report
             logging.getLogger("kubelearn").info(
                 "Running %s as %s:%d (schedule %s) in %s", label,
                 config.task_type or "local", config.task_id, resolved, config.model_dir)
