@@ -1,5 +1,6 @@
 """The training session interface, the checkpoint schedule and the saving listeners."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -65,34 +66,58 @@ def test_fit_refuses_both_checkpoint_intervals(tmp_path):
 
 
 def _model(config):
+    from kubelearn.estimators.optimizers import get
+
     return SessionModel(
         model_dir=config.model_dir, config=config, dtype=np.dtype(np.float32),
         shapes=lambda n: {"w": (n, 1)}, init_params=lambda n: {"w": np.zeros((n, 1))},
-        restore=lambda path, n: None, new_optimizer=lambda: None)
+        restore=lambda path, n: None, new_optimizer=lambda: get("SGD", 0.1))
 
 
 def test_both_sessions_implement_the_training_session(tmp_path, monkeypatch):
     from kubelearn.distributed.session import ParameterServerSession
     from kubelearn.estimators.local_session import LocalSession
-    from kubelearn.estimators.optimizers import get
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    config = RunConfig(model_dir=str(tmp_path))
-    model = _model(config)
-    model = SessionModel(**{**model.__dict__, "new_optimizer": lambda: get("SGD", 0.1)})
-    local = LocalSession(model)
+    local = LocalSession(_model(RunConfig(model_dir=str(tmp_path))))
     assert isinstance(local, TrainingSession)
     assert local.finished is False and local.stop_requested is False
     monkeypatch.setenv("TF_CONFIG", json.dumps({
         "cluster": {"ps": ["127.0.0.1:9"], "worker": ["127.0.0.1:10", "127.0.0.1:11"]},
         "task": {"type": "worker", "index": 1}}))
-    config = RunConfig(model_dir=str(tmp_path))
-    remote = ParameterServerSession(SessionModel(**{**model.__dict__, "config": config}))
+    remote = ParameterServerSession(_model(RunConfig(model_dir=str(tmp_path))))
     try:
         assert isinstance(remote, TrainingSession)
         assert remote.finished is False and remote.stop_requested is False
     finally:
         remote.close()
+
+
+def test_local_session_calls_listeners_around_saves_and_at_the_end(tmp_path, monkeypatch):
+    from kubelearn.estimators.local_session import LocalSession
+
+    calls = []
+
+    class Listener(CheckpointSaverListener):
+        def before_save(self, session, global_step_value):
+            calls.append(("before", global_step_value, session.last_checkpoint))
+
+        def after_save(self, session, global_step_value):
+            calls.append(("after", global_step_value, session.last_checkpoint))
+
+        def end(self, session, global_step_value):
+            calls.append(("end", global_step_value))
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = RunConfig(model_dir=str(tmp_path), save_checkpoints_steps=2)
+    session = LocalSession(dataclasses.replace(_model(config), saving_listeners=[Listener()]))
+    assert session.start(3) == 0
+    for _ in range(3):
+        session.after_step(session.apply({"w": np.ones((3, 1))}))
+    session.close(done=True)
+    first = str(tmp_path / "model.ckpt-1")
+    assert calls == [("before", 1, None), ("after", 1, first), ("before", 3, first),
+                     ("after", 3, str(tmp_path / "model.ckpt-3")), ("end", 3)]
 
 
 def test_listener_defaults_do_nothing():

@@ -224,9 +224,12 @@ class ParameterServerSession:
         step = int(replies[0][0]["global_step"])
         if step == self._saved_step:
             return
-        self.last_checkpoint = self._listeners.save(
-            self, step, lambda: checkpoints.save(self._model.model_dir, variables, step,
-                                                 self._config.keep_checkpoint_max))
+
+        def write() -> None:
+            self.last_checkpoint = checkpoints.save(self._model.model_dir, variables, step,
+                                                    self._config.keep_checkpoint_max)
+
+        self._listeners.save(self, step, write)
         self._saved_step = step
         self._timer.saved(step)
 

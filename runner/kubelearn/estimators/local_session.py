@@ -67,9 +67,12 @@ class LocalSession:
             return
         step = self._step
         variables = {**self._params, **self._optimizer.state()}
-        self.last_checkpoint = self._listeners.save(
-            self, step, lambda: checkpoints.save(self._model.model_dir, variables, step,
-                                                 self._model.config.keep_checkpoint_max))
+
+        def write() -> None:
+            self.last_checkpoint = checkpoints.save(
+                self._model.model_dir, variables, step, self._model.config.keep_checkpoint_max)
+
+        self._listeners.save(self, step, write)
         self._saved_step = step
         self._timer.saved(step)
 

@@ -146,17 +146,17 @@ class SavingListeners:
         for listener in self._listeners:
             listener.begin()
 
-    def save(self, session: Any, step: int, write: Callable[[], Any]) -> Any:
-        """Runs ``write`` between ``before_save`` and ``after_save``; returns its result."""
+    def save(self, session: Any, step: int, write: Callable[[], None]) -> None:
+        """Runs ``write`` (which saves the checkpoint of ``step``) between ``before_save``
+        and ``after_save``."""
         for listener in self._listeners:
             listener.before_save(session, step)
-        result = write()
+        write()
         for listener in self._listeners:
             if listener.after_save(session, step):
                 log.info("A CheckpointSaverListener requested that training be stopped. "
                          "listener: %s", listener)
                 self.stop_requested = True
-        return result
 
     def end(self, session: Any, step: int) -> None:
         for listener in self._listeners:
