@@ -119,8 +119,10 @@ def parse_tf_config(text: str | None) -> dict[str, Any]:
 class RunConfig:
     """Configuration of one task of an experiment, modelled on tf.contrib.learn's RunConfig.
 
-    Cluster, task and environment come from ``TF_CONFIG``; everything else from the
-    arguments. Use :meth:`replace` to derive a changed copy.
+    Cluster, task and environment come from ``TF_CONFIG``, and ``model_dir`` too when the
+    argument is None (both set must agree); everything else from the arguments. Both
+    checkpoint intervals may be given here, as in tf.contrib.learn, but training refuses
+    them together. Use :meth:`replace` to derive a changed copy, :meth:`uid` to compare.
     """
 
     _REPLACEABLE = (
