@@ -17,10 +17,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubelearn import checkpoints
+from kubelearn.estimators.session import CheckpointSaverListener
 from kubelearn.export import ExportStrategy
 from kubelearn.hooks import GlobalStepWaiterHook, ValidationMonitor
+from kubelearn.run_config import Environment, RunConfig
 
 log = logging.getLogger("kubelearn")
+
+_NO_SERVER = ("Could not start server; be sure to specify cluster_spec, task_type, master, "
+              "and task in RunConfig or set the TF_CONFIG environment variable.")
 
 POLYAXON_DEFAULTS: dict[str, Any] = {
     "eval_steps": 10,
@@ -43,14 +48,62 @@ def _standardized_predicate(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda results, checkpoint_path=None: fn(results)
 
 
+def _saving_listeners(values: Any) -> list[CheckpointSaverListener]:
+    if values is None:
+        return []
+    items = [values] if isinstance(values, CheckpointSaverListener) else values
+    try:
+        listeners = list(items)
+    except TypeError:
+        listeners = [items]
+    for listener in listeners:
+        if not isinstance(listener, CheckpointSaverListener):
+            raise ValueError("`saving_listeners` must be a list of CheckpointSaverListener, "
+                             f"found {listener!r}.")
+    return listeners
+
+
+class _EvalAndExportListener(CheckpointSaverListener):
+    """After each checkpoint that training saves, evaluates it and exports the model (the
+    ``checkpoint_and_export`` mode of ``train_and_evaluate``)."""
+
+    def __init__(self, eval_fn: Callable[..., Any], export_fn: Callable[..., Any],
+                 model_dir: str | None):
+        self._eval_fn = eval_fn
+        self._export_fn = export_fn
+        self._model_dir = model_dir
+        self._latest_path: str | None = None
+        self.eval_result: dict[str, Any] | None = None
+        self.export_results: list[Any] | None = None
+
+    def after_save(self, session: Any, global_step_value: int) -> None:
+        latest = checkpoints.latest_checkpoint(self._model_dir)
+        if not latest:
+            log.warning("Skipping evaluation and export since model has not been saved yet.")
+        elif latest == self._latest_path:
+            log.warning("Skipping evaluation due to same latest checkpoint %s.", latest)
+        else:
+            self._latest_path = latest
+            self.eval_result = self._eval_fn(name="intermediate_export", checkpoint_path=latest)
+            self.export_results = self._export_fn(self.eval_result, checkpoint_path=latest)
+
+
 class Experiment:
     """Holds an estimator, its input functions and the training/evaluation settings.
 
     The constructor stores everything and runs nothing.
 
+    ``saving_listeners`` (CheckpointSaverListener) are called around every checkpoint
+    that training saves; tf.contrib.learn refuses them with its own Estimator, kubelearn's
+    Estimator runs them as tf.estimator's does. ``checkpoint_and_export=True`` makes
+    ``train_and_evaluate`` evaluate and export after every checkpoint instead of using
+    ``min_eval_frequency``. ``check_interval_secs`` is the least time between two looks for
+    a new checkpoint during ``train_and_evaluate``.
+
     Raises:
-      ValueError: if ``estimator`` has no callable ``fit`` and ``evaluate``, or
-        ``export_strategies`` is not None, an ExportStrategy or a list of them.
+      ValueError: if ``estimator`` has no callable ``fit`` and ``evaluate``,
+        ``export_strategies`` is not None, an ExportStrategy or a list of them, or
+        ``saving_listeners`` holds something that is not a CheckpointSaverListener.
     """
 
     def __init__(
@@ -106,7 +159,7 @@ class Experiment:
         self._delay_workers_by_global_step = delay_workers_by_global_step
         self._train_steps_per_iteration = train_steps_per_iteration
         self._checkpoint_and_export = checkpoint_and_export
-        self._saving_listeners = saving_listeners
+        self._saving_listeners = _saving_listeners(saving_listeners)
         self._check_interval_secs = check_interval_secs
         self._export_strategies: tuple[ExportStrategy, ...] = ()
         self._set_export_strategies(export_strategies)
@@ -189,9 +242,13 @@ class Experiment:
         return model_dir
 
     def _call_train(self, *, input_fn: Any, steps: int | None = None,
-                    max_steps: int | None = None, hooks: list[Any] | None = None) -> Any:
-        return self._estimator.fit(input_fn=input_fn, steps=steps, max_steps=max_steps,
-                                   monitors=hooks)
+                    max_steps: int | None = None, hooks: list[Any] | None = None,
+                    saving_listeners: list[CheckpointSaverListener] | None = None) -> Any:
+        kwargs: dict[str, Any] = {"input_fn": input_fn, "steps": steps, "max_steps": max_steps,
+                                  "monitors": hooks}
+        if saving_listeners:  # only estimators that save checkpoints take them
+            kwargs["saving_listeners"] = saving_listeners
+        return self._estimator.fit(**kwargs)
 
     def _call_evaluate(self, *, input_fn: Any, steps: int | None, name: str | None,
                        checkpoint_path: str | None = None, hooks: list[Any] | None = None
@@ -227,7 +284,15 @@ class Experiment:
 
         Returns:
           The trained estimator.
+
+        Raises:
+          ValueError: the config names a cluster and a master in a distributed
+            environment but no task type (or is not a RunConfig). TF raises this when it
+            starts the task's in-process server here; kubelearn's parameter servers are
+            processes of their own, so there is no server to start, but the same config
+            is refused the same way.
         """
+        self._check_can_train(self._config())
         extra_hooks: list[Any] = []
         if delay_secs is None:
             config = self._config()
@@ -242,7 +307,27 @@ class Experiment:
             log.info("Waiting %d secs before starting training.", delay_secs)
             self._sleep(delay_secs)
         return self._call_train(input_fn=self._train_input_fn, max_steps=self._train_steps,
-                                hooks=self._train_monitors + extra_hooks)
+                                hooks=self._train_monitors + extra_hooks,
+                                saving_listeners=self._saving_listeners)
+
+    @staticmethod
+    def _check_can_train(config: Any) -> None:
+        if config is None:
+            return
+        cluster, master = getattr(config, "cluster_spec", None), getattr(config, "master", None)
+        if not isinstance(config, RunConfig):
+            if cluster and master:
+                raise ValueError("For distributed runtime, Experiment class only works with "
+                                 "tf.contrib.learn.RunConfig for now, but provided "
+                                 f"{type(config)}")
+            return
+        if cluster and master and config.environment == Environment.LOCAL:
+            log.warning("ClusterSpec and master are provided, but environment is set to "
+                        "'local'. Set environment to 'cloud' if you intend to use the "
+                        "distributed runtime.")
+        if (config.environment not in (Environment.LOCAL, Environment.GOOGLE)
+                and cluster and master and (not config.task_type or config.task_id is None)):
+            raise ValueError(_NO_SERVER)
 
     def evaluate(self, delay_secs: float | None = None, name: str | None = None
                  ) -> dict[str, Any]:
@@ -275,17 +360,33 @@ class Experiment:
           ``(eval_result, export_results)``.
         """
         monitors = list(self._train_monitors)
-        if self._min_eval_frequency:
+        listeners = list(self._saving_listeners)
+        config = self._config()
+        export_listener = None
+        if self._checkpoint_and_export and config is not None and (
+            config.save_checkpoints_secs or config.save_checkpoints_steps
+        ):
+            export_listener = _EvalAndExportListener(
+                eval_fn=lambda name, checkpoint_path: self._call_evaluate(
+                    input_fn=self._eval_input_fn, steps=self._eval_steps, name=name,
+                    checkpoint_path=checkpoint_path, hooks=self._eval_hooks),
+                export_fn=self._maybe_export, model_dir=self._model_dir())
+            listeners.append(export_listener)
+        elif self._min_eval_frequency:
             monitors.append(ValidationMonitor(
                 input_fn=self._eval_input_fn, eval_steps=self._eval_steps,
                 every_n_steps=self._min_eval_frequency, metrics=self._eval_metrics,
-                hooks=self._eval_hooks))
-        saved = self._train_monitors
-        self._train_monitors = monitors
+                hooks=self._eval_hooks, check_interval_secs=self._check_interval_secs,
+                clock=self._time))
+        saved = self._train_monitors, self._saving_listeners
+        self._train_monitors, self._saving_listeners = monitors, listeners
         try:
             self.train(delay_secs=0)
         finally:
-            self._train_monitors = saved
+            self._train_monitors, self._saving_listeners = saved
+        if export_listener is not None:
+            # Training ends with a checkpoint, which the listener has evaluated and exported.
+            return export_listener.eval_result, export_listener.export_results
         eval_result = self._call_evaluate(input_fn=self._eval_input_fn, steps=self._eval_steps,
                                           name=None, hooks=self._eval_hooks)
         return eval_result, self._maybe_export(eval_result)
@@ -325,7 +426,8 @@ class Experiment:
                 done = checkpoints.latest_global_step(self._model_dir())
                 steps = min(steps, max(1, self._train_steps - done))
             self._call_train(input_fn=self._train_input_fn, steps=steps,
-                             hooks=self._train_monitors)
+                             hooks=self._train_monitors,
+                             saving_listeners=self._saving_listeners)
             latest = checkpoints.latest_checkpoint(self._model_dir())
             eval_result = self._call_evaluate(input_fn=self._eval_input_fn,
                                               steps=self._eval_steps, name="one_pass",
@@ -354,13 +456,17 @@ class Experiment:
             log.info("Waiting %f secs before starting eval.", delay_secs)
             self._sleep(delay_secs)
         previous_path: str | None = None
+        # What the predicate sees: None at first, {} after a round without a new
+        # checkpoint (as in TF), else the last evaluation. What is returned: the last
+        # evaluation.
         eval_result: dict[str, Any] | None = None
+        last_result: dict[str, Any] | None = None
         last_warning = 0.0
         while not predicate or predicate(eval_result, checkpoint_path=previous_path):
             if self._has_training_stopped(eval_result):
                 log.info("Exiting continuous eval, global_step=%s >= train_step=%s",
                          eval_result["global_step"], self._train_steps)  # type: ignore[index]
-                return eval_result
+                return last_result
             start = self._time()
             latest = checkpoints.latest_checkpoint(self._model_dir())
             message = None
@@ -370,9 +476,10 @@ class Experiment:
             elif evaluate_checkpoint_only_once and latest == previous_path:
                 if checkpoints.training_done(self._model_dir(), self._train_steps):
                     log.info("Exiting continuous eval: training has finished.")
-                    return eval_result
+                    return last_result
                 message = "No new checkpoint ready for evaluation."
             if message:
+                eval_result = {}
                 if start - last_warning > 600:
                     log.warning(message)
                     last_warning = start
@@ -380,6 +487,7 @@ class Experiment:
                 eval_result = self._call_evaluate(input_fn=input_fn, steps=self._eval_steps,
                                                   name=name, checkpoint_path=latest,
                                                   hooks=self._eval_hooks) or {}
+                last_result = eval_result
                 if export:
                     self._maybe_export(eval_result, checkpoint_path=latest)
                 last_warning = 0.0
@@ -387,7 +495,7 @@ class Experiment:
             duration = self._time() - start
             if duration < throttle_delay_secs:
                 self._sleep(throttle_delay_secs - duration)
-        return eval_result
+        return last_result
 
     def continuous_eval(self, delay_secs: float | None = None,
                         throttle_delay_secs: float | None = None,
@@ -425,16 +533,15 @@ class Experiment:
         if (config is None or not getattr(config, "cluster_spec", None)
                 or not getattr(config, "task_type", None) or not getattr(config, "master", None)
                 or getattr(config, "task_id", None) is None):
-            raise ValueError("Could not start server; be sure to specify cluster_spec, "
-                             "task_type, master, and task in RunConfig or set the TF_CONFIG "
-                             "environment variable.")
+            raise ValueError(_NO_SERVER)
         from kubelearn.distributed.server import serve
 
         serve(config)
 
     def test(self) -> dict[str, Any]:
         """Trains and evaluates one step each (and exports); returns the evaluation."""
-        self._call_train(input_fn=self._train_input_fn, steps=1, hooks=self._train_monitors)
+        self._call_train(input_fn=self._train_input_fn, steps=1, hooks=self._train_monitors,
+                         saving_listeners=self._saving_listeners)
         eval_result = self._call_evaluate(input_fn=self._eval_input_fn, steps=1,
                                           name="one_pass")
         self._maybe_export(eval_result)

@@ -110,11 +110,19 @@ class GlobalStepWaiterHook(Hook):
 
 
 class ValidationMonitor(Hook):
-    """Evaluates each new checkpoint once at least ``every_n_steps`` steps have passed."""
+    """Evaluates each new checkpoint once at least ``every_n_steps`` steps have passed.
+
+    It looks for a new checkpoint at most every ``check_interval_secs`` seconds (None:
+    after every step), so that fast steps do not poll the model directory.
+    """
 
     def __init__(self, input_fn: Any, eval_steps: int | None = None, every_n_steps: int = 1,
-                 metrics: Any = None, name: str | None = None, hooks: Any = None):
+                 metrics: Any = None, name: str | None = None, hooks: Any = None,
+                 check_interval_secs: float | None = 5, clock=time.time):
         self.input_fn = input_fn
+        self.check_interval_secs = check_interval_secs
+        self._clock = clock
+        self._last_check_time: float | None = None
         self.eval_steps = eval_steps
         self.every_n_steps = every_n_steps
         self.metrics = metrics
@@ -125,11 +133,16 @@ class ValidationMonitor(Hook):
         self.results: dict[str, Any] | None = None
 
     def after_step(self, context: StepContext) -> None:
-        path = context.last_checkpoint
-        if path is None or path == self.last_checkpoint:
-            return
         if (self.last_evaluated_step is not None
                 and context.step - self.last_evaluated_step < self.every_n_steps):
+            return
+        now = self._clock()
+        if (self.check_interval_secs is not None and self._last_check_time is not None
+                and now - self._last_check_time <= self.check_interval_secs):
+            return
+        self._last_check_time = now
+        path = context.last_checkpoint
+        if path is None or path == self.last_checkpoint:
             return
         kwargs: dict[str, Any] = {"input_fn": self.input_fn, "steps": self.eval_steps,
                                   "name": self.name, "checkpoint_path": path,

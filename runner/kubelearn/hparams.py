@@ -67,12 +67,15 @@ def infer_value(text: str) -> Any:
     return stripped
 
 
-def parse_values(values: str, type_map: Mapping[str, type]) -> dict[str, Any]:
+def parse_values(values: str, type_map: Mapping[str, type],
+                 ignore_unknown: bool = False) -> dict[str, Any]:
     """Parses ``"a=1,b=[2,3],c=x"`` into a dict, casting each value to ``type_map[name]``.
 
+    ``ignore_unknown=True`` skips names that ``type_map`` lacks instead of raising.
+
     Raises:
-      ValueError: on malformed text, unknown names, values of the wrong type, or the same
-        name assigned twice.
+      ValueError: on malformed text, unknown names, values of the wrong type, a list
+        assigned to a list index, or the same name assigned twice.
     """
     results: dict[str, Any] = {}
     indexed: dict[str, dict[int, Any]] = {}
@@ -84,12 +87,14 @@ def parse_values(values: str, type_map: Mapping[str, type]) -> dict[str, Any]:
         pos = match.end()
         name = match.group("name")
         if name not in type_map:
+            if ignore_unknown:
+                continue
             raise ValueError(f"Unknown hyperparameter type for {name}")
         var_type = type_map[name]
         index = match.group("index")
         if match.group("vals") is not None:
             if index is not None:
-                _parse_fail(name, var_type, match.group("vals"), values)
+                raise ValueError("Assignment of a list to a list index.")
             if name in results or name in indexed:
                 _reuse_fail(name, values)
             items = [v for v in match.group("vals").split(",") if v.strip()]
@@ -299,7 +304,14 @@ class HParams:
     __hash__ = None  # type: ignore[assignment]
 
     def __str__(self) -> str:
-        return str(sorted(self.values().items()))
+        """``name=value,...``, in the grammar that :meth:`parse` reads back."""
+        return ",".join(f"{name}={_format_value(value)}" for name, value in self.values().items())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.__str__()})"
+        return f"{type(self).__name__}({sorted(self.values().items())})"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(item) for item in value) + "]"
+    return str(value)

@@ -29,6 +29,10 @@ class ExperimentFnError(TypeError):
     """The experiment function did not return an Experiment."""
 
 
+class RunConfigNotUsedError(RuntimeError):
+    """The experiment function built its Estimator with another RunConfig than it was given."""
+
+
 def _is_distributed(config: Any) -> bool:
     """A job is distributed when its cluster spec has more than one task."""
     cluster = getattr(config, "cluster_spec", None)
@@ -71,6 +75,32 @@ def _execute_schedule(experiment: Experiment, schedule: str) -> Any:
     return task()
 
 
+def _check_experiment(experiment: Any) -> None:
+    if not isinstance(experiment, Experiment):
+        raise ExperimentFnError("Experiment builder did not return an Experiment instance, "
+                                f"got {type(experiment)} instead.")
+
+
+def check_run_config_used(experiment: Experiment, expected_uid: str) -> None:
+    """The Estimator must run with the ``run_config`` given to the experiment function (or a
+    copy that changes only whitelisted properties), else the task would not run as
+    scheduled.
+
+    Raises:
+      RunConfigNotUsedError: (a RuntimeError) it does not.
+    """
+    config = getattr(experiment.estimator, "config", None)
+    if not callable(getattr(config, "uid", None)):
+        raise RunConfigNotUsedError(
+            "Pass `run_config` argument of the `experiment_fn` to the Estimator in "
+            "Experiment. It is likely a different `RunConfig` is passed to `Estimator` or "
+            "the `config` constructor argument in `Estimator` is not set.")
+    if config.uid() != expected_uid:
+        raise RunConfigNotUsedError(
+            "`RunConfig` instance is expected to be used by the `Estimator` inside the "
+            f"`Experiment`. expected {expected_uid}, but got {config.uid()}")
+
+
 def run(
     experiment_fn: Callable[..., Experiment],
     output_dir: str | None = None,
@@ -90,31 +120,39 @@ def run(
       What the schedule returns.
 
     Raises:
-      ValueError: both or neither of ``output_dir`` and ``run_config``; an empty
-        ``run_config.model_dir``; ``hparams`` without ``run_config``; no schedule for the
-        task; ``schedule`` not a member of the Experiment.
+      ValueError: both or neither of ``output_dir`` and ``run_config``; ``run_config``
+        not a RunConfig or with an empty ``model_dir``; ``hparams`` without
+        ``run_config`` or not an HParams; no schedule for the task; ``schedule`` not a
+        member of the Experiment.
       TypeError: ``experiment_fn`` did not return an Experiment, or ``schedule`` names a
         member that is not callable.
+      RuntimeError: the experiment's Estimator does not use ``run_config`` (its
+        :meth:`RunConfig.uid` differs, whitelisted properties aside).
     """
     if output_dir is not None and run_config is not None:
         raise ValueError("Cannot provide both `output_dir` and `run_config`")
     if output_dir is None and run_config is None:
         raise ValueError("Must set value for `output_dir` or `run_config`")
+    if run_config is not None and not isinstance(run_config, RunConfig):
+        raise ValueError("`run_config` must be `tf.contrib.learn.RunConfig` instance")
     if run_config is not None and not run_config.model_dir:
         raise ValueError("Must specify a model directory `model_dir` in `run_config`.")
     if run_config is None and hparams is not None:
         raise ValueError("Must set `hparams` as None for `experiment_fn` with `output_dir`.")
+    if hparams is not None and not isinstance(hparams, HParams):
+        raise ValueError("`hparams` must be `HParams` instance")
     if not callable(experiment_fn):
         raise TypeError(f'Experiment builder "{experiment_fn}" is not callable.')
     if run_config is not None:
+        expected_uid = run_config.uid()
         experiment = experiment_fn(run_config, hparams)
+        _check_experiment(experiment)
+        check_run_config_used(experiment, expected_uid)
     else:
         if not output_dir:
             raise ValueError("Must specify an output directory")
         experiment = experiment_fn(output_dir=output_dir)
-    if not isinstance(experiment, Experiment):
-        raise ExperimentFnError("Experiment builder did not return an Experiment instance, "
-                        f"got {type(experiment)} instead.")
+        _check_experiment(experiment)
     if schedule is None:
         config = getattr(experiment.estimator, "config", None) or run_config
         schedule = _get_default_schedule(config)

@@ -171,7 +171,7 @@ def run_command(args: argparse.Namespace) -> int:
     """The ``kubelearn run`` command."""
     from kubelearn import learn_runner, reporting
     from kubelearn.experiment import Experiment
-    from kubelearn.learn_runner import ExperimentFnError
+    from kubelearn.learn_runner import ExperimentFnError, RunConfigNotUsedError
 
     try:
         fn, run_config, hparams, schedule = prepare(args)
@@ -186,8 +186,10 @@ def run_command(args: argparse.Namespace) -> int:
     reporters: list[Any] = []
 
     def announced_fn(config: Any, hp: Any) -> Any:
+        expected_uid = config.uid()
         experiment = fn(config, hp)
         if isinstance(experiment, Experiment):
+            learn_runner.check_run_config_used(experiment, expected_uid)  # before any report
             logging.getLogger("kubelearn").info(
                 "Running %s as %s:%d (schedule %s) in %s", label,
                 config.task_type or "local", config.task_id, resolved, config.model_dir)
@@ -202,7 +204,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         result = learn_runner.run(announced_fn, run_config=run_config, hparams=hparams,
                                   schedule=schedule)
-    except ExperimentFnError as exc:
+    except (ExperimentFnError, RunConfigNotUsedError) as exc:
         print(f"kubelearn run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -8,9 +8,20 @@ that names what is wrong, so a pod with a broken environment fails at once and l
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+log = logging.getLogger("kubelearn")
+
+# Properties a user may change without changing where and how the job runs; ``uid()``
+# leaves them out by default (tf.contrib.learn's ``_DEFAULT_UID_WHITE_LIST``).
+DEFAULT_UID_WHITELIST = (
+    "tf_random_seed", "save_summary_steps", "save_checkpoints_steps", "save_checkpoints_secs",
+    "session_config", "keep_checkpoint_max", "keep_checkpoint_every_n_hours",
+    "log_step_count_steps",
+)
 
 
 class TaskType:
@@ -108,8 +119,10 @@ def parse_tf_config(text: str | None) -> dict[str, Any]:
 class RunConfig:
     """Configuration of one task of an experiment, modelled on tf.contrib.learn's RunConfig.
 
-    Cluster, task and environment come from ``TF_CONFIG``; everything else from the
-    arguments. Use :meth:`replace` to derive a changed copy.
+    Cluster, task and environment come from ``TF_CONFIG``, and ``model_dir`` too when the
+    argument is None (both set must agree); everything else from the arguments. Both
+    checkpoint intervals may be given here, as in tf.contrib.learn, but training refuses
+    them together. Use :meth:`replace` to derive a changed copy, :meth:`uid` to compare.
     """
 
     _REPLACEABLE = (
@@ -138,14 +151,10 @@ class RunConfig:
     ):
         if save_checkpoints_secs == "default":
             save_checkpoints_secs = None if save_checkpoints_steps is not None else 600
-        if save_checkpoints_secs is not None and save_checkpoints_steps is not None:
-            raise ValueError(
-                "Can not provide both save_checkpoints_secs and save_checkpoints_steps."
-            )
         if keep_checkpoint_max is not None and keep_checkpoint_max < 0:
             raise ValueError(f"keep_checkpoint_max must be >= 0, got {keep_checkpoint_max}")
-        self._tf_config_text = os.environ.get("TF_CONFIG")
-        self._init_task(parse_tf_config(self._tf_config_text), master)
+        tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
+        self._init_task(tf_config, master)
         self.num_cores = num_cores
         self.log_device_placement = log_device_placement
         self.gpu_memory_fraction = gpu_memory_fraction
@@ -158,7 +167,7 @@ class RunConfig:
         self._keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self._log_step_count_steps = log_step_count_steps
         self._session_config = session_config
-        self._model_dir = model_dir or None
+        self._model_dir = _model_dir(model_dir or None, tf_config)
 
     def _init_task(self, config: Mapping[str, Any], master: str | None) -> None:
         self._cluster_spec = ClusterSpec(config.get("cluster") or {})
@@ -172,40 +181,57 @@ class RunConfig:
         self._task_id = raw_index
         if self._task_type is not None and not isinstance(self._task_type, str):
             raise ValueError(f"TF_CONFIG task.type must be a string, got {self._task_type!r}")
-        # An evaluator is not part of the cluster it evaluates (as in TF's estimator).
-        outside_cluster = (self._task_type == TaskType.EVALUATOR
-                           and self._task_type not in self._cluster_spec.jobs)
-        if self._cluster_spec and self._task_type is not None and not outside_cluster:
-            if self._task_type not in self._cluster_spec.jobs:
-                raise ValueError(
-                    f"TF_CONFIG task type {self._task_type!r} is not in the cluster "
-                    f"(jobs: {', '.join(self._cluster_spec.jobs)})"
-                )
-            count = self._cluster_spec.num_tasks(self._task_type)
-            if self._task_id >= count:
-                raise ValueError(
-                    f"TF_CONFIG task index {self._task_id} is out of range for "
-                    f"{self._task_type!r}, which has {count} task(s)"
-                )
-        elif self._task_type is not None and not self._cluster_spec:
+        if self._task_type is not None and not self._cluster_spec:
             raise ValueError(f"TF_CONFIG names task type {self._task_type!r} but has no cluster")
-        if master is not None:
-            self._master = master
-        elif self._cluster_spec and self._task_type is not None and not outside_cluster:
-            address = self._cluster_spec.task_address(self._task_type, self._task_id)
-            self._master = f"grpc://{address}"
-        else:
-            self._master = ""
+        # An explicit master is taken as given: the task is looked up (and checked against
+        # the cluster) only to derive the master, as in tf.contrib.learn.
+        self._master = master if master is not None else self._master_from_cluster()
         self._is_chief = self._compute_is_chief()
 
+    def _outside_cluster(self) -> bool:
+        """An evaluator is not part of the cluster it evaluates (as in TF's estimator)."""
+        return (self._task_type == TaskType.EVALUATOR
+                and self._task_type not in self._cluster_spec.jobs)
+
+    def _master_from_cluster(self) -> str:
+        """``grpc://`` address of this task; '' when local, for a cluster of one task, or
+        without a task type.
+
+        Raises:
+          ValueError: the task type is not a job of the cluster, or the index is out of
+            range (tf.contrib.learn's messages, on one line).
+        """
+        cluster = self._cluster_spec
+        if not cluster or not self._task_type or self._outside_cluster():
+            return ""
+        if self._task_type not in cluster.jobs:
+            raise ValueError(
+                f"{self._task_type} is not a valid task_type in the cluster_spec: {cluster}. "
+                "Note that these values may be coming from the TF_CONFIG environment variable.")
+        addresses = cluster.job_tasks(self._task_type)
+        if self._task_id >= len(addresses):
+            raise ValueError(
+                f"{self._task_id} is not a valid task_id for task_type {self._task_type} in "
+                f"the cluster_spec: {cluster}. Note that these values may be coming from the "
+                "TF_CONFIG environment variable.")
+        jobs = cluster.jobs
+        if len(jobs) == 1 and len(cluster.job_tasks(jobs[0])) == 1:
+            return ""  # a cluster of one task runs locally
+        return f"grpc://{addresses[self._task_id]}"
+
     def _compute_is_chief(self) -> bool:
-        if not self._cluster_spec or self._task_type is None:
-            return True
-        # Master (or chief) 0 leads; a cluster without one is led by worker 0, in the
-        # cloud environment as elsewhere, so that worker-only jobs have a chief.
-        head_roles = (TaskType.MASTER, TaskType.CHIEF)
-        if any(self._cluster_spec.num_tasks(role) for role in head_roles):
-            return self._task_type in head_roles and self._task_id == 0
+        """tf.contrib.learn's rule: without a task type, task 0; in the ``cloud``
+        environment master 0; elsewhere worker 0.
+
+        kubelearn adds ``chief`` 0 beside master 0 in the cloud, and, in the cloud, worker 0
+        of a cluster that has neither master nor chief, so that worker-only jobs have one.
+        """
+        if self._task_type is None:
+            return self._task_id == 0
+        if self._environment == Environment.CLOUD:
+            head_roles = (TaskType.MASTER, TaskType.CHIEF)
+            if any(self._cluster_spec.num_tasks(role) for role in head_roles):
+                return self._task_type in head_roles and self._task_id == 0
         return self._task_type == TaskType.WORKER and self._task_id == 0
 
     # Cluster and task.
@@ -242,13 +268,14 @@ class RunConfig:
         return sum(
             self._cluster_spec.num_tasks(role)
             for role in (TaskType.WORKER, TaskType.MASTER, TaskType.CHIEF)
-        ) or 1
+        )
 
     @property
     def task_address(self) -> str | None:
         """``host:port`` of this task in the cluster, or None when it has none."""
         if (not self._cluster_spec or self._task_type is None
-                or self._task_type not in self._cluster_spec.jobs):
+                or self._task_type not in self._cluster_spec.jobs
+                or self._task_id >= self._cluster_spec.num_tasks(self._task_type)):
             return None
         return self._cluster_spec.task_address(self._task_type, self._task_id)
 
@@ -308,17 +335,35 @@ class RunConfig:
                 new._master = value
             else:
                 setattr(new, f"_{key}", value)
-        if kwargs.get("save_checkpoints_steps") is not None and "save_checkpoints_secs" not in \
-                kwargs:
+        # As tf.estimator's replace: setting one checkpoint interval clears the other;
+        # setting both to values is an error.
+        steps, secs = new._save_checkpoints_steps, new._save_checkpoints_secs
+        if "save_checkpoints_steps" in kwargs and "save_checkpoints_secs" in kwargs:
+            if steps is not None and secs is not None:
+                raise ValueError(
+                    "Can not provide both save_checkpoints_secs and save_checkpoints_steps.")
+        elif "save_checkpoints_steps" in kwargs and steps is not None:
             new._save_checkpoints_secs = None
-        if kwargs.get("save_checkpoints_secs") is not None and "save_checkpoints_steps" not in \
-                kwargs:
+        elif "save_checkpoints_secs" in kwargs and secs is not None:
             new._save_checkpoints_steps = None
-        if new._save_checkpoints_secs is not None and new._save_checkpoints_steps is not None:
-            raise ValueError(
-                "Can not provide both save_checkpoints_secs and save_checkpoints_steps."
-            )
         return new
+
+    def uid(self, whitelist: Iterable[str] | None = None) -> str:
+        """A string that identifies this configuration, to check that the RunConfig given
+        to an experiment function is the one its Estimator uses.
+
+        Every property counts except those in ``whitelist`` (default
+        :data:`DEFAULT_UID_WHITELIST`, the ones a user may change freely). The cluster
+        counts by content: job order does not matter, and a deep copy has the same uid.
+        """
+        if whitelist is None:
+            whitelist = DEFAULT_UID_WHITELIST
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("__")}
+        for name in whitelist:
+            state.pop(f"_{name}", None)
+        if "_cluster_spec" in state:
+            state["_cluster_spec"] = dict(sorted(self._cluster_spec.as_dict().items()))
+        return ", ".join(f"{k}={v!r}" for k, v in sorted(state.items()))
 
     def __repr__(self) -> str:
         return (
@@ -326,3 +371,23 @@ class RunConfig:
             f"environment={self._environment!r}, model_dir={self._model_dir!r}, "
             f"is_chief={self._is_chief})"
         )
+
+
+def _model_dir(model_dir: str | None, tf_config: Mapping[str, Any]) -> str | None:
+    """``model_dir``, or ``TF_CONFIG["model_dir"]`` when it is None.
+
+    Raises:
+      ValueError: both are set and differ.
+    """
+    from_tf_config = tf_config.get("model_dir")
+    if from_tf_config is None:
+        return model_dir
+    if not isinstance(from_tf_config, str):
+        raise ValueError(f"TF_CONFIG model_dir must be a string, got {from_tf_config!r}")
+    if model_dir is not None and model_dir != from_tf_config:
+        raise ValueError(
+            "`model_dir` provided in RunConfig construct, if set, must have the same value as "
+            f"the model_dir in TF_CONFIG. model_dir: {model_dir}, "
+            f'TF_CONFIG["model_dir"]: {from_tf_config}.')
+    log.info("Using model_dir in TF_CONFIG: %s", from_tf_config)
+    return model_dir or from_tf_config

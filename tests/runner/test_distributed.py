@@ -234,3 +234,53 @@ def test_worker_only_cluster_is_led_by_worker_0(tmp_path):
     assert "[worker-0]" in out and "Initializing variables on ps [0]" in out
     assert checkpoints.latest_global_step(str(model_dir)) >= 400
     assert (model_dir / "training_done").exists()
+
+
+CHECKPOINT_AND_EXPORT_FN = '''
+from kubelearn import Experiment, make_export_strategy
+from kubelearn.estimators import LinearRegressor
+from kubelearn.examples import hparam_values, linear, run_config_for
+from kubelearn.inputs import numpy_input_fn
+
+
+def experiment_fn(run_config, hparams):
+    hp = hparam_values(hparams, linear.DEFAULTS)
+    config = run_config_for(run_config, None, hp)
+    x, y, _, _ = linear.make_data(int(hp["n_features"]), 2048, 0.01, 0)
+    return Experiment(
+        LinearRegressor(config=config, learning_rate=float(hp["learning_rate"])),
+        numpy_input_fn(x, y, batch_size=64, num_epochs=None, shuffle=True,
+                       seed=config.task_id),
+        numpy_input_fn(x, y, batch_size=2048, num_epochs=1, shuffle=False),
+        train_steps=int(hp["train_steps"]), eval_steps=None, eval_delay_secs=0,
+        checkpoint_and_export=True, export_strategies=make_export_strategy("every"))
+'''
+
+
+def test_chief_evaluates_and_exports_after_every_checkpoint_it_saves(tmp_path):
+    (tmp_path / "ckpt_export.py").write_text(CHECKPOINT_AND_EXPORT_FN)
+    model_dir = tmp_path / "model"
+    manifest = tmp_path / "ckpt.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "ckpt"},
+        "spec": {"experimentFn": "ckpt_export:experiment_fn",
+                 "hparams": {"train_steps": 600, "n_features": 8,
+                             "save_checkpoints_steps": 150},
+                 "replicaSpecs": {role: {"replicas": 1, "restartPolicy": "Never"}
+                                  for role in ("ps", "worker", "master")}},
+    }))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
+         str(model_dir), "--no-progress"],
+        env=_env(PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = _finish(proc)
+    lines = (model_dir / "eval_intermediate_export" / "results.jsonl").read_text().splitlines()
+    evaluated = [json.loads(line)["global_step"] for line in lines]
+    # One evaluation per checkpoint the master saved, the last one at the end of training.
+    assert len(evaluated) >= 3 and evaluated == sorted(set(evaluated)), out[-3000:]
+    assert evaluated[-1] == checkpoints.latest_global_step(str(model_dir)) >= 600
+    assert not (model_dir / "eval" / "results.jsonl").exists()  # no separate final pass
+    assert (model_dir / "export" / "every").is_dir()
+    assert _pids_of(model_dir) == []

@@ -42,15 +42,23 @@ def test_success_exit_0(tmp_path):
         (["--experiment-fn", LINEAR], {"TF_CONFIG": "{oops"}, "TF_CONFIG"),
         (["--experiment-fn", LINEAR],
          {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]},
-                                   "task": {"type": "worker", "index": 4}})}, "index 4"),
+                                   "task": {"type": "worker", "index": 4}})},
+         "4 is not a valid task_id"),
         (["--experiment-fn", LINEAR], {"KUBELEARN_HPARAMS": "{not json"}, "KUBELEARN_HPARAMS"),
         (["--experiment-fn", "not_an_experiment:build"], {}, "did not return an Experiment"),
         (["--experiment-fn", "json:dumps"], {}, "(run_config, hparams)"),
+        (["--experiment-fn", "not_an_experiment:own_config"], {},
+         "`RunConfig` instance is expected to be used by the `Estimator`"),
     ],
 )
 def test_bad_input_exit_2_with_one_line(tmp_path, args, env, needle):
     (tmp_path / "not_an_experiment.py").write_text(
-        "def build(run_config, hparams):\n    return 42\n")
+        "from kubelearn import Experiment, RunConfig\n"
+        "from kubelearn.estimators import LinearRegressor\n\n\n"
+        "def build(run_config, hparams):\n    return 42\n\n\n"
+        "def own_config(run_config, hparams):\n"
+        "    config = RunConfig(model_dir=run_config.model_dir + '-other')\n"
+        "    return Experiment(LinearRegressor(config=config), None, None)\n")
     env = {**env, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     proc = _run([*args, "--model-dir", str(tmp_path / "model")], env=env)
     assert proc.returncode == 2, proc.stderr

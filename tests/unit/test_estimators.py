@@ -206,10 +206,11 @@ def test_checkpoints_keep_max_and_index(tmp_path):
                                          keep_checkpoint_max=3))
     x, y = np.ones((8, 2), np.float32), np.ones(8, np.float32)
     est.fit(x=x, y=y, steps=23)
+    # Saved at the first step, then every 5 steps (1, 6, 11, 16, 21), and at the end (23).
     paths = checkpoints.checkpoint_paths(str(tmp_path))
-    assert [checkpoints.step_of(p) for p in paths] == [15, 20, 23]
+    assert [checkpoints.step_of(p) for p in paths] == [16, 21, 23]
     npz = sorted(f for f in os.listdir(tmp_path) if f.endswith(".npz"))
-    assert npz == ["model.ckpt-15.npz", "model.ckpt-20.npz", "model.ckpt-23.npz"]
+    assert npz == ["model.ckpt-16.npz", "model.ckpt-21.npz", "model.ckpt-23.npz"]
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
     variables, step = checkpoints.load(paths[-1])
     assert step == 23 and "linear/logits/kernel" in variables

@@ -175,11 +175,13 @@ def test_train_and_evaluate_respects_min_eval_frequency(tmp_path):
             evaluated.append(context.step)
 
     exp = _experiment(tmp_path, train_steps=60, eval_steps=None, min_eval_frequency=25,
-                      eval_hooks=[Spy()], export_strategies=make_export_strategy("best"))
+                      eval_hooks=[Spy()], export_strategies=make_export_strategy("best"),
+                      check_interval_secs=None)
     result, exports = exp.train_and_evaluate()
-    # Checkpoints every 10 steps. The first is evaluated at step 10; at step 35 (25 steps
-    # later) the newest checkpoint is 30; at step 60, checkpoint 60; then the final pass.
-    assert evaluated == [10, 30, 60, 60]
+    # Checkpoints at the first step, then every 10 steps: 1, 11, ..., 51, and 60 at the end.
+    # The first is evaluated at step 1; at step 26 (25 steps later) the newest checkpoint is
+    # 21; at step 51, checkpoint 51; then the final pass on checkpoint 60.
+    assert evaluated == [1, 21, 51, 60]
     assert result["global_step"] == 60
     assert len(exports) == 1 and (tmp_path / "export" / "best").exists()
 
@@ -263,3 +265,128 @@ def test_local_run_is_deprecated_alias(tmp_path):
     with pytest.warns(DeprecationWarning):
         result, _ = exp.local_run()
     assert result["global_step"] == 20
+
+
+def test_continuous_eval_gives_the_predicate_an_empty_result_without_a_new_checkpoint(
+        tmp_path):
+    clock = FakeClock()
+    exp = _experiment(tmp_path, clock, train_steps=None, eval_steps=None,
+                      continuous_eval_throttle_secs=1)
+    exp.estimator.fit(input_fn=exp._train_input_fn, steps=10)
+    seen = []
+
+    def predicate(results):
+        seen.append(results if not results else results["global_step"])
+        return len(seen) < 5
+
+    result = exp.continuous_eval(delay_secs=0, continuous_eval_predicate_fn=predicate)
+    assert seen == [None, 10, {}, {}, {}]
+    assert result["global_step"] == 10  # the last evaluation, not the empty round
+
+
+class _Steps(Hook):
+    """An eval hook that records the global step of each evaluated checkpoint."""
+
+    def __init__(self):
+        self.steps = []
+
+    def end(self, context):
+        self.steps.append(context.step)
+
+
+def test_checkpoint_and_export_evaluates_and_exports_after_every_save(tmp_path):
+    spy = _Steps()
+    exp = _experiment(tmp_path, save_steps=3, train_steps=8, eval_steps=None,
+                      checkpoint_and_export=True, eval_hooks=[spy],
+                      export_strategies=make_export_strategy("every"))
+    exported = []
+    export = exp._maybe_export
+    exp._maybe_export = lambda result, checkpoint_path=None: exported.append(
+        (result["global_step"], checkpoint_path)) or export(result, checkpoint_path)
+    result, exports = exp.train_and_evaluate()
+    assert spy.steps == [1, 4, 7, 8]  # after steps 1, 4, 7 and the end of training
+    assert [step for step, _ in exported] == [1, 4, 7, 8]
+    assert all(path.endswith(f"model.ckpt-{step}") for step, path in exported)
+    assert result["global_step"] == 8 and len(exports) == 1
+    assert (tmp_path / "eval_intermediate_export").is_dir()
+
+
+def test_check_interval_secs_reaches_the_validation_monitor(tmp_path):
+    clock = FakeClock()  # time stands still: a second look comes too soon
+    spy = _Steps()
+    exp = _experiment(tmp_path, clock, save_steps=5, train_steps=20, eval_steps=None,
+                      eval_hooks=[spy], check_interval_secs=5)
+    exp.train_and_evaluate()
+    assert spy.steps == [1, 20]  # once during training, then the final evaluation
+    spy.steps.clear()
+    exp = _experiment(tmp_path / "b", clock, save_steps=5, train_steps=20, eval_steps=None,
+                      eval_hooks=[spy], check_interval_secs=None)
+    exp.train_and_evaluate()
+    assert spy.steps == [1, 6, 11, 16, 20]
+
+
+def _listener(stop_at=None):
+    """A CheckpointSaverListener that records its calls and may ask to stop."""
+    from kubelearn.estimators.session import CheckpointSaverListener
+
+    class Listener(CheckpointSaverListener):
+        def __init__(self):
+            self.calls = []
+
+        def begin(self):
+            self.calls.append("begin")
+
+        def before_save(self, session, global_step_value):
+            self.calls.append(("before", global_step_value))
+
+        def after_save(self, session, global_step_value):
+            self.calls.append(("after", global_step_value))
+            return global_step_value == stop_at
+
+        def end(self, session, global_step_value):
+            self.calls.append(("end", global_step_value))
+
+    return Listener()
+
+
+def test_saving_listeners_are_called_around_each_checkpoint(tmp_path):
+    listener = _listener()
+    exp = _experiment(tmp_path, save_steps=3, train_steps=8, saving_listeners=[listener])
+    exp.train(delay_secs=0)
+    assert listener.calls == ["begin", ("before", 1), ("after", 1), ("before", 4),
+                              ("after", 4), ("before", 7), ("after", 7), ("before", 8),
+                              ("after", 8), ("end", 8)]
+
+
+def test_a_saving_listener_may_stop_training(tmp_path):
+    exp = _experiment(tmp_path, save_steps=3, train_steps=50,
+                      saving_listeners=[_listener(stop_at=4)])
+    exp.train(delay_secs=0)
+    assert checkpoints.latest_global_step(str(tmp_path)) == 4
+
+
+def test_saving_listeners_must_be_listeners(tmp_path):
+    with pytest.raises(ValueError, match="saving_listeners"):
+        _experiment(tmp_path, saving_listeners=[lambda: None])
+
+
+def test_train_on_a_cloud_cluster_without_task_type_is_value_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"ps": ["p:1", "p:2"], "worker": ["w:1", "w:2"]},
+        "environment": "cloud", "task": {"index": 1}}))
+    est = Recorder(RunConfig(model_dir=str(tmp_path), master="w:2"))
+    with pytest.raises(ValueError, match="Could not start server"):
+        Experiment(est, "t", "e").train(delay_secs=0)
+    assert est.calls == []
+
+
+def test_train_on_a_cluster_needs_a_run_config(tmp_path):
+    class Config:
+        cluster_spec = {"worker": ["w:1", "w:2"]}
+        master = "grpc://w:1"
+        task_id = 0
+        model_dir = str(tmp_path)
+
+    est = Recorder(Config())
+    with pytest.raises(ValueError, match=r"only works with tf\.contrib\.learn\.RunConfig"):
+        Experiment(est, "t", "e").train(delay_secs=0)

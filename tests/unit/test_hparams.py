@@ -113,3 +113,28 @@ def test_from_text_infers_types():
         HParams.from_text("a=1,a=2")
     with pytest.raises(ValueError, match="Malformed"):
         HParams.from_text("a=[1,2")
+
+
+def test_parse_values_ignore_unknown():
+    from kubelearn.hparams import parse_values
+
+    assert parse_values("a=1,b=2.5,c=x", {"a": int}, ignore_unknown=True) == {"a": 1}
+    with pytest.raises(ValueError, match="Unknown hyperparameter type for b"):
+        parse_values("a=1,b=2.5", {"a": int})
+
+
+def test_list_assigned_to_a_list_index():
+    from kubelearn.hparams import parse_values
+
+    with pytest.raises(ValueError, match=r"^Assignment of a list to a list index\.$"):
+        parse_values("arr[1]=[1,2,3]", {"arr": int})
+    with pytest.raises(ValueError, match=r"^Assignment of a list to a list index\.$"):
+        HParams(arr=[1, 2, 3]).parse("arr[1]=[4,5]")
+
+
+def test_str_is_read_back_by_parse():
+    source = HParams(a=1, b=[2.0, 3.0], c="relu6", d=True, e=["x", "y"])
+    target = HParams(a=4, b=[5.0, 6.0], c="relu10", d=False, e=["z"])
+    target.parse(str(source))
+    assert target.values() == source.values()
+    assert str(HParams(a=1, b=[2.0, 3.0])) == "a=1,b=[2.0, 3.0]"

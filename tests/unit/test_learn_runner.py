@@ -174,3 +174,61 @@ def test_returns_schedule_result_and_polyaxon_form():
                           "/o", schedule="evaluate") == "evaluate"
     with pytest.raises(ValueError, match="output directory"):
         run_experiment(lambda output_dir: None, "")
+
+
+class _NotARunConfig:
+    model_dir = "/m"
+
+
+def test_run_config_that_is_not_a_run_config_is_value_error():
+    with pytest.raises(ValueError, match=r"`run_config` must be `tf\.contrib\.learn\.RunConfig`"):
+        learn_runner.run(_experiment_fn, run_config=_NotARunConfig())
+
+
+@pytest.mark.parametrize("hparams", [{"learning_rate": 0.1}, "learning_rate=0.1", 3])
+def test_hparams_that_are_not_hparams_is_value_error(hparams):
+    built = []
+
+    def experiment_fn(run_config, hp):
+        built.append(hp)
+        return _experiment_fn(run_config, hp)
+
+    with pytest.raises(ValueError, match="`hparams` must be `HParams` instance"):
+        learn_runner.run(experiment_fn, run_config=RunConfig(model_dir="/m"), hparams=hparams,
+                         schedule="train")
+    assert built == []
+
+
+def test_estimator_with_another_run_config_is_runtime_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+
+    def own_config(run_config, hparams):
+        return NamedScheduleExperiment(FakeEstimator(RunConfig(model_dir="/elsewhere")),
+                                       None, None)
+
+    with pytest.raises(RuntimeError, match="`RunConfig` instance is expected to be used"):
+        learn_runner.run(own_config, run_config=RunConfig(model_dir="/m"), schedule="train")
+
+
+def test_estimator_without_a_config_is_runtime_error():
+    class NoConfig(FakeEstimator):
+        config = None
+
+        def __init__(self):
+            pass
+
+    def no_config(run_config, hparams):
+        return NamedScheduleExperiment(NoConfig(), None, None)
+
+    with pytest.raises(RuntimeError, match="Pass `run_config` argument"):
+        learn_runner.run(no_config, run_config=RunConfig(model_dir="/m"), schedule="train")
+
+
+def test_estimator_may_change_whitelisted_properties_of_the_run_config():
+    def tuned(run_config, hparams):
+        config = run_config.replace(save_checkpoints_steps=7, tf_random_seed=3,
+                                    keep_checkpoint_max=2)
+        return NamedScheduleExperiment(FakeEstimator(config), None, None)
+
+    assert learn_runner.run(tuned, run_config=RunConfig(model_dir="/m"),
+                            schedule="train") == "train"

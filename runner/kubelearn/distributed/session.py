@@ -21,6 +21,7 @@ from kubelearn import checkpoints
 from kubelearn.distributed import ENV_TOKEN, placement
 from kubelearn.distributed.client import PSClient, PSError, PSUnavailable
 from kubelearn.estimators import optimizers
+from kubelearn.estimators.session import SaveTimer, SavingListeners, SessionModel
 from kubelearn.run_config import TaskType
 
 log = logging.getLogger("kubelearn")
@@ -31,15 +32,15 @@ WAIT_POLL_SECS = 0.5
 class ParameterServerSession:
     """Variables on the ps tasks of the cluster; see the module docstring."""
 
-    def __init__(self, estimator: Any):
-        self._estimator = estimator
-        self._config = estimator.config
+    def __init__(self, model: SessionModel):
+        self._model = model
+        self._config = model.config
         config = self._config
         self._addresses = config.cluster_spec.job_tasks(TaskType.PS)
-        self._optimizer = estimator._new_optimizer()
+        self._optimizer = model.new_optimizer()
         self._sync = getattr(self._optimizer, "replicas_to_aggregate", None)
         timeout = 120.0 if self._sync else 5.0
-        model_dir = estimator.model_dir
+        model_dir = model.model_dir
         self._client = PSClient(
             self._addresses, os.environ.get(ENV_TOKEN, ""), request_timeout=timeout,
             give_up=lambda: checkpoints.training_done(model_dir, self.target_step))
@@ -49,18 +50,24 @@ class ParameterServerSession:
         self._shards: list[list[str]] = []
         self._step = 0
         self._saved_step = -1
-        self._last_save_time = time.monotonic()
+        self._timer = SaveTimer(config.save_checkpoints_steps, config.save_checkpoints_secs)
+        self._listeners = SavingListeners(model.saving_listeners if self._is_chief else ())
         self.finished = False
         self.target_step: int | None = None  # the global step training stops at, if known
-        self.last_checkpoint: str | None = checkpoints.latest_checkpoint(estimator.model_dir)
+        self.last_checkpoint: str | None = checkpoints.latest_checkpoint(model.model_dir)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._listeners.stop_requested
 
     # -- set-up ----------------------------------------------------------------------
     def start(self, input_dim: int) -> int:
-        if not self._is_chief and checkpoints.training_done(self._estimator.model_dir,
+        self._listeners.begin()
+        if not self._is_chief and checkpoints.training_done(self._model.model_dir,
                                                            self.target_step):
             log.info("Training has already finished")
             self.finished = True
-            return checkpoints.latest_global_step(self._estimator.model_dir)
+            return checkpoints.latest_global_step(self._model.model_dir)
         try:
             return self._start(input_dim)
         except PSUnavailable:
@@ -68,17 +75,16 @@ class ParameterServerSession:
 
     def _finish_if_done(self) -> int:
         """The ps tasks are gone: fine when training has finished, an error otherwise."""
-        if not checkpoints.training_done(self._estimator.model_dir, self.target_step):
+        if not checkpoints.training_done(self._model.model_dir, self.target_step):
             raise
         log.info("Training has finished (the parameter servers have stopped)")
         self.finished = True
-        return max(self._step, checkpoints.latest_global_step(self._estimator.model_dir))
+        return max(self._step, checkpoints.latest_global_step(self._model.model_dir))
 
     def _start(self, input_dim: int) -> int:
-        shapes = self._estimator._network.shapes(input_dim)
+        shapes = self._model.shapes(input_dim)
         num_ps = len(self._addresses)
-        self._placement = placement.assign(shapes, num_ps,
-                                           np.dtype(self._estimator._network.dtype).itemsize)
+        self._placement = placement.assign(shapes, num_ps, np.dtype(self._model.dtype).itemsize)
         self._shards = placement.shards(self._placement, num_ps)
         self._input_dim = input_dim
         if self._is_chief:
@@ -87,7 +93,6 @@ class ParameterServerSession:
             self._wait_for_initialization()
         self._pull()
         self._saved_step = self._step if self.last_checkpoint else -1
-        self._last_save_time = time.monotonic()
         return self._step
 
     def _initialize_shards(self, input_dim: int, only: set[int] | None = None) -> None:
@@ -104,11 +109,10 @@ class ParameterServerSession:
             log.info("Parameter servers already hold the variables (global step %d)",
                      statuses[0][0].get("global_step", 0))
             return
-        path = checkpoints.latest_checkpoint(self._estimator.model_dir)
-        restored = self._estimator._restore(path, input_dim)
+        path = checkpoints.latest_checkpoint(self._model.model_dir)
+        restored = self._model.restore(path, input_dim)
         if restored is None:
-            values = self._estimator._network.init_params(input_dim,
-                                                          self._estimator._rng("init"))
+            values = self._model.init_params(input_dim)
             slots: dict[str, np.ndarray] = {}
             step = 0
             log.info("Initializing variables on ps %s", sorted(missing))
@@ -204,11 +208,7 @@ class ParameterServerSession:
     def after_step(self, step: int) -> None:
         if not self._is_chief or self.finished:
             return
-        steps = self._config.save_checkpoints_steps
-        secs = self._config.save_checkpoints_secs
-        due = (steps and step // steps > max(self._saved_step, 0) // steps) or (
-            secs and time.monotonic() - self._last_save_time >= secs)
-        if due:
+        if self._timer.due(step):
             self.save()
 
     def save(self) -> None:
@@ -224,16 +224,21 @@ class ParameterServerSession:
         step = int(replies[0][0]["global_step"])
         if step == self._saved_step:
             return
-        self.last_checkpoint = checkpoints.save(self._estimator.model_dir, variables, step,
-                                                self._config.keep_checkpoint_max)
+
+        def write() -> None:
+            self.last_checkpoint = checkpoints.save(self._model.model_dir, variables, step,
+                                                    self._config.keep_checkpoint_max)
+
+        self._listeners.save(self, step, write)
         self._saved_step = step
-        self._last_save_time = time.monotonic()
+        self._timer.saved(step)
 
     def close(self, done: bool = False) -> None:
         if self._is_chief:
             self.save()
+            self._listeners.end(self, self._saved_step)
             if done:
-                checkpoints.mark_training_done(self._estimator.model_dir, self._saved_step)
+                checkpoints.mark_training_done(self._model.model_dir, self._saved_step)
                 self.stop_servers()
         self._client.close()
 

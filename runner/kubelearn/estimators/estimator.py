@@ -1,9 +1,9 @@
 """The Estimator: fit, evaluate, predict and export a network, with checkpoints in model_dir.
 
-Training runs through a *training session*, which owns the variables: the local session
-keeps them in this process; the parameter-server session (``kubelearn.distributed``)
-pulls them from and pushes gradients to the ps tasks of the cluster. The step loop is the
-same for both.
+Training runs through a *training session* (:class:`~kubelearn.estimators.session.
+TrainingSession`), which owns the variables: the local session keeps them in this process;
+the parameter-server session (``kubelearn.distributed``) pulls them from and pushes
+gradients to the ps tasks of the cluster. The step loop is the same for both.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,8 @@ from kubelearn import inputs as inputs_lib
 from kubelearn.estimators import metrics as metrics_lib
 from kubelearn.estimators import network as net
 from kubelearn.estimators import optimizers
+from kubelearn.estimators.local_session import LocalSession
+from kubelearn.estimators.session import CheckpointSaverListener, SessionModel, TrainingSession
 from kubelearn.hooks import LoggingHook, ProgressHook, StepContext
 from kubelearn.run_config import RunConfig, TaskType
 
@@ -36,72 +37,6 @@ class NotFittedError(ValueError, AttributeError):
 
 class NanLossDuringTrainingError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
-
-
-class LocalSession:
-    """Variables, optimiser state and global step held in this process.
-
-    Restores from the latest checkpoint of ``model_dir`` on start and saves checkpoints on
-    the schedule of the RunConfig, so a killed process loses at most the steps since the
-    last checkpoint.
-    """
-
-    def __init__(self, estimator: Estimator):
-        self._estimator = estimator
-        self._config = estimator.config
-        self._save_steps = self._config.save_checkpoints_steps
-        self._save_secs = self._config.save_checkpoints_secs
-        self._optimizer = estimator._new_optimizer()
-        self._params: dict[str, np.ndarray] = {}
-        self._step = 0
-        self._saved_step = -1
-        self._last_save_time = time.monotonic()
-        self.last_checkpoint: str | None = checkpoints.latest_checkpoint(estimator.model_dir)
-        self.target_step: int | None = None
-
-    def start(self, input_dim: int) -> int:
-        restored = self._estimator._restore(self.last_checkpoint, input_dim)
-        if restored is None:
-            self._params = self._estimator._network.init_params(
-                input_dim, self._estimator._rng("init"))
-            self._step = 0
-        else:
-            self._params, slots, self._step = restored
-            self._optimizer.load_state(slots)
-            self._saved_step = self._step
-        self._last_save_time = time.monotonic()
-        return self._step
-
-    def params(self) -> dict[str, np.ndarray]:
-        return self._params
-
-    def global_step(self) -> int:
-        return self._step
-
-    def apply(self, grads: Mapping[str, np.ndarray]) -> int:
-        self._optimizer.apply(self._params, grads)
-        self._step += 1
-        return self._step
-
-    def after_step(self, step: int) -> None:
-        if (self._save_steps and step % self._save_steps == 0) or (
-            self._save_secs and time.monotonic() - self._last_save_time >= self._save_secs
-        ):
-            self.save()
-
-    def save(self) -> None:
-        if self._step == self._saved_step:
-            return
-        variables = {**self._params, **self._optimizer.state()}
-        self.last_checkpoint = checkpoints.save(
-            self._estimator.model_dir, variables, self._step, self._config.keep_checkpoint_max)
-        self._saved_step = self._step
-        self._last_save_time = time.monotonic()
-
-    def close(self, done: bool = False) -> None:
-        self.save()
-        if done:
-            checkpoints.mark_training_done(self._estimator.model_dir, self._step)
 
 
 class Estimator:
@@ -164,7 +99,17 @@ class Estimator:
         variables, _ = checkpoints.load(self._latest_or_fail())
         return variables[name]
 
-    # -- helpers shared with the distributed session ---------------------------------
+    # -- what a training session gets ---------------------------------------------------
+    def _session_model(self, saving_listeners: Sequence[CheckpointSaverListener] = ()
+                       ) -> SessionModel:
+        network = self._network
+        return SessionModel(
+            model_dir=self._model_dir, config=self._config, dtype=np.dtype(network.dtype),
+            shapes=network.shapes,
+            init_params=lambda input_dim: network.init_params(input_dim, self._rng("init")),
+            restore=self._restore, new_optimizer=self._new_optimizer,
+            saving_listeners=tuple(saving_listeners))
+
     def _new_optimizer(self) -> optimizers.Optimizer:
         """A fresh optimiser (no slots) of the configured kind, for one training session."""
         if isinstance(self._optimizer_arg, optimizers.Optimizer):
@@ -248,15 +193,17 @@ class Estimator:
                  and n.rsplit("/", 1)[-1] in ("kernel", "bias")]
         return {n: variables[n] for n in names}, step
 
-    def _training_session(self) -> Any:
+    def _training_session(self, saving_listeners: Sequence[CheckpointSaverListener]
+                          ) -> TrainingSession:
         config = self._config
+        model = self._session_model(saving_listeners)
         if config.num_ps_replicas and config.task_type in (
             TaskType.WORKER, TaskType.MASTER, TaskType.CHIEF
         ):
             from kubelearn.distributed.session import ParameterServerSession
 
-            return ParameterServerSession(self)
-        return LocalSession(self)
+            return ParameterServerSession(model)
+        return LocalSession(model)
 
     # -- the public API ----------------------------------------------------------------
     def fit(
@@ -268,14 +215,24 @@ class Estimator:
         batch_size: int | None = None,
         monitors: Iterable[Any] | None = None,
         max_steps: int | None = None,
+        saving_listeners: Iterable[CheckpointSaverListener] | None = None,
     ) -> Estimator:
         """Trains from ``input_fn`` (or ``x``/``y``) for ``steps`` more steps or up to
         global step ``max_steps``, resuming from the latest checkpoint.
 
+        ``saving_listeners`` are called around each checkpoint this task saves (as with
+        tf.estimator's ``train``); only the chief saves.
+
         Raises:
-          ValueError: for both ``steps`` and ``max_steps``, non-positive counts, or both
-            ``x`` and ``input_fn``.
+          ValueError: for both ``steps`` and ``max_steps``, non-positive counts, both
+            ``x`` and ``input_fn``, both checkpoint intervals in the RunConfig, or a
+            saving listener that is not a CheckpointSaverListener.
         """
+        listeners = list(saving_listeners or [])
+        for listener in listeners:
+            if not isinstance(listener, CheckpointSaverListener):
+                raise ValueError(f"saving_listeners must be CheckpointSaverListener "
+                                 f"instances, got {type(listener).__name__}")
         if steps is not None and max_steps is not None:
             raise ValueError("Can not provide both steps and max_steps.")
         if steps is not None and steps <= 0:
@@ -288,11 +245,11 @@ class Estimator:
             hooks.append(LoggingHook(self._config.log_step_count_steps))
         if self._config.is_chief:
             hooks.append(ProgressHook(self._model_dir))
-        self._train(inputs_lib.batches(input_fn), steps, max_steps, hooks)
+        self._train(inputs_lib.batches(input_fn), steps, max_steps, hooks, listeners)
         return self
 
     def _train(self, batch_iter: Iterator[Any], steps: int | None, max_steps: int | None,
-               hooks: list[Any]) -> None:
+               hooks: list[Any], saving_listeners: list[CheckpointSaverListener]) -> None:
         try:
             features, labels = next(batch_iter)
         except StopIteration:
@@ -300,11 +257,11 @@ class Estimator:
             return
         x = self._features(features)
         y = self._labels(labels)
-        session = self._training_session()
+        session = self._training_session(saving_listeners)
         session.target_step = max_steps
         step = session.start(x.shape[1])
-        if getattr(session, "finished", False) or (max_steps is not None and step >= max_steps):
-            if not getattr(session, "finished", False):
+        if session.finished or (max_steps is not None and step >= max_steps):
+            if not session.finished:
                 log.info("Skipping training since max_steps has already saved.")
             session.close(done=True)
             return
@@ -326,7 +283,7 @@ class Estimator:
             session.after_step(step)
             for hook in hooks:
                 hook.after_step(context)
-            if context.stop_requested or getattr(session, "finished", False):
+            if context.stop_requested or session.stop_requested or session.finished:
                 break
             try:
                 features, labels = next(batch_iter)
@@ -335,7 +292,7 @@ class Estimator:
                 break
             x = self._features(features)
             y = self._labels(labels)
-        done = getattr(session, "finished", False) or (max_steps is not None and step >= max_steps)
+        done = session.finished or (max_steps is not None and step >= max_steps)
         session.close(done=done)
         for hook in hooks:
             hook.end(context)

@@ -1,0 +1,163 @@
+"""The training session: the interface between the Estimator's step loop and whatever owns
+the variables (this process, or the parameter servers of a cluster).
+
+The Estimator runs the same loop over any :class:`TrainingSession`; a session gets from the
+Estimator only a :class:`SessionModel`, never the Estimator itself. Checkpoints are saved on
+tf.contrib.learn's schedule (:class:`SaveTimer`), with :class:`CheckpointSaverListener`
+callbacks around every save.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from kubelearn.estimators import optimizers
+from kubelearn.run_config import RunConfig
+
+log = logging.getLogger("kubelearn")
+
+Restored = tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]
+
+
+class CheckpointSaverListener:
+    """Called around each checkpoint that training saves (TF's CheckpointSaverListener).
+
+    ``session`` is the :class:`TrainingSession`; ``global_step_value`` the step saved.
+    ``after_save`` may return True to ask training to stop.
+    """
+
+    def begin(self) -> None:
+        """Called once before the first step."""
+
+    def before_save(self, session: Any, global_step_value: int) -> None:
+        """Called before each checkpoint is written."""
+
+    def after_save(self, session: Any, global_step_value: int) -> bool | None:
+        """Called after each checkpoint is written; True stops training."""
+        return None
+
+    def end(self, session: Any, global_step_value: int) -> None:
+        """Called once at the end of training, after the last checkpoint."""
+
+
+@dataclass(frozen=True)
+class SessionModel:
+    """What a training session needs from the Estimator, and nothing more."""
+
+    model_dir: str
+    config: RunConfig
+    dtype: np.dtype
+    shapes: Callable[[int], Mapping[str, tuple[int, ...]]]
+    init_params: Callable[[int], dict[str, np.ndarray]]
+    restore: Callable[[str | None, int], Restored | None]
+    new_optimizer: Callable[[], optimizers.Optimizer]
+    saving_listeners: Sequence[CheckpointSaverListener] = field(default_factory=tuple)
+
+
+@runtime_checkable
+class TrainingSession(Protocol):
+    """Owns the variables, the optimiser state and the global step for one ``fit``."""
+
+    finished: bool
+    """True once the job's training is over (set by the session, e.g. when the chief has
+    marked it done or the parameter servers have stopped): the step loop stops."""
+    target_step: int | None
+    """The global step that training stops at, if known."""
+    last_checkpoint: str | None
+    """Path of the newest checkpoint this session knows of."""
+    stop_requested: bool
+    """True when a saving listener asked training to stop."""
+
+    def start(self, input_dim: int) -> int:
+        """Initialises or restores the variables; returns the global step."""
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Current values of the model's variables."""
+
+    def global_step(self) -> int:
+        """The current global step."""
+
+    def apply(self, grads: Mapping[str, np.ndarray]) -> int:
+        """Applies one step's gradients; returns the new global step."""
+
+    def after_step(self, step: int) -> None:
+        """Saves a checkpoint when one is due."""
+
+    def save(self) -> None:
+        """Saves a checkpoint of the current step, unless it already has one."""
+
+    def close(self, done: bool = False) -> None:
+        """Saves a last checkpoint and releases the session; ``done`` marks the job's
+        training as finished."""
+
+
+class SaveTimer:
+    """When checkpoints are due: at the first step a session runs, then once
+    ``every_steps`` steps or ``every_secs`` seconds have passed since the last save (the
+    schedule of TF's CheckpointSaverHook).
+
+    Raises:
+      ValueError: both intervals are set.
+    """
+
+    def __init__(self, every_steps: int | None, every_secs: float | None,
+                 clock: Callable[[], float] = time.monotonic):
+        if every_steps and every_secs:
+            raise ValueError(
+                "Can not provide both save_checkpoints_secs and save_checkpoints_steps.")
+        self.every_steps = every_steps or None
+        self.every_secs = every_secs or None
+        self._clock = clock
+        self.last_step: int | None = None
+        self._last_time = clock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every_steps or self.every_secs)
+
+    def due(self, step: int) -> bool:
+        if not self.enabled or step == self.last_step:
+            return False
+        if self.last_step is None:
+            return True
+        if self.every_steps and step >= self.last_step + self.every_steps:
+            return True
+        return bool(self.every_secs and self._clock() - self._last_time >= self.every_secs)
+
+    def saved(self, step: int) -> None:
+        self.last_step = step
+        self._last_time = self._clock()
+
+
+class SavingListeners:
+    """Calls the listeners of one session, in order, around each of its saves."""
+
+    def __init__(self, listeners: Iterable[CheckpointSaverListener]):
+        self._listeners = list(listeners)
+        self.stop_requested = False
+
+    def begin(self) -> None:
+        for listener in self._listeners:
+            listener.begin()
+
+    def save(self, session: Any, step: int, write: Callable[[], None]) -> None:
+        """Runs ``write`` (which saves the checkpoint of ``step``) between ``before_save``
+        and ``after_save``."""
+        for listener in self._listeners:
+            listener.before_save(session, step)
+        write()
+        for listener in self._listeners:
+            if listener.after_save(session, step):
+                log.info("A CheckpointSaverListener requested that training be stopped. "
+                         "listener: %s", listener)
+                self.stop_requested = True
+
+    def end(self, session: Any, step: int) -> None:
+        for listener in self._listeners:
+            listener.end(session, step)

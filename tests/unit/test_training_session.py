@@ -1,0 +1,128 @@
+"""The training session interface, the checkpoint schedule and the saving listeners."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from kubelearn import RunConfig
+from kubelearn.estimators import LinearRegressor
+from kubelearn.estimators.session import (
+    CheckpointSaverListener,
+    SaveTimer,
+    SessionModel,
+    TrainingSession,
+)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _due_steps(timer, steps):
+    due = []
+    for step in steps:
+        if timer.due(step):
+            timer.saved(step)
+            due.append(step)
+    return due
+
+
+def test_save_timer_by_steps_saves_at_the_first_step_then_every_n():
+    assert _due_steps(SaveTimer(3, None), range(1, 9)) == [1, 4, 7]
+    timer = SaveTimer(100, None)
+    assert _due_steps(timer, [5, 60, 104, 105, 230, 290, 331]) == [5, 105, 230, 331]
+
+
+def test_save_timer_by_seconds():
+    clock = FakeClock()
+    timer = SaveTimer(None, 10, clock=clock)
+    due = []
+    for step in range(1, 8):
+        clock.now += 4
+        if timer.due(step):
+            timer.saved(step)
+            due.append(step)
+    assert due == [1, 4, 7]  # 12 s after the save at step 4
+
+
+def test_save_timer_off_and_both_intervals():
+    assert _due_steps(SaveTimer(None, None), range(1, 5)) == []
+    with pytest.raises(ValueError, match="save_checkpoints_secs and save_checkpoints_steps"):
+        SaveTimer(3, 4)
+
+
+def test_fit_refuses_both_checkpoint_intervals(tmp_path):
+    config = RunConfig(model_dir=str(tmp_path), save_checkpoints_steps=3,
+                       save_checkpoints_secs=4)
+    est = LinearRegressor(config=config)
+    with pytest.raises(ValueError, match="save_checkpoints_secs and save_checkpoints_steps"):
+        est.fit(x=np.ones((4, 2), np.float32), y=np.ones(4, np.float32), steps=2)
+
+
+def _model(config):
+    from kubelearn.estimators.optimizers import get
+
+    return SessionModel(
+        model_dir=config.model_dir, config=config, dtype=np.dtype(np.float32),
+        shapes=lambda n: {"w": (n, 1)}, init_params=lambda n: {"w": np.zeros((n, 1))},
+        restore=lambda path, n: None, new_optimizer=lambda: get("SGD", 0.1))
+
+
+def test_both_sessions_implement_the_training_session(tmp_path, monkeypatch):
+    from kubelearn.distributed.session import ParameterServerSession
+    from kubelearn.estimators.local_session import LocalSession
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    local = LocalSession(_model(RunConfig(model_dir=str(tmp_path))))
+    assert isinstance(local, TrainingSession)
+    assert local.finished is False and local.stop_requested is False
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"ps": ["127.0.0.1:9"], "worker": ["127.0.0.1:10", "127.0.0.1:11"]},
+        "task": {"type": "worker", "index": 1}}))
+    remote = ParameterServerSession(_model(RunConfig(model_dir=str(tmp_path))))
+    try:
+        assert isinstance(remote, TrainingSession)
+        assert remote.finished is False and remote.stop_requested is False
+    finally:
+        remote.close()
+
+
+def test_local_session_calls_listeners_around_saves_and_at_the_end(tmp_path, monkeypatch):
+    from kubelearn.estimators.local_session import LocalSession
+
+    calls = []
+
+    class Listener(CheckpointSaverListener):
+        def before_save(self, session, global_step_value):
+            calls.append(("before", global_step_value, session.last_checkpoint))
+
+        def after_save(self, session, global_step_value):
+            calls.append(("after", global_step_value, session.last_checkpoint))
+
+        def end(self, session, global_step_value):
+            calls.append(("end", global_step_value))
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = RunConfig(model_dir=str(tmp_path), save_checkpoints_steps=2)
+    session = LocalSession(dataclasses.replace(_model(config), saving_listeners=[Listener()]))
+    assert session.start(3) == 0
+    for _ in range(3):
+        session.after_step(session.apply({"w": np.ones((3, 1))}))
+    session.close(done=True)
+    first = str(tmp_path / "model.ckpt-1")
+    assert calls == [("before", 1, None), ("after", 1, first), ("before", 3, first),
+                     ("after", 3, str(tmp_path / "model.ckpt-3")), ("end", 3)]
+
+
+def test_listener_defaults_do_nothing():
+    listener = CheckpointSaverListener()
+    listener.begin()
+    listener.before_save(None, 1)
+    assert not listener.after_save(None, 1)
+    listener.end(None, 1)
