@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from kubelearn.distributed import ENV_CURVE_KEY
@@ -25,13 +26,13 @@ def new_key() -> str:
     return secrets.token_hex(32)
 
 
-def key_from_env() -> str | None:
+def key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """The experiment's key from the environment; None when the wire is not encrypted.
 
     Raises:
       ValueError: when the variable is set but is not 64 hex digits.
     """
-    text = os.environ.get(ENV_CURVE_KEY, "").strip()
+    text = (os.environ if environ is None else environ).get(ENV_CURVE_KEY, "").strip()
     if not text:
         return None
     _raw(text)
