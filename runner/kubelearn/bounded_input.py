@@ -38,6 +38,11 @@ class InputError(ValueError):
 
 def read_text(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> str:
     """The UTF-8 text of the regular file ``path``, at most ``limit`` bytes."""
+    return decode(read_bytes(path, limit), str(path))
+
+
+def read_bytes(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             kind = "a directory" if os.path.isdir(path) else "not a regular file"
@@ -52,7 +57,7 @@ def read_text(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> str:
         raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise InputError(f"{path}: larger than {limit} bytes")
-    return decode(data, str(path))
+    return data
 
 
 def decode(data: bytes, source: str) -> str:
