@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,11 @@ def replica_env(ref: ExperimentRef, spec: ExperimentSpec, role: str, index: int,
         {"name": "KUBELEARN_MODEL_DIR", "value": spec.model_dir},
         {"name": "KUBELEARN_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": naming.secret_name(ref.name), "key": naming.TOKEN_KEY}}},
+        # Optional: a Secret made before the wire was encrypted has no key; then every
+        # replica of the experiment alike speaks plaintext.
+        {"name": "KUBELEARN_CURVE_KEY", "valueFrom": {"secretKeyRef": {
+            "name": naming.secret_name(ref.name), "key": naming.CURVE_KEY,
+            "optional": True}}},
         # The runner writes its final metrics (or its error) there; the kubelet puts them
         # in the pod's status, where the operator reads them.
         {"name": "KUBELEARN_TERMINATION_LOG", "value": naming.TERMINATION_LOG},
@@ -171,12 +177,17 @@ def build_service(ref: ExperimentRef, role: str, index: int) -> dict[str, Any]:
     }
 
 
-def build_secret(ref: ExperimentRef, token: str) -> dict[str, Any]:
-    """Secret with the token that authenticates the experiment's parameter-server traffic."""
+def build_secret(ref: ExperimentRef, token: str, curve_key: str | None = None
+                 ) -> dict[str, Any]:
+    """Secret with the token that authenticates the experiment's parameter-server traffic
+    (and its progress endpoint) and the Curve key that encrypts that traffic (fresh
+    random bytes unless given)."""
+    curve_key = curve_key if curve_key is not None else secrets.token_hex(32)
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": ref.metadata(naming.secret_name(ref.name), naming.selector(ref.name)),
-        "data": {naming.TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+        "data": {naming.TOKEN_KEY: base64.b64encode(token.encode()).decode(),
+                 naming.CURVE_KEY: base64.b64encode(curve_key.encode()).decode()},
     }
 
 
