@@ -150,7 +150,10 @@ def load_yaml_all(text: str, source: str) -> list[Any]:
     Raises:
       InputError: naming ``source``, for invalid YAML or input beyond the bounds.
     """
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # refuses unprintable characters at once
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: not valid YAML: {_one_line(exc)}") from None
     loader.source = source
     documents = []
     try:
