@@ -39,11 +39,18 @@ def send(socket: Any, frames: list[Any]) -> None:
     socket.send_multipart(frames, copy=total < COPY_BELOW_BYTES)
 
 
+#: Messages a receiving socket queues per peer. A peer of the protocol has one request in
+#: flight; a flooding peer is held back by TCP instead of filling the receiver's memory.
+RECEIVE_QUEUE_PER_PEER = 16
+
+
 def bound_socket(socket: Any) -> None:
-    """Caps what a peer can make ``socket`` buffer: no frame longer than MAX_FRAME_BYTES."""
+    """Caps what a peer can make ``socket`` buffer: no frame longer than MAX_FRAME_BYTES,
+    at most RECEIVE_QUEUE_PER_PEER messages queued."""
     import zmq
 
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    socket.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_PER_PEER)
 
 
 class WireError(ValueError):
