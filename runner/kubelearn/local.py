@@ -52,13 +52,15 @@ def cluster_for(spec: ExperimentSpec, port: Callable[[], int] = free_port
 
 
 def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, index: int,
-             model_dir: str, token: str) -> dict[str, str]:
-    """The environment of one replica, as the operator gives it to a pod."""
+             model_dir: str, token: str, curve_key: str = "") -> dict[str, str]:
+    """The environment of one replica, as the operator gives it to a pod (the Curve key
+    empty: the ps wire in plaintext)."""
     tf_config = {"cluster": cluster, "task": {"type": role, "index": index},
                  "environment": "cloud"}
     return {
         "TF_CONFIG": json.dumps(tf_config),
         "KUBELEARN_TOKEN": token,
+        "KUBELEARN_CURVE_KEY": curve_key,
         "KUBELEARN_EXPERIMENT": spec.name,
         "KUBELEARN_ROLE": role,
         "KUBELEARN_INDEX": str(index),
@@ -68,6 +70,14 @@ def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, ind
         "KUBELEARN_PROGRESS_PORT": "0",  # the launcher reads progress.json directly
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def _curve_available() -> bool:
+    try:
+        import zmq
+    except ImportError:
+        return False
+    return bool(zmq.has("curve"))
 
 
 def restart_wanted(policy: str, exit_code: int) -> bool:
@@ -160,9 +170,12 @@ class Launcher:
         self.console = console
         self.python = python
         self.token = secrets.token_hex(16)
+        # The ps wire encrypted as on a cluster, when this pyzmq can.
+        self.curve_key = secrets.token_hex(32) if _curve_available() else ""
         self.cluster = cluster_for(spec)
         self.replicas = [
-            Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token),
+            Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token,
+                                      self.curve_key),
                     spec.roles[role].restart_policy)
             for role in START_ORDER if spec.replicas(role) for i in range(spec.replicas(role))
         ]

@@ -177,6 +177,12 @@ def test_curve_admits_only_peers_holding_the_experiments_key(tmp_path):
                                       {"w": np.ones((2, 3), np.float32)})
         assert header["global_step"] == 1
         np.testing.assert_allclose(tensors["w"], 0.5)
+        # Tensors in full-size frames pass the frame cap with Curve's envelope around them.
+        big = np.arange(3 * wire.FRAME_BYTES // 4, dtype=np.float32)
+        spec = optimizers.spec(optimizers.GradientDescent(0.5))
+        client.call(0, "init", {"variables": ["w"], "optimizer": spec, "force": True}, {"w": big})
+        _, tensors = client.call(0, "pull")
+        np.testing.assert_array_equal(tensors["w"], big)
         with pytest.raises(PSError, match="unauthenticated"):  # the key alone is not enough
             PSClient([address], token="wrong", request_timeout=10, deadline=60,
                      curve_key=key).call(0, "status")

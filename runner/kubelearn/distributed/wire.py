@@ -27,8 +27,9 @@ MAX_DIMS = 32
 #: The most frames one message may have (a ROUTER adds the peer's identity in front).
 MAX_FRAMES = 1 << 16
 #: Every frame, header or tensor part, is at most this long; ZeroMQ drops a peer that sends
-#: a longer one before buffering it (``zmq.MAXMSGSIZE`` on the receiving socket).
-MAX_FRAME_BYTES = max(FRAME_BYTES, MAX_HEADER_BYTES)
+#: a longer one before buffering it (``zmq.MAXMSGSIZE`` on the receiving socket, which
+#: counts a frame as it travels: with room for CurveZMQ's envelope).
+MAX_FRAME_BYTES = max(FRAME_BYTES, MAX_HEADER_BYTES) + (64 << 10)
 #: Header values that may be echoed back to a peer (request ids) are bounded.
 MAX_ID_CHARS = 64
 
