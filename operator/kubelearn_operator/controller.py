@@ -97,7 +97,8 @@ class Controller:
         self.options = Options(default_image=settings.image,
                                cluster_domain=settings.cluster_domain,
                                inline_cluster_max=settings.inline_cluster_max,
-                               network_policy=settings.network_policy)
+                               network_policy=settings.network_policy,
+                               encrypt_wire=settings.encrypt_wire)
         self.queue = WorkQueue()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._pods: dict[str, Informer[PodState]] = {}

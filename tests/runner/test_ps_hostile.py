@@ -206,3 +206,24 @@ def test_refused_peers_are_remembered_within_a_bound():
         assert server.refused_count == 3 * MAX_REFUSED_PEERS
     finally:
         server.close()
+
+
+def test_local_experiment_trains_over_an_encrypted_wire(tmp_path):
+    import yaml
+
+    manifest = tmp_path / "exp.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "curve"},
+        "spec": {"experimentFn": "kubelearn.examples.linear:experiment_fn",
+                 "hparams": {"train_steps": 200, "save_checkpoints_steps": 100},
+                 "replicas": {"ps": 1, "worker": 1}}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
+         str(tmp_path / "m"), "--no-progress"],
+        env={**env, "KUBELEARN_WIRE_ENCRYPTION": "curve"}, capture_output=True, text=True,
+        timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Succeeded" in proc.stdout
+    assert "(CurveZMQ)" in proc.stdout, proc.stdout[-3000:]

@@ -299,7 +299,8 @@ class ParameterServer:
     def serve_forever(self) -> None:
         poller = self._zmq.Poller()
         poller.register(self._socket, self._zmq.POLLIN)
-        log.info("Parameter server %d listening on %s", self.task_index, self.endpoint)
+        log.info("Parameter server %d listening on %s (%s)", self.task_index, self.endpoint,
+                 "CurveZMQ" if self._gate is not None else "plaintext")
         while not self.finished():
             if poller.poll(200):
                 self.handle(self._socket.recv_multipart(copy=False))
