@@ -1,6 +1,7 @@
 """Parameter-server throughput: a push and a pull of 1, 16 and 64 MB float32 tensors through
 the ps (a separate process applying SGD) versus a raw loopback TCP socket moving the same
-bytes both ways (a separate echo process). Both run in the same invocation, alternately.
+bytes both ways (a separate echo process), and the ps with CurveZMQ encryption (the
+experiment's key) against the ps in plaintext. All run in the same invocation, alternately.
 
     python bench/ps_throughput.py [--repeats 7]
 """
@@ -58,23 +59,24 @@ def raw_round_trips(size: int, repeats: int) -> list[float]:
     return times
 
 
-def _ps_server(port: int) -> None:
+def _ps_server(port: int, curve_key: str | None) -> None:
     from kubelearn.distributed.server import ParameterServer
 
-    server = ParameterServer(f"127.0.0.1:{port}", 0, "bench-token")
+    server = ParameterServer(f"127.0.0.1:{port}", 0, "bench-token", curve_key)
     server.serve_forever()
 
 
-def ps_round_trips(size: int, repeats: int) -> list[float]:
+def ps_round_trips(size: int, repeats: int, curve_key: str | None = None) -> list[float]:
     from kubelearn.distributed.client import PSClient
     from kubelearn.estimators import optimizers
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = mp.get_context("spawn").Process(target=_ps_server, args=(port,))
+    proc = mp.get_context("spawn").Process(target=_ps_server, args=(port, curve_key))
     proc.start()
-    client = PSClient([f"127.0.0.1:{port}"], "bench-token", request_timeout=60)
+    client = PSClient([f"127.0.0.1:{port}"], "bench-token", request_timeout=60,
+                      curve_key=curve_key)
     values = np.zeros(size // 4, np.float32)
     grads = np.ones(size // 4, np.float32)
     client.call(0, "init", {"variables": ["w"], "global_step": 0,
@@ -97,13 +99,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    print(f"{'tensor':>7} {'raw MB/s':>9} {'ps MB/s':>9} {'ps/raw':>7}   (push + pull, best of N)")
+    from kubelearn.distributed import curve
+
+    key = curve.new_key()
+    print(f"{'tensor':>7} {'raw MB/s':>9} {'ps MB/s':>9} {'ps/raw':>7} {'curve MB/s':>11} "
+          f"{'plain/curve':>12}   (push + pull, best of N)")
     for mb in (1, 16, 64):
         size = mb * MB
         raw = min(raw_round_trips(size, args.repeats))
         ps = min(ps_round_trips(size, args.repeats))
+        encrypted = min(ps_round_trips(size, args.repeats, key))
         moved = 2 * mb
-        print(f"{mb:>5}MB {moved / raw:9.0f} {moved / ps:9.0f} {raw / ps:7.2f}")
+        print(f"{mb:>5}MB {moved / raw:9.0f} {moved / ps:9.0f} {raw / ps:7.2f} "
+              f"{moved / encrypted:11.0f} {encrypted / ps:12.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from . import metrics, naming
+from . import metrics, naming, progress
 from .informer import Informer
 from .kube import ApiError, KubeClient
 from .manifests import ExperimentRef, build_secret
@@ -97,7 +97,8 @@ class Controller:
         self.options = Options(default_image=settings.image,
                                cluster_domain=settings.cluster_domain,
                                inline_cluster_max=settings.inline_cluster_max,
-                               network_policy=settings.network_policy)
+                               network_policy=settings.network_policy,
+                               encrypt_wire=settings.encrypt_wire)
         self.queue = WorkQueue()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._pods: dict[str, Informer[PodState]] = {}
@@ -113,6 +114,7 @@ class Controller:
         # (harmless, 409) a thousand times.
         self._expected: dict[str, dict[str, tuple[float, str, int]]] = {}
         self._progress: dict[str, dict[str, Any]] = {}  # uid -> last polled chief progress
+        self._progress_tokens: dict[str, str] = {}  # uid -> its token, for the poll
         self.instance = socket.gethostname()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -204,6 +206,7 @@ class Controller:
     def _forget(self, uid: str) -> None:
         self._expected.pop(uid, None)
         self._progress.pop(uid, None)
+        self._progress_tokens.pop(uid, None)
         self._ensured = {e for e in self._ensured if e[0] != uid}
         self._reported = {e for e in self._reported if e[0] != uid}
 
@@ -286,9 +289,14 @@ class Controller:
         host = f"[{ip}]" if ":" in ip else ip
         url = f"http://{host}:{naming.PROGRESS_PORT}{naming.PROGRESS_PATH}"
         try:
-            async with session.get(url) as response:
-                report = await response.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            token = self._progress_tokens.get(uid)
+            if not token:  # the chief asks for the experiment's token, kept in its Secret
+                token = progress.token_from_secret(await self.client.request(
+                    "GET", f"/api/v1/namespaces/{key[0]}/secrets/{naming.secret_name(key[1])}"))
+                if token:
+                    self._progress_tokens[uid] = token
+            report = await progress.fetch(session, url, token) if token else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ApiError, ValueError):
             return  # not up yet, or gone: the next poll tries again
         if isinstance(report, dict) and report != self._progress.get(uid):
             self._progress[uid] = report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,7 @@ def default_command(spec: ExperimentSpec) -> list[str]:
 
 def replica_env(ref: ExperimentRef, spec: ExperimentSpec, role: str, index: int,
                 tf_config_value: str, *, cluster_from_configmap: bool = False,
-                ) -> list[dict[str, Any]]:
+                encrypt_wire: bool = False) -> list[dict[str, Any]]:
     """Environment of a replica's main container: the runner contract."""
     cluster: list[dict[str, Any]] = []
     if cluster_from_configmap:
@@ -64,6 +65,11 @@ def replica_env(ref: ExperimentRef, spec: ExperimentSpec, role: str, index: int,
         {"name": "KUBELEARN_MODEL_DIR", "value": spec.model_dir},
         {"name": "KUBELEARN_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": naming.secret_name(ref.name), "key": naming.TOKEN_KEY}}},
+        # Optional: a Secret made before the key was added has none; then every replica of
+        # the experiment alike speaks plaintext.
+        *([{"name": "KUBELEARN_CURVE_KEY", "valueFrom": {"secretKeyRef": {
+            "name": naming.secret_name(ref.name), "key": naming.CURVE_KEY,
+            "optional": True}}}] if encrypt_wire else []),
         # The runner writes its final metrics (or its error) there; the kubelet puts them
         # in the pod's status, where the operator reads them.
         {"name": "KUBELEARN_TERMINATION_LOG", "value": naming.TERMINATION_LOG},
@@ -86,8 +92,10 @@ class PodBuilder:
 
     def __init__(self, ref: ExperimentRef, spec: ExperimentSpec, *,
                  cluster_domain: str | None = None, gang: bool = False,
-                 inline_max: int = INLINE_CLUSTER_MAX_REPLICAS) -> None:
+                 inline_max: int = INLINE_CLUSTER_MAX_REPLICAS,
+                 encrypt_wire: bool = False) -> None:
         self.ref = ref
+        self.encrypt_wire = encrypt_wire
         self.spec = spec
         self.gang = gang and spec.run_policy.scheduling is not None
         counts = {role: r.replicas for role, r in spec.replicas.items()}
@@ -132,7 +140,8 @@ class PodBuilder:
         if not main.get("command") and not main.get("args"):
             main["command"] = default_command(self.spec)
         ours = replica_env(self.ref, self.spec, role, index, self.tf_config(role, index),
-                           cluster_from_configmap=self.cluster_from_configmap)
+                           cluster_from_configmap=self.cluster_from_configmap,
+                           encrypt_wire=self.encrypt_wire)
         names = {e["name"] for e in ours}
         main["env"] = ours + [e for e in main.get("env") or [] if e.get("name") not in names]
         ports = [p for p in main.get("ports") or [] if p.get("containerPort") != naming.PORT]
@@ -171,12 +180,17 @@ def build_service(ref: ExperimentRef, role: str, index: int) -> dict[str, Any]:
     }
 
 
-def build_secret(ref: ExperimentRef, token: str) -> dict[str, Any]:
-    """Secret with the token that authenticates the experiment's parameter-server traffic."""
+def build_secret(ref: ExperimentRef, token: str, curve_key: str | None = None
+                 ) -> dict[str, Any]:
+    """Secret with the token that authenticates the experiment's parameter-server traffic
+    (and its progress endpoint) and the Curve key that encrypts that traffic (fresh
+    random bytes unless given)."""
+    curve_key = curve_key if curve_key is not None else secrets.token_hex(32)
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": ref.metadata(naming.secret_name(ref.name), naming.selector(ref.name)),
-        "data": {naming.TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+        "data": {naming.TOKEN_KEY: base64.b64encode(token.encode()).decode(),
+                 naming.CURVE_KEY: base64.b64encode(curve_key.encode()).decode()},
     }
 
 

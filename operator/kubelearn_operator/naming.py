@@ -27,6 +27,9 @@ CONTAINER_NAME = "kubelearn"
 PORT = 2222
 PORT_NAME = "kubelearn-port"
 TOKEN_KEY = "token"
+#: The experiment's CurveZMQ secret key (64 hex digits) in the same Secret: the ps wire
+#: is encrypted and admits only the experiment's replicas.
+CURVE_KEY = "curve-key"
 CLUSTER_KEY = "cluster"
 CLUSTER_ENV = "KUBELEARN_CLUSTER_SPEC"
 

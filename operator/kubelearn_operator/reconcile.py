@@ -58,6 +58,7 @@ class Options:
     cluster_domain: str | None = None
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
     network_policy: NetworkPolicyConfig | None = None
+    encrypt_wire: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,8 @@ class _Planner:
                 self.status["podGroup"] = {"name": "", "message": PODGROUP_MISSING}
         builder = PodBuilder(self.ref, spec, cluster_domain=self.options.cluster_domain,
                              gang=gang and self.observed.podgroup_available,
-                             inline_max=self.options.inline_cluster_max)
+                             inline_max=self.options.inline_cluster_max,
+                             encrypt_wire=self.options.encrypt_wire)
         plan.configmap = builder.configmap()
         desired = spec.replica_keys()
         desired_names = {naming.replica_name(self.ref.name, r, i) for r, i in desired}

@@ -39,6 +39,9 @@ class Settings:
     inline_cluster_max: int = 64
     progress_seconds: float = 5.0
     network_policy: NetworkPolicyConfig | None = None
+    #: CurveZMQ on every experiment's ps wire (KUBELEARN_WIRE_ENCRYPTION=curve). Off by
+    #: default: it costs more than 2x in ps throughput (README, bench/ps_throughput.py).
+    encrypt_wire: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,4 +72,13 @@ class Settings:
                                           cls.inline_cluster_max)),
             progress_seconds=number("KUBELEARN_PROGRESS_SECONDS", cls.progress_seconds),
             network_policy=network_policy_config(env),
+            encrypt_wire=wire_encryption(env.get("KUBELEARN_WIRE_ENCRYPTION", "")),
         )
+
+
+def wire_encryption(value: str) -> bool:
+    """``curve`` turns CurveZMQ on, ``none`` (or nothing) leaves it off."""
+    choice = value.strip().lower()
+    if choice not in ("", "none", "curve"):
+        raise ValueError(f"KUBELEARN_WIRE_ENCRYPTION must be curve or none, got {value!r}")
+    return choice == "curve"

@@ -25,6 +25,8 @@ DEFAULT_BACKOFF_LIMIT = 6
 _EXPERIMENT_FN = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: The CRD's ``maximum`` for a role's replica count (crds/experiments.kubelearn.dev.yaml).
+MAX_REPLICAS = 100_000
 
 
 class SpecError(ValueError):
@@ -90,11 +92,13 @@ class ExperimentSpec:
         return [(role, i) for role in naming.ROLES for i in range(self.count(role))]
 
 
-def _int(value: Any, path: str, minimum: int) -> int:
+def _int(value: Any, path: str, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{path} must be an integer, got {value!r}")
+        raise SpecError(f"{path} must be an integer, got {str(value)[:100]!r}")
     if value < minimum:
         raise SpecError(f"{path} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SpecError(f"{path} must be <= {maximum}, got {value}")
     return value
 
 
@@ -127,9 +131,10 @@ def _replica_specs(spec: Mapping[str, Any]) -> dict[str, ReplicaSpec]:
             raise SpecError(f"spec.replicas.{role} and spec.replicaSpecs.{role}.replicas are "
                             "both set; give the count once")
         if "replicas" in entry:
-            count = _int(entry["replicas"], f"spec.replicaSpecs.{role}.replicas", 0)
+            count = _int(entry["replicas"], f"spec.replicaSpecs.{role}.replicas", 0,
+                         MAX_REPLICAS)
         elif role in counts:
-            count = _int(counts[role], f"spec.replicas.{role}", 0)
+            count = _int(counts[role], f"spec.replicas.{role}", 0, MAX_REPLICAS)
         elif role in full:
             count = 1
         else:
@@ -202,7 +207,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str, namespace: str,
     if not isinstance(spec, Mapping):
         raise SpecError("spec must be an object")
     fn = spec.get("experimentFn")
-    if not isinstance(fn, str) or not _EXPERIMENT_FN.match(fn):
+    if not isinstance(fn, str) or not _EXPERIMENT_FN.fullmatch(fn):
         raise SpecError("spec.experimentFn must be of the form module:function, "
                         "e.g. kubelearn.examples.linear:experiment_fn")
     hparams = spec.get("hparams") or {}
@@ -218,7 +223,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str, namespace: str,
         raise SpecError("spec.replicas: master and chief are exclusive; set one of them")
     if not (counts.get("worker", 0) or counts.get("master", 0) or counts.get("chief", 0)):
         raise SpecError("spec.replicas: at least one worker or master (or chief) is required")
-    if not _DNS_1035.match(name):
+    if not _DNS_1035.fullmatch(name):
         raise SpecError("metadata.name must be a DNS-1035 label (lower-case letters, digits "
                         "and '-', starting with a letter): it names the experiment's services")
     if len(name) > max_name_length(counts):

@@ -8,8 +8,10 @@ are loaded with ``allow_pickle=False``: a checkpoint can never execute code.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -21,6 +23,26 @@ PREFIX = "model.ckpt"
 GLOBAL_STEP = "global_step"
 _LINE_RE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths):\s*"(.*)"\s*$')
 _STEP_RE = re.compile(r"-(\d+)(?:\.npz)?$")
+#: What a checkpoint may hold: the dtypes the variables and optimiser slots have.
+ALLOWED_DTYPES = frozenset({"float32", "float64", "int64"})
+MAX_DIMS = 32
+#: Bytes of all arrays of one checkpoint, as their headers declare them, checked before
+#: any array is read (a crafted header cannot make the loader allocate more).
+MAX_CHECKPOINT_BYTES = 1 << 36
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or index that kubelearn did not write; the message names it."""
+
+
+def _inside(model_dir: str, entry: str, index: str) -> str:
+    """The path of index ``entry``, which must resolve inside ``model_dir``."""
+    root = os.path.realpath(model_dir)
+    path = os.path.realpath(os.path.join(model_dir, entry))
+    if os.path.isabs(entry) or not path.startswith(root.rstrip(os.sep) + os.sep):
+        raise CheckpointError(f"{index}: entry {entry!r} is outside the model directory "
+                              f"{model_dir}")
+    return os.path.join(model_dir, entry)
 
 
 def checkpoint_paths(model_dir: str | None) -> list[str]:
@@ -35,9 +57,11 @@ def checkpoint_paths(model_dir: str | None) -> list[str]:
         return []
     paths: list[str] = []
     for line in lines:
-        match = _LINE_RE.match(line.strip())
-        if match and match.group(1) == "all_model_checkpoint_paths":
-            paths.append(os.path.join(model_dir, match.group(2)))
+        match = _LINE_RE.fullmatch(line.strip())
+        if match:
+            path = _inside(model_dir, match.group(2), index)
+            if match.group(1) == "all_model_checkpoint_paths":
+                paths.append(path)
     return [p for p in paths if os.path.exists(p + ".npz")]
 
 
@@ -84,12 +108,65 @@ def save(
     return prefix
 
 
+def _check_headers(file: str) -> None:
+    """Checks every array's declared dtype and shape before a byte of data is read."""
+    total = 0
+    with zipfile.ZipFile(file) as archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            if dtype.name not in ALLOWED_DTYPES:
+                raise CheckpointError(f"{file}: {name} has dtype {dtype}; a checkpoint holds "
+                                      f"only {', '.join(sorted(ALLOWED_DTYPES))}")
+            if len(shape) > MAX_DIMS:
+                raise CheckpointError(f"{file}: {name} has {len(shape)} dimensions")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise CheckpointError(f"{file}: {name} declares {nbytes} bytes but holds "
+                                      f"{info.file_size}")
+            total += nbytes
+    if total > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{file}: declares {total} bytes of arrays, more than "
+                              f"{MAX_CHECKPOINT_BYTES}")
+
+
+def _step(file: str, value: np.ndarray) -> int:
+    if value.shape != () or value.dtype.name != "int64":
+        raise CheckpointError(f"{file}: {GLOBAL_STEP} must be one int64, got "
+                              f"{value.dtype} {list(value.shape)}")
+    step = int(value)
+    if step < 0:
+        raise CheckpointError(f"{file}: {GLOBAL_STEP} is negative ({step})")
+    return step
+
+
 def load(path: str) -> tuple[dict[str, np.ndarray], int]:
-    """Reads a checkpoint; returns its variables and global step."""
+    """Reads a checkpoint; returns its variables and global step.
+
+    Raises:
+      CheckpointError: naming the file, for anything kubelearn would not have written: a
+        truncated or foreign file, a dtype other than float32/float64/int64, a declared
+        shape its data does not fill, a global step that is not one non-negative int64.
+    """
     file = path if path.endswith(".npz") else path + ".npz"
-    with np.load(file, allow_pickle=False) as data:
-        variables = {name: data[name] for name in data.files if name != GLOBAL_STEP}
-        step = int(data[GLOBAL_STEP]) if GLOBAL_STEP in data.files else step_of(path)
+    try:
+        _check_headers(file)
+        with np.load(file, allow_pickle=False) as data:
+            variables = {name: data[name] for name in data.files if name != GLOBAL_STEP}
+            step = (_step(file, data[GLOBAL_STEP]) if GLOBAL_STEP in data.files
+                    else step_of(path))
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
+            zipfile.LargeZipFile, NotImplementedError) as exc:
+        raise CheckpointError(f"{file}: not a readable checkpoint: {exc}") from None
     return variables, step
 
 

@@ -52,13 +52,15 @@ def cluster_for(spec: ExperimentSpec, port: Callable[[], int] = free_port
 
 
 def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, index: int,
-             model_dir: str, token: str) -> dict[str, str]:
-    """The environment of one replica, as the operator gives it to a pod."""
+             model_dir: str, token: str, curve_key: str = "") -> dict[str, str]:
+    """The environment of one replica, as the operator gives it to a pod (the Curve key
+    empty: the ps wire in plaintext)."""
     tf_config = {"cluster": cluster, "task": {"type": role, "index": index},
                  "environment": "cloud"}
     return {
         "TF_CONFIG": json.dumps(tf_config),
         "KUBELEARN_TOKEN": token,
+        "KUBELEARN_CURVE_KEY": curve_key,
         "KUBELEARN_EXPERIMENT": spec.name,
         "KUBELEARN_ROLE": role,
         "KUBELEARN_INDEX": str(index),
@@ -68,6 +70,22 @@ def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, ind
         "KUBELEARN_PROGRESS_PORT": "0",  # the launcher reads progress.json directly
         "PYTHONUNBUFFERED": "1",
     }
+
+
+#: ``curve`` encrypts the ps wire of the experiments launched (off by default: more than
+#: 2x the cost in ps throughput, see README); the operator's setting of the same name.
+ENV_WIRE_ENCRYPTION = "KUBELEARN_WIRE_ENCRYPTION"
+
+
+def wire_encrypted() -> bool:
+    """Whether ``$KUBELEARN_WIRE_ENCRYPTION`` asks for CurveZMQ and this pyzmq has it."""
+    if os.environ.get(ENV_WIRE_ENCRYPTION, "").strip().lower() != "curve":
+        return False
+    try:
+        import zmq
+    except ImportError:
+        return False
+    return bool(zmq.has("curve"))
 
 
 def restart_wanted(policy: str, exit_code: int) -> bool:
@@ -160,9 +178,12 @@ class Launcher:
         self.console = console
         self.python = python
         self.token = secrets.token_hex(16)
+        # The ps wire encrypted (CurveZMQ) when asked for, as the operator's setting does.
+        self.curve_key = secrets.token_hex(32) if wire_encrypted() else ""
         self.cluster = cluster_for(spec)
         self.replicas = [
-            Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token),
+            Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token,
+                                      self.curve_key),
                     spec.roles[role].restart_policy)
             for role in START_ORDER if spec.replicas(role) for i in range(spec.replicas(role))
         ]
@@ -335,12 +356,67 @@ class Launcher:
         return lines
 
 
+#: A file kubelearn puts in every model directory it creates: only a directory holding it
+#: is ever deleted (``--fresh``).
+MARKER_NAME = ".kubelearn-model-dir"
+
+
+class RefusedDelete(ValueError):
+    """A directory --fresh must not delete; the message says why."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message as one line of stderr, whatever the input put in it."""
+    return str(exc).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _is_within(path: str, other: str) -> bool:
+    """Whether ``other`` is ``path`` or inside it."""
+    return other == path or other.startswith(path.rstrip(os.sep) + os.sep)
+
+
+def check_deletable(model_dir: str, manifest: str) -> None:
+    """Refuses to delete what kubelearn did not create, or what holds the user's files.
+
+    Raises:
+      RefusedDelete: when ``model_dir`` is a symbolic link, lacks kubelearn's marker, or is
+        (or contains) the working directory, the manifest, the home directory or ``/``.
+    """
+    if os.path.islink(model_dir):
+        raise RefusedDelete(f"--fresh: {model_dir} is a symbolic link; not deleting it")
+    real = os.path.realpath(model_dir)
+    protected = {"/": "/", os.path.realpath(os.getcwd()): "the working directory",
+                 os.path.realpath(os.path.expanduser("~")): "the home directory",
+                 os.path.realpath(manifest): "the manifest"}
+    for path, what in protected.items():
+        if _is_within(real, path):
+            raise RefusedDelete(f"--fresh: {model_dir} is or contains {what}; not deleting it")
+    if not os.path.isfile(os.path.join(real, MARKER_NAME)):
+        raise RefusedDelete(f"--fresh: {model_dir} was not created by kubelearn (no "
+                            f"{MARKER_NAME} in it); not deleting it")
+
+
+def prepare_model_dir(model_dir: str, manifest: str, fresh: bool) -> None:
+    """Creates ``model_dir`` (marked as kubelearn's) or, with ``fresh``, empties a directory
+    kubelearn created before."""
+    if fresh and os.path.lexists(model_dir):
+        check_deletable(model_dir, manifest)
+        shutil.rmtree(model_dir)
+    if not os.path.exists(model_dir) or (os.path.isdir(model_dir)
+                                         and not os.listdir(model_dir)):
+        os.makedirs(model_dir, exist_ok=True)
+        with open(os.path.join(model_dir, MARKER_NAME), "w", encoding="utf-8") as handle:
+            handle.write("A model directory made by kubelearn local; --fresh may delete it.\n")
+    elif not os.path.isdir(model_dir):
+        raise NotADirectoryError(f"model dir {model_dir} is not a directory")
+
+
 def local_command(args: argparse.Namespace) -> int:
     """The ``kubelearn local`` command."""
     try:
         spec = load_spec(args.manifest)
     except ManifestError as exc:
-        print(f"kubelearn local: error: {exc}", file=sys.stderr)
+        print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         import zmq  # noqa: F401  (the parameter servers need it)
@@ -349,11 +425,13 @@ def local_command(args: argparse.Namespace) -> int:
             print("kubelearn local: error: parameter servers need pyzmq: "
                   "pip install 'kubelearn[distributed]'", file=sys.stderr)
             return EXIT_BAD_INPUT
-    model_dir = os.path.abspath(args.model_dir or spec.model_dir
-                                or os.path.join("output", spec.name))
-    if os.path.exists(model_dir) and args.fresh:
-        shutil.rmtree(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
+    try:
+        model_dir = os.path.abspath(args.model_dir or spec.model_dir
+                                    or os.path.join("output", spec.name))
+        prepare_model_dir(model_dir, args.manifest, args.fresh)
+    except (OSError, ValueError) as exc:
+        print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     console = Console(sys.stdout, progress_tty=sys.stdout.isatty() and not args.no_progress)
     launcher = Launcher(spec, model_dir, console)
     previous = {s: signal.signal(s, lambda signum, _frame: launcher.request_stop(signum))
@@ -380,7 +458,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model-dir", help="checkpoints and results (default: spec.modelDir "
                                             "or ./output/<name>)")
     parser.add_argument("--fresh", action="store_true",
-                        help="delete the model dir first instead of resuming from it")
+                        help="delete the model dir first instead of resuming from it (only "
+                             "a directory kubelearn local created)")
     parser.add_argument("--no-progress", action="store_true",
                         help="plain progress lines even on a terminal")
     parser.set_defaults(func=local_command)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from kubelearn import bounded_input
 
 API_VERSION = "kubelearn.dev/v1alpha1"
 KIND = "Experiment"
@@ -22,6 +22,8 @@ CLUSTER_ROLES = ("ps", "worker", "master", "chief")
 RESTART_POLICIES = ("Never", "OnFailure", "Always", "ExitCode")
 SUCCESS_POLICIES = ("", "default", "AllWorkers")
 MAX_NAME = 63
+#: The CRD's ``maximum`` for a role's replica count (crds/experiments.kubelearn.dev.yaml).
+MAX_REPLICAS = 100_000
 _FN_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SPEC_FIELDS = {"experimentFn", "hparams", "replicas", "replicaSpecs", "image", "modelDir",
@@ -69,10 +71,25 @@ def _fail(path: str, message: str) -> None:
     raise ManifestError(f"{path}: {message}")
 
 
-def _int(value: Any, path: str, minimum: int = 0) -> int:
+def _int(value: Any, path: str, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(path, f"must be an integer >= {minimum}, got {value!r}")
+        _fail(path, f"must be an integer >= {minimum}, got {_short(value)}")
+    if maximum is not None and value > maximum:
+        _fail(path, f"must be at most {maximum}, got {value}")
     return value
+
+
+def _key(value: Any, limit: int = 60) -> str:
+    """A mapping key as it appears in a field path, cut."""
+    text = str(value)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """``repr(value)``, cut: an error message never grows with the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_hparams(hparams: Any) -> dict[str, Any]:
@@ -81,19 +98,20 @@ def _check_hparams(hparams: Any) -> dict[str, Any]:
     if not isinstance(hparams, Mapping):
         _fail("spec.hparams", f"must be a mapping of name to value, got {type(hparams).__name__}")
     for key, value in hparams.items():
-        path = f"spec.hparams.{key}"
-        if not isinstance(key, str) or not re.match(r"^[A-Za-z][\w.]*$", key):
+        path = f"spec.hparams.{_key(key)}"
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z][\w.]*", key):
             _fail(path, "must be a name of letters, digits and underscores")
         items = value if isinstance(value, list) else [value]
         if isinstance(value, list) and not value:
             _fail(path, "a list must not be empty")
         for item in items:
             if not isinstance(item, (int, float, str, bool)):
-                _fail(path, f"must be a number, string, bool or a list of them, got {item!r}")
+                _fail(path, f"must be a number, string, bool or a list of them, got "
+                            f"{_short(item)}")
         if isinstance(value, list) and len({type(i) for i in value}) > 1 and not all(
             isinstance(i, (int, float)) and not isinstance(i, bool) for i in value
         ):
-            _fail(path, f"list items must share one type, got {value!r}")
+            _fail(path, f"list items must share one type, got {_short(value)}")
     return dict(hparams)
 
 
@@ -106,26 +124,27 @@ def parse(manifest: Any) -> ExperimentSpec:
     if not isinstance(manifest, Mapping):
         raise ManifestError("manifest: must be a YAML mapping (an Experiment object)")
     if manifest.get("apiVersion") != API_VERSION:
-        _fail("apiVersion", f"must be {API_VERSION}, got {manifest.get('apiVersion')!r}")
+        _fail("apiVersion", f"must be {API_VERSION}, got {_short(manifest.get('apiVersion'))}")
     if manifest.get("kind") != KIND:
-        _fail("kind", f"must be {KIND}, got {manifest.get('kind')!r}")
+        _fail("kind", f"must be {KIND}, got {_short(manifest.get('kind'))}")
     metadata = manifest.get("metadata")
     if not isinstance(metadata, Mapping):
         _fail("metadata", "must be a mapping with a name")
     name = metadata.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         _fail("metadata.name", f"must be a DNS label (lower-case letters, digits and '-'), "
-                               f"got {name!r}")
+                               f"got {_short(name)}")
     namespace = metadata.get("namespace", "default")
     spec = manifest.get("spec")
     if not isinstance(spec, Mapping):
         _fail("spec", "must be a mapping")
-    unknown = sorted(set(spec) - _SPEC_FIELDS)
+    unknown = sorted((k for k in spec if k not in _SPEC_FIELDS), key=str)
     if unknown:
-        _fail(f"spec.{unknown[0]}", f"unknown field (known: {', '.join(sorted(_SPEC_FIELDS))})")
+        _fail(f"spec.{_key(unknown[0])}",
+              f"unknown field (known: {', '.join(sorted(_SPEC_FIELDS))})")
     fn = spec.get("experimentFn")
-    if not isinstance(fn, str) or not _FN_RE.match(fn):
-        _fail("spec.experimentFn", f"must have the form 'module:function', got {fn!r}")
+    if not isinstance(fn, str) or not _FN_RE.fullmatch(fn):
+        _fail("spec.experimentFn", f"must have the form 'module:function', got {_short(fn)}")
     hparams = _check_hparams(spec.get("hparams"))
     roles: dict[str, RoleSpec] = {}
     replicas = spec.get("replicas") or {}
@@ -133,13 +152,13 @@ def parse(manifest: Any) -> ExperimentSpec:
         _fail("spec.replicas", "must be a mapping of role to replica count")
     for role, count in replicas.items():
         if role not in ROLES:
-            _fail(f"spec.replicas.{role}", f"unknown role (roles: {', '.join(ROLES)})")
-        roles[role] = RoleSpec(_int(count, f"spec.replicas.{role}"))
+            _fail(f"spec.replicas.{_key(role)}", f"unknown role (roles: {', '.join(ROLES)})")
+        roles[role] = RoleSpec(_int(count, f"spec.replicas.{role}", maximum=MAX_REPLICAS))
     replica_specs = spec.get("replicaSpecs") or {}
     if not isinstance(replica_specs, Mapping):
         _fail("spec.replicaSpecs", "must be a mapping of role to replica spec")
     for role, role_spec in replica_specs.items():
-        path = f"spec.replicaSpecs.{role}"
+        path = f"spec.replicaSpecs.{_key(role)}"
         if role not in ROLES:
             _fail(path, f"unknown role (roles: {', '.join(ROLES)})")
         if role in roles:
@@ -149,11 +168,12 @@ def parse(manifest: Any) -> ExperimentSpec:
         policy = role_spec.get("restartPolicy", "Never")
         if policy not in RESTART_POLICIES:
             _fail(f"{path}.restartPolicy", f"must be one of {', '.join(RESTART_POLICIES)}, "
-                                           f"got {policy!r}")
+                                           f"got {_short(policy)}")
         template = role_spec.get("template")
         if template is not None and not isinstance(template, Mapping):
             _fail(f"{path}.template", "must be a PodTemplateSpec mapping")
-        roles[role] = RoleSpec(_int(role_spec.get("replicas", 1), f"{path}.replicas"), policy)
+        roles[role] = RoleSpec(_int(role_spec.get("replicas", 1), f"{path}.replicas",
+                                    maximum=MAX_REPLICAS), policy)
     heads = [r for r in ("master", "chief") if roles.get(r) and roles[r].replicas]
     if len(heads) > 1:
         _fail("spec.replicas", "must not have both a master and a chief")
@@ -170,9 +190,9 @@ def parse(manifest: Any) -> ExperimentSpec:
     run_policy = spec.get("runPolicy") or {}
     if not isinstance(run_policy, Mapping):
         _fail("spec.runPolicy", "must be a mapping")
-    unknown = sorted(set(run_policy) - _RUN_POLICY_FIELDS)
+    unknown = sorted((k for k in run_policy if k not in _RUN_POLICY_FIELDS), key=str)
     if unknown:
-        _fail(f"spec.runPolicy.{unknown[0]}", "unknown field")
+        _fail(f"spec.runPolicy.{_key(unknown[0])}", "unknown field")
     backoff = run_policy.get("backoffLimit")
     if backoff is not None:
         backoff = _int(backoff, "spec.runPolicy.backoffLimit")
@@ -181,9 +201,10 @@ def parse(manifest: Any) -> ExperimentSpec:
         deadline = _int(deadline, "spec.runPolicy.activeDeadlineSeconds", minimum=1)
     success = spec.get("successPolicy", "") or ""
     if success not in SUCCESS_POLICIES:
-        _fail("spec.successPolicy", f"must be one of default, AllWorkers, got {success!r}")
+        _fail("spec.successPolicy", f"must be one of default, AllWorkers, got {_short(success)}")
     model_dir = spec.get("modelDir")
-    if model_dir is not None and (not isinstance(model_dir, str) or not model_dir):
+    if model_dir is not None and (not isinstance(model_dir, str) or not model_dir
+                                  or "\0" in model_dir):
         _fail("spec.modelDir", "must be a non-empty path")
     return ExperimentSpec(name=name, namespace=str(namespace), experiment_fn=fn,
                           hparams=hparams, roles=roles, model_dir=model_dir,
@@ -198,12 +219,9 @@ def load_spec(path: str) -> ExperimentSpec:
       ManifestError: for a missing file, invalid YAML, or an invalid field.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            documents = [d for d in yaml.safe_load_all(handle) if d is not None]
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+        documents = bounded_input.read_yaml_all(path)
+    except bounded_input.InputError as exc:
+        raise ManifestError(str(exc)) from None
     experiments = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == KIND]
     if len(documents) == 1:
         return parse(documents[0])

@@ -5,13 +5,17 @@
 * While training, ``GET /progress`` on the progress port (``KUBELEARN_PROGRESS_PORT``: 2223
   by default in a cluster, off on a single machine; 0 turns it off): global step, loss,
   steps/s and the latest evaluation as JSON. The operator polls it into the Experiment's
-  status; the runner needs no API permissions.
+  status; the runner needs no API permissions. A request must carry the experiment's
+  token (``Authorization: Bearer $KUBELEARN_TOKEN``; without a token the endpoint does not
+  start); sockets time out, at most MAX_PROGRESS_THREADS requests are served at once
+  (others are closed at once) and a response is at most MAX_PROGRESS_BYTES.
 * At the end, the final metrics as JSON in the termination message file
   (``KUBELEARN_TERMINATION_LOG``, e.g. the pod's ``/dev/termination-log``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -20,6 +24,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kubelearn import bounded_input
 from kubelearn.hooks import PROGRESS_FILE
 
 log = logging.getLogger("kubelearn")
@@ -28,7 +33,13 @@ ENV_PROGRESS_PORT = "KUBELEARN_PROGRESS_PORT"
 ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
 ENV_EXPERIMENT = "KUBELEARN_EXPERIMENT"
 ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
+ENV_TOKEN = "KUBELEARN_TOKEN"
 DEFAULT_PROGRESS_PORT = 2223
+MAX_PROGRESS_THREADS = 4
+MAX_PROGRESS_BYTES = 16 << 10
+PROGRESS_SOCKET_TIMEOUT_SECS = 5.0
+#: Keys a progress report keeps when the whole of it would exceed MAX_PROGRESS_BYTES.
+ESSENTIAL_KEYS = ("global_step", "loss", "steps_per_sec", "time")
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 TRAINING_SCHEDULES = frozenset({"train", "train_and_evaluate", "local_run",
                                 "continuous_train_and_evaluate", "continuous_train_and_eval",
@@ -37,6 +48,47 @@ TRAINING_SCHEDULES = frozenset({"train", "train_and_evaluate", "local_run",
 
 def _finite(value: Any) -> Any:
     return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def progress_body(report: dict[str, Any], limit: int = MAX_PROGRESS_BYTES) -> bytes:
+    """The JSON of ``report``, at most ``limit`` bytes: only its essential numbers when
+    the whole would be longer."""
+    body = json.dumps(report, default=str).encode()
+    if len(body) > limit:
+        body = json.dumps({k: report[k] for k in ESSENTIAL_KEYS if k in report
+                           and isinstance(report[k], (int, float, type(None)))}).encode()
+    return body[:limit] if len(body) > limit else body
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per request, at most ``max_threads`` of them: a request beyond that is
+    closed at once instead of holding one more thread."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: Any,
+                 max_threads: int = MAX_PROGRESS_THREADS):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_threads)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Reporter:
@@ -59,7 +111,7 @@ class Reporter:
         every = max(1, int(run_config.save_summary_steps or 100))
         self.train_hook = TrainingRecorder(self.run, self._writers[0], every_n_steps=every)
         self.eval_hook = EvaluationRecorder(self.run, self._writers[1])
-        self._server: ThreadingHTTPServer | None = None
+        self._server: BoundedHTTPServer | None = None
         self._in_cluster = bool(run_config.cluster_spec)
         self._start_server()
         log.info("Recording run %s in %s", self.run.name, self.run.path)
@@ -72,9 +124,10 @@ class Reporter:
     def progress(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
         try:
-            with open(os.path.join(self.model_dir, PROGRESS_FILE), encoding="utf-8") as handle:
-                report = json.load(handle)
-        except (OSError, ValueError):
+            loaded = bounded_input.load_json(bounded_input.read_bytes(
+                os.path.join(self.model_dir, PROGRESS_FILE), MAX_PROGRESS_BYTES), PROGRESS_FILE)
+            report = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
             pass
         if self.eval_hook.last:
             report["eval"] = {k: _finite(v) for k, v in self.eval_hook.last.items()}
@@ -88,14 +141,29 @@ class Reporter:
         port = int(os.environ.get(ENV_PROGRESS_PORT, default) or 0)
         if not port:
             return
+        token = os.environ.get(ENV_TOKEN, "").encode("utf-8", "surrogateescape")
+        if not token:
+            log.warning("Progress endpoint not started: %s is not set", ENV_TOKEN)
+            return
         reporter = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = PROGRESS_SOCKET_TIMEOUT_SECS
+
+            def _authorized(self) -> bool:
+                given = self.headers.get("Authorization", "")
+                scheme, _, value = given.partition(" ")
+                return scheme == "Bearer" and hmac.compare_digest(
+                    value.strip().encode("utf-8", "surrogateescape"), token)
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/progress":
                     self.send_error(404)
                     return
-                body = json.dumps(reporter.progress()).encode()
+                if not self._authorized():
+                    self.send_error(401)
+                    return
+                body = progress_body(reporter.progress())
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -107,11 +175,10 @@ class Reporter:
 
         host = os.environ.get(ENV_BIND_HOST) or os.environ.get("POD_IP") or "0.0.0.0"
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = BoundedHTTPServer((host, port), Handler)
         except OSError as exc:
             log.warning("Progress endpoint not started on %s:%d: %s", host, port, exc)
             return
-        self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     # -- the end ---------------------------------------------------------------------

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 EXIT_OK = 0
@@ -32,6 +34,10 @@ ENV_EXPERIMENT_FN = "KUBELEARN_EXPERIMENT_FN"
 ENV_HPARAMS = "KUBELEARN_HPARAMS"
 ENV_MODEL_DIR = "KUBELEARN_MODEL_DIR"
 ENV_SCHEDULE = "KUBELEARN_SCHEDULE"
+ENV_PROGRESS_PORT = "KUBELEARN_PROGRESS_PORT"
+ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
+_HOST_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+                      r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 class BadInput(Exception):
@@ -53,6 +59,9 @@ def load_experiment_fn(spec: str) -> Callable[..., Any]:
     except ImportError as exc:
         raise BadInput(f"cannot import module {module_name!r} of experiment function "
                        f"{spec!r}: {exc}") from None
+    except Exception as exc:  # the module itself fails as it is imported: no retry helps
+        raise BadInput(f"importing module {module_name!r} of experiment function {spec!r} "
+                       f"failed: {type(exc).__name__}: {_one_line(exc)}") from None
     target: Any = module
     for part in attr.split("."):
         try:
@@ -65,6 +74,67 @@ def load_experiment_fn(spec: str) -> Callable[..., Any]:
     return target
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuses environment input no parser should see: nesting too deep for TF_CONFIG or
+    hparams JSON, a Curve key that is not 64 hex digits, a progress port or bind host that
+    does not parse.
+
+    Raises:
+      BadInput: naming the variable.
+    """
+    from kubelearn import bounded_input
+    from kubelearn.distributed import curve
+
+    for name in ("TF_CONFIG", ENV_HPARAMS):
+        try:
+            bounded_input.check_json_depth(environ.get(name) or "", name)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+    try:
+        curve.key_from_env(environ)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    port = environ.get(ENV_PROGRESS_PORT, "").strip()
+    if port and not (port.isdigit() and int(port) <= 65535):
+        raise BadInput(f"{ENV_PROGRESS_PORT} must be a port number 0-65535 (0: off), "
+                       f"got {port[:40]!r}")
+    bind_host = environ.get(ENV_BIND_HOST, "").strip()
+    if bind_host:
+        try:
+            ipaddress.ip_address(bind_host.strip("[]"))
+        except ValueError:
+            raise BadInput(f"{ENV_BIND_HOST} must be an IP address, got {bind_host[:80]!r}"
+                           ) from None
+
+
+def check_cluster_addresses(cluster: Mapping[str, Sequence[str]]) -> None:
+    """Every ``host:port`` of the cluster spec parses: a host name or IP and a port 1-65535.
+
+    Raises:
+      BadInput: naming the job and the address.
+    """
+    for job, addresses in cluster.items():
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            valid_host = bool(_HOST_RE.fullmatch(bare))
+            if not valid_host:
+                try:
+                    ipaddress.ip_address(bare)
+                    valid_host = True
+                except ValueError:
+                    pass
+            if not valid_host or not (port.isascii() and port.isdigit()
+                                      and 1 <= int(port) <= 65535):
+                raise BadInput(f"bad TF_CONFIG: cluster.{job} address {address[:200]!r} "
+                               f"must be host:port with a port 1-65535")
+
+
 def build_hparams(env_text: str | None, cli_text: str | None) -> Any:
     """HParams from the environment's JSON (``KUBELEARN_HPARAMS``) overridden by ``--hparams``.
 
@@ -75,8 +145,8 @@ def build_hparams(env_text: str | None, cli_text: str | None) -> Any:
 
     try:
         hparams = HParams.from_text(env_text or "")
-    except ValueError as exc:
-        raise BadInput(f"bad {ENV_HPARAMS}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"bad {ENV_HPARAMS}: {_one_line(exc)}") from None
     if cli_text:
         try:
             overrides = HParams.from_text(cli_text)
@@ -85,8 +155,8 @@ def build_hparams(env_text: str | None, cli_text: str | None) -> Any:
                     hparams.set_hparam(name, value)
                 else:
                     hparams.add_hparam(name, value)
-        except (ValueError, KeyError) as exc:
-            raise BadInput(f"bad --hparams {cli_text!r}: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"bad --hparams {cli_text[:200]!r}: {_one_line(exc)}") from None
     return hparams
 
 
@@ -96,7 +166,7 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     Raises:
       BadInput: for anything wrong with the inputs.
     """
-    from kubelearn import learn_runner
+    from kubelearn import bounded_input, learn_runner
     from kubelearn.experiment import Experiment
     from kubelearn.run_config import RunConfig
 
@@ -107,10 +177,17 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     model_dir = args.model_dir or os.environ.get(ENV_MODEL_DIR)
     if not model_dir:
         raise BadInput(f"no model directory: pass --model-dir or set {ENV_MODEL_DIR}")
+    check_environment(os.environ)
+    if args.hparams:
+        try:
+            bounded_input.check_json_depth(args.hparams, "--hparams")
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     try:
         run_config = RunConfig(model_dir=model_dir)
-    except ValueError as exc:
-        raise BadInput(f"bad TF_CONFIG: {exc}") from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise BadInput(f"bad TF_CONFIG: {_one_line(exc)}") from None
+    check_cluster_addresses(run_config.cluster_spec.as_dict())
     hparams = build_hparams(os.environ.get(ENV_HPARAMS), args.hparams)
     fn = load_experiment_fn(spec)
     try:
@@ -176,7 +253,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         fn, run_config, hparams, schedule = prepare(args)
     except BadInput as exc:
-        print(f"kubelearn run: error: {exc}", file=sys.stderr)
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"kubelearn run: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(args.log_level)
     signal.signal(signal.SIGTERM, _raise_terminated)

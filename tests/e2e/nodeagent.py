@@ -387,6 +387,8 @@ class NodeAgent:
                     return None
                 raise LookupError(f"secret {ref['name']!r}: {exc.reason}") from None
             data = (secret.data or {}).get(ref["key"])
+            if data is None and ref.get("optional"):
+                return None
             if data is None:
                 raise LookupError(f"key {ref['key']!r} not in secret {ref['name']!r}")
             return base64.b64decode(data).decode()

@@ -4,6 +4,7 @@ than since the last checkpoint."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -147,9 +148,14 @@ def test_kubectl_delete_experiment_removes_everything(cluster: Cluster):
     model_dir = cluster.model_dir(name)
     assert len(pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}")) == 4
     # The chief serves its progress on its own pod address, where the operator can read it.
+    # It answers only with the experiment's token, from the experiment's Secret.
     master_ip = cluster.core.read_namespaced_pod(f"{name}-master-0", cluster.ns).status.pod_ip
-    report = wait_for(lambda: json.loads(urllib.request.urlopen(
-        f"http://{master_ip}:2223/progress", timeout=5).read()), 30, "the progress endpoint")
+    secret = cluster.core.read_namespaced_secret(f"{name}-kubelearn-token", cluster.ns)
+    token = base64.b64decode(secret.data["token"]).decode()
+    request = urllib.request.Request(f"http://{master_ip}:2223/progress",
+                                     headers={"Authorization": f"Bearer {token}"})
+    report = wait_for(lambda: json.loads(urllib.request.urlopen(request, timeout=5).read()),
+                      30, "the progress endpoint")
     assert report["global_step"] >= 300, report
     cluster.kubectl("delete", "exp", name, "--wait=false")
     selector = f"kubelearn.dev/experiment={name}"

@@ -49,7 +49,7 @@ NAMESPACED_RULES = {
     ("kubelearn.dev", "experiments/status"): {"patch"},
     ("", "pods"): {"list", "watch", "create", "delete"},
     ("", "services"): {"list", "watch", "create", "delete"},
-    ("", "secrets"): {"create"},
+    ("", "secrets"): {"create", "get"},
     ("", "configmaps"): {"create", "patch"},
     ("", "events"): {"create"},
     ("scheduling.x-k8s.io", "podgroups"): {"create"},

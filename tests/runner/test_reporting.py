@@ -35,13 +35,16 @@ def test_chief_records_run_serves_progress_and_writes_termination_message(tmp_pa
          "--model-dir", str(model_dir), "--hparams",
          "train_steps=30000,n_features=1024,batch_size=512,save_checkpoints_steps=2000"],
         env=_env(KUBELEARN_PROGRESS_PORT=str(port), KUBELEARN_BIND_HOST="127.0.0.1",
-                 KUBELEARN_TERMINATION_LOG=str(termination), KUBELEARN_EXPERIMENT="lin"),
+                 KUBELEARN_TERMINATION_LOG=str(termination), KUBELEARN_EXPERIMENT="lin",
+                 KUBELEARN_TOKEN="tok"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/progress",
+                                         headers={"Authorization": "Bearer tok"})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2) as r:
                 report = json.load(r)
         except OSError:
             time.sleep(0.1)

@@ -8,6 +8,7 @@ import json
 from kubelearn_operator import naming
 from kubelearn_operator.manifests import (
     ExperimentRef,
+    PodBuilder,
     build_pod,
     build_podgroup,
     build_secret,
@@ -186,3 +187,18 @@ def test_large_cluster_spec_comes_from_one_configmap() -> None:
     small = PodBuilder(REF, _spec(), inline_max=64)
     assert small.configmap() is None
     assert "$(" not in _env(small.pod("worker", 0)["spec"]["containers"][0])["TF_CONFIG"]
+
+
+def test_secret_carries_a_fresh_curve_key_and_pods_read_it() -> None:
+    first, second = build_secret(REF, "s3cret"), build_secret(REF, "s3cret")
+    key = base64.b64decode(first["data"][naming.CURVE_KEY]).decode()
+    assert len(bytes.fromhex(key)) == 32
+    assert first["data"][naming.CURVE_KEY] != second["data"][naming.CURVE_KEY]
+    given = build_secret(REF, "s3cret", "ab" * 32)
+    assert base64.b64decode(given["data"][naming.CURVE_KEY]) == b"ab" * 32
+    plain = build_pod(REF, _spec(), "ps", 0)
+    assert "KUBELEARN_CURVE_KEY" not in {e["name"] for e in plain["spec"]["containers"][0]["env"]}
+    pod = PodBuilder(REF, _spec(), encrypt_wire=True).pod("ps", 0)
+    env = {e["name"]: e.get("valueFrom") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["KUBELEARN_CURVE_KEY"] == {"secretKeyRef": {
+        "name": "linear-kubelearn-token", "key": naming.CURVE_KEY, "optional": True}}

@@ -66,3 +66,37 @@ def test_pod_state_keeps_the_pod_address() -> None:
            "status": {"phase": "Running", "podIP": "10.1.2.3"}}
     state = pod_state(pod)
     assert state is not None and state.pod_ip == "10.1.2.3"
+
+
+def test_status_keeps_a_capped_copy_of_a_hostile_report() -> None:
+    from kubelearn_operator.progress import MAX_STATUS_ENTRIES, cap_metrics
+
+    report = {"global_step": 5, "loss": 0.5, "huge": "x" * 100_000, "nan": float("nan"),
+              "big": 10**40, "k" * 500: 1, "eval": {"loss": 0.4, "deep": {"a": {"b": 1}}},
+              "list": list(range(10_000)),
+              **{f"m{i}": i for i in range(1000)}}
+    capped = cap_metrics(report)
+    assert len(capped) == MAX_STATUS_ENTRIES
+    assert capped["global_step"] == 5 and capped["loss"] == 0.5
+    assert len(capped["huge"]) == 256
+    assert "nan" not in capped and "big" not in capped and "list" not in capped
+    assert capped["eval"] == {"loss": 0.4}
+    pods = [_pod("master", 0, termination=json.dumps(report))]
+    assert len(json.dumps(progress_from_pods(pods, "master"))) < 4096
+
+
+def test_oversized_or_deep_messages_are_ignored() -> None:
+    deep = "[" * 10_000 + "]" * 10_000
+    for text in ('{"a": ' + deep + "}", json.dumps({"x": "y" * 20_000}), "\udcff"):
+        assert progress_from_pods([_pod("master", 0, termination=text)], "master") == {}
+
+
+def test_token_from_secret() -> None:
+    import base64
+
+    from kubelearn_operator.progress import token_from_secret
+
+    assert token_from_secret({"data": {"token": base64.b64encode(b"tok").decode()}}) == "tok"
+    for bad in ({}, {"data": None}, {"data": {"token": "!!notbase64"}}, {"data": {"token": 5}},
+                "text"):
+        assert token_from_secret(bad) is None

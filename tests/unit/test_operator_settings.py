@@ -32,3 +32,15 @@ def test_network_policy_settings() -> None:
                               "KUBELEARN_OPERATOR_NAMESPACE": "ops",
                               "KUBELEARN_OPERATOR_SELECTOR": "app=kubelearn"}
                              ).network_policy is None
+
+
+def test_wire_encryption_is_off_unless_asked_for() -> None:
+    import pytest
+
+    from kubelearn_operator.settings import Settings
+
+    assert Settings.from_env({}).encrypt_wire is False
+    assert Settings.from_env({"KUBELEARN_WIRE_ENCRYPTION": "none"}).encrypt_wire is False
+    assert Settings.from_env({"KUBELEARN_WIRE_ENCRYPTION": "curve"}).encrypt_wire is True
+    with pytest.raises(ValueError, match="KUBELEARN_WIRE_ENCRYPTION"):
+        Settings.from_env({"KUBELEARN_WIRE_ENCRYPTION": "tls"})

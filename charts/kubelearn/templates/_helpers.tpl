@@ -45,11 +45,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["pods", "services"]
   verbs: ["list", "watch", "create", "delete"]
-# The parameter-server token (created once, never read back) and, for large experiments, the
-# cluster spec (created, then patched when the experiment is scaled).
+# The experiment's token and Curve key (created once; read back one at a time, never
+# listed, for the token the chief's progress endpoint asks for) and, for large experiments,
+# the cluster spec (created, then patched when the experiment is scaled).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["create"]
+  verbs: ["create", "get"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "patch"]

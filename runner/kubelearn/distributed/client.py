@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kubelearn.distributed import wire
+from kubelearn.distributed import curve, wire
 
 log = logging.getLogger("kubelearn")
 
@@ -38,7 +38,8 @@ class PSUnavailable(RuntimeError):
 class PSConnection:
     """A DEALER socket to one ps task, recreated after a timeout."""
 
-    def __init__(self, context: Any, task: int, address: str, token: str):
+    def __init__(self, context: Any, task: int, address: str, token: str,
+                 curve_key: str | None = None):
         import zmq
 
         self._zmq = zmq
@@ -46,6 +47,7 @@ class PSConnection:
         self.task = task
         self.address = address
         self._token = token
+        self._curve_key = curve_key
         self._ids = itertools.count(1)
         self._pending: int | None = None
         self._socket = self._connect()
@@ -53,6 +55,9 @@ class PSConnection:
     def _connect(self) -> Any:
         sock = self._context.socket(self._zmq.DEALER)
         sock.setsockopt(self._zmq.LINGER, 0)
+        sock.setsockopt(self._zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
+        if self._curve_key:
+            curve.client(sock, self._curve_key)
         sock.connect(f"tcp://{self.address}")
         return sock
 
@@ -76,7 +81,10 @@ class PSConnection:
             if remaining <= 0 or not self._socket.poll(int(remaining * 1000)):
                 return None
             frames = self._socket.recv_multipart(copy=False)
-            header, tensors = wire.decode(frames)
+            try:
+                header, tensors = wire.decode(frames)
+            except wire.WireError as exc:
+                raise PSError(self.task, "bad_reply", str(exc)) from None
             if header.get("id") != self._pending:
                 continue  # a late reply to a request we gave up on
             self._pending = None
@@ -94,11 +102,12 @@ class PSClient:
     def __init__(self, addresses: Sequence[str], token: str,
                  request_timeout: float = REQUEST_TIMEOUT_SECS,
                  deadline: float = UNAVAILABLE_DEADLINE_SECS,
-                 give_up: Callable[[], bool] | None = None):
+                 give_up: Callable[[], bool] | None = None,
+                 curve_key: str | None = None):
         import zmq
 
         self._context = zmq.Context.instance()
-        self.connections = [PSConnection(self._context, i, a, token)
+        self.connections = [PSConnection(self._context, i, a, token, curve_key)
                             for i, a in enumerate(addresses)]
         self.request_timeout = request_timeout
         self.deadline = deadline

@@ -2,23 +2,28 @@
 
 One thread, one ROUTER socket: requests are handled in arrival order, so updates never
 race. Every request carries the experiment's token; anything malformed gets an error
-reply and the server keeps serving. When the chief says ``stop`` the server answers
-``done`` to whoever still asks, then exits, so the whole job can finish.
+reply (or, past a size bound, is dropped) and the server keeps serving: no message from
+any peer, with or without the token, can end it. With the experiment's Curve key
+(``KUBELEARN_CURVE_KEY``) the socket is encrypted and admits only peers holding the key.
+When the chief says ``stop`` the server answers ``done`` to whoever still asks, then
+exits, so the whole job can finish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from kubelearn.distributed import ENV_TOKEN, wire
+from kubelearn.distributed import ENV_TOKEN, curve, wire
 from kubelearn.estimators import optimizers
 
 log = logging.getLogger("kubelearn.ps")
@@ -29,6 +34,8 @@ ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
 
 STOP_GRACE_SECS = 2.0
 STOP_MAX_SECS = 30.0
+#: How many refused peers are remembered (to log each once); older ones are forgotten.
+MAX_REFUSED_PEERS = 1024
 
 
 def bind_address(address: str, bind_host: str | None = None) -> str:
@@ -131,21 +138,26 @@ class ShardState:
 class ParameterServer:
     """Serves a :class:`ShardState` on a ZeroMQ ROUTER socket."""
 
-    def __init__(self, address: str, task_index: int, token: str | None):
+    def __init__(self, address: str, task_index: int, token: str | None,
+                 curve_key: str | None = None):
         import zmq
 
         self._zmq = zmq
         self.state = ShardState(holds_global_step=task_index == 0)
         self.task_index = task_index
-        self._token = token or ""
-        self._context = zmq.Context.instance()
+        self._token = (token or "").encode()
+        # A context of its own: the Curve gate is the only ZAP handler in it.
+        self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._socket.setsockopt(zmq.IPV6, 1)
+        wire.bound_socket(self._socket)
+        self._gate = curve.server(self._socket, curve_key) if curve_key else None
         self.endpoint = bind_address(address)
         self._socket.bind(self.endpoint)
-        self._refused: set[bytes] = set()
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self.refused_count = 0
         self._stopping_since: float | None = None
         self._last_request = time.monotonic()
         self._waiting: list[tuple[bytes, dict[str, Any]]] = []
@@ -165,26 +177,52 @@ class ParameterServer:
     # -- requests --------------------------------------------------------------------
     def _authorized(self, ident: bytes, header: Mapping[str, Any]) -> bool:
         given = header.get("token")
-        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._token.encode()):
-            return True
-        if ident not in self._refused:
-            self._refused.add(ident)
-            log.warning("Refused a peer without the experiment token (%s)", ident.hex())
+        if isinstance(given, str):
+            try:
+                if hmac.compare_digest(given.encode(), self._token):
+                    return True
+            except UnicodeEncodeError:  # lone surrogates: not a token anyone was given
+                pass
+        self._refuse(ident)
         return False
 
+    def _refuse(self, ident: bytes) -> None:
+        """Logs a refused peer once; remembers at most MAX_REFUSED_PEERS of them."""
+        self.refused_count += 1
+        if ident in self._refused:
+            self._refused.move_to_end(ident)
+            return
+        self._refused[ident] = None
+        if len(self._refused) > MAX_REFUSED_PEERS:
+            self._refused.popitem(last=False)
+        log.warning("Refused a peer without the experiment token (%s)", ident[:16].hex())
+
     def handle(self, frames: list[Any]) -> None:
-        ident, body = bytes(frames[0]), frames[1:]
+        """Answers one request; whatever the peer sent, the server keeps serving."""
+        ident = bytes(frames[0]) if frames else b""
         self._last_request = time.monotonic()
         try:
+            self._handle(ident, frames[1:])
+        except Exception as exc:  # a bug must not let one peer end the whole job
+            log.exception("Could not handle a request")
+            with contextlib.suppress(Exception):  # the peer is gone: drop the reply
+                self._error(ident, None, "internal", f"{type(exc).__name__}")
+
+    def _handle(self, ident: bytes, body: list[Any]) -> None:
+        try:
+            wire.check_frames(body[:1])
             header = wire.decode_header(body[0]) if body else {}
         except wire.WireError as exc:
+            self._refuse(ident)
             self._error(ident, None, "bad_request", str(exc))
             return
-        request_id = header.get("id")
+        request_id = wire.request_id(header)
         if not self._authorized(ident, header):
             self._error(ident, request_id, "unauthenticated", "missing or wrong token")
             return
         op = header.get("op")
+        if not isinstance(op, str) or len(op) > 32:
+            op = repr(op)[:32]
         state = self.state
         try:
             if op == "status":
@@ -261,7 +299,8 @@ class ParameterServer:
     def serve_forever(self) -> None:
         poller = self._zmq.Poller()
         poller.register(self._socket, self._zmq.POLLIN)
-        log.info("Parameter server %d listening on %s", self.task_index, self.endpoint)
+        log.info("Parameter server %d listening on %s (%s)", self.task_index, self.endpoint,
+                 "CurveZMQ" if self._gate is not None else "plaintext")
         while not self.finished():
             if poller.poll(200):
                 self.handle(self._socket.recv_multipart(copy=False))
@@ -269,6 +308,9 @@ class ParameterServer:
 
     def close(self) -> None:
         self._socket.close()
+        if self._gate is not None:
+            self._gate.close()
+        self._context.term()
 
 
 def serve(config: Any) -> None:
@@ -278,7 +320,7 @@ def serve(config: Any) -> None:
     if not token:
         log.warning("%s is not set: the parameter server accepts only peers without a token",
                     ENV_TOKEN)
-    server = ParameterServer(address, config.task_id, token)
+    server = ParameterServer(address, config.task_id, token, curve.key_from_env())
     try:
         server.serve_forever()
     finally:

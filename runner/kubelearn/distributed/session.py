@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kubelearn import checkpoints
-from kubelearn.distributed import ENV_TOKEN, placement
+from kubelearn.distributed import ENV_TOKEN, curve, placement
 from kubelearn.distributed.client import PSClient, PSError, PSUnavailable
 from kubelearn.estimators import optimizers
 from kubelearn.estimators.session import SaveTimer, SavingListeners, SessionModel
@@ -43,7 +43,8 @@ class ParameterServerSession:
         model_dir = model.model_dir
         self._client = PSClient(
             self._addresses, os.environ.get(ENV_TOKEN, ""), request_timeout=timeout,
-            give_up=lambda: checkpoints.training_done(model_dir, self.target_step))
+            give_up=lambda: checkpoints.training_done(model_dir, self.target_step),
+            curve_key=curve.key_from_env())
         self._is_chief = config.is_chief
         self._params: dict[str, np.ndarray] = {}
         self._placement: dict[str, int] = {}

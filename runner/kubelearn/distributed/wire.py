@@ -7,6 +7,7 @@ against it (and against what the receiver serves) before a single byte is used.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,12 +21,37 @@ FRAME_BYTES = 1 << 20
 COPY_BELOW_BYTES = 4 << 20
 
 
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 10_000
+MAX_DIMS = 32
+#: The most frames one message may have (a ROUTER adds the peer's identity in front).
+MAX_FRAMES = 1 << 16
+#: Every frame, header or tensor part, is at most this long; ZeroMQ drops a peer that sends
+#: a longer one before buffering it (``zmq.MAXMSGSIZE`` on the receiving socket, which
+#: counts a frame as it travels: with room for CurveZMQ's envelope).
+MAX_FRAME_BYTES = max(FRAME_BYTES, MAX_HEADER_BYTES) + (64 << 10)
+#: Header values that may be echoed back to a peer (request ids) are bounded.
+MAX_ID_CHARS = 64
+
+
 def send(socket: Any, frames: list[Any]) -> None:
     """Sends the frames of one message, copying small messages, lending large ones."""
     total = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
     socket.send_multipart(frames, copy=total < COPY_BELOW_BYTES)
-MAX_HEADER_BYTES = 1 << 20
-MAX_TENSORS = 10_000
+
+
+#: Messages a receiving socket queues per peer. A peer of the protocol has one request in
+#: flight; a flooding peer is held back by TCP instead of filling the receiver's memory.
+RECEIVE_QUEUE_PER_PEER = 16
+
+
+def bound_socket(socket: Any) -> None:
+    """Caps what a peer can make ``socket`` buffer: no frame longer than MAX_FRAME_BYTES,
+    at most RECEIVE_QUEUE_PER_PEER messages queued."""
+    import zmq
+
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    socket.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_PER_PEER)
 
 
 class WireError(ValueError):
@@ -54,17 +80,67 @@ def encode(header: Mapping[str, Any], tensors: Mapping[str, np.ndarray] | None =
     return frames
 
 
+def _frame_length(frame: Any) -> int:
+    buffer = getattr(frame, "buffer", frame)
+    return memoryview(buffer).nbytes
+
+
+def _depth_ok(data: bytes, limit: int) -> bool:
+    """Whether JSON text nests at most ``limit`` levels (brackets in strings count too:
+    a cheap, safe over-estimate that no real header comes near)."""
+    depth = 0
+    for byte in data.translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return False
+    return True
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+MAX_HEADER_DEPTH = 16
+
+
 def decode_header(frame: Any) -> dict[str, Any]:
-    data = bytes(frame)
-    if len(data) > MAX_HEADER_BYTES:
-        raise WireError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    """The JSON object of a header frame; WireError for anything else, never another error."""
+    if _frame_length(frame) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {_frame_length(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+    data = bytes(getattr(frame, "buffer", frame))
+    if not _depth_ok(data, MAX_HEADER_DEPTH):
+        raise WireError(f"header nests deeper than {MAX_HEADER_DEPTH} levels")
     try:
         header = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"header is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, huge integers
+        raise WireError(f"header is not JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise WireError("header must be a JSON object")
     return header
+
+
+def request_id(header: Mapping[str, Any]) -> int | str | None:
+    """The header's ``id`` when it is safe to echo back (a short string or an integer)."""
+    value = header.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and abs(value) < 1 << 63:
+        return value
+    if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
+        return value
+    return None
+
+
+def check_frames(frames: Sequence[Any], max_bytes: int | None = None) -> None:
+    """Refuses a message with too many frames, an oversized frame or, when ``max_bytes``
+    is given, more bytes in all than that, before any of it is parsed."""
+    if len(frames) > MAX_FRAMES:
+        raise WireError(f"message has {len(frames)} frames, more than {MAX_FRAMES}")
+    total = 0
+    for frame in frames:
+        length = _frame_length(frame)
+        if length > MAX_FRAME_BYTES:
+            raise WireError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+        total += length
+    if max_bytes is not None and total > max_bytes:
+        raise WireError(f"message of {total} bytes exceeds {max_bytes}")
 
 
 def decode(frames: Sequence[Any],
@@ -83,6 +159,7 @@ def decode(frames: Sequence[Any],
     """
     if not frames:
         raise WireError("empty message")
+    check_frames(frames)
     header = decode_header(frames[0])
     specs = header.pop("tensors", [])
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
@@ -101,14 +178,14 @@ def decode(frames: Sequence[Any],
         parts = frames[position:position + count]
         position += count
         name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
-        if not isinstance(name, str) or name in tensors:
-            raise WireError(f"bad or repeated tensor name {name!r}")
+        if not isinstance(name, str) or len(name) > 1024 or name in tensors:
+            raise WireError(f"bad or repeated tensor name {str(name)[:200]!r}")
         if dtype not in ALLOWED_DTYPES:
             raise WireError(f"tensor {name!r}: dtype {dtype!r} is not allowed")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 62 for d in shape
         ):
-            raise WireError(f"tensor {name!r}: bad shape {shape!r}")
+            raise WireError(f"tensor {name!r}: bad shape {str(shape)[:200]}")
         if expected is not None:
             if name not in expected:
                 raise WireError(f"tensor {name!r} is not served here")
@@ -117,7 +194,7 @@ def decode(frames: Sequence[Any],
                 raise WireError(f"tensor {name!r}: expected {want_dtype} {list(want_shape)}, "
                                 f"got {dtype} {shape}")
         buffers = [memoryview(getattr(part, "buffer", part)).cast("B") for part in parts]
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # exact: Python integers
         got = sum(len(b) for b in buffers)
         if got != nbytes:
             raise WireError(f"tensor {name!r}: buffer has {got} bytes, {dtype} {shape} needs "

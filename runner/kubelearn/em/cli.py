@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kubelearn.em.reader import RunRecord, find_run, list_runs
+from kubelearn.em.reader import MalformedRun, RunRecord, find_run, list_runs
 from kubelearn.em.run import DEFAULT_PARENT_DIR, PARENT_DIR_ENV
 
 
@@ -64,8 +64,16 @@ def _status(run: RunRecord) -> str:
     return f"{run.status} (process gone)" if run.process_gone() else run.status
 
 
+def _warn(message: str) -> None:
+    print(f"kubelearn runs: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    runs = list_runs(args.dir)
+    runs = list_runs(args.dir, warn=_warn)
     if args.json:
         _print_json([r.to_dict(with_metrics=False) for r in runs])
         return 0
@@ -234,15 +242,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _guarded(func: Any) -> Any:
-    """Turn the errors a user can cause into a message and exit code 1."""
+    """Turn the errors a user can cause into one line on stderr: exit code 2 for malformed
+    input (a run file that cannot be read), 1 for anything else (no such run, nothing to
+    plot, an I/O error); never a traceback."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
         except KeyError as exc:
-            print(f"kubelearn runs: {exc.args[0]}", file=sys.stderr)
+            print(f"kubelearn runs: {_one_line(exc.args[0])}", file=sys.stderr)
+        except MalformedRun as exc:
+            print(f"kubelearn runs: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
         except (OSError, ValueError, RuntimeError) as exc:
-            print(f"kubelearn runs: {exc}", file=sys.stderr)
+            print(f"kubelearn runs: {_one_line(str(exc))}", file=sys.stderr)
+        except Exception as exc:
+            print(f"kubelearn runs: {type(exc).__name__}: {_one_line(str(exc))}",
+                  file=sys.stderr)
         return 1
 
     return run

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kubelearn import atomic
+from kubelearn import atomic, bounded_input
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,11 @@ def write_yaml(path: str | os.PathLike[str], data: Any) -> None:
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """The YAML document in ``path``, read within bounds (no alias expansion, a size
+    limit). FileNotFoundError when it is missing; a ValueError naming the file for
+    anything that is not one readable YAML document."""
+    os.stat(path)  # a missing file stays FileNotFoundError
+    return bounded_input.read_yaml(path)
 
 
 def encode_number(value: float | int) -> float | int | str:
@@ -119,10 +122,24 @@ class JsonlAppender:
             self._fd = -1
 
 
+def _finite_only(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: the writer never writes such a literal
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"bare {name} is not a metric value")
+
+
+MAX_JSONL_BYTES = 256 << 20
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSONL file, skipping a torn or unreadable line."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """Yield the records of a JSONL file, skipping a torn or unreadable line (a line that
+    is not a JSON object, nests too deeply, or holds a number no float can hold)."""
+    data = bounded_input.read_bytes(path, MAX_JSONL_BYTES)
     lines = data.split(b"\n")
     # The piece after the last newline is empty for a clean file, a torn record otherwise.
     torn = lines.pop()
@@ -132,9 +149,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
-        except ValueError:
+            bounded_input.check_json_depth(raw, f"{path}:{number}")
+            record = json.loads(raw, parse_float=_finite_only, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             log.warning("%s:%d: skipping an unreadable line", path, number)
             continue
         if isinstance(record, dict):
             yield record
+        else:
+            log.warning("%s:%d: skipping a line that is not a JSON object", path, number)

@@ -6,9 +6,11 @@ before it ended still reads, with status Running.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from kubelearn.em.files import decode_number, read_jsonl, read_yaml
 from kubelearn.em.run import HPARAMS_FILE, METRICS_DIR, parent_dir
 from kubelearn.em.store import RUN_FILE
 from kubelearn.em.values import LOG_TYPES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,22 +140,49 @@ def _metric_record(raw: dict[str, Any]) -> MetricRecord | None:
     return MetricRecord(
         step=step if isinstance(step, int) else None,
         epoch=epoch if isinstance(epoch, int) else None,
-        time=raw.get("time"),
+        time=raw.get("time") if isinstance(raw.get("time"), str) else None,
         metrics=values,
     )
 
 
+def _typed(meta: dict[str, Any], key: str, types: Any, where: Path) -> Any:
+    value = meta.get(key)
+    if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+        raise ValueError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+class MalformedRun(ValueError):
+    """A run directory whose files cannot be read as a run; the message names the file."""
+
+
 def load_run(path: str | os.PathLike[str]) -> RunRecord:
-    """Read the run in directory ``path``; FileNotFoundError when it holds no run."""
-    path = Path(path)
+    """Read the run in directory ``path``; FileNotFoundError when it holds no run,
+    :class:`MalformedRun` naming the file when one of its files is malformed."""
+    try:
+        return _load_run(Path(path))
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRun(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+
+
+def _load_run(path: Path) -> RunRecord:
     meta_path = path / RUN_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not a run directory (no {RUN_FILE})")
     meta = read_yaml(meta_path)
     if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path}: expected a mapping, got {meta!r}")
+        raise ValueError(f"{meta_path}: expected a mapping, got {type(meta).__name__}")
+    for key in ("id", "name", "status", "description", "created_at", "finished_at", "error",
+                "host"):
+        _typed(meta, key, str, meta_path)
+    _typed(meta, "upload", dict, meta_path)
+    labels = meta.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{meta_path}: labels must be a list of strings")
     hparams_path = path / HPARAMS_FILE
     hparams = read_yaml(hparams_path) if hparams_path.is_file() else {}
+    if not isinstance(hparams, dict):
+        raise ValueError(f"{hparams_path}: expected a mapping, got {type(hparams).__name__}")
     metrics: dict[str, list[MetricRecord]] = {}
     metrics_dir = path / METRICS_DIR
     known = [t for t in LOG_TYPES if (metrics_dir / f"{t}.jsonl").is_file()]
@@ -169,7 +200,7 @@ def load_run(path: str | os.PathLike[str]) -> RunRecord:
         path=path,
         status=str(meta.get("status") or "Unknown"),
         description=meta.get("description") or "",
-        labels=list(meta.get("labels") or []),
+        labels=list(labels),
         hparams=hparams if isinstance(hparams, dict) else {},
         created_at=meta.get("created_at"),
         finished_at=meta.get("finished_at"),
@@ -181,12 +212,27 @@ def load_run(path: str | os.PathLike[str]) -> RunRecord:
     )
 
 
-def list_runs(parent: str | os.PathLike[str] | None = None) -> list[RunRecord]:
-    """The runs directly under ``parent`` (default ``$EM_RUN_PARENT_DIR``), oldest first."""
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+
+
+def list_runs(parent: str | os.PathLike[str] | None = None,
+              warn: Callable[[str], None] = _warn) -> list[RunRecord]:
+    """The runs directly under ``parent`` (default ``$EM_RUN_PARENT_DIR``), oldest first.
+
+    A run whose files cannot be read is left out, with one call of ``warn`` naming it:
+    one malformed run never hides the others."""
     root = parent_dir(parent)
     if not root.is_dir():
         return []
-    runs = [load_run(p) for p in sorted(root.iterdir()) if (p / RUN_FILE).is_file()]
+    runs = []
+    for path in sorted(root.iterdir()):
+        if not (path / RUN_FILE).is_file():
+            continue
+        try:
+            runs.append(load_run(path))
+        except (OSError, ValueError, RecursionError) as exc:
+            warn(f"skipping run {path}: {exc}")
     runs.sort(key=lambda r: (r.created_at or "", r.id))
     return runs
 

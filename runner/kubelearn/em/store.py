@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -34,6 +35,8 @@ USER_ENV = "EM_USER"
 RUN_FILE = "run.yaml"
 DEFAULT_FOLDER = "default"
 _STAGING = ".staging"
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_PART_FORBIDDEN = ("\\", "\0")
 
 
 class UploadConflictError(FileExistsError):
@@ -45,12 +48,20 @@ def store_root(store: str | os.PathLike[str] | None = None) -> Path:
 
 
 def current_user() -> str:
+    """The user whose home folder relative paths name: ``$EM_USER``, else the login name.
+
+    Raises:
+      ValueError: when the name is not one safe path component (it could leave the store).
+    """
     user = os.environ.get(USER_ENV)
     if not user:
         try:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = "default"
+    if not _USER_RE.fullmatch(user):
+        raise ValueError(f"user {user[:80]!r} (from ${USER_ENV} or the login name) is not a "
+                         f"valid folder name: use letters, digits, '.', '_' or '-'")
     return user
 
 
@@ -61,7 +72,9 @@ def folder_parts(folder: str) -> list[str]:
     if not parts:
         raise ValueError(f"folder {folder!r} does not name a folder")
     for part in parts:
-        if part in (".", "..") or part.startswith("."):
+        if part in (".", "..") or part.startswith(".") or any(
+            c in part for c in _PART_FORBIDDEN
+        ) or not part.isprintable():
             raise ValueError(f"folder {folder!r}: component {part!r} is not allowed")
     if not folder.startswith("/"):
         parts.insert(0, current_user())

@@ -31,7 +31,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_name(name: Any) -> str:
     """A run name ends up in a directory name, so it is kept to a portable alphabet."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"name {name!r} is not a valid run name: use 1-128 letters, digits, '.', '_' or '-',"
             " starting with a letter or digit"

@@ -1,0 +1,177 @@
+"""The exit-code contract of ``kubelearn run`` and ``kubelearn local`` as real processes:
+every malformed input is one line on stderr and exit code 2, never a traceback, and
+``--fresh`` deletes only a directory kubelearn made."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubelearn.manifest import MAX_REPLICAS
+
+REPO = Path(__file__).resolve().parents[2]
+LINEAR = "kubelearn.examples.linear:experiment_fn"
+DEEP = "[" * 20_000 + "]" * 20_000
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "kubelearn.cli", *args], capture_output=True,
+                          text=True, env=full, cwd=cwd, timeout=timeout)
+
+
+def _assert_one_line_exit_2(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert needle in lines[0], lines[0]
+    assert len(lines[0]) < 1000
+
+
+def _manifest(**spec_changes) -> dict:
+    spec = {"experimentFn": LINEAR, "replicas": {"worker": 1}}
+    spec.update(spec_changes)
+    return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+            "metadata": {"name": "linear"}, "spec": spec}
+
+
+def _bomb() -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        refs = ", ".join([f"*l{i - 1}"] * 9)
+        lines.append(f"l{i}: &l{i} [{refs}]")
+    return ("\n".join(lines) + "\napiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
+            "metadata: {name: *l9}\nspec: {experimentFn: *l9}\n")
+
+
+LOCAL_CASES = {
+    "deep JSON": ("{\"a\": " + DEEP + "}", "nested"),
+    "invalid YAML": ("kind: [Experiment\n", "not valid YAML"),
+    "binary bytes": (bytes(range(256)) * 8, "not UTF-8"),
+    "NUL bytes": (b"kind: Experiment\0\n", "NUL"),
+    "alias bomb": (_bomb(), "alias"),
+    "replicas above the CRD's limit": (yaml.safe_dump(
+        _manifest(replicas={"worker": 1_000_000_000})), "spec.replicas.worker"),
+    "replicaSpecs above the CRD's limit": (yaml.safe_dump(
+        _manifest(replicas=None, replicaSpecs={"worker": {"replicas": MAX_REPLICAS + 1}})),
+        "spec.replicaSpecs.worker.replicas"),
+    "name with a trailing newline": (yaml.safe_dump(
+        {**_manifest(), "metadata": {"name": "linear\n"}}), "metadata.name"),
+    "experimentFn with a trailing newline": (yaml.safe_dump(
+        _manifest(experimentFn=LINEAR + "\n")), "spec.experimentFn"),
+    "hparam name with a trailing newline": (yaml.safe_dump(
+        _manifest(hparams={"lr\n": 1})), "spec.hparams"),
+    "mixed-type unknown keys": ("apiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
+                                "metadata: {name: x}\nspec: {1: a, b: c}\n", "unknown field"),
+}
+
+
+@pytest.mark.parametrize("label", list(LOCAL_CASES))
+def test_local_malformed_manifest_is_one_line_exit_2(tmp_path, label):
+    content, needle = LOCAL_CASES[label]
+    path = tmp_path / "experiment.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    proc = _cli(["local", str(path), "--model-dir", str(tmp_path / "m")], timeout=60)
+    _assert_one_line_exit_2(proc, needle)
+
+
+@pytest.mark.parametrize(("target", "needle"), [(".", "is a directory"),
+                                                ("/dev/null", "not a regular file"),
+                                                ("missing.yaml", "no such file")])
+def test_local_directory_or_device_as_manifest(tmp_path, target, needle):
+    _assert_one_line_exit_2(_cli(["local", target], cwd=tmp_path), needle)
+
+
+RUN_CASES = {
+    "deep TF_CONFIG": ({"TF_CONFIG": DEEP}, [], "TF_CONFIG"),
+    "deep hparams": ({"KUBELEARN_HPARAMS": "{\"a\": " + DEEP + "}"}, [], "KUBELEARN_HPARAMS"),
+    "deep --hparams": ({}, ["--hparams", DEEP], "--hparams"),
+    "port above 65535": ({"TF_CONFIG": '{"cluster": {"ps": ["127.0.0.1:70000"], "worker": '
+                                       '["127.0.0.1:2"]}, "task": {"type": "ps", "index": 0}}'},
+                         [], "cluster.ps"),
+    "port 0": ({"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:0"]}, '
+                             '"task": {"type": "worker", "index": 0}}'}, [], "cluster.worker"),
+    "host that does not parse": ({"TF_CONFIG": '{"cluster": {"ps": ["no host!:2222"], '
+                                               '"worker": ["a:1"]}, "task": {"type": "ps", '
+                                               '"index": 0}}'}, [], "cluster.ps"),
+    "bind host not an IP": ({"KUBELEARN_BIND_HOST": "localhost\n"}, [], "KUBELEARN_BIND_HOST"),
+    "progress port": ({"KUBELEARN_PROGRESS_PORT": "65536"}, [], "KUBELEARN_PROGRESS_PORT"),
+    "curve key": ({"KUBELEARN_CURVE_KEY": "0" * 63}, [], "KUBELEARN_CURVE_KEY"),
+    "TF_CONFIG of wrong types": ({"TF_CONFIG": '{"cluster": 5}'}, [], "TF_CONFIG"),
+    "TF_CONFIG not UTF-8 JSON": ({"TF_CONFIG": "{\"cluster\": \udcff}"}, [], "TF_CONFIG"),
+    "experiment module raising on import": ({"PYTHONPATH": "{tmp}"}, ["--experiment-fn",
+                                            "broken_module:fn"], "ZeroDivisionError"),
+}
+
+
+@pytest.mark.parametrize("label", list(RUN_CASES))
+def test_run_malformed_input_is_one_line_exit_2(tmp_path, label):
+    env, args, needle = RUN_CASES[label]
+    (tmp_path / "broken_module.py").write_text("1 / 0\n")
+    env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in env.items()}
+    if "--experiment-fn" not in args:
+        args = ["--experiment-fn", LINEAR, *args]
+    proc = _cli(["run", *args, "--model-dir", str(tmp_path / "m")], env=env)
+    _assert_one_line_exit_2(proc, needle)
+
+
+def test_fresh_never_deletes_the_working_directory(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep me")
+    (work / "experiment.yaml").write_text(yaml.safe_dump(_manifest(modelDir=".")))
+    proc = _cli(["local", "experiment.yaml", "--fresh"], cwd=work)
+    _assert_one_line_exit_2(proc, "--fresh")
+    assert (work / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("where", ["parent", "home", "unmarked"])
+def test_fresh_deletes_only_a_marked_directory(tmp_path, where):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "sub" / "experiment.yaml").write_text(yaml.safe_dump(_manifest()))
+    (tmp_path / "unmarked").mkdir()
+    (tmp_path / "unmarked" / "data.txt").write_text("keep me")
+    model_dir = {"parent": work, "home": tmp_path, "unmarked": tmp_path / "unmarked"}[where]
+    if where != "unmarked":
+        (model_dir / ".kubelearn-model-dir").write_text("")
+    proc = _cli(["local", str(work / "sub" / "experiment.yaml"), "--fresh", "--model-dir",
+                 str(model_dir)], env={"HOME": str(tmp_path)}, cwd=tmp_path / "unmarked")
+    _assert_one_line_exit_2(proc, "not deleting")
+    assert (work / "sub" / "experiment.yaml").exists()
+    assert (tmp_path / "unmarked" / "data.txt").exists()
+
+
+def test_fresh_deletes_a_directory_kubelearn_made(tmp_path):
+    from kubelearn.local import MARKER_NAME, prepare_model_dir
+
+    manifest = tmp_path / "experiment.yaml"
+    manifest.write_text("")
+    model_dir = tmp_path / "output" / "linear"
+    prepare_model_dir(str(model_dir), str(manifest), fresh=False)
+    assert (model_dir / MARKER_NAME).is_file()
+    (model_dir / "model.ckpt-5.npz").write_text("old")
+    prepare_model_dir(str(model_dir), str(manifest), fresh=True)
+    assert sorted(os.listdir(model_dir)) == [MARKER_NAME]
+
+
+def test_crd_replica_limit_is_the_one_the_validators_use():
+    from kubelearn_operator import spec as operator_spec
+
+    crd = yaml.safe_load((REPO / "crds" / "experiments.kubelearn.dev.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    props = schema["properties"]
+    assert props["replicas"]["additionalProperties"]["maximum"] == MAX_REPLICAS
+    replica_spec = props["replicaSpecs"]["additionalProperties"]["properties"]["replicas"]
+    assert replica_spec["maximum"] == MAX_REPLICAS == operator_spec.MAX_REPLICAS

@@ -1,0 +1,229 @@
+"""A real parameter server process on loopback, fed hostile and broken messages: each one
+gets an error reply or is dropped, and the ps keeps serving the experiment's own peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kubelearn.distributed import curve, wire
+from kubelearn.distributed.client import PSClient, PSError
+from kubelearn.estimators import optimizers
+
+pytestmark = pytest.mark.slow
+TOKEN = "s3cret"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ps(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str, Path]:
+    """A ps task run as a pod runs it: ``kubelearn run`` with a ps TF_CONFIG."""
+    port = _free_port()
+    tf_config = {"cluster": {"ps": [f"127.0.0.1:{port}"], "worker": ["127.0.0.1:1"]},
+                 "task": {"type": "ps", "index": 0}, "environment": "cloud"}
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
+    full.update(TF_CONFIG=json.dumps(tf_config), KUBELEARN_TOKEN=TOKEN, **env)
+    log_path = tmp_path / f"ps-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn",
+             "kubelearn.examples.linear:experiment_fn", "--model-dir", str(tmp_path / "m")],
+            env=full, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"127.0.0.1:{port}", log_path
+
+
+@pytest.fixture
+def ps(tmp_path):
+    proc, address, log = start_ps(tmp_path)
+    yield proc, address, log
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+class RawPeer:
+    """A DEALER socket that sends whatever frames it is given."""
+
+    def __init__(self, address: str, key: str | None = None):
+        import zmq
+
+        self._zmq = zmq
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.linger = 0
+        if key:
+            curve.client(self.socket, key)
+        self.socket.connect(f"tcp://{address}")
+
+    def ask(self, frames: list[bytes], timeout_ms: int = 10_000) -> dict | None:
+        """The reply's header, or None when the ps dropped the message."""
+        self.socket.send_multipart(frames)
+        if not self.socket.poll(timeout_ms):
+            return None
+        header, _ = wire.decode(self.socket.recv_multipart())
+        return header
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+
+def _init(client: PSClient) -> None:
+    spec = optimizers.spec(optimizers.GradientDescent(0.5))
+    client.call(0, "init", {"variables": ["w"], "optimizer": spec, "global_step": 0},
+                {"w": np.ones((2, 3), np.float32)})
+
+
+def _authed(header: dict) -> bytes:
+    return json.dumps({"token": TOKEN, "id": 7, **header}).encode()
+
+
+DEEP = b"[" * 200_000 + b"]" * 200_000
+HOSTILE_UNAUTHENTICATED = {
+    "deep header": [b'{"a":' + DEEP + b"}"],
+    "deep token": [b'{"token":' + DEEP + b"}"],
+    "token not valid UTF-8": [b'{"token":"\\udc80","op":"status"}'],
+    "header not valid UTF-8": [b'{"token":"\xff\xfe","op":"status"}'],
+    "binary header": [bytes(range(256))],
+    "header not an object": [b"[1,2,3]"],
+    "huge integer": [b'{"id":' + b"9" * 100_000 + b"}"],
+    "empty message": [b""],
+    "huge id echoed": [json.dumps({"id": "x" * 100_000}).encode()],
+    "many frames": [b"{}"] + [b"x"] * 5000,
+}
+HOSTILE_AUTHENTICATED = {
+    "overflowing shape": [_authed({"op": "push", "tensors": [
+        {"name": "w", "dtype": "float32", "shape": [2**62, 2**62, 2**62]}]}), b"\0" * 24],
+    "shape beyond int64": [_authed({"op": "push", "tensors": [
+        {"name": "w", "dtype": "float32", "shape": [10**40]}]}), b"\0" * 24],
+    "negative frames": [_authed({"op": "push", "tensors": [
+        {"name": "w", "dtype": "float32", "shape": [2, 3], "frames": -1}]})],
+    "frames count a float": [_authed({"op": "push", "tensors": [
+        {"name": "w", "dtype": "float32", "shape": [2, 3], "frames": 1.5}]}), b"\0" * 24],
+    "object dtype": [_authed({"op": "push", "tensors": [
+        {"name": "w", "dtype": "object", "shape": [2, 3]}]}), b"\0" * 24],
+    "tensors not a list": [_authed({"op": "push", "tensors": {"w": 1}})],
+    "unknown op": [_authed({"op": ["x"] * 1000})],
+    "deep optimizer spec": [_authed({"op": "init", "force": True, "variables": ["w"],
+                                     "optimizer": {"name": "sgd", "learning_rate": "x"},
+                                     "tensors": [{"name": "w", "dtype": "float32",
+                                                  "shape": [2, 3]}]}), b"\0" * 24],
+    "bad global step": [_authed({"op": "init", "force": True, "variables": ["w"],
+                                 "global_step": -5,
+                                 "optimizer": optimizers.spec(optimizers.GradientDescent(1.0)),
+                                 "tensors": [{"name": "w", "dtype": "float32",
+                                              "shape": [2, 3]}]}), b"\0" * 24],
+}
+
+
+def test_every_hostile_message_gets_an_error_and_the_ps_keeps_serving(ps):
+    proc, address, log_path = ps
+    client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
+    _init(client)
+    peer = RawPeer(address)
+    for label, frames in {**HOSTILE_UNAUTHENTICATED, **HOSTILE_AUTHENTICATED}.items():
+        reply = peer.ask(frames)
+        assert reply is not None and reply["ok"] is False, (label, reply)
+        assert reply["code"] in ("bad_request", "unauthenticated"), (label, reply)
+        assert reply.get("id") in (None, 7), (label, reply)
+        assert proc.poll() is None, (label, log_path.read_text()[-3000:])
+    peer.close()
+    header, tensors = client.call(0, "push", {"step": True},
+                                  {"w": np.ones((2, 3), np.float32)})
+    assert header["global_step"] == 1
+    np.testing.assert_allclose(tensors["w"], 0.5)
+    client.call(0, "stop")
+    client.close()
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in log_path.read_text()
+
+
+def test_an_oversized_frame_is_refused_before_it_is_buffered(ps):
+    proc, address, _ = ps
+    peer = RawPeer(address)
+    # One frame longer than any the protocol uses: ZeroMQ drops the connection (MAXMSGSIZE)
+    # and nothing reaches the request loop.
+    assert peer.ask([b"{}", b"\0" * (wire.MAX_FRAME_BYTES + 1)], timeout_ms=3000) is None
+    peer.close()
+    client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
+    assert client.call(0, "status")[0]["ok"] is True
+    client.call(0, "stop")
+    client.close()
+    assert proc.wait(timeout=30) == 0
+
+
+def test_curve_admits_only_peers_holding_the_experiments_key(tmp_path):
+    key = curve.new_key()
+    proc, address, _ = start_ps(tmp_path, KUBELEARN_CURVE_KEY=key)
+    try:
+        for intruder_key in (None, curve.new_key()):  # plaintext, then another key
+            peer = RawPeer(address, intruder_key)
+            # Even with the token, a peer without the key gets no answer at all.
+            assert peer.ask([_authed({"op": "status"})], timeout_ms=2000) is None
+            peer.close()
+        client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60,
+                          curve_key=key)
+        _init(client)
+        header, tensors = client.call(0, "push", {"step": True},
+                                      {"w": np.ones((2, 3), np.float32)})
+        assert header["global_step"] == 1
+        np.testing.assert_allclose(tensors["w"], 0.5)
+        # Tensors in full-size frames pass the frame cap with Curve's envelope around them.
+        big = np.arange(3 * wire.FRAME_BYTES // 4, dtype=np.float32)
+        spec = optimizers.spec(optimizers.GradientDescent(0.5))
+        client.call(0, "init", {"variables": ["w"], "optimizer": spec, "force": True}, {"w": big})
+        _, tensors = client.call(0, "pull")
+        np.testing.assert_array_equal(tensors["w"], big)
+        with pytest.raises(PSError, match="unauthenticated"):  # the key alone is not enough
+            PSClient([address], token="wrong", request_timeout=10, deadline=60,
+                     curve_key=key).call(0, "status")
+        client.call(0, "stop")
+        client.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_refused_peers_are_remembered_within_a_bound():
+    from kubelearn.distributed.server import MAX_REFUSED_PEERS, ParameterServer
+
+    server = ParameterServer(f"127.0.0.1:{_free_port()}", 0, TOKEN)
+    try:
+        for i in range(3 * MAX_REFUSED_PEERS):
+            server.handle([i.to_bytes(5, "big"), b'{"op":"status"}'])
+        assert len(server._refused) == MAX_REFUSED_PEERS
+        assert server.refused_count == 3 * MAX_REFUSED_PEERS
+    finally:
+        server.close()
+
+
+def test_local_experiment_trains_over_an_encrypted_wire(tmp_path):
+    import yaml
+
+    manifest = tmp_path / "exp.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "curve"},
+        "spec": {"experimentFn": "kubelearn.examples.linear:experiment_fn",
+                 "hparams": {"train_steps": 200, "save_checkpoints_steps": 100},
+                 "replicas": {"ps": 1, "worker": 1}}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
+         str(tmp_path / "m"), "--no-progress"],
+        env={**env, "KUBELEARN_WIRE_ENCRYPTION": "curve"}, capture_output=True, text=True,
+        timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Succeeded" in proc.stdout
+    assert "(CurveZMQ)" in proc.stdout, proc.stdout[-3000:]
