@@ -2,9 +2,8 @@
 
 While training, the chief serves its progress (``{"global_step": 120, "loss": 0.31, ...}``)
 on ``http://<pod IP>:2223/progress``; the controller polls it (the runner needs no API
-permissions). When it exits, its termination message holds the final metrics. A pod's
-``kubelearn.dev/metrics`` annotation is read too. The replica that decides success (chief or
-master, else worker 0) is the one shown.
+permissions). When it exits, its termination message holds the final metrics. The replica
+that decides success (chief or master, else worker 0) is the one shown.
 """
 
 from __future__ import annotations
@@ -41,13 +40,12 @@ def progress_from_pods(pods: Iterable[PodState], leader_role: str | None,
     """Status fields (``metrics``, ``step``, ``loss``) from the reporting replica; {} if none.
 
     The termination message wins (it is the runner's final word), then the progress polled
-    from the running chief, then the annotation.
+    from the running chief.
     """
     pod = reporter(pods, leader_role)
     if pod is None:
         return {}
-    metrics = (_parse(pod.termination_message) or (polled if isinstance(polled, dict) else None)
-               or _parse(pod.metrics_annotation))
+    metrics = _parse(pod.termination_message) or (polled if isinstance(polled, dict) else None)
     if metrics is None:
         return {}
     result: dict[str, Any] = {"metrics": metrics}

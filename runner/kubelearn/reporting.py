@@ -21,14 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from kubelearn.hooks import PROGRESS_FILE
+from kubelearn_spec.contract import (
+    ENV_BIND_HOST,
+    ENV_EXPERIMENT,
+    ENV_PROGRESS_PORT,
+    ENV_TERMINATION_LOG,
+)
+from kubelearn_spec.contract import PROGRESS_PORT as DEFAULT_PROGRESS_PORT
 
 log = logging.getLogger("kubelearn")
 
-ENV_PROGRESS_PORT = "KUBELEARN_PROGRESS_PORT"
-ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
-ENV_EXPERIMENT = "KUBELEARN_EXPERIMENT"
-ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
-DEFAULT_PROGRESS_PORT = 2223
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 TRAINING_SCHEDULES = frozenset({"train", "train_and_evaluate", "local_run",
                                 "continuous_train_and_evaluate", "continuous_train_and_eval",

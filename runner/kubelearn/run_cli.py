@@ -24,14 +24,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from kubelearn_spec.contract import ENV_EXPERIMENT_FN, ENV_HPARAMS, ENV_MODEL_DIR, ENV_SCHEDULE
+
 EXIT_OK = 0
 EXIT_TRAINING_ERROR = 1
 EXIT_BAD_INPUT = 2
-
-ENV_EXPERIMENT_FN = "KUBELEARN_EXPERIMENT_FN"
-ENV_HPARAMS = "KUBELEARN_HPARAMS"
-ENV_MODEL_DIR = "KUBELEARN_MODEL_DIR"
-ENV_SCHEDULE = "KUBELEARN_SCHEDULE"
 
 
 class BadInput(Exception):
