@@ -57,6 +57,8 @@ class Observed:
 
 @dataclass(frozen=True)
 class Options:
+    """The operator's settings that a plan depends on."""
+
     default_image: str = "kubelearn/runner:0.1.0"
     cluster_domain: str | None = None
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
@@ -65,6 +67,8 @@ class Options:
 
 @dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event to post about the experiment."""
+
     type: str
     reason: str
     message: str

@@ -344,12 +344,15 @@ def local_command(args: argparse.Namespace) -> int:
     return code
 
 
+DESCRIPTION = ("Starts one process per replica of the manifest with TF_CONFIG on 127.0.0.1, "
+               "streams their logs and exits with the experiment's outcome (0 succeeded, "
+               "1 failed, 2 invalid manifest).")
+
+
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "local", help="run an Experiment manifest as local processes (no cluster)",
-        description="Starts one process per replica of the manifest with TF_CONFIG on "
-                    "127.0.0.1, streams their logs and exits with the experiment's outcome "
-                    "(0 succeeded, 1 failed, 2 invalid manifest).")
+    """Registers ``kubelearn local`` with the CLI."""
+    parser = subparsers.add_parser("local", description=DESCRIPTION, help="run an Experiment "
+                                   "manifest as local processes (no cluster)")
     parser.add_argument("manifest", help="Experiment YAML (the file you would kubectl apply)")
     parser.add_argument("--model-dir", help="checkpoints and results (default: spec.modelDir "
                                             "or ./output/<name>)")

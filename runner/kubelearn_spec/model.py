@@ -25,6 +25,8 @@ from .validate import SpecError, check_experiment
 
 @dataclass(frozen=True)
 class ReplicaSpec:
+    """One role: how many replicas, how they restart, their pod template."""
+
     role: str
     replicas: int
     restart_policy: str = DEFAULT_RESTART_POLICY
@@ -33,6 +35,8 @@ class ReplicaSpec:
 
 @dataclass(frozen=True)
 class SchedulingPolicy:
+    """Gang scheduling through a scheduler-plugins PodGroup."""
+
     min_available: int | None = None
     queue: str | None = None
     priority_class: str | None = None
@@ -42,6 +46,8 @@ class SchedulingPolicy:
 
 @dataclass(frozen=True)
 class RunPolicy:
+    """What happens around the replicas: clean-up, restarts, deadlines, suspension."""
+
     clean_pod_policy: str = DEFAULT_CLEAN_POD_POLICY
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT
     active_deadline_seconds: int | None = None
@@ -52,6 +58,9 @@ class RunPolicy:
 
 @dataclass(frozen=True)
 class ExperimentSpec:
+    """A checked Experiment with its defaults; ``image`` and ``model_dir`` stay None
+    where the spec leaves them to whoever runs it."""
+
     name: str
     namespace: str
     experiment_fn: str
