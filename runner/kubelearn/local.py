@@ -153,11 +153,14 @@ class Launcher:
         self._signal: int | None = None
 
     # -- processes -------------------------------------------------------------------
+    def command(self) -> list[str]:
+        """What every replica runs: the pod's ``kubelearn run ...`` with this Python."""
+        return [self.python, "-m", "kubelearn.cli", *contract.runner_command(self.spec)[1:]]
+
     def _spawn(self, replica: Replica) -> None:
         env = {**os.environ, **replica.env}
-        cmd = [self.python, "-m", "kubelearn.cli", *contract.runner_command(self.spec)[1:]]
         replica.process = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
         replica.exit_code = None
         thread = threading.Thread(target=self._pump, args=(replica, replica.process),

@@ -3,12 +3,13 @@
 Field by field validation is the case table's (tests/unit/test_experiment_cases.py).
 """
 
+import io
 import json
 
 import pytest
 import yaml
 
-from kubelearn.local import cluster_for, task_env
+from kubelearn.local import Console, Launcher, cluster_for, task_env
 from kubelearn.manifest import ManifestError, load_spec, parse
 from kubelearn_spec.validate import SpecError
 
@@ -90,3 +91,11 @@ def test_cluster_and_environment_of_a_replica():
     assert json.loads(env["KUBELEARN_HPARAMS"]) == spec.hparams
     assert env["KUBELEARN_TOKEN"] == "tok" and env["KUBELEARN_MODEL_DIR"] == "/m"
     assert env["KUBELEARN_EXPERIMENT"] == "linear"
+
+
+def test_replicas_run_the_schedule_of_the_spec():
+    spec = parse({**MINIMAL, "spec": {**MINIMAL["spec"], "schedule": "train"}})
+    launcher = Launcher(spec, "/m", Console(io.StringIO(), progress_tty=False), python="py")
+    assert launcher.command() == ["py", "-m", "kubelearn.cli", "run", "--experiment-fn",
+                                  "kubelearn.examples.linear:experiment_fn", "--schedule", "train"]
+    assert {r.policy for r in launcher.replicas} == {"ExitCode"}  # the cluster's default
