@@ -76,6 +76,14 @@ def _matches(pattern: str) -> str:
     return f"self.matches({_cel_string('^' + pattern + '$')})"
 
 
+def _fullmatch(pattern: str, value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
+
+
+def _pattern_rule(path: str, pattern: str, message: str) -> Rule:
+    return Rule(path, message, _matches(pattern), lambda value: _fullmatch(pattern, value))
+
+
 def _given_once(role: str) -> Rule:
     return Rule(
         f"spec.replicas.{role}",
@@ -86,9 +94,15 @@ def _given_once(role: str) -> Rule:
                           and "replicas" in ((spec.get("replicaSpecs") or {}).get(role) or {})))
 
 
-def _name_fits(spec: Mapping[str, Any], name: str) -> bool:
-    counts = {role: role_count(spec, role) for role in names.ROLES}
-    return len(name) <= names.max_name_length(counts)
+def _name_is_a_label(body: Mapping[str, Any]) -> bool:
+    name = body["metadata"].get("name")
+    return name is None or _fullmatch(names.DNS_1035, name)
+
+
+def _name_fits(body: Mapping[str, Any]) -> bool:
+    name = body["metadata"].get("name")
+    counts = {role: role_count(body["spec"], role) for role in names.ROLES}
+    return name is None or len(name) <= names.max_name_length(counts)
 
 
 def _name_fits_cel() -> str:
@@ -106,37 +120,27 @@ ROOT_RULES = (
          "starting with a letter): it names the experiment's services",
          f"!has(self.metadata.name) || self.metadata.name.matches("
          f"{_cel_string('^' + names.DNS_1035 + '$')})",
-         lambda body: _fullmatch(names.DNS_1035, body["metadata"].get("name", "a"))),
+         _name_is_a_label),
     Rule("metadata.name",
          "is too long: every pod and service name <name>-<role>-<index> "
          f"must fit in {names.MAX_DNS_LABEL} characters",
-         _name_fits_cel(),
-         lambda body: _name_fits(body["spec"], body["metadata"].get("name", ""))),
+         _name_fits_cel(), _name_fits),
 )
 
 SPEC_RULES = (
     *(_given_once(role) for role in names.ROLES),
     Rule("spec.replicas", "master and chief are exclusive; set one of them",
          f"!({_count_cel('self', 'master')} >= 1 && {_count_cel('self', 'chief')} >= 1)",
-         lambda spec: not (role_count(spec, "master") and role_count(spec, "chief"))),
+         lambda spec: not (role_count(spec, "master") >= 1 and role_count(spec, "chief") >= 1)),
     Rule("spec.replicas", "needs at least one worker or master (or chief)",
          " + ".join(_count_cel("self", role) for role in names.TRAINING_ROLES) + " >= 1",
-         lambda spec: any(role_count(spec, role) for role in names.TRAINING_ROLES)),
+         lambda spec: sum(role_count(spec, role) for role in names.TRAINING_ROLES) >= 1),
 )
 
 
-def _fullmatch(pattern: str, value: Any) -> bool:
-    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
-
-
-def _pattern_rule(path: str, pattern: str, message: str) -> Rule:
-    return Rule(path, message, _matches(pattern),
-                lambda value: _fullmatch(pattern, value))
-
-
-def _string(description: str, max_length: int, **extra: Any) -> dict[str, Any]:
+def _string(description: str, max_length: int) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length,
-            "description": description, **extra}
+            "description": description}
 
 
 def _integer(description: str | None = None, minimum: int = 0,
