@@ -12,22 +12,10 @@ import yaml
 from kubelearn.local import Console, Launcher, cluster_for, task_env
 from kubelearn.manifest import ManifestError, load_spec, parse
 from kubelearn_spec.validate import SpecError
+from tests import experiment_cases
+from tests.experiment_cases import Case
 
-MINIMAL = yaml.safe_load("""
-apiVersion: kubelearn.dev/v1alpha1
-kind: Experiment
-metadata:
-  name: linear
-spec:
-  experimentFn: kubelearn.examples.linear:experiment_fn
-  hparams:
-    learning_rate: 0.05
-    train_steps: 2000
-  replicas:
-    ps: 1
-    worker: 2
-    master: 1
-""")
+MINIMAL = Case("minimal", "linear", experiment_cases.MINIMAL).manifest()
 
 
 def test_minimal_manifest_is_accepted():
