@@ -9,7 +9,7 @@ from pathlib import Path
 
 def pids_with_env(*prefixes: str) -> list[int]:
     """Processes that have, for every prefix, an environment entry starting with it
-    (e.g. ``KUBELEARN_MODEL_DIR=/tmp/kubelearn/<ns>/``, ``KUBELEARN_ROLE=ps``)."""
+    (e.g. ``KUBELEARN_MODEL_DIR=/tmp/kubelearn/<ns>/``)."""
     wanted = [p.encode() for p in prefixes]
     found = []
     for entry in os.listdir("/proc"):

@@ -20,10 +20,12 @@ from typing import Any
 
 import aiohttp
 
+from kubelearn_spec import names
+
 from . import metrics, naming, progress
+from .builders import ExperimentRef, build_secret
 from .informer import Informer
 from .kube import ApiError, KubeClient
-from .manifests import ExperimentRef, build_secret
 from .pods import PodState, controller_uid, pod_state
 from .progress import reporter
 from .reconcile import Event, Observed, Options, Plan, plan, status_patch
@@ -292,7 +294,7 @@ class Controller:
             token = self._progress_tokens.get(uid)
             if not token:  # the chief asks for the experiment's token, kept in its Secret
                 token = progress.token_from_secret(await self.client.request(
-                    "GET", f"/api/v1/namespaces/{key[0]}/secrets/{naming.secret_name(key[1])}"))
+                    "GET", f"/api/v1/namespaces/{key[0]}/secrets/{names.secret_name(key[1])}"))
                 if token:
                     self._progress_tokens[uid] = token
             report = await progress.fetch(session, url, token) if token else None

@@ -18,10 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import naming
+from kubelearn_spec import contract, names
 
-#: The chief's progress endpoint (the runner's KUBELEARN_PROGRESS_PORT default).
-PROGRESS_PORT = 2223
 #: Label every namespace carries (Kubernetes >= 1.21), used to point at the operator's one.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
@@ -42,11 +40,6 @@ class NetworkPolicyConfig:
 
     operator_namespace: str
     operator_selector: Mapping[str, str]
-
-
-def policy_name(experiment: str) -> str:
-    """Name of an experiment's NetworkPolicy (the experiment's name is a DNS label)."""
-    return f"{experiment}-kubelearn"
 
 
 def parse_selector(text: str, field: str = ENV_OPERATOR_SELECTOR) -> dict[str, str]:
@@ -96,8 +89,8 @@ def build_network_policy(
     operator: NetworkPolicyConfig,
     *,
     labels: Mapping[str, str] | None = None,
-    port: int = naming.PORT,
-    progress_port: int = PROGRESS_PORT,
+    port: int = contract.PORT,
+    progress_port: int = contract.PROGRESS_PORT,
 ) -> dict[str, Any]:
     """NetworkPolicy selecting the experiment's pods: port ``port`` from those pods only,
     ``progress_port`` from the operator's pods only, nothing else in.
@@ -113,12 +106,12 @@ def build_network_policy(
     for field, value in (("port", port), ("progress_port", progress_port)):
         if not 1 <= value <= 65535:
             raise ValueError(f"{field} must be a TCP port (1-65535), got {value}")
-    experiment = naming.selector(experiment_name)
+    experiment = names.selector(experiment_name)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": policy_name(experiment_name),
+            "name": names.network_policy_name(experiment_name),
             "namespace": namespace,
             "labels": {**(labels or {}), **experiment},
             "ownerReferences": [dict(owner_reference)],

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import naming
+from kubelearn_spec import contract, names
 
 ACTIVE_PHASES = ("Pending", "Running", "Unknown")
 
@@ -23,9 +23,7 @@ class PodState:
     restart_count: int = 0
     deleting: bool = False
     reason: str = ""
-    message: str = ""
     termination_message: str | None = None
-    metrics_annotation: str | None = None
     owner_uid: str = ""
     pod_ip: str = ""
 
@@ -33,14 +31,10 @@ class PodState:
     def active(self) -> bool:
         return self.phase in ACTIVE_PHASES and not self.deleting
 
-    @property
-    def finished(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
-
 
 def _main_status(statuses: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     for status in statuses:
-        if status.get("name") == naming.CONTAINER_NAME:
+        if status.get("name") == contract.CONTAINER_NAME:
             return status
     return statuses[0] if statuses else None
 
@@ -50,9 +44,9 @@ def pod_state(pod: Mapping[str, Any]) -> PodState | None:
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     try:
-        experiment = labels[naming.LABEL_EXPERIMENT]
-        role = labels[naming.LABEL_ROLE]
-        index = int(labels[naming.LABEL_INDEX])
+        experiment = labels[names.LABEL_EXPERIMENT]
+        role = labels[names.LABEL_ROLE]
+        index = int(labels[names.LABEL_INDEX])
     except (KeyError, ValueError):
         return None
     status = pod.get("status") or {}
@@ -76,9 +70,7 @@ def pod_state(pod: Mapping[str, Any]) -> PodState | None:
         restart_count=sum(int(s.get("restartCount") or 0) for s in statuses),
         deleting=bool(meta.get("deletionTimestamp")),
         reason=status.get("reason") or "",
-        message=status.get("message") or "",
         termination_message=termination_message,
-        metrics_annotation=(meta.get("annotations") or {}).get(naming.ANNOTATION_METRICS),
         owner_uid=controller_uid(meta),
         pod_ip=status.get("podIP") or "",
     )

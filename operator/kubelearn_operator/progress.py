@@ -2,9 +2,8 @@
 
 While training, the chief serves its progress (``{"global_step": 120, "loss": 0.31, ...}``)
 on ``http://<pod IP>:2223/progress``; the controller polls it (the runner needs no API
-permissions). When it exits, its termination message holds the final metrics. A pod's
-``kubelearn.dev/metrics`` annotation is read too. The replica that decides success (chief or
-master, else worker 0) is the one shown.
+permissions). When it exits, its termination message holds the final metrics. The replica
+that decides success (chief or master, else worker 0) is the one shown.
 
 Everything here comes from the experiment's own pods, so none of it is trusted: a request
 to the endpoint carries the experiment's token (``Authorization: Bearer``, read from the
@@ -20,7 +19,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import naming
+from kubelearn_spec import contract
+
 from .pods import PodState
 
 MAX_REPORT_BYTES = 16 << 10
@@ -81,7 +81,7 @@ def cap_metrics(report: Mapping[str, Any], depth: int = 1) -> dict[str, Any]:
 def token_from_secret(secret: Mapping[str, Any]) -> str | None:
     """The experiment's token from its Secret (as the API server returns it)."""
     data = secret.get("data") if isinstance(secret, Mapping) else None
-    value = data.get(naming.TOKEN_KEY) if isinstance(data, Mapping) else None
+    value = data.get(contract.TOKEN_KEY) if isinstance(data, Mapping) else None
     if not isinstance(value, str):
         return None
     try:
@@ -115,13 +115,12 @@ def progress_from_pods(pods: Iterable[PodState], leader_role: str | None,
     """Status fields (``metrics``, ``step``, ``loss``) from the reporting replica; {} if none.
 
     The termination message wins (it is the runner's final word), then the progress polled
-    from the running chief, then the annotation.
+    from the running chief.
     """
     pod = reporter(pods, leader_role)
     if pod is None:
         return {}
-    metrics = (_parse(pod.termination_message) or (polled if isinstance(polled, dict) else None)
-               or _parse(pod.metrics_annotation))
+    metrics = _parse(pod.termination_message) or (polled if isinstance(polled, dict) else None)
     if metrics is None:
         return {}
     metrics = cap_metrics(metrics)

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import naming
-from .manifests import (
+from kubelearn_spec import names, policy
+from kubelearn_spec.model import ExperimentSpec
+from kubelearn_spec.validate import SpecError
+
+from .builders import (
     INLINE_CLUSTER_MAX_REPLICAS,
     ExperimentRef,
     PodBuilder,
@@ -26,7 +29,7 @@ from .manifests import (
 from .netpol import NetworkPolicyConfig, build_network_policy
 from .pods import PodState
 from .progress import progress_from_pods
-from .spec import ExperimentSpec, SpecError, parse_spec
+from .spec import parse_spec
 from .status import (
     clear_condition,
     format_time,
@@ -38,7 +41,7 @@ from .status import (
     total_restarts,
 )
 
-PODGROUP_MISSING = (f"PodGroup CRD {naming.PODGROUP_GROUP}/{naming.PODGROUP_VERSION} is not "
+PODGROUP_MISSING = (f"PodGroup CRD {names.PODGROUP_GROUP}/{names.PODGROUP_VERSION} is not "
                     "installed: pods are scheduled without gang scheduling")
 
 
@@ -54,6 +57,8 @@ class Observed:
 
 @dataclass(frozen=True)
 class Options:
+    """The operator's settings that a plan depends on."""
+
     default_image: str = "kubelearn/runner:0.1.0"
     cluster_domain: str | None = None
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
@@ -63,9 +68,20 @@ class Options:
 
 @dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event to post about the experiment."""
+
     type: str
     reason: str
     message: str
+
+
+@dataclass
+class Replicas:
+    """The desired replicas' pods as observed, sorted by what is to be done about them."""
+
+    permanent: list[PodState] = field(default_factory=list)  # failed for good
+    restarts: list[PodState] = field(default_factory=list)  # failed, to be recreated
+    all_running: bool = True
 
 
 @dataclass
@@ -88,19 +104,6 @@ class Plan:
         seconds = max(seconds, 0.0)
         if self.requeue_after is None or seconds < self.requeue_after:
             self.requeue_after = seconds
-
-
-def is_retryable(policy: str, pod: PodState) -> bool:
-    """Whether a failed pod is restarted under its role's restart policy.
-
-    ExitCode: 1-127 are the program's own verdict (permanent); 128 and above mean killed by a
-    signal (retry); no exit code at all (evicted, lost) is retried too.
-    """
-    if policy in ("OnFailure", "Always"):
-        return True
-    if policy == "ExitCode":
-        return pod.exit_code is None or pod.exit_code >= 128 or pod.exit_code == 0
-    return False
 
 
 FAILURE_DETAIL_MAX = 300
@@ -249,99 +252,134 @@ class _Planner:
         self.status["startTime"] = None
 
     def active(self, spec: ExperimentSpec) -> None:
-        plan = self.plan
+        """An experiment that runs: create what is missing, then decide its outcome."""
+        start = self.start_time()
+        self.plan.ensure_secret = True
+        self.network_policy()
+        gang = self.gang_scheduling(spec)
+        builder = PodBuilder(self.ref, spec, cluster_domain=self.options.cluster_domain,
+                             gang=gang, inline_max=self.options.inline_cluster_max,
+                             encrypt_wire=self.options.encrypt_wire)
+        self.plan.configmap = builder.configmap()
+        desired = spec.replica_keys()
+        desired_names = {names.replica_name(self.ref.name, r, i) for r, i in desired}
+        self.scale_down(desired_names)
+        replicas = self.create_missing(spec, builder, desired)
+        new_restarts = [p for p in replicas.restarts
+                        if self.pod_restarts.get(p.name, {}).get("uid") != p.uid]
+        statuses = replica_statuses(
+            spec.counts(), [p for n, p in self.observed.pods.items() if n in desired_names],
+            self.pod_restarts)
+        self.status["replicaStatuses"] = statuses
+        self.progress(spec)
+        if self.decide(spec, replicas, total_restarts(statuses) + len(new_restarts), start):
+            self.plan.create_pods.clear()
+            self.plan.create_services.clear()
+            self.plan.configmap = None
+            self.finished(spec)
+            return
+        self.report_evaluators(replicas.permanent, statuses)
+        self.restart(replicas.restarts, new_restarts, statuses)
+        self.running_conditions(replicas)
+        self.requeue_at_deadline(spec, start)
+
+    def start_time(self) -> str:
         start = (self.status.get("startTime") or self.old.get("startTime")
                  or format_time(self.now, round_up=True))
         self.status["startTime"] = start
-        plan.ensure_secret = True
+        return start
+
+    def network_policy(self) -> None:
         if self.options.network_policy is not None:
-            plan.network_policy = build_network_policy(
+            self.plan.network_policy = build_network_policy(
                 self.ref.name, self.ref.namespace, self.ref.owner_reference(),
                 self.options.network_policy)
-        gang = spec.run_policy.scheduling is not None
-        if gang:
-            if self.observed.podgroup_available:
-                plan.podgroup = build_podgroup(self.ref, spec)
-                self.status["podGroup"] = {"name": naming.podgroup_name(self.ref.name),
-                                           "message": ""}
-            else:
-                if (self.old.get("podGroup") or {}).get("message") != PODGROUP_MISSING:
-                    plan.events.append(Event("Warning", "PodGroupUnavailable", PODGROUP_MISSING))
-                self.status["podGroup"] = {"name": "", "message": PODGROUP_MISSING}
-        builder = PodBuilder(self.ref, spec, cluster_domain=self.options.cluster_domain,
-                             gang=gang and self.observed.podgroup_available,
-                             inline_max=self.options.inline_cluster_max,
-                             encrypt_wire=self.options.encrypt_wire)
-        plan.configmap = builder.configmap()
-        desired = spec.replica_keys()
-        desired_names = {naming.replica_name(self.ref.name, r, i) for r, i in desired}
-        pods = self.observed.pods
-        # Replicas beyond the spec (it was scaled down) go away with their services.
-        for name, pod in pods.items():
+
+    def gang_scheduling(self, spec: ExperimentSpec) -> bool:
+        """The PodGroup when gang scheduling is asked for and possible; whether it is."""
+        if spec.run_policy.scheduling is None:
+            return False
+        if self.observed.podgroup_available:
+            self.plan.podgroup = build_podgroup(self.ref, spec)
+            self.status["podGroup"] = {"name": names.podgroup_name(self.ref.name),
+                                       "message": ""}
+            return True
+        if (self.old.get("podGroup") or {}).get("message") != PODGROUP_MISSING:
+            self.plan.events.append(Event("Warning", "PodGroupUnavailable", PODGROUP_MISSING))
+        self.status["podGroup"] = {"name": "", "message": PODGROUP_MISSING}
+        return False
+
+    def scale_down(self, desired_names: set[str]) -> None:
+        """Replicas beyond the spec (it was scaled down) go away with their services."""
+        for name, pod in self.observed.pods.items():
             if name not in desired_names and not pod.deleting:
-                plan.delete_pods.append((pod.name, pod.uid))
-        plan.delete_services += sorted(s for s in self.observed.services
-                                       if s not in desired_names)
-        permanent: list[PodState] = []
-        restarts: list[PodState] = []
-        all_running = True
+                self.plan.delete_pods.append((pod.name, pod.uid))
+        self.plan.delete_services += sorted(s for s in self.observed.services
+                                            if s not in desired_names)
+
+    def create_missing(self, spec: ExperimentSpec, builder: PodBuilder,
+                       desired: list[tuple[str, int]]) -> Replicas:
+        """Services and pods that do not exist yet; the failed pods sorted by restart policy."""
+        replicas = Replicas()
         for role, index in desired:
-            name = naming.replica_name(self.ref.name, role, index)
+            name = names.replica_name(self.ref.name, role, index)
             if name not in self.observed.services:
-                plan.create_services.append(build_service(self.ref, role, index))
-            pod = pods.get(name)
+                self.plan.create_services.append(build_service(self.ref, role, index))
+            pod = self.observed.pods.get(name)
             if pod is None:
                 count = int(self.pod_restarts.get(name, {}).get("count") or 0)
-                plan.create_pods.append(builder.pod(role, index, restarts=count))
-                all_running = False
+                self.plan.create_pods.append(builder.pod(role, index, restarts=count))
+                replicas.all_running = False
                 continue
             if pod.deleting or pod.phase not in ("Running", "Succeeded"):
-                all_running = False
+                replicas.all_running = False
             if pod.deleting or pod.phase != "Failed":
                 continue
-            if is_retryable(spec.replicas[role].restart_policy, pod):
-                restarts.append(pod)
+            if policy.retries_failure(spec.replicas[role].restart_policy, pod.exit_code):
+                replicas.restarts.append(pod)
             else:
-                permanent.append(pod)
+                replicas.permanent.append(pod)
+        return replicas
 
-        new_restarts = [p for p in restarts
-                        if self.pod_restarts.get(p.name, {}).get("uid") != p.uid]
-        counts = {role: r.replicas for role, r in spec.replicas.items()}
-        statuses = replica_statuses(counts, [p for n, p in pods.items() if n in desired_names],
-                                    self.pod_restarts)
-        restarts_so_far = total_restarts(statuses)
-        self.status["replicaStatuses"] = statuses
-        self.progress(spec)
-
-        # Outcome, in order: success, permanent failure, restarts past the limit, deadline.
-        if self.succeeded(spec):
+    def decide(self, spec: ExperimentSpec, replicas: Replicas, restarts: int,
+               start: str) -> bool:
+        """The outcome, in order: success, permanent failure, restarts past the limit,
+        deadline. Whether the experiment is finished now."""
+        limit = spec.run_policy.backoff_limit
+        started = parse_time(start)
+        if policy.succeeded(spec, self.replica_succeeded):
             self.finish(True, "ExperimentSucceeded",
                         f"Experiment {self.key} successfully completed.")
-        elif decisive := [p for p in permanent if p.role != "evaluator"]:
+        elif decisive := [p for p in replicas.permanent if policy.decides_outcome(p.role)]:
             details = "; ".join(_describe_failure(p) for p in decisive[:5])
             self.finish(False, "ExperimentFailed",
                         f"Experiment {self.key} has failed because {len(decisive)} replica(s) "
                         f"failed: {details}.")
-        elif restarts_so_far + len(new_restarts) > spec.run_policy.backoff_limit:
+        elif policy.backoff_exceeded(restarts, limit):
             self.finish(False, "BackoffLimitExceeded",
                         f"Experiment {self.key} has failed because it has reached the "
-                        f"specified backoff limit ({spec.run_policy.backoff_limit} restarts).")
-        elif self.deadline_passed(spec, start):
+                        f"specified backoff limit ({limit} restarts).")
+        elif started is not None and policy.deadline_passed(
+                started.timestamp(), self.now.timestamp(),
+                spec.run_policy.active_deadline_seconds):
             self.finish(False, "DeadlineExceeded",
                         f"Experiment {self.key} has failed because it was active longer than "
                         f"activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds}s).")
-        if is_true(self.conditions, "Succeeded") or is_true(self.conditions, "Failed"):
-            plan.create_pods.clear()
-            plan.create_services.clear()
-            plan.configmap = None
-            self.finished(spec)
-            return
+        return is_true(self.conditions, "Succeeded") or is_true(self.conditions, "Failed")
 
-        for pod in permanent:  # only evaluators reach here: reported, never decisive
-            if statuses[pod.role]["failed"] > (self.old_failed(pod.role)):
-                plan.events.append(Event("Warning", "ReplicaFailed",
-                                         f"{_describe_failure(pod)}; evaluators do not decide "
-                                         "the experiment's outcome."))
+    def report_evaluators(self, permanent: list[PodState],
+                          statuses: Mapping[str, Mapping[str, int]]) -> None:
+        """Failed evaluators (all that is left of the permanent failures): reported only."""
+        for pod in permanent:
+            if statuses[pod.role]["failed"] > self.old_failed(pod.role):
+                self.plan.events.append(Event(
+                    "Warning", "ReplicaFailed",
+                    f"{_describe_failure(pod)}; evaluators do not decide the experiment's "
+                    "outcome."))
+
+    def restart(self, restarts: list[PodState], new_restarts: list[PodState],
+                statuses: dict[str, dict[str, int]]) -> None:
+        """Delete the failed pods to be recreated; count each failure once (by pod uid)."""
         for pod in restarts:
             if pod in new_restarts:
                 record = self.pod_restarts.get(pod.name, {})
@@ -349,45 +387,35 @@ class _Planner:
                                                "count": int(record.get("count") or 0) + 1,
                                                "uid": pod.uid}
                 statuses[pod.role]["restarts"] += 1
-                plan.counters.append("restarted")
-                plan.events.append(Event("Warning", "RestartingPod",
-                                         f"Restarting {_describe_failure(pod)}."))
-            plan.delete_pods.append((pod.name, pod.uid))
-        if restarts:
+                self.plan.counters.append("restarted")
+                self.plan.events.append(Event("Warning", "RestartingPod",
+                                              f"Restarting {_describe_failure(pod)}."))
+            self.plan.delete_pods.append((pod.name, pod.uid))
+
+    def running_conditions(self, replicas: Replicas) -> None:
+        if replicas.restarts:
             self.transition("Restarting", "ExperimentRestarting",
-                            f"Experiment {self.key} is restarting because {len(restarts)} "
-                            "replica(s) failed.", warning=True)
+                            f"Experiment {self.key} is restarting because "
+                            f"{len(replicas.restarts)} replica(s) failed.", warning=True)
             self.clear("Running", "ExperimentRestarting",
                        f"Experiment {self.key} is restarting.")
-        elif all_running and any(p.phase == "Running" for p in pods.values()):
+        elif replicas.all_running and any(p.phase == "Running"
+                                          for p in self.observed.pods.values()):
             self.transition("Running", "ExperimentRunning", f"Experiment {self.key} is running.")
             self.clear("Restarting", "ExperimentRunning", f"Experiment {self.key} is running.")
+
+    def requeue_at_deadline(self, spec: ExperimentSpec, start: str) -> None:
         deadline = spec.run_policy.active_deadline_seconds
         start_time = parse_time(start)
         if deadline is not None and start_time is not None:
-            plan.requeue(start_time.timestamp() + deadline - self.now.timestamp())
+            self.plan.requeue(start_time.timestamp() + deadline - self.now.timestamp())
 
     def old_failed(self, role: str) -> int:
         return int(((self.old.get("replicaStatuses") or {}).get(role) or {}).get("failed") or 0)
 
-    def succeeded(self, spec: ExperimentSpec) -> bool:
-        def ok(role: str, index: int) -> bool:
-            pod = self.observed.pods.get(naming.replica_name(self.ref.name, role, index))
-            return pod is not None and pod.phase == "Succeeded"
-
-        leader = spec.leader_role
-        if leader:
-            return ok(leader, 0)
-        workers = spec.count("worker")
-        if spec.success_policy == "AllWorkers":
-            return workers > 0 and all(ok("worker", i) for i in range(workers))
-        return workers > 0 and ok("worker", 0)
-
-    def deadline_passed(self, spec: ExperimentSpec, start: str) -> bool:
-        deadline = spec.run_policy.active_deadline_seconds
-        started = parse_time(start)
-        return (deadline is not None and started is not None
-                and self.now.timestamp() - started.timestamp() >= deadline)
+    def replica_succeeded(self, role: str, index: int) -> bool:
+        pod = self.observed.pods.get(names.replica_name(self.ref.name, role, index))
+        return pod is not None and pod.phase == "Succeeded"
 
     def progress(self, spec: ExperimentSpec) -> None:
         self.status.update(progress_from_pods(
@@ -404,8 +432,7 @@ class _Planner:
         if spec is not None:
             statuses = status.get("replicaStatuses")
             if statuses is None:
-                counts = {role: r.replicas for role, r in spec.replicas.items()}
-                statuses = replica_statuses(counts, self.observed.pods.values(),
+                statuses = replica_statuses(spec.counts(), self.observed.pods.values(),
                                             self.pod_restarts)
                 status["replicaStatuses"] = statuses
             active = sum(s["active"] for s in statuses.values())

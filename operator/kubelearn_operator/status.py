@@ -8,7 +8,6 @@ from typing import Any
 
 from .pods import PodState
 
-CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 #: Phase is the highest-ranked true condition.
 _PHASE_ORDER = ("Failed", "Succeeded", "Suspended", "Restarting", "Running", "Created")
 

@@ -26,15 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     from kubelearn import local, run_cli
+    from kubelearn.em import cli as em_cli
 
     run_cli.add_parser(subparsers)
     local.add_parser(subparsers)
-    try:
-        from kubelearn.em import cli as em_cli
-    except ImportError:  # run tracking not installed in this build
-        em_cli = None
-    if em_cli is not None:
-        em_cli.add_parser(subparsers)
+    em_cli.add_parser(subparsers)
     return parser
 
 

@@ -27,7 +27,11 @@ from typing import Any, TextIO
 
 from kubelearn import checkpoints
 from kubelearn.hooks import PROGRESS_FILE
-from kubelearn.manifest import CLUSTER_ROLES, ExperimentSpec, ManifestError, load_spec
+from kubelearn.manifest import load_spec
+from kubelearn_spec import contract, names, policy
+from kubelearn_spec.model import ExperimentSpec
+from kubelearn_spec.tfconfig import cluster_spec, tf_config
+from kubelearn_spec.validate import SpecError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -47,27 +51,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 def cluster_for(spec: ExperimentSpec, port: Callable[[], int] = free_port
                 ) -> dict[str, list[str]]:
     """The cluster spec: one 127.0.0.1 address per replica of every cluster role."""
-    return {role: [f"127.0.0.1:{port()}" for _ in range(spec.replicas(role))]
-            for role in CLUSTER_ROLES if spec.replicas(role)}
+    return cluster_spec(spec.counts(), lambda _role, _index: f"127.0.0.1:{port()}")
 
 
 def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, index: int,
              model_dir: str, token: str, curve_key: str = "") -> dict[str, str]:
     """The environment of one replica, as the operator gives it to a pod (the Curve key
     empty: the ps wire in plaintext)."""
-    tf_config = {"cluster": cluster, "task": {"type": role, "index": index},
-                 "environment": "cloud"}
     return {
-        "TF_CONFIG": json.dumps(tf_config),
-        "KUBELEARN_TOKEN": token,
-        "KUBELEARN_CURVE_KEY": curve_key,
-        "KUBELEARN_EXPERIMENT": spec.name,
-        "KUBELEARN_ROLE": role,
-        "KUBELEARN_INDEX": str(index),
-        "KUBELEARN_HPARAMS": json.dumps(spec.hparams),
-        "KUBELEARN_MODEL_DIR": model_dir,
-        "KUBELEARN_EXPERIMENT_FN": spec.experiment_fn,
-        "KUBELEARN_PROGRESS_PORT": "0",  # the launcher reads progress.json directly
+        **contract.replica_env(spec, tf_config(cluster, role, index), model_dir),
+        contract.ENV_TOKEN: token,
+        contract.ENV_CURVE_KEY: curve_key,
+        contract.ENV_PROGRESS_PORT: "0",  # the launcher reads progress.json directly
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -86,20 +81,6 @@ def wire_encrypted() -> bool:
     except ImportError:
         return False
     return bool(zmq.has("curve"))
-
-
-def restart_wanted(policy: str, exit_code: int) -> bool:
-    """Whether a replica that exited with ``exit_code`` is restarted under ``policy``.
-
-    ``exit_code`` is the shell's view: 128+N for a process killed by signal N.
-    """
-    if policy == "Always":
-        return True
-    if policy == "OnFailure":
-        return exit_code != 0
-    if policy == "ExitCode":
-        return exit_code >= 128
-    return False
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -121,7 +102,7 @@ class Replica:
 
     @property
     def name(self) -> str:
-        return f"{self.role}-{self.index}"
+        return names.replica_task(self.role, self.index)
 
 
 class Console:
@@ -184,8 +165,8 @@ class Launcher:
         self.replicas = [
             Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token,
                                       self.curve_key),
-                    spec.roles[role].restart_policy)
-            for role in START_ORDER if spec.replicas(role) for i in range(spec.replicas(role))
+                    spec.replicas[role].restart_policy)
+            for role in START_ORDER for i in range(spec.count(role))
         ]
         self.total_restarts = 0
         self.failure: str | None = None
@@ -193,12 +174,14 @@ class Launcher:
         self._signal: int | None = None
 
     # -- processes -------------------------------------------------------------------
+    def command(self) -> list[str]:
+        """What every replica runs: the pod's ``kubelearn run ...`` with this Python."""
+        return [self.python, "-m", "kubelearn.cli", *contract.runner_command(self.spec)[1:]]
+
     def _spawn(self, replica: Replica) -> None:
         env = {**os.environ, **replica.env}
-        cmd = [self.python, "-m", "kubelearn.cli", "run", "--experiment-fn",
-               self.spec.experiment_fn]
         replica.process = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
         replica.exit_code = None
         thread = threading.Thread(target=self._pump, args=(replica, replica.process),
@@ -213,8 +196,8 @@ class Launcher:
 
     def start(self) -> None:
         self.console.line(f"Experiment {self.spec.name}: "
-                          + ", ".join(f"{r} x{self.spec.replicas(r)}" for r in START_ORDER
-                                      if self.spec.replicas(r))
+                          + ", ".join(f"{r} x{self.spec.count(r)}" for r in START_ORDER
+                                      if self.spec.count(r))
                           + f"; model dir {self.model_dir}")
         for replica in self.replicas:
             self._spawn(replica)
@@ -247,9 +230,9 @@ class Launcher:
             code = 128 - code if code < 0 else code
             replica.exit_code = code
             experiment_over = self._succeeded()
-            if not experiment_over and restart_wanted(replica.policy, code):
-                limit = self.spec.backoff_limit
-                if limit is not None and self.total_restarts >= limit:
+            if not experiment_over and policy.restarts_after_exit(replica.policy, code):
+                limit = self.spec.run_policy.backoff_limit
+                if policy.backoff_exceeded(self.total_restarts + 1, limit):
                     replica.finished = True
                     self.failure = (f"{replica.name} exited with code {code} and the back-off "
                                     f"limit of {limit} restarts is reached")
@@ -261,19 +244,12 @@ class Launcher:
                 self._spawn(replica)
                 continue
             replica.finished = True
-            if code != 0 and replica.role != "evaluator" and not experiment_over:
+            if code != 0 and policy.decides_outcome(replica.role) and not experiment_over:
                 self.failure = f"{replica.name} failed with exit code {code}"
 
     def _succeeded(self) -> bool:
-        head = self.spec.chief_role()
-        if self.spec.success_policy == "AllWorkers" and not self.spec.replicas("master") \
-                and not self.spec.replicas("chief"):
-            workers = [r for r in self.replicas if r.role == "worker"]
-            return all(r.finished and r.exit_code == 0 for r in workers)
-        for replica in self.replicas:
-            if head and (replica.role, replica.index) == head:
-                return replica.finished and replica.exit_code == 0
-        return False
+        done = {(r.role, r.index) for r in self.replicas if r.finished and r.exit_code == 0}
+        return policy.succeeded(self.spec, lambda role, index: (role, index) in done)
 
     def _all_done(self) -> bool:
         return all(r.process is None or r.process.poll() is not None for r in self.replicas)
@@ -308,8 +284,9 @@ class Launcher:
                     self.console.progress(int(report.get("global_step", 0)), total,
                                           report.get("loss"),
                                           float(report.get("steps_per_sec") or 0.0))
-                deadline = self.spec.active_deadline_seconds
-                if deadline and time.monotonic() - self.started > deadline and not self.failure:
+                deadline = self.spec.run_policy.active_deadline_seconds
+                if policy.deadline_passed(self.started, time.monotonic(), deadline) \
+                        and not self.failure:
                     self.failure = f"active deadline of {deadline}s exceeded"
                 if self.failure:
                     self.console.end_progress()
@@ -415,13 +392,13 @@ def local_command(args: argparse.Namespace) -> int:
     """The ``kubelearn local`` command."""
     try:
         spec = load_spec(args.manifest)
-    except ManifestError as exc:
+    except SpecError as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         import zmq  # noqa: F401  (the parameter servers need it)
     except ImportError:
-        if spec.replicas("ps"):
+        if spec.count("ps"):
             print("kubelearn local: error: parameter servers need pyzmq: "
                   "pip install 'kubelearn[distributed]'", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -448,12 +425,15 @@ def local_command(args: argparse.Namespace) -> int:
     return code
 
 
+DESCRIPTION = ("Starts one process per replica of the manifest with TF_CONFIG on 127.0.0.1, "
+               "streams their logs and exits with the experiment's outcome (0 succeeded, "
+               "1 failed, 2 invalid manifest).")
+
+
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "local", help="run an Experiment manifest as local processes (no cluster)",
-        description="Starts one process per replica of the manifest with TF_CONFIG on "
-                    "127.0.0.1, streams their logs and exits with the experiment's outcome "
-                    "(0 succeeded, 1 failed, 2 invalid manifest).")
+    """Registers ``kubelearn local`` with the CLI."""
+    parser = subparsers.add_parser("local", description=DESCRIPTION, help="run an Experiment "
+                                   "manifest as local processes (no cluster)")
     parser.add_argument("manifest", help="Experiment YAML (the file you would kubectl apply)")
     parser.add_argument("--model-dir", help="checkpoints and results (default: spec.modelDir "
                                             "or ./output/<name>)")

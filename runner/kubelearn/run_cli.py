@@ -26,16 +26,19 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from kubelearn_spec.contract import (
+    ENV_BIND_HOST,
+    ENV_EXPERIMENT_FN,
+    ENV_HPARAMS,
+    ENV_MODEL_DIR,
+    ENV_PROGRESS_PORT,
+    ENV_SCHEDULE,
+)
+
 EXIT_OK = 0
 EXIT_TRAINING_ERROR = 1
 EXIT_BAD_INPUT = 2
 
-ENV_EXPERIMENT_FN = "KUBELEARN_EXPERIMENT_FN"
-ENV_HPARAMS = "KUBELEARN_HPARAMS"
-ENV_MODEL_DIR = "KUBELEARN_MODEL_DIR"
-ENV_SCHEDULE = "KUBELEARN_SCHEDULE"
-ENV_PROGRESS_PORT = "KUBELEARN_PROGRESS_PORT"
-ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
 _HOST_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?")
 

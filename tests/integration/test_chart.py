@@ -26,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from kubelearn_operator.manifests import ExperimentRef
+from kubelearn_operator.builders import ExperimentRef
 from kubelearn_operator.netpol import NetworkPolicyConfig, build_network_policy, parse_selector
 from kubelearn_operator.settings import Settings
 from tests.cluster.controlplane import ControlPlane

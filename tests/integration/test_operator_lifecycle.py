@@ -58,7 +58,7 @@ def test_minimal_experiment_runs_to_success(experiments: Experiments, namespace:
         "task": {"type": "master", "index": 0}, "environment": "cloud"}
     assert json.loads(env["KUBELEARN_HPARAMS"].value) == MINIMAL["hparams"]
     assert env["KUBELEARN_MODEL_DIR"].value == f"/tmp/kubelearn/{namespace}/linear"
-    assert env["KUBELEARN_ROLE"].value == "master" and env["KUBELEARN_INDEX"].value == "0"
+    assert env["KUBELEARN_EXPERIMENT"].value == "linear"
     ref = env["KUBELEARN_TOKEN"].value_from.secret_key_ref
     secret = client.CoreV1Api(kube_api).read_namespaced_secret(ref.name, namespace)
     assert len(base64.b64decode(secret.data[ref.key])) == 64

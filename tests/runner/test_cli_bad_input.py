@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubelearn.manifest import MAX_REPLICAS
+from kubelearn_spec.schema import MAX_REPLICAS
 
 REPO = Path(__file__).resolve().parents[2]
 LINEAR = "kubelearn.examples.linear:experiment_fn"
@@ -67,10 +67,11 @@ LOCAL_CASES = {
         {**_manifest(), "metadata": {"name": "linear\n"}}), "metadata.name"),
     "experimentFn with a trailing newline": (yaml.safe_dump(
         _manifest(experimentFn=LINEAR + "\n")), "spec.experimentFn"),
-    "hparam name with a trailing newline": (yaml.safe_dump(
-        _manifest(hparams={"lr\n": 1})), "spec.hparams"),
+    "hparams that are not an object": (yaml.safe_dump(_manifest(hparams=[1, 2])),
+                                       "spec.hparams"),
     "mixed-type unknown keys": ("apiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
-                                "metadata: {name: x}\nspec: {1: a, b: c}\n", "unknown field"),
+                                "metadata: {name: x}\nspec: {experimentFn: 'a:b', "
+                                "replicas: {worker: 1}, 1: a, b: c}\n", "unknown field"),
 }
 
 
@@ -167,11 +168,10 @@ def test_fresh_deletes_a_directory_kubelearn_made(tmp_path):
 
 
 def test_crd_replica_limit_is_the_one_the_validators_use():
-    from kubelearn_operator import spec as operator_spec
-
     crd = yaml.safe_load((REPO / "crds" / "experiments.kubelearn.dev.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     props = schema["properties"]
-    assert props["replicas"]["additionalProperties"]["maximum"] == MAX_REPLICAS
-    replica_spec = props["replicaSpecs"]["additionalProperties"]["properties"]["replicas"]
-    assert replica_spec["maximum"] == MAX_REPLICAS == operator_spec.MAX_REPLICAS
+    for role in ("ps", "worker", "evaluator"):
+        assert props["replicas"]["properties"][role]["maximum"] == MAX_REPLICAS
+        replica_spec = props["replicaSpecs"]["properties"][role]["properties"]["replicas"]
+        assert replica_spec["maximum"] == MAX_REPLICAS

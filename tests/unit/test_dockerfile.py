@@ -206,14 +206,21 @@ def test_dockerignore_lets_in_only_what_is_copied(stages):
     assert "**/__pycache__" in rules
 
 
-def test_operator_image_leaves_out_what_the_operator_never_imports(stages):
+@pytest.mark.parametrize(("package", "third_party"), [
+    # The Experiment model, which the operator imports: the standard library alone.
+    ("runner/kubelearn_spec", set()),
+    ("operator/kubelearn_operator",
+     {"kubelearn_spec", "kopf", "aiohttp", "kubernetes", "prometheus_client"}),
+])
+def test_operator_image_leaves_out_what_the_operator_never_imports(stages, package,
+                                                                   third_party):
     # The operator image installs its wheels with --no-deps and without numpy: the operator
-    # package may import only the standard library and the [operator] extra's packages.
+    # package may import only the standard library, the model and the [operator] extra's
+    # packages.
     run = " ".join(stages["operator"].all("RUN"))
     assert "--no-deps" in run and 'python -c "import kubelearn_operator.handlers"' in run
-    allowed = set(sys.stdlib_module_names) | {"kopf", "aiohttp", "kubernetes",
-                                              "prometheus_client"}
-    for path in sorted((ROOT / "operator" / "kubelearn_operator").glob("*.py")):
+    allowed = set(sys.stdlib_module_names) | third_party
+    for path in sorted((ROOT / package).glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]

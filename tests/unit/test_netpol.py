@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from kubelearn_operator import naming
-from kubelearn_operator.manifests import ExperimentRef
+from kubelearn_operator.builders import ExperimentRef
 from kubelearn_operator.netpol import (
     NetworkPolicyConfig,
     build_network_policy,
     network_policy_config,
     parse_selector,
-    policy_name,
 )
+from kubelearn_spec import names
 
 REF = ExperimentRef("linear", "ml", "uid-1")
 OPERATOR = NetworkPolicyConfig(
@@ -29,11 +28,11 @@ def test_policy_selects_the_experiment_pods_and_is_owned_by_it() -> None:
     assert policy["apiVersion"] == "networking.k8s.io/v1"
     assert policy["kind"] == "NetworkPolicy"
     meta = policy["metadata"]
-    assert meta["name"] == policy_name("linear") == "linear-kubelearn"
+    assert meta["name"] == names.network_policy_name("linear") == "linear-kubelearn"
     assert meta["namespace"] == "ml"
     assert meta["ownerReferences"] == [REF.owner_reference()]
-    assert meta["labels"] == {naming.LABEL_EXPERIMENT: "linear"}
-    assert policy["spec"]["podSelector"] == {"matchLabels": {naming.LABEL_EXPERIMENT: "linear"}}
+    assert meta["labels"] == {names.LABEL_EXPERIMENT: "linear"}
+    assert policy["spec"]["podSelector"] == {"matchLabels": {names.LABEL_EXPERIMENT: "linear"}}
     # Ingress only: egress (DNS, storage) stays open.
     assert policy["spec"]["policyTypes"] == ["Ingress"]
 
@@ -45,7 +44,7 @@ def test_only_the_experiment_pods_reach_port_2222() -> None:
     assert on_2222[0]["ports"] == [{"protocol": "TCP", "port": 2222}]
     # A podSelector alone means: pods of the policy's own namespace with these labels.
     assert on_2222[0]["from"] == [
-        {"podSelector": {"matchLabels": {naming.LABEL_EXPERIMENT: "linear"}}}]
+        {"podSelector": {"matchLabels": {names.LABEL_EXPERIMENT: "linear"}}}]
 
 
 def test_only_the_operator_pods_reach_the_progress_port() -> None:
@@ -66,16 +65,16 @@ def test_only_the_operator_pods_reach_the_progress_port() -> None:
 def test_names_and_labels_differ_per_experiment() -> None:
     other = build_network_policy("digits", "ml", REF.owner_reference(), OPERATOR)
     assert other["metadata"]["name"] == "digits-kubelearn"
-    assert other["spec"]["podSelector"]["matchLabels"] == {naming.LABEL_EXPERIMENT: "digits"}
+    assert other["spec"]["podSelector"]["matchLabels"] == {names.LABEL_EXPERIMENT: "digits"}
     assert other["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {
-        naming.LABEL_EXPERIMENT: "digits"}
+        names.LABEL_EXPERIMENT: "digits"}
 
 
 def test_extra_labels_and_ports() -> None:
-    policy = _policy(labels={"team": "ml", naming.LABEL_EXPERIMENT: "spoofed"},
+    policy = _policy(labels={"team": "ml", names.LABEL_EXPERIMENT: "spoofed"},
                      port=3000, progress_port=3001)
     # The experiment label cannot be overridden by extra labels.
-    assert policy["metadata"]["labels"] == {"team": "ml", naming.LABEL_EXPERIMENT: "linear"}
+    assert policy["metadata"]["labels"] == {"team": "ml", names.LABEL_EXPERIMENT: "linear"}
     ports = [r["ports"][0]["port"] for r in policy["spec"]["ingress"]]
     assert ports == [3000, 3001]
 

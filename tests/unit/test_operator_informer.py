@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from kubelearn_operator import naming
 from kubelearn_operator.informer import Informer, decode_lines
+from kubelearn_spec import names
 
 
 def test_decode_lines_keeps_the_incomplete_tail() -> None:
@@ -18,7 +18,7 @@ def test_decode_lines_keeps_the_incomplete_tail() -> None:
 
 
 def _service(name: str, experiment: str | None) -> dict:
-    labels = {naming.LABEL_EXPERIMENT: experiment} if experiment else {}
+    labels = {names.LABEL_EXPERIMENT: experiment} if experiment else {}
     return {"metadata": {"name": name, "labels": labels}}
 
 
@@ -26,10 +26,10 @@ def test_events_update_the_cache_and_notify_the_experiment() -> None:
     changed: list[tuple[str, str]] = []
 
     def parse(obj: dict) -> tuple[str, str] | None:
-        experiment = obj["metadata"]["labels"].get(naming.LABEL_EXPERIMENT)
+        experiment = obj["metadata"]["labels"].get(names.LABEL_EXPERIMENT)
         return (experiment, obj["metadata"]["name"].upper()) if experiment else None
 
-    informer: Informer[str] = Informer(None, "ns", "services", naming.LABEL_EXPERIMENT,  # type: ignore[arg-type]
+    informer: Informer[str] = Informer(None, "ns", "services", names.LABEL_EXPERIMENT,  # type: ignore[arg-type]
                                        parse, lambda ns, exp: changed.append((ns, exp)))
     informer._apply("ADDED", _service("a-worker-0", "a"))
     informer._apply("ADDED", _service("b-worker-0", "b"))

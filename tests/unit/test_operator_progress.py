@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 
-from kubelearn_operator import naming
 from kubelearn_operator.pods import pod_state
 from kubelearn_operator.progress import progress_from_pods
+from kubelearn_spec import names
 
 
-def _pod(role: str, index: int, *, annotation: dict | None = None,
-         termination: str | None = None, phase: str = "Running"):
+def _pod(role: str, index: int, *, termination: str | None = None, phase: str = "Running"):
     meta = {"name": f"e-{role}-{index}", "uid": "u",
-            "labels": naming.replica_labels("e", role, index)}
-    if annotation is not None:
-        meta["annotations"] = {naming.ANNOTATION_METRICS: json.dumps(annotation)}
+            "labels": names.replica_labels("e", role, index)}
     status = {"phase": phase, "containerStatuses": [
         {"name": "sidecar", "restartCount": 1, "state": {}},
         {"name": "kubelearn", "restartCount": 2,
@@ -32,37 +29,29 @@ def test_pod_state_reads_the_main_container() -> None:
     assert pod_state({"metadata": {"name": "x", "labels": {}}}) is None
 
 
-def test_annotation_while_training_then_termination_message() -> None:
-    pods = [_pod("master", 0, annotation={"step": 10, "loss": 1.5}), _pod("worker", 0)]
-    assert progress_from_pods(pods, "master") == {
-        "metrics": {"step": 10, "loss": 1.5}, "step": 10, "loss": 1.5}
-    final = [_pod("master", 0, annotation={"step": 10, "loss": 1.5},
-                  termination=json.dumps({"global_step": 2000, "loss": 0.01}))]
-    assert progress_from_pods(final, "master")["step"] == 2000
-
-
 def test_worker_zero_reports_without_a_leader_and_garbage_is_ignored() -> None:
-    pods = [_pod("worker", 1, annotation={"step": 5}), _pod("worker", 0, annotation={"step": 7})]
+    pods = [_pod("worker", 1, termination=json.dumps({"step": 5})),
+            _pod("worker", 0, termination=json.dumps({"step": 7}))]
     assert progress_from_pods(pods, None)["step"] == 7
     assert progress_from_pods([_pod("worker", 0, termination="not json")], None) == {}
-    nan = progress_from_pods([_pod("worker", 0, annotation={"loss": "NaN", "step": True})], None)
+    nan = progress_from_pods([_pod("worker", 0)], None, {"loss": "NaN", "step": True})
     assert "loss" not in nan and "step" not in nan
+    assert progress_from_pods([_pod("worker", 0)], None, None) == {}
 
 
 def test_polled_progress_while_training_and_termination_message_at_the_end() -> None:
     polled = {"global_step": 700, "loss": 0.5, "steps_per_sec": 90.0, "eval": {"loss": 0.6}}
-    running = [_pod("master", 0, annotation={"step": 10, "loss": 1.5})]
+    running = [_pod("master", 0), _pod("worker", 0)]
     assert progress_from_pods(running, "master", polled) == {
         "metrics": polled, "step": 700, "loss": 0.5}
     done = [_pod("master", 0, termination=json.dumps({"global_step": 900, "loss": 0.1}),
                  phase="Succeeded")]
     assert progress_from_pods(done, "master", polled)["step"] == 900
-    assert progress_from_pods(running, "master", None)["step"] == 10
 
 
 def test_pod_state_keeps_the_pod_address() -> None:
     pod = {"metadata": {"name": "e-master-0", "uid": "u",
-                        "labels": naming.replica_labels("e", "master", 0)},
+                        "labels": names.replica_labels("e", "master", 0)},
            "status": {"phase": "Running", "podIP": "10.1.2.3"}}
     state = pod_state(pod)
     assert state is not None and state.pod_ip == "10.1.2.3"

@@ -9,20 +9,18 @@ from typing import Any
 
 import pytest
 
-from kubelearn_operator import naming
 from kubelearn_operator.pods import PodState, pod_state
 from kubelearn_operator.reconcile import (
     PODGROUP_MISSING,
     Observed,
     Options,
     Plan,
-    is_retryable,
     plan,
     status_patch,
 )
 from kubelearn_operator.status import format_time
-
-from .test_operator_spec import MINIMAL
+from kubelearn_spec import names
+from tests.experiment_cases import MINIMAL
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 UID = "uid-1"
@@ -42,7 +40,7 @@ def pod(role: str, index: int, phase: str = "Running", *, exit_code: int | None 
     """A pod as the API would return it, read through the operator's own parser."""
     name = f"exp-{role}-{index}"
     meta: dict[str, Any] = {"name": name, "namespace": "ns", "uid": uid or f"{name}-uid",
-                            "labels": naming.replica_labels("exp", role, index),
+                            "labels": names.replica_labels("exp", role, index),
                             "ownerReferences": [{"uid": UID, "controller": True}]}
     if deleting:
         meta["deletionTimestamp"] = format_time(NOW)
@@ -209,17 +207,6 @@ def test_evaluator_failure_is_reported_but_not_decisive() -> None:
 
 
 # -- failure and restart policies ---------------------------------------------------------
-@pytest.mark.parametrize(("policy", "exit_code", "retry"), [
-    ("Never", 1, False), ("Never", 137, False),
-    ("ExitCode", 1, False), ("ExitCode", 2, False), ("ExitCode", 127, False),
-    ("ExitCode", 128, True), ("ExitCode", 137, True), ("ExitCode", 255, True),
-    ("ExitCode", None, True),
-    ("OnFailure", 1, True), ("Always", 1, True),
-])
-def test_restart_policy_table(policy: str, exit_code: int | None, retry: bool) -> None:
-    assert is_retryable(policy, pod("worker", 0, "Failed", exit_code=exit_code)) is retry
-
-
 def test_permanent_failure_fails_and_stops_the_rest() -> None:
     b = body({**MINIMAL, "runPolicy": {"cleanPodPolicy": "None"}})
     step(b, observe(*running()))
@@ -286,7 +273,7 @@ def test_exit_code_restart_is_recorded_once_then_pod_recreated() -> None:
     third = step(b, observe(*running(except_=("worker", 1))))
     (created,) = third.create_pods
     assert created["metadata"]["name"] == "exp-worker-1"
-    assert created["metadata"]["annotations"][naming.ANNOTATION_RESTARTS] == "1"
+    assert created["metadata"]["annotations"][names.ANNOTATION_RESTARTS] == "1"
     assert b["status"]["phase"] == "Restarting"
     back = step(b, observe(*running()))
     assert conditions(back) == {"Created": "True", "Running": "True", "Restarting": "False"}
@@ -475,5 +462,5 @@ def test_network_policy_when_the_operator_knows_its_own_pods() -> None:
     policy = result.network_policy
     assert policy is not None and policy["metadata"]["name"] == "exp-kubelearn"
     assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
-    assert policy["spec"]["podSelector"] == {"matchLabels": {naming.LABEL_EXPERIMENT: "exp"}}
+    assert policy["spec"]["podSelector"] == {"matchLabels": {names.LABEL_EXPERIMENT: "exp"}}
     assert plan(body(), Observed(), NOW).network_policy is None

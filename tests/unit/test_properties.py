@@ -20,6 +20,9 @@ from hypothesis import strategies as st  # noqa: E402
 from kubelearn import bounded_input, manifest  # noqa: E402
 from kubelearn.distributed import wire  # noqa: E402
 from kubelearn.em import reader  # noqa: E402
+from kubelearn_spec import names  # noqa: E402
+from kubelearn_spec.schema import MAX_REPLICAS  # noqa: E402
+from kubelearn_spec.validate import SpecError  # noqa: E402
 
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 JSON_VALUES = st.recursive(JSON_SCALARS, lambda children: st.lists(children, max_size=4)
@@ -100,15 +103,15 @@ SPEC_VALUES = st.fixed_dictionaries({}, optional={
 @given(name=st.sampled_from(["linear", "linear\n", "-x", "a" * 70]) | JSON_VALUES,
        spec=SPEC_VALUES | JSON_VALUES, extra=st.dictionaries(st.text(max_size=5), JSON_VALUES,
                                                               max_size=3))
-def test_manifest_parse_raises_only_manifest_errors(name, spec, extra):
-    document = {"apiVersion": manifest.API_VERSION, "kind": manifest.KIND,
+def test_manifest_parse_raises_only_spec_errors(name, spec, extra):
+    document = {"apiVersion": names.API_VERSION, "kind": names.KIND,
                 "metadata": {"name": name}, "spec": spec, **extra}
     try:
         parsed = manifest.parse(document)
-    except manifest.ManifestError as exc:
+    except SpecError as exc:
         assert "\n" not in str(exc) and len(str(exc)) < 2000
         return
-    assert all(0 <= r.replicas <= manifest.MAX_REPLICAS for r in parsed.roles.values())
+    assert all(0 <= r.replicas <= MAX_REPLICAS for r in parsed.replicas.values())
     assert parsed.name.isprintable() and "\n" not in parsed.experiment_fn
 
 

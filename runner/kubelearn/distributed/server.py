@@ -26,11 +26,11 @@ import numpy as np
 from kubelearn.distributed import ENV_TOKEN, curve, wire
 from kubelearn.estimators import optimizers
 
-log = logging.getLogger("kubelearn.ps")
+# An IP the ps binds to instead of every interface when its address is a DNS name (the
+# pod's IP when several pods share one host's network, as under a test node agent).
+from kubelearn_spec.contract import ENV_BIND_HOST
 
-#: An IP the ps binds to instead of every interface when its address is a DNS name (the
-#: pod's IP when several pods share one host's network, as under a test node agent).
-ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
+log = logging.getLogger("kubelearn.ps")
 
 STOP_GRACE_SECS = 2.0
 STOP_MAX_SECS = 30.0

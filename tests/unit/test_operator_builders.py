@@ -5,8 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from kubelearn_operator import naming
-from kubelearn_operator.manifests import (
+from kubelearn_operator.builders import (
     ExperimentRef,
     PodBuilder,
     build_pod,
@@ -15,9 +14,9 @@ from kubelearn_operator.manifests import (
     build_service,
 )
 from kubelearn_operator.spec import parse_spec
-from kubelearn_operator.tfconfig import cluster_spec, tf_config
-
-from .test_operator_spec import MINIMAL
+from kubelearn_spec import contract, names
+from kubelearn_spec.tfconfig import cluster_spec, service_address, tf_config
+from tests.experiment_cases import MINIMAL
 
 REF = ExperimentRef("linear", "ml", "uid-1")
 
@@ -31,13 +30,14 @@ def _env(container):
 
 
 def test_cluster_spec_addresses_and_evaluator_left_out() -> None:
-    cluster = cluster_spec("linear", "ml", {"ps": 1, "worker": 2, "master": 1, "evaluator": 1})
+    cluster = cluster_spec({"ps": 1, "worker": 2, "master": 1, "evaluator": 1},
+                           service_address("linear", "ml"))
     assert cluster == {
         "master": ["linear-master-0.ml.svc:2222"],
         "ps": ["linear-ps-0.ml.svc:2222"],
         "worker": ["linear-worker-0.ml.svc:2222", "linear-worker-1.ml.svc:2222"],
     }
-    assert cluster_spec("e", "n", {"worker": 1}, cluster_domain="cluster.local") == {
+    assert cluster_spec({"worker": 1}, service_address("e", "n", "cluster.local")) == {
         "worker": ["e-worker-0.n.svc.cluster.local:2222"]}
     assert json.loads(tf_config(cluster, "worker", 1)) == {
         "cluster": cluster, "task": {"type": "worker", "index": 1}, "environment": "cloud"}
@@ -47,8 +47,8 @@ def test_pod_of_the_minimal_form() -> None:
     pod = build_pod(REF, _spec(), "worker", 1)
     meta = pod["metadata"]
     assert meta["name"] == "linear-worker-1" and meta["namespace"] == "ml"
-    assert meta["labels"] == {naming.LABEL_EXPERIMENT: "linear", naming.LABEL_ROLE: "worker",
-                              naming.LABEL_INDEX: "1"}
+    assert meta["labels"] == {names.LABEL_EXPERIMENT: "linear", names.LABEL_ROLE: "worker",
+                              names.LABEL_INDEX: "1"}
     assert meta["ownerReferences"] == [{
         "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment", "name": "linear",
         "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]
@@ -65,7 +65,7 @@ def test_pod_of_the_minimal_form() -> None:
     assert json.loads(env["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
     assert json.loads(env["TF_CONFIG"])["cluster"]["worker"][1] == "linear-worker-1.ml.svc:2222"
     assert env["KUBELEARN_EXPERIMENT"] == "linear"
-    assert env["KUBELEARN_ROLE"] == "worker" and env["KUBELEARN_INDEX"] == "1"
+    assert "KUBELEARN_ROLE" not in env and "KUBELEARN_INDEX" not in env  # TF_CONFIG says it
     assert json.loads(env["KUBELEARN_HPARAMS"]) == {"learning_rate": 0.05, "train_steps": 2000}
     assert env["KUBELEARN_MODEL_DIR"] == "/tmp/kubelearn/ml/linear"
     assert env["KUBELEARN_TOKEN"] == {"secretKeyRef": {"name": "linear-kubelearn-token",
@@ -78,26 +78,26 @@ def test_pod_of_the_minimal_form() -> None:
 
 def test_master_is_labelled_job_role_master() -> None:
     pod = build_pod(REF, _spec(), "master", 0)
-    assert pod["metadata"]["labels"][naming.LABEL_JOB_ROLE] == "master"
-    assert naming.LABEL_JOB_ROLE not in build_pod(REF, _spec(), "ps", 0)["metadata"]["labels"]
+    assert pod["metadata"]["labels"][names.LABEL_JOB_ROLE] == "master"
+    assert names.LABEL_JOB_ROLE not in build_pod(REF, _spec(), "ps", 0)["metadata"]["labels"]
 
 
 def test_template_is_kept_and_ours_wins_on_conflicts() -> None:
     spec = _spec({
         "experimentFn": "m:f", "schedule": "train",
         "replicaSpecs": {"worker": {"replicas": 1, "restartPolicy": "OnFailure", "template": {
-            "metadata": {"labels": {"team": "a", naming.LABEL_ROLE: "spoof"},
+            "metadata": {"labels": {"team": "a", names.LABEL_ROLE: "spoof"},
                          "annotations": {"note": "x"}},
             "spec": {"nodeSelector": {"gpu": "yes"}, "containers": [
                 {"name": "sidecar", "image": "side:1"},
                 {"name": "kubelearn", "image": "custom:3",
                  "env": [{"name": "EXTRA", "value": "1"},
-                         {"name": "KUBELEARN_ROLE", "value": "spoof"}],
+                         {"name": "KUBELEARN_EXPERIMENT", "value": "spoof"}],
                  "resources": {"limits": {"cpu": "1"}}}]}}}}})
     pod = build_pod(REF, spec, "worker", 0, restarts=2)
     assert pod["metadata"]["labels"]["team"] == "a"
-    assert pod["metadata"]["labels"][naming.LABEL_ROLE] == "worker"
-    assert pod["metadata"]["annotations"] == {"note": "x", naming.ANNOTATION_RESTARTS: "2"}
+    assert pod["metadata"]["labels"][names.LABEL_ROLE] == "worker"
+    assert pod["metadata"]["annotations"] == {"note": "x", names.ANNOTATION_RESTARTS: "2"}
     assert pod["spec"]["nodeSelector"] == {"gpu": "yes"}
     assert pod["spec"]["restartPolicy"] == "OnFailure"
     sidecar, main = pod["spec"]["containers"]
@@ -105,10 +105,10 @@ def test_template_is_kept_and_ours_wins_on_conflicts() -> None:
     assert main["image"] == "custom:3" and main["resources"] == {"limits": {"cpu": "1"}}
     assert main["command"][-2:] == ["--schedule", "train"]
     env = _env(main)
-    assert env["EXTRA"] == "1" and env["KUBELEARN_ROLE"] == "worker"
-    assert [e["name"] for e in main["env"]].count("KUBELEARN_ROLE") == 1
+    assert env["EXTRA"] == "1" and env["KUBELEARN_EXPERIMENT"] == "linear"
+    assert [e["name"] for e in main["env"]].count("KUBELEARN_EXPERIMENT") == 1
     # The builder never mutates the spec's template.
-    assert spec.replicas["worker"].template["metadata"]["labels"][naming.LABEL_ROLE] == "spoof"
+    assert spec.replicas["worker"].template["metadata"]["labels"][names.LABEL_ROLE] == "spoof"
 
 
 def test_user_command_is_kept() -> None:
@@ -123,8 +123,8 @@ def test_headless_service_publishes_not_ready_addresses() -> None:
     assert svc["metadata"]["name"] == "linear-ps-0"
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
-    assert svc["spec"]["selector"] == {naming.LABEL_EXPERIMENT: "linear",
-                                       naming.LABEL_ROLE: "ps", naming.LABEL_INDEX: "0"}
+    assert svc["spec"]["selector"] == {names.LABEL_EXPERIMENT: "linear",
+                                       names.LABEL_ROLE: "ps", names.LABEL_INDEX: "0"}
     assert svc["spec"]["ports"] == [{"name": "kubelearn-port", "port": 2222,
                                      "targetPort": 2222, "protocol": "TCP"}]
     assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
@@ -163,7 +163,7 @@ def _kubelet_expand(value: str, env: dict[str, str]) -> str:
 
 
 def test_large_cluster_spec_comes_from_one_configmap() -> None:
-    from kubelearn_operator.manifests import PodBuilder
+    from kubelearn_operator.builders import PodBuilder
 
     spec = _spec({"experimentFn": "m:f", "replicas": {"ps": 2, "worker": 100}})
     builder = PodBuilder(REF, spec, inline_max=64)
@@ -173,15 +173,15 @@ def test_large_cluster_spec_comes_from_one_configmap() -> None:
     assert configmap["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     pod = builder.pod("worker", 7)
     env = pod["spec"]["containers"][0]["env"]
-    names = [e["name"] for e in env]
-    assert names.index("KUBELEARN_CLUSTER_SPEC") < names.index("TF_CONFIG")
-    assert env[names.index("KUBELEARN_CLUSTER_SPEC")]["valueFrom"] == {"configMapKeyRef": {
+    order = [e["name"] for e in env]
+    assert order.index("KUBELEARN_CLUSTER_SPEC") < order.index("TF_CONFIG")
+    assert env[order.index("KUBELEARN_CLUSTER_SPEC")]["valueFrom"] == {"configMapKeyRef": {
         "name": "linear-kubelearn-cluster", "key": "cluster"}}
-    raw = env[names.index("TF_CONFIG")]["value"]
+    raw = env[order.index("TF_CONFIG")]["value"]
     assert len(raw) < 200  # the pod no longer carries the whole cluster
     seen = _kubelet_expand(raw, {"KUBELEARN_CLUSTER_SPEC": configmap["data"]["cluster"]})
     counts = {"ps": 2, "worker": 100}
-    assert json.loads(seen) == {"cluster": cluster_spec("linear", "ml", counts),
+    assert json.loads(seen) == {"cluster": cluster_spec(counts, service_address("linear", "ml")),
                                 "task": {"type": "worker", "index": 7},
                                 "environment": "cloud"}
     small = PodBuilder(REF, _spec(), inline_max=64)
@@ -191,14 +191,14 @@ def test_large_cluster_spec_comes_from_one_configmap() -> None:
 
 def test_secret_carries_a_fresh_curve_key_and_pods_read_it() -> None:
     first, second = build_secret(REF, "s3cret"), build_secret(REF, "s3cret")
-    key = base64.b64decode(first["data"][naming.CURVE_KEY]).decode()
+    key = base64.b64decode(first["data"][contract.CURVE_KEY]).decode()
     assert len(bytes.fromhex(key)) == 32
-    assert first["data"][naming.CURVE_KEY] != second["data"][naming.CURVE_KEY]
+    assert first["data"][contract.CURVE_KEY] != second["data"][contract.CURVE_KEY]
     given = build_secret(REF, "s3cret", "ab" * 32)
-    assert base64.b64decode(given["data"][naming.CURVE_KEY]) == b"ab" * 32
+    assert base64.b64decode(given["data"][contract.CURVE_KEY]) == b"ab" * 32
     plain = build_pod(REF, _spec(), "ps", 0)
     assert "KUBELEARN_CURVE_KEY" not in {e["name"] for e in plain["spec"]["containers"][0]["env"]}
     pod = PodBuilder(REF, _spec(), encrypt_wire=True).pod("ps", 0)
     env = {e["name"]: e.get("valueFrom") for e in pod["spec"]["containers"][0]["env"]}
     assert env["KUBELEARN_CURVE_KEY"] == {"secretKeyRef": {
-        "name": "linear-kubelearn-token", "key": naming.CURVE_KEY, "optional": True}}
+        "name": "linear-kubelearn-token", "key": contract.CURVE_KEY, "optional": True}}

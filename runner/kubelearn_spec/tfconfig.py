@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from . import naming
-
-#: Roles that take part in training; the evaluator runs beside the cluster, not in it.
-CLUSTER_ROLES = ("chief", "master", "ps", "worker")
+from . import contract, names
 
 
-def cluster_spec(experiment: str, namespace: str, counts: Mapping[str, int], *,
-                 cluster_domain: str | None = None, port: int = naming.PORT,
+def service_address(experiment: str, namespace: str, cluster_domain: str | None = None,
+                    port: int = contract.PORT) -> Callable[[str, int], str]:
+    """A replica's DNS address on a cluster: ``<exp>-<role>-<i>.<ns>.svc[.<domain>]:<port>``."""
+    def address(role: str, index: int) -> str:
+        host = f"{names.replica_name(experiment, role, index)}.{namespace}.svc"
+        if cluster_domain:
+            host = f"{host}.{cluster_domain}"
+        return f"{host}:{port}"
+    return address
+
+
+def cluster_spec(counts: Mapping[str, int], address: Callable[[str, int], str],
                  ) -> dict[str, list[str]]:
     """Addresses of every training replica by role (roles with no replicas are left out)."""
-    return {
-        role: [naming.address(experiment, role, i, namespace, cluster_domain, port)
-               for i in range(counts[role])]
-        for role in CLUSTER_ROLES if counts.get(role, 0) > 0
-    }
+    return {role: [address(role, i) for i in range(counts[role])]
+            for role in names.CLUSTER_ROLES if counts.get(role, 0) > 0}
 
 
 def tf_config(cluster: Mapping[str, list[str]], role: str, index: int) -> str:
@@ -28,7 +32,7 @@ def tf_config(cluster: Mapping[str, list[str]], role: str, index: int) -> str:
                        "environment": "cloud"}, separators=(",", ":"))
 
 
-def tf_config_reference(role: str, index: int, variable: str) -> str:
+def tf_config_reference(role: str, index: int, variable: str = contract.ENV_CLUSTER) -> str:
     """TF_CONFIG with the cluster taken from an earlier environment variable.
 
     The kubelet expands ``$(VAR)`` in an env value from the variables defined before it, so

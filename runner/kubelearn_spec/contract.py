@@ -1,0 +1,64 @@
+"""What a replica is given: environment variable names, ports and paths.
+
+The operator sets these in a pod, ``kubelearn local`` in a process, and ``kubelearn run``
+reads them; all three take the names from here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import ExperimentSpec
+
+#: The port every replica listens on (parameter servers, and the cluster spec's addresses).
+PORT = 2222
+PORT_NAME = "kubelearn-port"
+#: The chief's progress endpoint (``GET /progress``), polled by the operator.
+PROGRESS_PORT = 2223
+PROGRESS_PATH = "/progress"
+
+CONTAINER_NAME = "kubelearn"
+TERMINATION_LOG = "/dev/termination-log"
+#: Keys of the experiment's Secret and cluster ConfigMap.
+TOKEN_KEY = "token"
+#: The experiment's CurveZMQ secret key (64 hex digits): with wire encryption on, the ps
+#: wire is encrypted and admits only the experiment's replicas.
+CURVE_KEY = "curve-key"
+CLUSTER_KEY = "cluster"
+
+ENV_TF_CONFIG = "TF_CONFIG"
+ENV_TOKEN = "KUBELEARN_TOKEN"
+ENV_CURVE_KEY = "KUBELEARN_CURVE_KEY"
+ENV_EXPERIMENT = "KUBELEARN_EXPERIMENT"
+ENV_EXPERIMENT_FN = "KUBELEARN_EXPERIMENT_FN"
+ENV_HPARAMS = "KUBELEARN_HPARAMS"
+ENV_MODEL_DIR = "KUBELEARN_MODEL_DIR"
+ENV_SCHEDULE = "KUBELEARN_SCHEDULE"
+ENV_PROGRESS_PORT = "KUBELEARN_PROGRESS_PORT"
+ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
+ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
+#: The cluster spec, when TF_CONFIG refers to it instead of inlining it.
+ENV_CLUSTER = "KUBELEARN_CLUSTER_SPEC"
+
+
+def runner_command(spec: ExperimentSpec) -> list[str]:
+    """The command every replica runs: ``kubelearn run`` with the experiment function."""
+    command = ["kubelearn", "run", "--experiment-fn", spec.experiment_fn]
+    if spec.schedule:
+        command += ["--schedule", spec.schedule]
+    return command
+
+
+def replica_env(spec: ExperimentSpec, tf_config: str, model_dir: str) -> dict[str, str]:
+    """The variables every replica gets with a plain value, wherever it runs.
+
+    The token (a Secret on a cluster) and the launcher's own additions come on top.
+    """
+    return {
+        ENV_TF_CONFIG: tf_config,
+        ENV_EXPERIMENT: spec.name,
+        ENV_HPARAMS: json.dumps(dict(spec.hparams), sort_keys=True),
+        ENV_MODEL_DIR: model_dir,
+    }

@@ -1,0 +1,176 @@
+"""The Experiment's types and defaults, and the one parser that fills them in.
+
+:func:`parse_manifest` reads a whole manifest (``kubelearn local``); :func:`parse_spec` the
+spec of an object the API server already holds (the operator). Both check it first against
+the schema the CRD is generated from (:mod:`.validate`), so a manifest either runs in both
+places or is refused in both, with the same field named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import names
+from .schema import (
+    DEFAULT_BACKOFF_LIMIT,
+    DEFAULT_CLEAN_POD_POLICY,
+    DEFAULT_RESTART_POLICY,
+    DEFAULT_SUCCESS_POLICY,
+    role_count,
+)
+from .validate import SpecError, check_experiment
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """One role: how many replicas, how they restart, their pod template."""
+
+    role: str
+    replicas: int
+    restart_policy: str = DEFAULT_RESTART_POLICY
+    template: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SchedulingPolicy:
+    """Gang scheduling through a scheduler-plugins PodGroup."""
+
+    min_available: int | None = None
+    queue: str | None = None
+    priority_class: str | None = None
+    scheduler_name: str = names.DEFAULT_GANG_SCHEDULER
+    schedule_timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """What happens around the replicas: clean-up, restarts, deadlines, suspension."""
+
+    clean_pod_policy: str = DEFAULT_CLEAN_POD_POLICY
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    suspend: bool = False
+    scheduling: SchedulingPolicy | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A checked Experiment with its defaults; ``image`` and ``model_dir`` stay None
+    where the spec leaves them to whoever runs it."""
+
+    name: str
+    namespace: str
+    experiment_fn: str
+    hparams: Mapping[str, Any]
+    replicas: Mapping[str, ReplicaSpec]
+    run_policy: RunPolicy = field(default_factory=RunPolicy)
+    success_policy: str = DEFAULT_SUCCESS_POLICY
+    image: str | None = None  # None: the operator's default image
+    model_dir: str | None = None  # None: where the launcher or operator puts it
+    schedule: str | None = None  # None: the default schedule of the replica's role
+
+    def count(self, role: str) -> int:
+        spec = self.replicas.get(role)
+        return spec.replicas if spec else 0
+
+    def counts(self) -> dict[str, int]:
+        return {role: r.replicas for role, r in self.replicas.items()}
+
+    @property
+    def total_replicas(self) -> int:
+        return sum(s.replicas for s in self.replicas.values())
+
+    @property
+    def leader_role(self) -> str | None:
+        """The chief or master role when one is present: its replica decides success."""
+        for role in names.LEADER_ROLES:
+            if self.count(role):
+                return role
+        return None
+
+    def replica_keys(self) -> list[tuple[str, int]]:
+        """Every (role, index) the experiment runs, in creation order."""
+        return [(role, i) for role in names.ROLES for i in range(self.count(role))]
+
+
+def _replicas(spec: Mapping[str, Any]) -> dict[str, ReplicaSpec]:
+    full = spec.get("replicaSpecs") or {}
+    result = {}
+    for role in names.ROLES:
+        if role not in full and role not in (spec.get("replicas") or {}):
+            continue
+        entry = full.get(role) or {}
+        result[role] = ReplicaSpec(role, role_count(spec, role),
+                                   entry.get("restartPolicy") or DEFAULT_RESTART_POLICY,
+                                   dict(entry.get("template") or {}))
+    return result
+
+
+def _run_policy(value: Mapping[str, Any]) -> RunPolicy:
+    scheduling = None
+    sp = value.get("schedulingPolicy")
+    if sp is not None:
+        scheduling = SchedulingPolicy(
+            min_available=sp.get("minAvailable"),
+            queue=sp.get("queue") or None,
+            priority_class=sp.get("priorityClass") or None,
+            scheduler_name=sp.get("schedulerName") or names.DEFAULT_GANG_SCHEDULER,
+            schedule_timeout_seconds=sp.get("scheduleTimeoutSeconds"))
+    backoff = value.get("backoffLimit")
+    return RunPolicy(
+        clean_pod_policy=value.get("cleanPodPolicy") or DEFAULT_CLEAN_POD_POLICY,
+        backoff_limit=DEFAULT_BACKOFF_LIMIT if backoff is None else backoff,
+        active_deadline_seconds=value.get("activeDeadlineSeconds"),
+        ttl_seconds_after_finished=value.get("ttlSecondsAfterFinished"),
+        suspend=bool(value.get("suspend", False)),
+        scheduling=scheduling)
+
+
+def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
+    name = body["metadata"]["name"]
+    spec = body["spec"]
+    return ExperimentSpec(
+        name=name,
+        namespace=namespace,
+        experiment_fn=spec["experimentFn"],
+        hparams=dict(spec.get("hparams") or {}),
+        replicas=_replicas(spec),
+        run_policy=_run_policy(spec.get("runPolicy") or {}),
+        success_policy=spec.get("successPolicy") or DEFAULT_SUCCESS_POLICY,
+        image=spec.get("image"),
+        model_dir=spec.get("modelDir"),
+        schedule=spec.get("schedule"))
+
+
+def parse_spec(spec: Any, *, name: str, namespace: str) -> ExperimentSpec:
+    """The spec of the Experiment ``namespace/name``, checked and with its defaults.
+
+    Raises:
+        SpecError: naming the offending field.
+    """
+    body = check_experiment({"metadata": {"name": name}, "spec": spec})
+    return _build(body, namespace)
+
+
+def parse_manifest(manifest: Any) -> ExperimentSpec:
+    """A whole manifest (the YAML a user would ``kubectl apply``), checked.
+
+    Raises:
+        SpecError: naming the offending field.
+    """
+    if not isinstance(manifest, Mapping):
+        raise SpecError("manifest", "must be a YAML mapping (an Experiment object)")
+    for key, want in (("apiVersion", names.API_VERSION), ("kind", names.KIND)):
+        if manifest.get(key) != want:
+            raise SpecError(key, f"must be {want}, got {manifest.get(key)!r}")
+    metadata = manifest.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise SpecError("metadata", "must be a mapping with a name")
+    if "name" not in metadata:
+        raise SpecError("metadata.name", "Required value")
+    body = check_experiment(manifest)
+    namespace = metadata.get("namespace") or "default"
+    return _build(body, str(namespace))

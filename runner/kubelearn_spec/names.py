@@ -1,0 +1,86 @@
+"""Every API coordinate, role, label and object name of an Experiment, built in one place."""
+
+from __future__ import annotations
+
+GROUP = "kubelearn.dev"
+VERSION = "v1alpha1"
+PLURAL = "experiments"
+SINGULAR = "experiment"
+KIND = "Experiment"
+LIST_KIND = "ExperimentList"
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+#: Roles in the order their pods are created and reported.
+ROLES = ("chief", "master", "ps", "worker", "evaluator")
+#: Roles whose single replica decides success when present.
+LEADER_ROLES = ("chief", "master")
+#: Roles that take part in training (TF_CONFIG's cluster); the evaluator runs beside it.
+CLUSTER_ROLES = ("chief", "master", "ps", "worker")
+#: Roles of which at least one must run for there to be training at all.
+TRAINING_ROLES = ("worker", "master", "chief")
+
+LABEL_EXPERIMENT = f"{GROUP}/experiment"
+LABEL_ROLE = f"{GROUP}/role"
+LABEL_INDEX = f"{GROUP}/index"
+LABEL_JOB_ROLE = f"{GROUP}/job-role"
+LABEL_QUEUE = f"{GROUP}/queue"
+ANNOTATION_RESTARTS = f"{GROUP}/restarts"
+
+PODGROUP_GROUP = "scheduling.x-k8s.io"
+PODGROUP_VERSION = "v1alpha1"
+PODGROUP_PLURAL = "podgroups"
+PODGROUP_LABEL = f"{PODGROUP_GROUP}/pod-group"
+DEFAULT_GANG_SCHEDULER = "scheduler-plugins-scheduler"
+
+MAX_DNS_LABEL = 63
+#: DNS-1035 label: it names the experiment's services, so it must start with a letter.
+DNS_1035 = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+
+
+def replica_name(experiment: str, role: str, index: int) -> str:
+    """Name of the pod and of the headless service of one replica."""
+    return f"{experiment}-{role}-{index}"
+
+
+def replica_task(role: str, index: int) -> str:
+    """How a replica is called where the experiment is known: ``worker-0``."""
+    return f"{role}-{index}"
+
+
+def secret_name(experiment: str) -> str:
+    """Name of the Secret holding the experiment's parameter-server token."""
+    return f"{experiment}-kubelearn-token"
+
+
+def cluster_configmap_name(experiment: str) -> str:
+    """Name of the ConfigMap holding a large experiment's cluster spec (TF_CONFIG's bulk)."""
+    return f"{experiment}-kubelearn-cluster"
+
+
+def network_policy_name(experiment: str) -> str:
+    """Name of an experiment's NetworkPolicy."""
+    return f"{experiment}-kubelearn"
+
+
+def podgroup_name(experiment: str) -> str:
+    return experiment
+
+
+def max_name_length(counts: dict[str, int]) -> int:
+    """Longest experiment name whose ``<name>-<role>-<index>`` names all fit a DNS label."""
+    limits = [MAX_DNS_LABEL - len(role) - 2 - len(str(n - 1))
+              for role, n in counts.items() if n > 0]
+    return min(limits, default=MAX_DNS_LABEL)
+
+
+def selector(experiment: str) -> dict[str, str]:
+    """Labels that every object of an experiment carries."""
+    return {LABEL_EXPERIMENT: experiment}
+
+
+def replica_labels(experiment: str, role: str, index: int) -> dict[str, str]:
+    labels = {LABEL_EXPERIMENT: experiment, LABEL_ROLE: role, LABEL_INDEX: str(index)}
+    if role in LEADER_ROLES:
+        labels[LABEL_JOB_ROLE] = "master"
+    return labels

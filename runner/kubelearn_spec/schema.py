@@ -1,0 +1,302 @@
+"""The Experiment's OpenAPI schema and cross-field rules: the one source of its validation.
+
+:mod:`.validate` checks a manifest against it in Python (``kubelearn local``, the operator);
+:mod:`.crd` writes it into the CRD, where the API server checks the same schema and the rules'
+CEL. Each :class:`Rule` carries both forms of one rule side by side, and the case table in
+``tests/experiment_cases.py`` runs through both, so they cannot drift apart unnoticed.
+Keys that start with ``_`` are the Python validator's own and are left out of the CRD.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import names
+
+RESTART_POLICIES = ("Never", "OnFailure", "Always", "ExitCode")
+CLEAN_POD_POLICIES = ("None", "Running", "All")
+SUCCESS_POLICIES = ("", "default", "AllWorkers")
+
+DEFAULT_RESTART_POLICY = "ExitCode"
+DEFAULT_CLEAN_POD_POLICY = "Running"
+DEFAULT_BACKOFF_LIMIT = 6
+DEFAULT_SUCCESS_POLICY = "default"
+
+MAX_REPLICAS = 100_000
+
+EXPERIMENT_FN = r"[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+SCHEDULE = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule the schema's types cannot say: CEL for the API server, the same test in Python.
+
+    ``path`` is the field the error names (absolute, e.g. ``spec.replicas.worker``) and
+    ``message`` what is wrong with it; both forms see the object the rule is attached to as
+    ``self``.
+    """
+
+    path: str
+    message: str
+    cel: str
+    holds: Callable[[Mapping[str, Any]], bool]
+
+
+def role_count(spec: Mapping[str, Any], role: str) -> int:
+    """A role's replica count: ``replicaSpecs.<role>.replicas``, else ``replicas.<role>``, else
+    1 when the role has a replica spec, else 0."""
+    full = spec.get("replicaSpecs") or {}
+    entry = full.get(role)
+    if isinstance(entry, Mapping) and "replicas" in entry:
+        return int(entry["replicas"])
+    counts = spec.get("replicas") or {}
+    if role in counts:
+        return int(counts[role])
+    return 1 if role in full else 0
+
+
+def _count_cel(spec: str, role: str) -> str:
+    """:func:`role_count` in CEL, for the spec at ``spec`` (``self`` or ``self.spec``)."""
+    full, counts = f"{spec}.replicaSpecs", f"{spec}.replicas"
+    return (f"((has({full}) && has({full}.{role}) && has({full}.{role}.replicas)) "
+            f"? {full}.{role}.replicas : ((has({counts}) && has({counts}.{role})) "
+            f"? {counts}.{role} : ((has({full}) && has({full}.{role})) ? 1 : 0)))")
+
+
+def _cel_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _matches(pattern: str) -> str:
+    """CEL's ``matches`` finds a match anywhere: anchored, it is Python's ``re.fullmatch``."""
+    return f"self.matches({_cel_string('^' + pattern + '$')})"
+
+
+def _fullmatch(pattern: str, value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
+
+
+def _pattern_rule(path: str, pattern: str, message: str) -> Rule:
+    return Rule(path, message, _matches(pattern), lambda value: _fullmatch(pattern, value))
+
+
+def _given_once(role: str) -> Rule:
+    return Rule(
+        f"spec.replicas.{role}",
+        f"is also given as spec.replicaSpecs.{role}.replicas; give the count once",
+        f"!(has(self.replicas) && has(self.replicas.{role}) && has(self.replicaSpecs) && "
+        f"has(self.replicaSpecs.{role}) && has(self.replicaSpecs.{role}.replicas))",
+        lambda spec: not (role in (spec.get("replicas") or {})
+                          and "replicas" in ((spec.get("replicaSpecs") or {}).get(role) or {})))
+
+
+def _name_is_a_label(body: Mapping[str, Any]) -> bool:
+    name = body["metadata"].get("name")
+    return name is None or _fullmatch(names.DNS_1035, name)
+
+
+def _name_fits(body: Mapping[str, Any]) -> bool:
+    name = body["metadata"].get("name")
+    counts = {role: role_count(body["spec"], role) for role in names.ROLES}
+    return name is None or len(name) <= names.max_name_length(counts)
+
+
+def _name_fits_cel() -> str:
+    parts = []
+    for role in names.ROLES:
+        count = _count_cel("self.spec", role)
+        parts.append(f"({count} == 0 || size(self.metadata.name) + {len(role) + 2} + "
+                     f"size(string({count} - 1)) <= {names.MAX_DNS_LABEL})")
+    return "!has(self.metadata.name) || (" + " && ".join(parts) + ")"
+
+
+ROOT_RULES = (
+    Rule("metadata.name",
+         "must be a DNS-1035 label (lower-case letters, digits and '-', "
+         "starting with a letter): it names the experiment's services",
+         f"!has(self.metadata.name) || self.metadata.name.matches("
+         f"{_cel_string('^' + names.DNS_1035 + '$')})",
+         _name_is_a_label),
+    Rule("metadata.name",
+         "is too long: every pod and service name <name>-<role>-<index> "
+         f"must fit in {names.MAX_DNS_LABEL} characters",
+         _name_fits_cel(), _name_fits),
+)
+
+SPEC_RULES = (
+    *(_given_once(role) for role in names.ROLES),
+    Rule("spec.replicas", "master and chief are exclusive; set one of them",
+         f"!({_count_cel('self', 'master')} >= 1 && {_count_cel('self', 'chief')} >= 1)",
+         lambda spec: not (role_count(spec, "master") >= 1 and role_count(spec, "chief") >= 1)),
+    Rule("spec.replicas", "needs at least one worker or master (or chief)",
+         " + ".join(_count_cel("self", role) for role in names.TRAINING_ROLES) + " >= 1",
+         lambda spec: sum(role_count(spec, role) for role in names.TRAINING_ROLES) >= 1),
+)
+
+
+def _string(description: str, max_length: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length,
+            "description": description}
+
+
+def _integer(description: str | None = None, minimum: int = 0,
+             maximum: int | None = None) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        node["maximum"] = maximum
+    if description:
+        node["description"] = description
+    return node
+
+
+def _most(role: str) -> int:
+    """At most one chief or master; any number of the other roles, up to the cap."""
+    return 1 if role in names.LEADER_ROLES else MAX_REPLICAS
+
+
+def _replica_spec(role: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": f"The {role} role's replicas: count, restart policy and pod template.",
+        "properties": {
+            "replicas": _integer("Number of replicas (default 1).", 0, _most(role)),
+            "restartPolicy": {
+                "type": "string", "enum": list(RESTART_POLICIES),
+                "description": "Never, OnFailure, Always, or ExitCode (exit codes 1-127 are "
+                               "permanent failures, 128 and above are retried); restarts "
+                               "count against runPolicy.backoffLimit. Default "
+                               f"{DEFAULT_RESTART_POLICY}."},
+            "template": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                "description": "PodTemplateSpec; the container named "
+                               "'kubelearn' (or the first) runs the runner."},
+        },
+    }
+
+
+SPEC: dict[str, Any] = {
+    "type": "object",
+    "required": ["experimentFn"],
+    "_rules": SPEC_RULES,
+    "properties": {
+        "experimentFn": {
+            "type": "string", "maxLength": 253,
+            "description": "module:function returning the Experiment (passed to kubelearn run "
+                           "--experiment-fn).",
+            "_rules": (_pattern_rule(
+                "spec.experimentFn", EXPERIMENT_FN,
+                "must be of the form module:function, e.g. "
+                "kubelearn.examples.linear:experiment_fn"),)},
+        "hparams": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+            "description": "Hyper-parameters, passed to every replica as KUBELEARN_HPARAMS "
+                           "(JSON); the runner checks their names and values."},
+        "image": _string("Runner image; default is the operator's setting.", 1024),
+        "modelDir": _string("Model directory; default /tmp/kubelearn/<namespace>/<name> on a "
+                            "cluster, ./output/<name> with kubelearn local.", 4096),
+        "schedule": {
+            "type": "string", "maxLength": 253,
+            "description": "Experiment method to run (kubelearn run --schedule); default by "
+                           "role.",
+            "_rules": (_pattern_rule("spec.schedule", SCHEDULE,
+                                     "must be the name of an Experiment method, e.g. train"),)},
+        "replicas": {
+            "type": "object",
+            "description": "Minimal form: replicas per role.",
+            "properties": {role: _integer(None, 0, _most(role)) for role in names.ROLES},
+        },
+        "replicaSpecs": {
+            "type": "object",
+            "description": "Full form: per-role replicas, restart policy and pod template.",
+            "properties": {role: _replica_spec(role) for role in names.ROLES},
+        },
+        "runPolicy": {
+            "type": "object",
+            "properties": {
+                "cleanPodPolicy": {
+                    "type": "string", "enum": list(CLEAN_POD_POLICIES),
+                    "description": "Pods deleted when the experiment finishes: None, Running "
+                                   f"or All (default {DEFAULT_CLEAN_POD_POLICY})."},
+                "backoffLimit": _integer("Restarts allowed across the experiment before it "
+                                         f"fails (default {DEFAULT_BACKOFF_LIMIT})."),
+                "activeDeadlineSeconds": _integer(
+                    "Fail the experiment this many seconds after it started.", 1),
+                "ttlSecondsAfterFinished": _integer(
+                    "Delete the experiment this many seconds after it finished."),
+                "suspend": {"type": "boolean", "description": "Delete the pods while true; "
+                            "recreate them when false again."},
+                "schedulingPolicy": {
+                    "type": "object",
+                    "description": "Gang scheduling through a scheduler-plugins PodGroup.",
+                    "properties": {
+                        "minAvailable": _integer(None, 1),
+                        "queue": {"type": "string"},
+                        "priorityClass": {"type": "string"},
+                        "schedulerName": {
+                            "type": "string", "description": "Scheduler for the pods "
+                            f"(default {names.DEFAULT_GANG_SCHEDULER})."},
+                        "scheduleTimeoutSeconds": _integer(None, 1),
+                    },
+                },
+            },
+        },
+        "successPolicy": {
+            "type": "string", "enum": list(SUCCESS_POLICIES),
+            "description": "default: the master/chief succeeding, else worker 0; AllWorkers: "
+                           "every worker succeeding."},
+    },
+}
+
+_TIME = {"type": "string", "format": "date-time"}
+
+STATUS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "phase": {"type": "string"},
+        "replicas": {"type": "string", "description": "active/total replicas."},
+        "step": {"type": "integer"},
+        "loss": {"type": "number"},
+        "metrics": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "conditions": {"type": "array", "items": {
+            "type": "object", "required": ["type", "status"],
+            "properties": {"type": {"type": "string"}, "status": {"type": "string"},
+                           "reason": {"type": "string"}, "message": {"type": "string"},
+                           "lastUpdateTime": _TIME, "lastTransitionTime": _TIME}}},
+        "replicaStatuses": {"type": "object", "additionalProperties": {
+            "type": "object",
+            "properties": {key: {"type": "integer"}
+                           for key in ("active", "succeeded", "failed", "restarts")}}},
+        "podRestarts": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+            "description": "Per pod: restarts made by the operator and the last failed pod "
+                           "replaced."},
+        "podGroup": {"type": "object", "properties": {"name": {"type": "string"},
+                                                      "message": {"type": "string"}}},
+        "startTime": _TIME,
+        "completionTime": _TIME,
+        "lastReconcileTime": _TIME,
+        "observedGeneration": {"type": "integer"},
+        "kopf": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    },
+}
+
+ROOT: dict[str, Any] = {
+    "type": "object",
+    "description": "A distributed ML experiment run as one pod and one headless service per "
+                   "replica.",
+    "required": ["spec"],
+    "_open": True,  # the API server owns apiVersion, kind and the rest of metadata
+    "_rules": ROOT_RULES,
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object", "_open": True,
+                     "properties": {"name": {"type": "string"}}},
+        "spec": SPEC,
+        "status": STATUS,
+    },
+}

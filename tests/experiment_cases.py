@@ -1,0 +1,178 @@
+"""One table of Experiment manifests, valid and invalid, run through the API server (the
+generated CRD), the operator's parser and ``kubelearn local``: each path must give the same
+verdict and name the same field.
+
+``field`` is the path an invalid case is refused for (None: valid). ``expect`` holds, for a
+valid case, values the parsed spec must have (attribute paths of
+:class:`kubelearn_spec.model.ExperimentSpec`), the defaults the two parsers share.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+MINIMAL: dict[str, Any] = {
+    "experimentFn": "kubelearn.examples.linear:experiment_fn",
+    "hparams": {"learning_rate": 0.05, "train_steps": 2000},
+    "replicas": {"ps": 1, "worker": 2, "master": 1},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    name: str
+    spec: dict[str, Any]
+    field: str | None = None
+    expect: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+                "metadata": {"name": self.name}, "spec": copy.deepcopy(self.spec)}
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    """MINIMAL with top-level fields replaced (None removes one)."""
+    result = copy.deepcopy(MINIMAL)
+    for key, value in changes.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return result
+
+
+def only(**replica_specs: Any) -> dict[str, Any]:
+    """MINIMAL in the full form: ``replicaSpecs`` instead of ``replicas``."""
+    return spec(replicas=None, replicaSpecs=replica_specs)
+
+
+FULL = {
+    "experimentFn": "pkg.mod:fn", "image": "runner:2", "modelDir": "/m", "schedule": "train",
+    "replicaSpecs": {
+        "chief": {"restartPolicy": "ExitCode"},
+        "ps": {"replicas": 2, "restartPolicy": "Always"},
+        "worker": {"replicas": 4, "restartPolicy": "OnFailure", "template": {
+            "metadata": {"labels": {"team": "a"}},
+            "spec": {"containers": [{"name": "kubelearn", "resources": {
+                "limits": {"cpu": "2"}}}]}}},
+        "evaluator": {"replicas": 1, "restartPolicy": "Never"},
+    },
+    "runPolicy": {"cleanPodPolicy": "All", "backoffLimit": 3, "activeDeadlineSeconds": 600,
+                  "ttlSecondsAfterFinished": 60, "suspend": True,
+                  "schedulingPolicy": {"minAvailable": 7, "queue": "q",
+                                       "priorityClass": "high", "schedulerName": "gang",
+                                       "scheduleTimeoutSeconds": 30}},
+    "successPolicy": "AllWorkers",
+}
+
+CASES = [
+    # -- valid ---------------------------------------------------------------------------
+    Case("minimal", "linear", spec(), expect={
+        "counts()": {"ps": 1, "worker": 2, "master": 1}, "leader_role": "master",
+        "replicas.worker.restart_policy": "ExitCode"}),
+    Case("full-form", "full", FULL, expect={
+        "counts()": {"chief": 1, "ps": 2, "worker": 4, "evaluator": 1},
+        "replicas.worker.restart_policy": "OnFailure", "run_policy.backoff_limit": 3,
+        "run_policy.scheduling.min_available": 7, "success_policy": "AllWorkers",
+        "image": "runner:2", "model_dir": "/m"}),
+    # The six places where the launcher and the cluster used to disagree:
+    Case("default-restart-policy-is-exit-code", "defaults", only(worker={}), expect={
+        "replicas.worker.restart_policy": "ExitCode"}),
+    Case("default-backoff-limit-is-6", "defaults", spec(), expect={
+        "run_policy.backoff_limit": 6}),
+    Case("schedule-is-accepted", "scheduled", spec(schedule="train"), expect={
+        "schedule": "train"}),
+    Case("name-starting-with-a-digit", "1linear", spec(), "metadata.name"),
+    Case("count-and-restart-policy-in-two-forms", "twoforms",
+         spec(replicaSpecs={"worker": {"restartPolicy": "OnFailure"}}), expect={
+             "counts()": {"ps": 1, "worker": 2, "master": 1},
+             "replicas.worker.restart_policy": "OnFailure"}),
+    Case("experiment-fn-empty-module-part", "badfn", spec(experimentFn="a..b:c"),
+         "spec.experimentFn"),
+    # More valid ones:
+    Case("longest-name-that-fits", "w" * 51, spec(replicas={"worker": 1000})),
+    Case("longest-name-with-a-master", "m" * 54, spec(replicas={"master": 1})),
+    Case("chief-alone-in-full-form", "chief", only(chief={}), expect={
+        "counts()": {"chief": 1}, "leader_role": "chief"}),
+    Case("zero-ps", "nops", spec(replicas={"ps": 0, "worker": 1})),
+    Case("null-field-is-absent", "nulls", spec(runPolicy=None, image=None)),
+    Case("hparam-lists", "lists", spec(hparams={"layers": [8, 4], "mix": [1, 2.5],
+                                                "names": ["a"], "flag": True})),
+    # Any JSON object: the runner, which reads them, checks hyper-parameters.
+    Case("hparams-any-object", "anyhp", spec(hparams={"nested": {"a": [1, "x"]}})),
+    Case("empty-success-policy-is-default", "emptysuccess", spec(successPolicy=""),
+         expect={"success_policy": "default"}),
+    # -- invalid -------------------------------------------------------------------------
+    Case("negative-replicas", "neg", spec(replicas={"worker": -1, "master": 1}),
+         "spec.replicas.worker"),
+    Case("replicas-not-an-integer", "two", spec(replicas={"worker": "two"}),
+         "spec.replicas.worker"),
+    Case("replicas-over-the-cap", "many", spec(replicas={"worker": 100_001}),
+         "spec.replicas.worker"),
+    Case("two-masters", "twomasters", spec(replicas={"worker": 1, "master": 2}),
+         "spec.replicas.master"),
+    Case("two-chiefs", "twochiefs", only(worker={"replicas": 1}, chief={"replicas": 2}),
+         "spec.replicaSpecs.chief.replicas"),
+    Case("master-and-chief", "both", spec(replicas={"worker": 1, "master": 1, "chief": 1}),
+         "spec.replicas"),
+    Case("master-and-chief-in-full-form", "both", only(master={}, chief={}), "spec.replicas"),
+    Case("no-worker-or-master", "nobody", spec(replicas={"ps": 2}), "spec.replicas"),
+    Case("experiment-fn-form", "badfn", spec(experimentFn="kubelearn.examples.linear"),
+         "spec.experimentFn"),
+    Case("experiment-fn-missing", "nofn", spec(experimentFn=None), "spec.experimentFn"),
+    Case("unknown-role", "badrole", spec(replicas={"Worker": 1}), "spec.replicas.Worker"),
+    Case("unknown-role-in-full-form", "badrole", only(driver={}),
+         "spec.replicaSpecs.driver"),
+    Case("count-given-twice", "twice", spec(replicaSpecs={"worker": {"replicas": 3}}),
+         "spec.replicas.worker"),
+    Case("name-too-long", "a" * 55, spec(), "metadata.name"),
+    Case("name-too-long-for-1000-workers", "w" * 53, spec(replicas={"worker": 1000}),
+         "metadata.name"),
+    Case("name-not-dns-label", "lin.ear", spec(), "metadata.name"),
+    Case("name-upper-case", "Linear", spec(), "metadata.name"),
+    Case("restart-policy", "badpolicy", only(worker={"restartPolicy": "Sometimes"}),
+         "spec.replicaSpecs.worker.restartPolicy"),
+    Case("template-not-an-object", "badtemplate", only(worker={"template": "pod"}),
+         "spec.replicaSpecs.worker.template"),
+    Case("unknown-spec-field", "unknown", spec(learningRate=0.1), "spec.learningRate"),
+    Case("unknown-run-policy-field", "unknown", spec(runPolicy={"backoff": 1}),
+         "spec.runPolicy.backoff"),
+    Case("success-policy", "badsuccess", spec(successPolicy="Any"), "spec.successPolicy"),
+    Case("backoff-limit-negative", "badbackoff", spec(runPolicy={"backoffLimit": -3}),
+         "spec.runPolicy.backoffLimit"),
+    Case("deadline-zero", "baddeadline", spec(runPolicy={"activeDeadlineSeconds": 0}),
+         "spec.runPolicy.activeDeadlineSeconds"),
+    Case("clean-pod-policy", "badclean", spec(runPolicy={"cleanPodPolicy": "Some"}),
+         "spec.runPolicy.cleanPodPolicy"),
+    Case("suspend-not-a-boolean", "badsuspend", spec(runPolicy={"suspend": "yes"}),
+         "spec.runPolicy.suspend"),
+    Case("min-available-zero", "badgang", spec(runPolicy={
+        "schedulingPolicy": {"minAvailable": 0}}), "spec.runPolicy.schedulingPolicy.minAvailable"),
+    Case("model-dir-empty", "baddir", spec(modelDir=""), "spec.modelDir"),
+    Case("schedule-not-a-method-name", "badschedule", spec(schedule="train now"),
+         "spec.schedule"),
+    Case("hparams-not-an-object", "badhp", spec(hparams=[1, 2]), "spec.hparams"),
+]
+
+VALID = [c for c in CASES if c.field is None]
+INVALID = [c for c in CASES if c.field is not None]
+
+
+def ids(cases: list[Case]) -> list[str]:
+    return [c.id for c in cases]
+
+
+def attribute(obj: Any, path: str) -> Any:
+    """``replicas.worker.restart_policy`` on a spec: attributes, mapping keys, ``f()`` calls."""
+    for part in path.split("."):
+        if part.endswith("()"):
+            obj = getattr(obj, part[:-2])()
+        elif isinstance(obj, dict) or hasattr(obj, "keys"):
+            obj = obj[part]
+        else:
+            obj = getattr(obj, part)
+    return obj
