@@ -31,11 +31,6 @@ def _controller() -> Controller:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-    # Nothing of kopf's own goes into our objects' status (no progress, no diff-base there).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=naming.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=naming.GROUP)
     settings.posting.level = logging.WARNING
     # React to an event at once rather than waiting 0.1 s for more of the same object's.
     settings.batching.batch_window = 0.001

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kubelearn_operator.controller import WorkQueue
+from kubelearn_operator.workqueue import WorkQueue
 from kubelearn_operator.kube import RateLimiter
 
 
