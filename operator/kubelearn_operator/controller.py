@@ -128,8 +128,9 @@ class Controller:
         loop = asyncio.get_running_loop()
         for store, plural, parse in ((self._pods, "pods", parse_pod),
                                      (self._services, "services", parse_service)):
+            # A dead watch is noticed within one resync period (informer.py).
             informer: Informer[Any] = Informer(self.client, namespace, plural, selector, parse,
-                                               changed)
+                                               changed, self.settings.resync_seconds / 2)
             store[namespace] = informer
             self._tasks.append(loop.create_task(informer.run(),
                                                 name=f"kubelearn-{plural}-{namespace}"))

@@ -19,7 +19,7 @@ import kopf
 
 from . import metrics, naming
 from .controller import Controller
-from .kube import KubeClient, load_connection
+from .kube import KubeClient
 from .settings import Settings
 
 _state: dict[str, Controller] = {}
@@ -39,8 +39,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.networking.request_timeout = 60
     config = Settings.from_env()
     metrics.serve(config.metrics_port)
-    client = KubeClient(load_connection(), qps=config.api_qps, burst=config.api_burst,
-                        concurrency=config.create_concurrency)
+    client = await KubeClient.connect(qps=config.api_qps, burst=config.api_burst,
+                                      concurrency=config.create_concurrency)
     controller = Controller(config, client)
     _state["controller"] = controller
     await controller.start()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from kubelearn_operator import naming
-from kubelearn_operator.informer import Informer, decode_lines
+from kubelearn_operator.informer import Informer
+from kubelearn_operator.kube import decode_lines
 
 
 def test_decode_lines_keeps_the_incomplete_tail() -> None:
