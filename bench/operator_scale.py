@@ -225,10 +225,10 @@ def main() -> int:
 
         env = {**os.environ, **cp.env, "KUBELEARN_METRICS_PORT": "0",
                "KUBELEARN_RESYNC_SECONDS": "30", "PYTHONPATH": str(ROOT / "operator")}
-        ours_args = [sys.executable, "-m", "kopf", "run", "--standalone", "-m",
-                     "kubelearn_operator.handlers"]
-        for ns in ours_ns:
-            ours_args += ["--namespace", ns]
+        # As the image starts it (Dockerfile: python -m kubelearn_operator).
+        ours_args = [sys.executable, "-m", "kubelearn_operator",
+                     f"--liveness=http://127.0.0.1:{free_port()}/healthz"]
+        ours_args += [f"--namespace={ns}" for ns in ours_ns]
         procs.append(subprocess.Popen(ours_args, env=env, stdout=(work / "ours.log").open("wb"),
                                       stderr=subprocess.STDOUT, start_new_session=True))
         if peer:

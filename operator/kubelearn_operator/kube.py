@@ -59,13 +59,17 @@ class RateLimiter:
                 self._tokens -= 1
 
 
-async def load_configuration() -> client.Configuration:
-    """Server and credentials from the in-cluster service account, else $KUBECONFIG."""
+async def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """Server and credentials from ``kubeconfig``, else the in-cluster service account, else
+    $KUBECONFIG."""
     configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        await config.load_kube_config(client_configuration=configuration)
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            return configuration
+        except config.ConfigException:
+            pass
+    await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     return configuration
 
 
@@ -96,8 +100,9 @@ class KubeClient:
         self._refreshing = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, **limits: Any) -> KubeClient:
-        return cls(await load_configuration(), **limits)
+    async def connect(cls, kubeconfig: str | None = None, **limits: Any) -> KubeClient:
+        return cls(await load_configuration(kubeconfig),
+                   reload=lambda: load_configuration(kubeconfig), **limits)
 
     async def close(self) -> None:
         await self.api.close()
