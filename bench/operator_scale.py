@@ -276,6 +276,10 @@ def main() -> int:
                             "ratio": ratio})
             print(f"{n:>8} {ours:>12.2f} {theirs if theirs is not None else float('nan'):>20.2f}"
                   f" {ratio if ratio is not None else float('nan'):>14.1f}x")
+            runs = results["kubelearn"][n]
+            summary[-1]["kubelearn_runs"] = runs
+            print(f"{'':>8} kubelearn over {len(runs)} runs: min {min(runs):.2f} s, "
+                  f"median {ours:.2f} s, max {max(runs):.2f} s")
         goal = next((s for s in summary if s["replicas"] == 1000), None)
         if goal:
             print(f"\n1000 replicas under 5 s: {'yes' if goal['kubelearn_s'] < 5 else 'NO'} "

@@ -103,10 +103,14 @@ def test_cache_recovers_when_the_token_is_rotated(kube_api: client.ApiClient, na
     core = client.CoreV1Api(kube_api)
     rbac = client.RbacAuthorizationV1Api(kube_api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "operator"}})
+    rbac.create_namespaced_role(namespace, {
+        "metadata": {"name": "pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"],
+                   "verbs": ["get", "list", "watch"]}]})
     rbac.create_namespaced_role_binding(namespace, {
         "metadata": {"name": "operator"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "pod-reader"},
         "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}]})
     holders = [core.create_namespaced_secret(namespace, {"metadata": {"name": f"holder-{i}"}})
                for i in range(2)]
