@@ -5,8 +5,7 @@ Pods and services are watched by the controller's own label-filtered caches (inf
 All are coroutines: kopf runs plain functions in a thread pool, and the work queue belongs to
 the event loop.
 
-Run with ``kopf run --standalone -m kubelearn_operator.handlers --all-namespaces`` (or
-``python -m kubelearn_operator``, which also turns the liveness endpoint on).
+Run with ``python -m kubelearn_operator`` (__main__.py), as the image does.
 """
 
 from __future__ import annotations
