@@ -135,6 +135,7 @@ class Operator(Process):
 
     def __init__(self, env: dict[str, str], namespaces: list[str], log: Path,
                  extra_env: dict[str, str] | None = None) -> None:
+        self.namespaces = namespaces
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         argv = [*image_command(), *(f"--namespace={ns}" for ns in namespaces),
