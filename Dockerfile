@@ -21,7 +21,7 @@ COPY pyproject.toml README.md ./
 COPY runner/ runner/
 COPY operator/ operator/
 # runner: the kubelearn wheel with its [distributed] extra (numpy, pyyaml, pyzmq).
-# operator: the kubelearn wheel alone plus its [operator] extra (kopf, kubernetes,
+# operator: the kubelearn wheel alone plus its [operator] extra (kopf, kubernetes_asyncio,
 # prometheus-client), read from pyproject.toml so the two never drift; no numpy.
 RUN pip wheel --wheel-dir /wheels/runner ".[distributed]" \
  && pip wheel --no-deps --wheel-dir /wheels/operator . \
@@ -71,5 +71,5 @@ RUN --mount=type=bind,from=builder,source=/wheels/operator,target=/wheels \
 USER 65532:65532
 # Liveness and readiness on :8080/healthz, Prometheus metrics on :9090/metrics.
 EXPOSE 8080 9090
-ENTRYPOINT ["/usr/bin/tini", "--", "kopf", "run", "--standalone", "-m", "kubelearn_operator.handlers"]
+ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "kubelearn_operator"]
 CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -1,4 +1,10 @@
-"""``python -m kubelearn_operator``: run the operator with liveness and metrics endpoints."""
+"""``python -m kubelearn_operator``: the operator, as the image and the tests start it.
+
+    python -m kubelearn_operator [--namespace NS]... [--all-namespaces] [--liveness URL]
+
+Serves the given namespaces, or all of them; the liveness endpoint also serves the
+controller's probe. Settings come from the environment (settings.py).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,23 @@ import os
 import kopf
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kubelearn_operator")
-    parser.add_argument("--namespace", action="append", default=[],
-                        help="namespace to serve (repeatable); default: all namespaces")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=[],
+                       help="namespace to serve (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true",
+                       help="serve every namespace (the default when none is named)")
     parser.add_argument("--liveness", default=os.environ.get(
         "KUBELEARN_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    kopf.configure()  # INFO, as `kopf run` logs
     # kopf wants an iterable of namespaces even when serving the whole cluster.
     kopf.run(standalone=True, namespaces=args.namespace, clusterwide=not args.namespace,
              liveness_endpoint=args.liveness)

@@ -5,8 +5,7 @@ Pods and services are watched by the controller's own label-filtered caches (inf
 All are coroutines: kopf runs plain functions in a thread pool, and the work queue belongs to
 the event loop.
 
-Run with ``kopf run --standalone -m kubelearn_operator.handlers --all-namespaces`` (or
-``python -m kubelearn_operator``, which also turns the liveness endpoint on).
+Run with ``python -m kubelearn_operator`` (__main__.py), as the image does.
 """
 
 from __future__ import annotations
@@ -17,9 +16,11 @@ from typing import Any
 
 import kopf
 
-from . import metrics, naming
+from kubelearn_spec import names
+
+from . import metrics
 from .controller import Controller
-from .kube import KubeClient, load_connection
+from .kube import KubeClient
 from .settings import Settings
 
 _state: dict[str, Controller] = {}
@@ -31,11 +32,6 @@ def _controller() -> Controller:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-    # Nothing of kopf's own goes into our objects' status (no progress, no diff-base there).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=naming.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=naming.GROUP)
     settings.posting.level = logging.WARNING
     # React to an event at once rather than waiting 0.1 s for more of the same object's.
     settings.batching.batch_window = 0.001
@@ -44,8 +40,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.networking.request_timeout = 60
     config = Settings.from_env()
     metrics.serve(config.metrics_port)
-    client = KubeClient(load_connection(), qps=config.api_qps, burst=config.api_burst,
-                        concurrency=config.create_concurrency)
+    client = await KubeClient.connect(qps=config.api_qps, burst=config.api_burst,
+                                      concurrency=config.create_concurrency)
     controller = Controller(config, client)
     _state["controller"] = controller
     await controller.start()
@@ -66,6 +62,6 @@ async def probe(**_: Any) -> dict[str, Any]:
     return _controller().healthy()
 
 
-@kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
+@kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
 async def experiment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     _controller().observe_experiment(event.get("type"), copy.deepcopy(dict(body)))

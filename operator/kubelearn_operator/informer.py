@@ -3,12 +3,15 @@
 kopf would watch every pod of a namespace and run its full machinery (diff-bases, progress)
 per event; these caches ask the server for the labelled objects only and keep just what the
 reconcile reads. One pod and one service cache per namespace that holds Experiments.
+
+A watch asks the server to end it after ``watch_seconds`` and is then opened again from the
+last version seen; a watch silent for twice that long is taken for dead (a connection that
+stopped forwarding without closing) and the cache lists again, as it does on 410 Gone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -26,10 +29,14 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
+class Silent(Exception):
+    """Nothing came over the watch for longer than the server was asked to keep it open."""
+
+
 class Informer(Generic[V]):
     def __init__(self, client: KubeClient, namespace: str, plural: str, selector: str,
                  parse: Parser[V], changed: Callable[[str, str], None],
-                 watch_seconds: int = 300) -> None:
+                 watch_seconds: float = 300) -> None:
         self.client = client
         self.namespace = namespace
         self.path = f"/api/v1/namespaces/{namespace}/{plural}"
@@ -56,7 +63,8 @@ class Informer(Generic[V]):
                     version = await self._watch(version)
             except asyncio.CancelledError:
                 raise
-            except Gone:
+            except (Gone, Silent) as error:
+                logger.info("listing %s again: %s", self.path, error)
                 continue
             except Exception as error:  # e.g. no RBAC to list here yet: back off, retry
                 failures += 1
@@ -86,17 +94,31 @@ class Informer(Generic[V]):
 
     async def _watch(self, version: str) -> str:
         params = {"labelSelector": self.selector, "watch": "1", "resourceVersion": version,
-                  "allowWatchBookmarks": "true", "timeoutSeconds": str(self.watch_seconds)}
-        async for event in self.client.stream(self.path, params):
-            kind = event.get("type")
-            obj = event.get("object") or {}
-            if kind == "ERROR":
-                if obj.get("code") == 410:
-                    raise Gone()
-                raise ApiError(int(obj.get("code") or 500), obj, "WATCH", self.path)
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            if kind in ("ADDED", "MODIFIED", "DELETED"):
-                self._apply(kind, obj)
+                  "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(max(int(self.watch_seconds), 1))}
+        silence = 2 * max(self.watch_seconds, 1)
+        try:
+            async for event in self.client.stream(self.path, params, read_timeout=silence):
+                version = self._event(event, version)
+        except ApiError as error:
+            if error.status == 410:
+                raise Gone("the resourceVersion is too old (410 Gone)") from None
+            raise
+        except asyncio.TimeoutError:
+            raise Silent(f"nothing came over the watch for {silence:.0f}s") from None
+        return version
+
+    def _event(self, event: dict[str, Any], version: str) -> str:
+        """Apply one watch event; the resourceVersion to watch from after it."""
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone("the resourceVersion is too old (410 Gone)")
+            raise ApiError(int(obj.get("code") or 500), obj, "WATCH", self.path)
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self._apply(kind, obj)
         return version
 
     def _apply(self, kind: str, obj: dict[str, Any]) -> None:
@@ -127,7 +149,3 @@ class Informer(Generic[V]):
         self.changed(self.namespace, experiment)
 
 
-def decode_lines(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
-    """Complete JSON lines of a watch stream, and the incomplete rest."""
-    *lines, rest = buffer.split(b"\n")
-    return [json.loads(line) for line in lines if line.strip()], rest

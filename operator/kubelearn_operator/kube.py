@@ -1,20 +1,26 @@
-"""A small asyncio Kubernetes API client with a client-side rate limit.
+"""The operator's API client: kubernetes_asyncio's transport and credentials, plus a client-side
+rate limit and a bound on requests in flight.
 
-The operator creates hundreds of objects at once; the synchronous ``kubernetes`` client would
-need a thread per request. This client sends plain JSON over one aiohttp connection pool and
-bounds both concurrency and queries per second (token bucket), both configurable.
+The operator creates hundreds of objects at once, so requests carry plain JSON (no model
+classes) over one aiohttp connection pool. Credentials come from the in-cluster service account
+or $KUBECONFIG (token, token file, exec plugin, client certificate) and are loaded again when
+the server answers 401, once per stale token however many requests saw it; the in-cluster
+token file is also re-read every minute.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
+import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+from kubernetes_asyncio import client, config
+
+#: Seconds one request may take, from sending it to the last byte of its answer.
+REQUEST_TIMEOUT = 60.0
 
 
 class ApiError(Exception):
@@ -28,111 +34,145 @@ class ApiError(Exception):
 class RateLimiter:
     """Token bucket: ``qps`` tokens a second, at most ``burst`` saved up."""
 
-    def __init__(self, qps: float, burst: int) -> None:
+    def __init__(self, qps: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.qps = float(qps)
         self.burst = max(int(burst), 1)
+        self.clock = clock
+        self.sleep = sleep
         self._tokens = float(self.burst)
-        self._last = time.monotonic()
+        self._last = clock()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         if self.qps <= 0:
             return
         async with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.qps)
             self._last = now
             if self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self.qps)
-                self._last = time.monotonic()
+                await self.sleep((1 - self._tokens) / self.qps)
+                self._last = self.clock()
                 self._tokens = 0.0
             else:
                 self._tokens -= 1
 
 
-@dataclass(frozen=True)
-class Connection:
-    server: str
-    headers: Mapping[str, str]
-    ssl_context: ssl.SSLContext | bool
-
-
-def load_connection() -> Connection:
-    """Server and credentials from the in-cluster service account or $KUBECONFIG."""
-    from kubernetes import client, config
-
+async def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """Server and credentials from ``kubeconfig``, else the in-cluster service account, else
+    $KUBECONFIG."""
     configuration = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            return configuration
+        except config.ConfigException:
+            pass
+    await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return configuration
+
+
+def decode_lines(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
+    """Complete JSON lines of a watch stream, and the incomplete rest."""
+    *lines, rest = buffer.split(b"\n")
+    return [json.loads(line) for line in lines if line.strip()], rest
+
+
+def _decode(data: bytes) -> Any:
     try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
-    headers = {}
-    for setting in configuration.auth_settings().values():
-        if setting.get("in") == "header" and setting.get("value"):
-            headers[setting["key"].title()] = setting["value"]
-    context: ssl.SSLContext | bool
-    if configuration.verify_ssl is False:
-        context = False
-    else:
-        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-        if configuration.cert_file:
-            context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return Connection(configuration.host.rstrip("/"), headers, context)
+        return json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace")
 
 
 class KubeClient:
-    def __init__(self, connection: Connection, *, qps: float = 500.0, burst: int = 1000,
-                 concurrency: int = 64) -> None:
-        self.connection = connection
+    def __init__(self, configuration: client.Configuration, *, qps: float = 500.0,
+                 burst: int = 1000, concurrency: int = 64,
+                 reload: Callable[[], Awaitable[client.Configuration]] = load_configuration,
+                 ) -> None:
+        # Unlimited pool: the semaphore bounds requests, and watches stay open beside them.
+        configuration.connection_pool_maxsize = 0
+        self.api = client.ApiClient(configuration)
+        # The library's session looks up proxy variables and ~/.netrc on every request, which
+        # doubles a create's client-side cost; the same connector (TLS, pool) serves a session
+        # that does not (a kubeconfig's proxy-url still applies: it is passed per request).
+        rest = self.api.rest_client
+        connector = rest.pool_manager.connector
+        rest.pool_manager.detach()
+        rest.pool_manager = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                                  read_bufsize=2**21)
         self.limiter = RateLimiter(qps, burst)
         self.semaphore = asyncio.Semaphore(max(concurrency, 1))
-        self._session: aiohttp.ClientSession | None = None
-        self._concurrency = max(concurrency, 1)
+        self._reload = reload
+        self._refreshing = asyncio.Lock()
 
-    async def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # Unlimited pool: the semaphore bounds requests, and watches stay open beside them.
-            # Long keep-alive: TLS handshakes, not requests, dominate a small burst of creates.
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=300,
-                                             ssl=self.connection.ssl_context)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=dict(self.connection.headers),
-                timeout=aiohttp.ClientTimeout(total=60))
-        return self._session
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None, **limits: Any) -> KubeClient:
+        return cls(await load_configuration(kubeconfig),
+                   reload=lambda: load_configuration(kubeconfig), **limits)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.api.close()
+
+    def _token(self) -> str | None:
+        return self.api.configuration.api_key.get("BearerToken")
+
+    async def refresh_credentials(self, stale: str | None) -> None:
+        """Load the credentials again, unless another request already did since ``stale``
+        was sent (a burst of 401s reloads once)."""
+        async with self._refreshing:
+            if self._token() != stale:
+                return
+            fresh = await self._reload()
+            current = self.api.configuration
+            current.api_key = dict(fresh.api_key)
+            current.refresh_api_key_hook = fresh.refresh_api_key_hook
+
+    async def _send(self, method: str, path: str, *, body: Any, params: Mapping[str, str] | None,
+                    content_type: str, timeout: aiohttp.ClientTimeout,
+                    ) -> aiohttp.ClientResponse:
+        """One request, sent again once with reloaded credentials if the server says 401;
+        the caller reads (and releases) a successful response, errors raise ApiError."""
+        for attempt in (1, 2):
+            token = self._token()
+            response = await self.api.call_api(
+                path, method, query_params=list((params or {}).items()),
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body, auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=timeout)
+            if response.status < 400:
+                return response
+            async with response:
+                data = _decode(await response.read())
+            if response.status == 401 and attempt == 1:
+                await self.refresh_credentials(token)
+                continue
+            raise ApiError(response.status, data, method, path)
+        raise AssertionError("unreachable")
 
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: Mapping[str, str] | None = None,
                       content_type: str = "application/json") -> Any:
-        session = await self.session()
         async with self.semaphore:
             await self.limiter.acquire()
-            async with session.request(
-                    method, self.connection.server + path, json=body, params=params,
-                    headers={"Content-Type": content_type} if body is not None else None,
-            ) as response:
-                try:
-                    data = await response.json(content_type=None)
-                except (ValueError, aiohttp.ContentTypeError):
-                    data = await response.text()
-                if response.status >= 400:
-                    raise ApiError(response.status, data, method, path)
-                return data
+            response = await self._send(method, path, body=body, params=params,
+                                        content_type=content_type,
+                                        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+            async with response:
+                return _decode(await response.read())
 
-    async def stream(self, path: str, params: Mapping[str, str]) -> AsyncIterator[Any]:
-        """The events of a watch, decoded; outside the concurrency bound (it stays open)."""
-        from .informer import decode_lines
-
-        session = await self.session()
+    async def stream(self, path: str, params: Mapping[str, str],
+                     read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch, decoded; outside the concurrency bound (it stays open).
+        No byte for ``read_timeout`` seconds raises ``asyncio.TimeoutError``: a connection
+        that silently stopped forwarding never freezes a cache."""
         await self.limiter.acquire()
-        async with session.get(self.connection.server + path, params=params,
-                               timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
-                               ) as response:
-            if response.status >= 400:
-                raise ApiError(response.status, await response.text(), "WATCH", path)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT,
+                                        sock_read=read_timeout)
+        response = await self._send("GET", path, body=None, params=params,
+                                    content_type="application/json", timeout=timeout)
+        async with response:
             buffer = b""
             async for chunk in response.content.iter_any():
                 events, buffer = decode_lines(buffer + chunk)
@@ -167,13 +207,3 @@ class KubeClient:
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> Any:
         return await self.request("PATCH", path, body=body,
                                   content_type="application/merge-patch+json")
-
-    async def exists(self, path: str) -> bool:
-        try:
-            await self.request("GET", path)
-        except ApiError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
-

@@ -30,7 +30,8 @@ from tests.cluster import __main__ as cluster_cli
 from tests.cluster.build import ensure_built
 from tests.cluster.controlplane import start_control_plane
 from tests.cluster.helpers import apply_yaml, wait_for
-from tests.e2e.stack import CRD, NodeAgent, Operator, pod_log_paths
+from tests.e2e.stack import NodeAgent, pod_log_paths
+from tests.operator_stack import CRD, Operator
 
 STATE = "e2e.json"
 

@@ -10,7 +10,7 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +18,19 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster.helpers import apply_crd, wait_for
-from tests.e2e.stack import CRD, NodeAgent, Operator
+from tests.cluster.helpers import wait_for
+from tests.e2e.stack import NodeAgent
+from tests.operator_stack import Operator
 from tests.processes import pids_with_env
 
 GROUP, VERSION, PLURAL = "kubelearn.dev", "v1alpha1", "experiments"
-
-
-@pytest.fixture(scope="session")
-def e2e_crd(kube_api: client.ApiClient) -> Path:
-    apply_crd(kube_api, CRD)
-    return CRD
 
 
 class Cluster:
     """One test's view: its namespace, the operator, the node agent and kubectl."""
 
     def __init__(self, api: client.ApiClient, control_plane: Any, namespace: str,
-                 workdir: Path) -> None:
+                 workdir: Path, start_operator: Callable[..., Operator]) -> None:
         self.api = api
         self.cp = control_plane
         self.ns = namespace
@@ -43,16 +38,17 @@ class Cluster:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.operators: list[Operator] = []
+        self._start_operator = start_operator
         self.agent = NodeAgent(control_plane.env, [namespace], workdir / "node",
                                node_name=f"node-{namespace}"[:63],
                                ip_octet=random.randint(16, 250))
 
     # -- processes ----------------------------------------------------------------------
     def start_operator(self, extra_env: dict[str, str] | None = None) -> Operator:
-        op = Operator(self.cp.env, [self.ns], self.workdir / f"operator-{len(self.operators)}.log",
-                      extra_env)
+        op = self._start_operator(self.ns, env=extra_env,
+                                  log=self.workdir / f"operator-{len(self.operators)}.log")
         self.operators.append(op)
-        return op.start()
+        return op
 
     @property
     def operator(self) -> Operator:
@@ -138,15 +134,20 @@ class Cluster:
         return Path(f"/tmp/kubelearn/{self.ns}/{name}")
 
 
+def _no_operator(*_: Any, **__: Any) -> Operator:
+    raise AssertionError("this fixture runs no operator")
+
+
 @contextlib.contextmanager
 def _running(kube_api: client.ApiClient, control_plane: Any, namespace: str, tmp_path: Path,
-             with_operator: bool) -> Iterator[Cluster]:
-    c = Cluster(kube_api, control_plane, namespace, tmp_path)
+             start_operator: Callable[..., Operator] | None) -> Iterator[Cluster]:
+    c = Cluster(kube_api, control_plane, namespace, tmp_path,
+                start_operator or _no_operator)
     c.agent.start()
     try:
         wait_for(lambda: (c.agent.check_alive(), c.core.read_node(c.agent.node_name))[1],
                  60, "the node agent's Node")
-        if with_operator:
+        if start_operator is not None:
             c.start_operator()
         yield c
     finally:
@@ -165,11 +166,11 @@ def _running(kube_api: client.ApiClient, control_plane: Any, namespace: str, tmp
 
 
 @pytest.fixture
-def cluster(kube_api: client.ApiClient, control_plane: Any, namespace: str, e2e_crd: Path,
-            tmp_path: Path) -> Iterator[Cluster]:
+def cluster(kube_api: client.ApiClient, control_plane: Any, namespace: str,
+            tmp_path: Path, start_operator: Callable[..., Operator]) -> Iterator[Cluster]:
     """The node agent and the operator for this test's namespace; all stopped afterwards,
     and no process of the namespace's pods may outlive the test."""
-    with _running(kube_api, control_plane, namespace, tmp_path, True) as c:
+    with _running(kube_api, control_plane, namespace, tmp_path, start_operator) as c:
         yield c
 
 
@@ -177,5 +178,5 @@ def cluster(kube_api: client.ApiClient, control_plane: Any, namespace: str, e2e_
 def node(kube_api: client.ApiClient, control_plane: Any, namespace: str,
          tmp_path: Path) -> Iterator[Cluster]:
     """Only the node agent, for pods made by the test itself."""
-    with _running(kube_api, control_plane, namespace, tmp_path, False) as c:
+    with _running(kube_api, control_plane, namespace, tmp_path, None) as c:
         yield c

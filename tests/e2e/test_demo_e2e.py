@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.helpers import wait_for
+from tests.operator_stack import EXAMPLE
 from tests.processes import pids_with_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -48,7 +49,7 @@ def test_up_then_kubectl_apply_then_down(control_plane, tmp_path: Path):
             assert result.returncode == 0, result.stderr
             return result.stdout
 
-        kc("apply", "-f", str(ROOT / "examples" / "experiment.yaml"))
+        kc("apply", "-f", str(EXAMPLE))
         wait_for(lambda: "Succeeded" in kc("get", "exp", "linear"), 240,
                  "the demo's experiment to succeed")
         logs = _cli(env, "tests.e2e", "logs", "-n", ns, "linear-master-0")

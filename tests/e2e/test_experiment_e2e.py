@@ -11,12 +11,11 @@ import pytest
 from kubelearn import checkpoints
 from tests.cluster.helpers import wait_for
 from tests.e2e.conftest import Cluster
+from tests.operator_stack import EXAMPLE
 from tests.processes import pids_with_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "experiment.yaml"
 
 
 def final_evaluation(model_dir: Path) -> dict:

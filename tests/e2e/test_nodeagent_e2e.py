@@ -11,34 +11,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import apply_yaml, wait_for
+from tests.cluster.helpers import wait_for
 from tests.e2e.conftest import Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-PODGROUP_CRD = """\
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: podgroups.scheduling.x-k8s.io
-spec:
-  group: scheduling.x-k8s.io
-  scope: Namespaced
-  names: {plural: podgroups, singular: podgroup, kind: PodGroup}
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              minMember: {type: integer, format: int32}
-"""
-
 
 def make_pod(node: Cluster, name: str, code: str, *, restart: str = "Never",
              labels: dict[str, str] | None = None, env: dict[str, str] | None = None,
@@ -135,33 +111,21 @@ def test_deletion_waits_the_grace_period_then_kills(node: Cluster):
     assert "exited with code 137" in node.agent.pod_log(node.ns, "stubborn")
 
 
-def test_gang_is_bound_all_or_none(node: Cluster, kube_api: client.ApiClient):
-    ext = client.ApiextensionsV1Api(kube_api)
-    apply_yaml(kube_api, PODGROUP_CRD)
-    try:
-        wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
-                             ext.read_custom_resource_definition(
-                                 "podgroups.scheduling.x-k8s.io").status.conditions or []),
-                 30, "the PodGroup CRD established")
-        client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-            "scheduling.x-k8s.io", "v1alpha1", node.ns, "podgroups",
-            {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
-             "metadata": {"name": "g"}, "spec": {"minMember": 3}})
-        labels = {"scheduling.x-k8s.io/pod-group": "g"}
-        for name in ("g-0", "g-1"):
-            make_pod(node, name, "pass", labels=labels)
-        # A solitary pod without the gang label is bound at once.
-        make_pod(node, "solo", "pass")
-        wait_pod(node, "solo", "Succeeded")
-        time.sleep(2)
-        pods = {p.metadata.name: p for p in node.core.list_namespaced_pod(node.ns).items}
-        assert pods["g-0"].spec.node_name is None and pods["g-1"].spec.node_name is None
-        make_pod(node, "g-2", "pass", labels=labels)
-        for name in ("g-0", "g-1", "g-2"):
-            assert wait_pod(node, name, "Succeeded").spec.node_name == node.agent.node_name
-    finally:
-        ext.delete_custom_resource_definition("podgroups.scheduling.x-k8s.io")
-        # Gone before the next test: others check how the operator behaves without it.
-        wait_for(lambda: not any(c.metadata.name == "podgroups.scheduling.x-k8s.io" for c in
-                                 ext.list_custom_resource_definition().items),
-                 60, "the PodGroup CRD removed")
+def test_gang_is_bound_all_or_none(node: Cluster, kube_api: client.ApiClient, podgroup_crd):
+    podgroup_crd()
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        "scheduling.x-k8s.io", "v1alpha1", node.ns, "podgroups",
+        {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
+         "metadata": {"name": "g"}, "spec": {"minMember": 3}})
+    labels = {"scheduling.x-k8s.io/pod-group": "g"}
+    for name in ("g-0", "g-1"):
+        make_pod(node, name, "pass", labels=labels)
+    # A solitary pod without the gang label is bound at once.
+    make_pod(node, "solo", "pass")
+    wait_pod(node, "solo", "Succeeded")
+    time.sleep(2)
+    pods = {p.metadata.name: p for p in node.core.list_namespaced_pod(node.ns).items}
+    assert pods["g-0"].spec.node_name is None and pods["g-1"].spec.node_name is None
+    make_pod(node, "g-2", "pass", labels=labels)
+    for name in ("g-0", "g-1", "g-2"):
+        assert wait_pod(node, name, "Succeeded").spec.node_name == node.agent.node_name

@@ -1,15 +1,9 @@
-"""Fixtures for operator tests on the real control plane: the CRD, an operator process, and
-a stand-in kubelet that writes pod status through the API."""
+"""Fixtures for operator tests on the real control plane: Experiment access and a stand-in
+kubelet that writes pod status through the API (the CRD and the operator process come from
+tests/operator_stack.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
-from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,102 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import apply_crd, wait_for
+from tests.cluster.helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "experiments.kubelearn.dev.yaml"
 GROUP, VERSION, PLURAL = "kubelearn.dev", "v1alpha1", "experiments"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def experiment_crd(kube_api: client.ApiClient) -> Path:
-    """The Experiment CRD from crds/, applied and established."""
-    apply_crd(kube_api, CRD)
-    return CRD
-
-
-class Operator:
-    """The operator as a subprocess: ``kopf run --standalone -m kubelearn_operator.handlers``."""
-
-    def __init__(self, env: dict[str, str], namespaces: list[str], log: Path,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.namespaces = namespaces
-        self.log = log
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
-        self.env = {**os.environ, **env, "KUBELEARN_METRICS_PORT": str(self.metrics_port),
-                    "KUBELEARN_RESYNC_SECONDS": "2", "PYTHONUNBUFFERED": "1",
-                    **(extra_env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Operator:
-        args = [sys.executable, "-m", "kopf", "run", "--standalone",
-                "-m", "kubelearn_operator.handlers",
-                "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
-        for ns in self.namespaces:
-            args += ["--namespace", ns]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(args, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=ROOT,
-                                         start_new_session=True)
-        wait_for(lambda: self.healthz() is not None, 30, "the operator's liveness endpoint")
-        return self
-
-    def healthz(self) -> str | None:
-        self.check_alive()
-        try:
-            with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as resp:
-                return resp.read().decode() if resp.status == 200 else None
-        except OSError:
-            return None
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
-            return resp.read().decode()
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {self.proc.returncode}; log:\n"
-                                 + self.log.read_text()[-4000:])
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, as when a node dies."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@pytest.fixture
-def start_operator(control_plane: Any, experiment_crd: Path,
-                   tmp_path: Path) -> Iterator[Callable[..., Operator]]:
-    """Start the operator for some namespaces; every one started is stopped after the test."""
-    started: list[Operator] = []
-
-    def start(*namespaces: str, env: dict[str, str] | None = None) -> Operator:
-        log = tmp_path / f"operator-{len(started)}.log"
-        op = Operator(control_plane.env, list(namespaces), log, env)
-        started.append(op)
-        return op.start()
-
-    yield start
-    for op in started:
-        op.stop()
 
 
 # -- the Experiment API -------------------------------------------------------------------

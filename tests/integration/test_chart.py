@@ -13,9 +13,7 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,12 +34,12 @@ from tests.cluster.helpers import (
     service_account_token,
     wait_for,
 )
+from tests.operator_stack import EXAMPLE, free_port, image_command
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubelearn"
-EXAMPLE = REPO / "examples" / "experiment.yaml"
 
 # What the operator does with each resource: the chart grants exactly these.
 NAMESPACED_RULES = {
@@ -99,23 +97,6 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
             for resource in rule["resources"]:
                 rules.setdefault((group, resource), set()).update(rule["verbs"])
     return rules
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def operator_entrypoint() -> list[str]:
-    """The operator image's ENTRYPOINT after tini, as `python -m` arguments."""
-    from tests.unit.test_dockerfile import DOCKERFILE, parse
-
-    _, stages = parse(DOCKERFILE.read_text())
-    operator = next(s for s in stages if s.name == "operator")
-    entrypoint = json.loads(operator.last("ENTRYPOINT"))
-    assert entrypoint[:2] == ["/usr/bin/tini", "--"], entrypoint
-    return entrypoint[2:]
 
 
 def sa_username(namespace: str, name: str) -> str:
@@ -197,7 +178,7 @@ class ChartOperator:
         assert health in args, args
         args = [a if a != health else f"--liveness=http://127.0.0.1:{self.health_port}/healthz"
                 for a in args]
-        self.argv = [sys.executable, "-m", *operator_entrypoint(), *args]
+        self.argv = [*image_command(), *args]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -108,7 +108,7 @@ def _operators_use_the_chart_rbac(request: pytest.FixtureRequest) -> Iterator[No
         return
     cp = request.getfixturevalue("control_plane")
     kube_api = request.getfixturevalue("kube_api")
-    flows = sys.modules["tests.integration.conftest"]
+    flows = sys.modules["tests.operator_stack"]
     original_start = flows.Operator.start
     users: list[str] = []
     workdir = Path(report).parent

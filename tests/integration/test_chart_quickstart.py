@@ -25,10 +25,10 @@ from tests.integration.test_chart import (
     sa_username,
     write_kubeconfig,
 )
+from tests.operator_stack import EXAMPLE
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "hack" / "kind-e2e.sh"
-EXAMPLE = REPO / "examples" / "experiment.yaml"
 
 
 def _shellcheck() -> str:

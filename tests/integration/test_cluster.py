@@ -13,12 +13,11 @@ import yaml
 from kubernetes import client
 
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.helpers import apply_crd, apply_yaml, service_account_client, wait_for
+from tests.cluster.helpers import apply_yaml, service_account_client, wait_for
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO / "crds" / "experiments.kubelearn.dev.yaml"
 CHART = REPO / "charts" / "kubelearn"
 
 
@@ -65,13 +64,6 @@ def test_server_reports_built_version(control_plane: ControlPlane, kube_api: cli
     assert versions["clientVersion"]["gitVersion"] == info.git_version
 
 
-@pytest.fixture(scope="module")
-def experiment_crd(kube_api: client.ApiClient) -> dict:
-    """The Experiment CRD from crds/, applied and Established."""
-    wait_for(CRD_FILE.is_file, 120, f"{CRD_FILE} to exist")
-    return apply_crd(kube_api, CRD_FILE)
-
-
 def _experiment(name: str, spec: dict) -> dict:
     return {
         "apiVersion": "kubelearn.dev/v1alpha1",
@@ -82,7 +74,7 @@ def _experiment(name: str, spec: dict) -> dict:
 
 
 def test_experiment_crd_established_and_schema_enforced(
-    experiment_crd: dict, kube_api: client.ApiClient, namespace: str
+    experiment_crd: Path, kube_api: client.ApiClient, namespace: str
 ):
     co = client.CustomObjectsApi(kube_api)
     args = ("kubelearn.dev", "v1alpha1", namespace, "experiments")
@@ -286,7 +278,7 @@ def test_helm_template_passes_server_side_dry_run(
 def test_chart_service_account_has_what_the_operator_needs_and_no_more(
     control_plane: ControlPlane,
     kube_api: client.ApiClient,
-    experiment_crd: dict,
+    experiment_crd: Path,
     namespace: str,
 ):
     release = f"rbac-{namespace[-6:]}"  # cluster-scoped names must not collide across tests

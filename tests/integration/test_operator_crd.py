@@ -9,28 +9,13 @@ import pytest
 from kubernetes import client
 
 from tests.cluster.helpers import apply_yaml
+from tests.operator_stack import EXAMPLE
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLE = """\
-apiVersion: kubelearn.dev/v1alpha1
-kind: Experiment
-metadata:
-  name: linear
-spec:
-  experimentFn: kubelearn.examples.linear:experiment_fn
-  hparams:
-    learning_rate: 0.05
-    train_steps: 2000
-  replicas:
-    ps: 1
-    worker: 2
-    master: 1
-"""
 
-
-def test_minimal_example_is_accepted_as_is(kube_api: client.ApiClient, experiment_crd,
-                                           namespace: str) -> None:
+def test_the_example_is_accepted_as_is(kube_api: client.ApiClient, experiment_crd,
+                                       namespace: str) -> None:
     (stored,) = apply_yaml(kube_api, EXAMPLE, namespace)
     assert stored["spec"] == {
         "experimentFn": "kubelearn.examples.linear:experiment_fn",

@@ -6,40 +6,11 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import apply_yaml, wait_for
+from tests.cluster.helpers import wait_for
 
 from .conftest import Experiments
 
 pytestmark = pytest.mark.cluster
-
-# The PodGroup API of scheduler-plugins (scheduling.x-k8s.io/v1alpha1), reduced to the fields
-# the operator sets; the server needs the type, not the scheduler.
-PODGROUP_CRD = """\
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: podgroups.scheduling.x-k8s.io
-spec:
-  group: scheduling.x-k8s.io
-  scope: Namespaced
-  names: {plural: podgroups, singular: podgroup, kind: PodGroup, shortNames: [pg]}
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              minMember: {type: integer, format: int32}
-              minResources: {type: object, x-kubernetes-preserve-unknown-fields: true}
-              scheduleTimeoutSeconds: {type: integer, format: int32}
-          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"""
 
 NAMES = {"ps-0", "worker-0", "worker-1"}
 
@@ -61,9 +32,8 @@ def test_pods_rejected_by_admission_are_reported_on_the_experiment(
 
 
 def test_gang_scheduling_with_and_without_the_podgroup_crd(
-        experiments: Experiments, namespace: str, start_operator,
+        experiments: Experiments, namespace: str, start_operator, podgroup_crd,
         kube_api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(kube_api)
     scheduling = client.SchedulingV1Api(kube_api)
     priority = f"{namespace}-high"
     scheduling.create_priority_class(client.V1PriorityClass(
@@ -79,12 +49,8 @@ def test_gang_scheduling_with_and_without_the_podgroup_crd(
     wait_for(lambda: "PodGroupUnavailable" in experiments.event_reasons("plain"), 10,
              "a PodGroupUnavailable warning")
 
-    apply_yaml(kube_api, PODGROUP_CRD)
+    podgroup_crd()
     try:
-        wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
-                             ext.read_custom_resource_definition(
-                                 "podgroups.scheduling.x-k8s.io").status.conditions or []),
-                 30, "the PodGroup CRD established")
         # The operator notices the new API on its own (the first experiment gets its group).
         wait_for(lambda: experiments.status("plain").get("podGroup", {}).get("name") == "plain",
                  30, "the operator to see the PodGroup API")
@@ -102,5 +68,4 @@ def test_gang_scheduling_with_and_without_the_podgroup_crd(
         wait_for(lambda: experiments.status("gang").get("podGroup", {}).get("name") == "gang",
                  20, "status naming the PodGroup")
     finally:
-        ext.delete_custom_resource_definition("podgroups.scheduling.x-k8s.io")
         scheduling.delete_priority_class(priority)

@@ -135,14 +135,13 @@ def test_entrypoints(stages):
     # tini as PID 1 passes SIGTERM on, so a stopped replica exits 143 as documented.
     assert runner == ["/usr/bin/tini", "--", "kubelearn"]
     assert json.loads(stages["runner"].last("CMD")) == ["--help"]
-    assert operator == ["/usr/bin/tini", "--", "kopf", "run", "--standalone",
-                        "-m", "kubelearn_operator.handlers"]
+    assert operator == ["/usr/bin/tini", "--", "python", "-m", "kubelearn_operator"]
     assert json.loads(stages["operator"].last("CMD")) == [
         "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
     # What they start exists: the console script and the operator's __main__.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["kubelearn"] == "kubelearn.cli:main"
-    assert (ROOT / "operator" / "kubelearn_operator" / "handlers.py").is_file()
+    assert (ROOT / "operator" / "kubelearn_operator" / "__main__.py").is_file()
     env = " ".join(stages["base"].all("ENV"))
     assert "PYTHONUNBUFFERED=1" in env  # logs reach `kubectl logs` as they are written
 
@@ -210,7 +209,7 @@ def test_dockerignore_lets_in_only_what_is_copied(stages):
     # The Experiment model, which the operator imports: the standard library alone.
     ("runner/kubelearn_spec", set()),
     ("operator/kubelearn_operator",
-     {"kubelearn_spec", "kopf", "aiohttp", "kubernetes", "prometheus_client"}),
+     {"kubelearn_spec", "kopf", "aiohttp", "kubernetes_asyncio", "prometheus_client"}),
 ])
 def test_operator_image_leaves_out_what_the_operator_never_imports(stages, package,
                                                                    third_party):

@@ -32,9 +32,10 @@ def test_objects_of_a_deleted_namesake_are_not_ours() -> None:
 def test_just_created_objects_count_until_the_cache_shows_them() -> None:
     controller = _controller()
     deadline = time.monotonic() + 30
-    controller._expected["uid"] = {"pods/exp-worker-1": (deadline, "worker", 1),
-                                   "services/exp-worker-1": (deadline, "worker", 1),
-                                   "pods/exp-worker-2": (time.monotonic() - 1, "worker", 2)}
+    controller.executor.expectations.created["uid"] = {
+        "pods/exp-worker-1": (deadline, "worker", 1),
+        "services/exp-worker-1": (deadline, "worker", 1),
+        "pods/exp-worker-2": (time.monotonic() - 1, "worker", 2)}
     observed = controller.observed(("ns", "exp"), "uid")
     assert set(observed.pods) == {"exp-worker-1"}  # the expired expectation is dropped
     assert observed.pods["exp-worker-1"].phase == "Pending"
@@ -45,4 +46,4 @@ def test_just_created_objects_count_until_the_cache_shows_them() -> None:
                                  owner_uid="uid")}
     observed = controller.observed(("ns", "exp"), "uid")
     assert observed.pods["exp-worker-1"].phase == "Running"
-    assert set(controller._expected["uid"]) == {"services/exp-worker-1"}
+    assert set(controller.executor.expectations.created["uid"]) == {"services/exp-worker-1"}

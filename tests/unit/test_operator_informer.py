@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from kubelearn_operator.informer import Informer, decode_lines
+from kubelearn_operator.informer import Informer
+from kubelearn_operator.kube import decode_lines
 from kubelearn_spec import names
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from kubelearn_operator.controller import WorkQueue
 from kubelearn_operator.kube import RateLimiter
+from kubelearn_operator.workqueue import WorkQueue
 
 
 def test_a_key_is_queued_once_and_requeued_when_dirty() -> None:
@@ -27,12 +26,40 @@ def test_a_key_is_queued_once_and_requeued_when_dirty() -> None:
 
 
 def test_rate_limiter_holds_the_rate_after_the_burst() -> None:
-    async def scenario() -> float:
-        limiter = RateLimiter(qps=100, burst=10)
-        start = time.monotonic()
+    # A clock that moves only when the limiter sleeps: the sleeps it asks for are the rate.
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    async def scenario() -> None:
+        limiter = RateLimiter(qps=100, burst=10, clock=lambda: now[0], sleep=sleep)
         for _ in range(30):
             await limiter.acquire()
-        return time.monotonic() - start
 
-    elapsed = asyncio.run(scenario())
-    assert 0.15 <= elapsed < 1.0  # 10 free, then 20 at 100/s
+    asyncio.run(scenario())
+    assert len(slept) == 20  # 10 free, then one token every 1/100 s
+    assert all(abs(s - 0.01) < 1e-9 for s in slept)
+    assert abs(now[0] - 0.2) < 1e-9
+
+
+def test_rate_limiter_saves_up_at_most_a_burst() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    async def scenario() -> None:
+        limiter = RateLimiter(qps=10, burst=5, clock=lambda: now[0], sleep=sleep)
+        for _ in range(5):
+            await limiter.acquire()
+        now[0] += 60.0  # idle for a minute: still only 5 saved up
+        for _ in range(6):
+            await limiter.acquire()
+
+    asyncio.run(scenario())
+    assert slept == [0.1]

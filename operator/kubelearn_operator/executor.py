@@ -1,0 +1,218 @@
+"""Carries out a reconcile plan through the API, and remembers what it just created.
+
+The expectations bridge the gap between a create and the watch event that shows it in the
+cache: without them a reconcile racing the watch would create again (harmless, 409) a
+thousand times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from kubelearn_spec import contract, names
+
+from . import metrics
+from .builders import ExperimentRef, build_secret
+from .events import EventRecorder
+from .kube import ApiError, KubeClient
+from .pods import PodState
+from .reconcile import Event, Plan, status_patch
+from .status import format_time
+from .workqueue import Key
+
+#: How long an object this process created counts as existing before the cache shows it.
+EXPECT_SECONDS = 30.0
+
+
+def experiment_path(namespace: str, name: str = "") -> str:
+    path = f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{namespace}/{names.PLURAL}"
+    return f"{path}/{name}" if name else path
+
+
+class Expectations:
+    """What this process created or reported per experiment uid, not yet seen in a cache."""
+
+    def __init__(self) -> None:
+        #: uid -> "pods/<name>" or "services/<name>" -> (deadline, role, index)
+        self.created: dict[str, dict[str, tuple[float, str, int]]] = {}
+        #: (uid, what): objects created once per process (Secret, ConfigMap, PodGroup...)
+        self.ensured: set[tuple[str, str]] = set()
+        #: (uid, object, reason): a rejected create, told once as an event
+        self.reported: set[tuple[str, str, str]] = set()
+
+    def expect(self, uid: str, plural: str, manifest: Mapping[str, Any]) -> None:
+        labels = manifest["metadata"].get("labels") or {}
+        self.created.setdefault(uid, {})[f"{plural}/{manifest['metadata']['name']}"] = (
+            time.monotonic() + EXPECT_SECONDS, labels.get(names.LABEL_ROLE, ""),
+            int(labels.get(names.LABEL_INDEX, 0)))
+
+    def add_pending(self, uid: str, experiment: str, pods: dict[str, PodState],
+                    services: set[str]) -> None:
+        """Add created objects the caches do not show yet (pods as Pending); drop those they
+        show, and those past their deadline (deleted meanwhile, or never made)."""
+        expected = self.created.get(uid)
+        if not expected:
+            return
+        now = time.monotonic()
+        for ref, (deadline, role, index) in list(expected.items()):
+            plural, obj = ref.split("/", 1)
+            seen = obj in pods if plural == "pods" else obj in services
+            if seen or deadline < now:
+                del expected[ref]
+            elif plural == "pods":
+                pods[obj] = PodState(name=obj, uid="", experiment=experiment, role=role,
+                                     index=index, phase="Pending", owner_uid=uid)
+            else:
+                services.add(obj)
+
+    def forget(self, uid: str) -> None:
+        self.created.pop(uid, None)
+        self.ensured = {e for e in self.ensured if e[0] != uid}
+        self.reported = {e for e in self.reported if e[0] != uid}
+
+
+async def gather(calls: Iterable[Any]) -> None:
+    """Run API calls concurrently (the client bounds concurrency and QPS); raise the first
+    error only after all have finished, so one failure never strands the rest."""
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+class Executor:
+    def __init__(self, client: KubeClient, events: EventRecorder,
+                 clock: Callable[[], datetime],
+                 store: Callable[[Key, Mapping[str, Any]], None]) -> None:
+        self.client = client
+        self.events = events
+        self.clock = clock
+        self.store = store  # keeps the Experiment our status patch returned
+        self.expectations = Expectations()
+
+    async def execute(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
+        namespace, name = key
+        ref = ExperimentRef(name, namespace, body["metadata"].get("uid", ""))
+        # Creating needs no ordering, so it starts at once, beside the status write;
+        # deletions wait for the status: a restart is recorded before its pod goes.
+        creates = asyncio.ensure_future(self._create_all(ref, result))
+        try:
+            present = await self._write_status(key, body, result)
+        except BaseException:
+            await asyncio.gather(creates, return_exceptions=True)
+            raise
+        for counter in result.counters:
+            metrics.count(counter, namespace)
+        for event in result.events:
+            self.events.post(ref, event)
+        deletes: list[Any] = []
+        if present and result.delete_experiment:
+            deletes.append(self._delete_experiment(ref))
+        elif present:
+            deletes += [self._delete_pod(ref, pod, uid) for pod, uid in result.delete_pods]
+            deletes += [self._delete_service(ref, svc) for svc in result.delete_services]
+        await gather([creates, *deletes])
+
+    async def _delete_experiment(self, ref: ExperimentRef) -> None:
+        if await self.client.delete(experiment_path(ref.namespace, ref.name), ref.uid):
+            metrics.count("deleted", ref.namespace)
+
+    async def _write_status(self, key: Key, body: Mapping[str, Any], result: Plan) -> bool:
+        """Patch the status keys that changed; False when the Experiment is gone."""
+        if result.status is None:
+            return True
+        patch = status_patch(body.get("status") or {}, result.status)
+        if not patch:
+            return True
+        patch["lastReconcileTime"] = format_time(self.clock())
+        try:
+            updated = await self.client.merge_patch(
+                experiment_path(*key) + "/status", {"status": patch})
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        self.store(key, updated)
+        return True
+
+    async def _create_all(self, ref: ExperimentRef, result: Plan) -> None:
+        """Secret, PodGroup, services and pods, all at once: pods may exist before the Secret
+        they refer to (the kubelet waits for it), so nothing here needs ordering."""
+        ensured = self.expectations.ensured
+        namespaced = f"/api/v1/namespaces/{ref.namespace}"
+        calls: list[Any] = []
+        if result.ensure_secret and (ref.uid, "secret") not in ensured:
+            calls.append(self._ensure(ref, "secret", f"{namespaced}/secrets",
+                                      build_secret(ref, secrets.token_hex(32)), "Secret"))
+        if result.configmap is not None:
+            digest = hashlib.sha1(result.configmap["data"][contract.CLUSTER_KEY].encode())
+            generation = f"configmap-{digest.hexdigest()}"
+            if (ref.uid, generation) not in ensured:
+                calls.append(self._ensure(ref, generation, f"{namespaced}/configmaps",
+                                          result.configmap, "ConfigMap", replace=True))
+        if result.network_policy is not None and (ref.uid, "netpol") not in ensured:
+            calls.append(self._ensure(
+                ref, "netpol", f"/apis/networking.k8s.io/v1/namespaces/{ref.namespace}/"
+                "networkpolicies", result.network_policy, "NetworkPolicy"))
+        if result.podgroup is not None and (ref.uid, "podgroup") not in ensured:
+            calls.append(self._ensure(
+                ref, "podgroup", f"/apis/{names.PODGROUP_GROUP}/{names.PODGROUP_VERSION}/"
+                f"namespaces/{ref.namespace}/{names.PODGROUP_PLURAL}", result.podgroup,
+                "PodGroup"))
+        services = [self._create(ref, "services", "Service", s) for s in result.create_services]
+        pods = [self._create(ref, "pods", "Pod", p) for p in result.create_pods]
+        outcomes = await asyncio.gather(*calls, *services, *pods, return_exceptions=True)
+        made_services = outcomes[len(calls):len(calls) + len(services)]
+        made_pods = outcomes[len(calls) + len(services):]
+        for kind, manifests, made in (("Service", result.create_services, made_services),
+                                      ("Pod", result.create_pods, made_pods)):
+            self.events.created(ref, kind, [m["metadata"]["name"] for m, ok
+                                            in zip(manifests, made, strict=True) if ok is True])
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _ensure(self, ref: ExperimentRef, what: str, path: str,
+                      manifest: Mapping[str, Any], kind: str, replace: bool = False) -> None:
+        """Create once per operator process; with ``replace``, an existing object's data is
+        brought up to date (a ConfigMap after the spec was scaled)."""
+        name = manifest["metadata"]["name"]
+        if await self.client.create(path, manifest):
+            self.events.created(ref, kind, [name])
+        elif replace:
+            await self.client.merge_patch(f"{path}/{name}", {"data": manifest["data"]})
+        self.expectations.ensured.add((ref.uid, what))
+
+    async def _create(self, ref: ExperimentRef, plural: str, kind: str,
+                      manifest: Mapping[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        try:
+            created = await self.client.create(f"/api/v1/namespaces/{ref.namespace}/{plural}",
+                                               manifest)
+        except ApiError as error:
+            # Rejected (quota, admission, a missing PriorityClass...): say so once, on the
+            # Experiment, where users look; the reconcile is retried with backoff.
+            reason = error.body.get("message") if isinstance(error.body, dict) else str(error)
+            told = (ref.uid, name, str(reason))
+            if told not in self.expectations.reported:
+                self.expectations.reported.add(told)
+                self.events.post(ref, Event("Warning", f"FailedCreate{kind}",
+                                            f"Error creating {kind.lower()} {name}: {reason}"))
+            raise
+        if created:
+            self.expectations.expect(ref.uid, plural, manifest)
+        return created
+
+    async def _delete_pod(self, ref: ExperimentRef, name: str, uid: str) -> None:
+        if await self.client.delete(f"/api/v1/namespaces/{ref.namespace}/pods/{name}", uid):
+            self.events.post(ref, Event("Normal", "SuccessfulDeletePod", f"Deleted pod {name}"))
+
+    async def _delete_service(self, ref: ExperimentRef, name: str) -> None:
+        if await self.client.delete(f"/api/v1/namespaces/{ref.namespace}/services/{name}"):
+            self.events.post(ref, Event("Normal", "SuccessfulDeleteService",
+                                        f"Deleted service {name}"))
