@@ -9,7 +9,6 @@ and the executor carries the plan out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,8 +20,9 @@ import aiohttp
 from kubelearn_spec import contract, names
 
 from . import metrics, progress
+from .aio import cancel, gather
 from .events import EventRecorder
-from .executor import Executor, gather
+from .executor import Executor
 from .informer import Informer
 from .kube import ApiError, KubeClient
 from .pods import PodState, controller_uid, pod_state
@@ -85,11 +85,7 @@ class Controller:
                              return_exceptions=True)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel(self._tasks)
         await self.events.stop()
         await self.client.close()
 

@@ -6,7 +6,6 @@ Events are best effort: a failed post is logged, never retried, and never fails 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ from typing import Any
 
 from kubelearn_spec import names
 
+from .aio import cancel
 from .builders import ExperimentRef
 from .kube import KubeClient
 from .reconcile import Event
@@ -42,11 +42,7 @@ class EventRecorder:
                        for i in range(POSTERS)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel(self._tasks)
 
     def post(self, ref: ExperimentRef, event: Event) -> None:
         stamp = format_time(self.clock())

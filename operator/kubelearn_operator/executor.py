@@ -11,13 +11,14 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from kubelearn_spec import contract, names
 
 from . import metrics
+from .aio import gather
 from .builders import ExperimentRef, build_secret
 from .events import EventRecorder
 from .kube import ApiError, KubeClient
@@ -75,14 +76,6 @@ class Expectations:
         self.created.pop(uid, None)
         self.ensured = {e for e in self.ensured if e[0] != uid}
         self.reported = {e for e in self.reported if e[0] != uid}
-
-
-async def gather(calls: Iterable[Any]) -> None:
-    """Run API calls concurrently (the client bounds concurrency and QPS); raise the first
-    error only after all have finished, so one failure never strands the rest."""
-    for outcome in await asyncio.gather(*calls, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 class Executor:
