@@ -57,7 +57,8 @@ def test_reads_tf_config(monkeypatch):
         ("local", {"type": "ps", "index": 0}, {"ps": ["p:1"], "worker": ["w:1"]}, False),
         ("cloud", {"type": "worker", "index": 0}, {"ps": ["p:1"], "worker": ["w:1", "w:2"]},
          True),
-        ("local", {"type": "worker", "index": 0}, CLUSTER, True),
+        # Outside the cloud, worker 0 is the chief only when there is no master.
+        ("local", {"type": "worker", "index": 0}, CLUSTER, False),
         ("local", {"type": "master", "index": 0}, CLUSTER, False),
     ],
 )
@@ -170,11 +171,15 @@ def test_chief_depends_on_environment(monkeypatch):
     cluster = {"ps": ["p:1"], "master": ["m:1"], "worker": ["w:1", "w:2"]}
     for environment, task, chief in [
         ("cloud", "master", True), ("cloud", "worker", False),
-        ("random", "master", False), ("random", "worker", True),
+        ("random", "master", False), ("random", "worker", False),
     ]:
         _tf_config(monkeypatch, {"cluster": cluster, "task": {"type": task, "index": 0},
                                  "environment": environment})
         assert RunConfig().is_chief is chief, (environment, task)
+    del cluster["master"]
+    _tf_config(monkeypatch, {"cluster": cluster, "task": {"type": "worker", "index": 0},
+                             "environment": "random"})
+    assert RunConfig().is_chief
 
 
 def test_task_errors_have_tensorflow_messages(monkeypatch):
