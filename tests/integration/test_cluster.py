@@ -64,6 +64,16 @@ def test_server_reports_built_version(control_plane: ControlPlane, kube_api: cli
     assert versions["clientVersion"]["gitVersion"] == info.git_version
 
 
+@pytest.mark.parametrize("component", ["kubelet", "scheduler", "proxy"])
+def test_node_components_are_built_at_the_server_version(
+    control_plane: ControlPlane, kube_api: client.ApiClient, component: str
+):
+    info = client.VersionApi(kube_api).get_code()
+    out = _run([str(control_plane.kubecp), component, "--version"], control_plane)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Kubernetes", info.git_version]
+
+
 def _experiment(name: str, spec: dict) -> dict:
     return {
         "apiVersion": "kubelearn.dev/v1alpha1",

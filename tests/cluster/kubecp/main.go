@@ -1,12 +1,14 @@
 // Command kubecp is a multi-call binary holding a small Kubernetes control plane for tests:
-// etcd (embedded), kube-apiserver, kube-controller-manager and kubectl. One link of the shared
-// Kubernetes packages is much cheaper to build than four separate binaries.
+// etcd (embedded), kube-apiserver, kube-controller-manager, kubectl, and for a real node the
+// kubelet, kube-scheduler and kube-proxy. One link of the shared Kubernetes packages is much
+// cheaper to build than seven separate binaries.
 //
-// Usage: kubecp etcd|apiserver|controller-manager|kubectl|version [args...]
+// Usage: kubecp etcd|apiserver|controller-manager|scheduler|kubelet|proxy|kubectl|version [args...]
 // The sub-command may also be taken from the program name (a symlink named kubectl).
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,9 +26,12 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
-const usage = "usage: kubecp etcd|apiserver|controller-manager|kubectl|version [args...]"
+const usage = "usage: kubecp etcd|apiserver|controller-manager|scheduler|kubelet|proxy|kubectl|version [args...]"
 
 // aliases maps every accepted name of a sub-command to its canonical name.
 var aliases = map[string]string{
@@ -35,6 +40,11 @@ var aliases = map[string]string{
 	"kube-apiserver":          "apiserver",
 	"controller-manager":      "controller-manager",
 	"kube-controller-manager": "controller-manager",
+	"scheduler":               "scheduler",
+	"kube-scheduler":          "scheduler",
+	"kubelet":                 "kubelet",
+	"proxy":                   "proxy",
+	"kube-proxy":              "proxy",
 	"kubectl":                 "kubectl",
 	"version":                 "version",
 }
@@ -57,6 +67,12 @@ func main() {
 		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
 	case "controller-manager":
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
+	case "scheduler":
+		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "kubectl":
 		logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args)) //nolint:errcheck
 		if err := cli.RunNoErrOutput(kubectlcmd.NewDefaultKubectlCommand()); err != nil {

@@ -1,0 +1,1 @@
+"""A real node on this machine: images built daemonless with buildah, then a kubelet."""
