@@ -25,41 +25,46 @@ def test_a_key_is_queued_once_and_requeued_when_dirty() -> None:
     assert asyncio.run(scenario()) == [("ns", "a"), ("ns", "a")]
 
 
-def test_rate_limiter_holds_the_rate_after_the_burst() -> None:
-    # A clock that moves only when the limiter sleeps: the sleeps it asks for are the rate.
-    now = [0.0]
-    slept: list[float] = []
+class FakeClock:
+    """A clock that moves only when the limiter sleeps (or the test says): the sleeps the
+    limiter asks for are the rate."""
 
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_rate_limiter_holds_the_rate_after_the_burst() -> None:
+    clock = FakeClock()
 
     async def scenario() -> None:
-        limiter = RateLimiter(qps=100, burst=10, clock=lambda: now[0], sleep=sleep)
+        limiter = RateLimiter(qps=100, burst=10, clock=clock, sleep=clock.sleep)
         for _ in range(30):
             await limiter.acquire()
 
     asyncio.run(scenario())
-    assert len(slept) == 20  # 10 free, then one token every 1/100 s
-    assert all(abs(s - 0.01) < 1e-9 for s in slept)
-    assert abs(now[0] - 0.2) < 1e-9
+    assert len(clock.slept) == 20  # 10 free, then one token every 1/100 s
+    assert all(abs(s - 0.01) < 1e-9 for s in clock.slept)
+    assert abs(clock.now - 0.2) < 1e-9
 
 
 def test_rate_limiter_saves_up_at_most_a_burst() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
+    clock = FakeClock()
 
     async def scenario() -> None:
-        limiter = RateLimiter(qps=10, burst=5, clock=lambda: now[0], sleep=sleep)
+        limiter = RateLimiter(qps=10, burst=5, clock=clock, sleep=clock.sleep)
         for _ in range(5):
             await limiter.acquire()
-        now[0] += 60.0  # idle for a minute: still only 5 saved up
+        clock.now += 60.0  # idle for a minute: still only 5 saved up
         for _ in range(6):
             await limiter.acquire()
 
     asyncio.run(scenario())
-    assert slept == [0.1]
+    assert clock.slept == [0.1]
