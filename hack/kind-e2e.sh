@@ -8,7 +8,7 @@
 #
 # Settings (environment): KIND_CLUSTER (kubelearn), RELEASE_NAMESPACE (kubelearn-system),
 # EXAMPLE_NAMESPACE (default), TIMEOUT for the experiment (600s), KEEP_CLUSTER=1 to keep
-# the cluster at the end.
+# the cluster at the end, HELM_EXTRA_ARGS added to `helm upgrade --install` (word-split).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,7 @@ EXAMPLE_NAMESPACE="${EXAMPLE_NAMESPACE:-default}"
 EXAMPLE="${EXAMPLE:-examples/experiment.yaml}"
 TIMEOUT="${TIMEOUT:-600s}"
 KEEP_CLUSTER="${KEEP_CLUSTER:-0}"
+HELM_EXTRA_ARGS="${HELM_EXTRA_ARGS:-}"
 VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)"
 RUNNER_IMAGE="kubelearn/runner:${VERSION}"
 OPERATOR_IMAGE="kubelearn/operator:${VERSION}"
@@ -64,7 +65,7 @@ install() {
   say "installing the operator (release ${RELEASE} in ${RELEASE_NAMESPACE})"
   helm upgrade --install "$RELEASE" charts/kubelearn \
     --namespace "$RELEASE_NAMESPACE" --create-namespace \
-    --set "image.tag=${VERSION}" --set "runnerImage.tag=${VERSION}"
+    --set "image.tag=${VERSION}" --set "runnerImage.tag=${VERSION}" ${HELM_EXTRA_ARGS}
 }
 
 wait-operator() {

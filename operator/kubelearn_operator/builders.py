@@ -27,6 +27,31 @@ from kubelearn_spec.tfconfig import (
 #: Above this many replicas TF_CONFIG's cluster comes from a ConfigMap, not each pod.
 INLINE_CLUSTER_MAX_REPLICAS = 64
 
+#: What the Pod Security Standards' `restricted` level asks of a pod and its containers. A
+#: template's own settings win, key by key.
+POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+#: With a read-only root filesystem, the runner writes (model directory included) under /tmp.
+SCRATCH_VOLUME, SCRATCH_PATH = "kubelearn-tmp", "/tmp"
+
+
+def _secure(pod_spec: dict[str, Any], main: dict[str, Any]) -> None:
+    """Restricted by default: non-root, RuntimeDefault seccomp, no privilege escalation, no
+    capabilities, a read-only image with a scratch /tmp."""
+    pod_spec["securityContext"] = {**POD_SECURITY, **(pod_spec.get("securityContext") or {})}
+    for container in [*pod_spec["containers"], *(pod_spec.get("initContainers") or [])]:
+        container["securityContext"] = {**CONTAINER_SECURITY,
+                                        **(container.get("securityContext") or {})}
+    mounts = [dict(m) for m in main.get("volumeMounts") or []]
+    if main["securityContext"].get("readOnlyRootFilesystem") and not any(
+            m.get("mountPath", "").rstrip("/") == SCRATCH_PATH for m in mounts):
+        volumes = [dict(v) for v in pod_spec.get("volumes") or []]
+        if not any(v.get("name") == SCRATCH_VOLUME for v in volumes):
+            volumes.append({"name": SCRATCH_VOLUME, "emptyDir": {}})
+        pod_spec["volumes"] = volumes
+        main["volumeMounts"] = [*mounts, {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}]
+
 
 @dataclass(frozen=True)
 class ExperimentRef:
@@ -141,6 +166,7 @@ class PodBuilder:
         ports = [p for p in main.get("ports") or [] if p.get("containerPort") != contract.PORT]
         main["ports"] = [{"name": contract.PORT_NAME, "containerPort": contract.PORT,
                           "protocol": "TCP"}, *ports]
+        _secure(pod_spec, main)
         scheduling = self.spec.run_policy.scheduling
         if scheduling and scheduling.priority_class:
             pod_spec.setdefault("priorityClassName", scheduling.priority_class)

@@ -2,6 +2,7 @@
 # Build (or reuse) the test control plane binary `kubecp` and helm, in a cache outside the repo.
 #
 #   tests/cluster/build.sh            build both if missing; print KUBECP=<path> and HELM=<path>
+#   tests/cluster/build.sh node       also CoreDNS for a real node; print COREDNS=<path> too
 #
 # The kubecp binary is cached under ${KUBELEARN_CACHE:-~/.cache/kubelearn}/kubecp-<hash>/, where
 # <hash> is the sha256 of go.sum together with go.mod, the Go sources and this script (an edited
@@ -13,6 +14,8 @@ set -euo pipefail
 
 HELM_MODULE="helm.sh/helm/v3"
 HELM_VERSION="v3.19.5"
+COREDNS_MODULE="github.com/coredns/coredns"
+COREDNS_VERSION="v1.15.0"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mod="$here/kubecp"
@@ -86,7 +89,7 @@ build_kubecp() {
 	mv -f "$tmp" "$bin"
 	log "built $bin ($(du -h "$bin" | cut -f1), $("$bin" version))"
 	# Builds for other sources that have not been used for two weeks are only taking space.
-	find "$cache" -maxdepth 1 \( -name 'kubecp-*' -o -name 'helm-*' \) -type d -mtime +14 \
+	find "$cache" -maxdepth 1 \( -name 'kubecp-*' -o -name 'helm-*' -o -name 'coredns-*' \) -type d -mtime +14 \
 		-exec rm -rf {} + 2>/dev/null || true
 }
 
@@ -117,6 +120,23 @@ build_helm() {
 	echo "$hbin"
 }
 
+build_coredns() {
+	local cdir="$cache/coredns-$COREDNS_VERSION-$script_key"
+	local cbin="$cdir/coredns"
+	if [[ -x "$cbin" ]] && "$cbin" -version >/dev/null 2>&1; then
+		log "reusing $cbin"
+		touch "$cdir"
+		echo "$cbin"
+		return
+	fi
+	mkdir -p "$cdir"
+	log "installing CoreDNS $COREDNS_VERSION with go install into $cdir (4-5 minutes on 2 cores)"
+	GOBIN="$cdir" run_with_progress "$cdir/build.log" "go install coredns" "" \
+		go install -v -trimpath -ldflags "-s -w" "$COREDNS_MODULE@$COREDNS_VERSION"
+	log "installed $cbin ($("$cbin" -version | head -1))"
+	echo "$cbin"
+}
+
 # One build at a time per cache entry: concurrent test sessions wait for the first one.
 exec 9>"$cache/kubecp-$key.lock"
 if ! flock -n 9; then
@@ -127,3 +147,6 @@ build_kubecp
 helm_bin="$(build_helm | tail -1)"
 echo "KUBECP=$bin"
 echo "HELM=$helm_bin"
+if [[ "${1:-}" == node ]]; then
+	echo "COREDNS=$(build_coredns | tail -1)"
+fi

@@ -392,13 +392,17 @@ def start_control_plane(
     progress: TextIO | None = None,
     timeout: float = 120.0,
     audit_log: bool = False,
+    address: str = "127.0.0.1",
+    apiserver_args: Sequence[str] = (),
 ) -> ControlPlane:
     """Start etcd, kube-apiserver (waiting for /readyz) and kube-controller-manager.
 
     detach=False ties the processes to this one (they get SIGKILL if it dies); detach=True
     leaves them running for the CLI. audit_log=True has the API server log ServiceAccounts'
-    requests (AUDIT_POLICY) to `ControlPlane.audit_log`. On any failure everything already
-    started is stopped.
+    requests (AUDIT_POLICY) to `ControlPlane.audit_log`. `address` is where the API server
+    listens and what it advertises (a real node's pods reach it there, through the
+    `kubernetes` Service); `apiserver_args` are added to its command line. On any failure
+    everything already started is stopped.
     """
     out = progress if progress is not None else sys.stderr
     t0 = time.monotonic()
@@ -411,7 +415,8 @@ def start_control_plane(
     workdir.mkdir(parents=True, exist_ok=True)
     launcher = _Launcher(workdir, detach)
     try:
-        cp = _start(kubecp, helm, workdir, launcher, controllers, say, timeout, audit_log)
+        cp = _start(kubecp, helm, workdir, launcher, controllers, say, timeout, audit_log,
+                    address, apiserver_args)
     except BaseException:
         if launcher.pgid is not None:
             kill_process_group(launcher.pgid, 10.0, launcher.procs)
@@ -429,6 +434,8 @@ def _start(
     say: Callable[[str], None],
     timeout: float,
     audit_log: bool = False,
+    address: str = "127.0.0.1",
+    apiserver_args: Sequence[str] = (),
 ) -> ControlPlane:
     etcd_port, peer_port, api_port, kcm_port = free_ports(4)
     bin_ = str(kubecp)
@@ -466,7 +473,7 @@ def _start(
     tokens.chmod(0o600)
     sa_key, sa_pub = _write_service_account_key(workdir)
     cert_dir = workdir / "certs"
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{address}:{api_port}"
     audit_args: list[str] = []
     audit_path = None
     if audit_log:
@@ -482,8 +489,8 @@ def _start(
             bin_,
             "apiserver",
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
             f"--secure-port={api_port}",
             f"--cert-dir={cert_dir}",
             f"--token-auth-file={tokens}",
@@ -495,6 +502,7 @@ def _start(
             "--allow-privileged=true",
             "--profiling=false",
             *audit_args,
+            *apiserver_args,
         ],
     )
     insecure = _ssl_context(None)  # the serving cert does not exist before the server starts

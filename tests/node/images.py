@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -26,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from tests.node.host import IMAGE_PACKAGES, apt_install
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KUBELEARN_CACHE", Path.home() / ".cache" / "kubelearn")) / "images"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-# What the host needs; installed by the CI script (see apt_install), never by the build.
-APT_PACKAGES = ("buildah", "mmdebstrap", "uidmap", "fuse-overlayfs")
+# What the host needs; installed by the CI script (tests/node/host.py), never by the build.
+APT_PACKAGES = IMAGE_PACKAGES
 TOOLS = ("buildah", "mmdebstrap")
 
 # Bump when the way the base is made changes (the key then changes with it).
@@ -60,14 +64,6 @@ class Image:
 
 class ImageBuildError(RuntimeError):
     """A build step failed; the message names the command and carries the tail of its output."""
-
-
-def apt_install() -> None:
-    """Install the host tools the build needs (for CI; the build itself installs nothing)."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES],
-                   check=True, env=env)
 
 
 def missing_tools() -> list[str]:
@@ -199,6 +195,7 @@ def ensure_images(log: TextIO | None = None) -> dict[str, Image]:
     final = CACHE / key
     with _locked(CACHE / f"{key}.lock"):
         if (final / "images.json").is_file():
+            os.utime(final)  # recently used: kept by _prune_archives
             return _load(final / "images.json")
         env = _buildah_env(_storage(CACHE / "buildah"))
         with tempfile.TemporaryDirectory(dir=CACHE, prefix=f".{key}-",
@@ -221,7 +218,77 @@ def ensure_images(log: TextIO | None = None) -> dict[str, Image]:
             (work / "images.json").write_text(json.dumps(manifest, indent=2) + "\n")
             os.chmod(work, 0o755)
             work.rename(final)
+        _prune_archives(keep=KEEP_BUILDS)
         return _load(final / "images.json")
+
+
+#: Image sets kept in the cache: each is ~650 MB of archives, and a source edit makes a new one.
+KEEP_BUILDS = 3
+
+
+def _prune_archives(keep: int) -> None:
+    """Remove all but the `keep` newest image sets (the archives; buildah's layer cache stays)."""
+    sets = sorted((p for p in CACHE.iterdir() if p.is_dir() and (p / "images.json").is_file()),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in sets[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+        (CACHE / f"{old.name}.lock").unlink(missing_ok=True)
+
+
+PAUSE_SOURCE = Path(__file__).resolve().parent / "pause.c"
+PAUSE_IMAGE = "kubelearn/pause:1"
+
+
+def _tar_bytes(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """A reproducible tar (fixed owner and times) of name -> (content, mode)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def ensure_pause(log: TextIO | None = None) -> Image:
+    """The pod sandbox image: pause.c compiled static with gcc, in a docker-archive made here.
+
+    It needs neither buildah nor a registry, only gcc and a static libc (libc6-dev).
+    """
+    log = log if log is not None else sys.stderr
+    source = PAUSE_SOURCE.read_bytes()
+    key = hashlib.sha256(b"pause-1\0" + source).hexdigest()[:16]
+    final = CACHE / f"pause-{key}"
+    archive = final / "pause.tar"
+    with _locked(CACHE / f"pause-{key}.lock"):
+        if archive.is_file():
+            return Image(PAUSE_IMAGE, archive, archive.stat().st_size, 0.0)
+        start = time.monotonic()
+        with tempfile.TemporaryDirectory(dir=CACHE, prefix=".pause-") as tmp:
+            binary = Path(tmp) / "pause"
+            _run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(PAUSE_SOURCE)],
+                 dict(os.environ), log)
+            layer = _tar_bytes({"pause": (binary.read_bytes(), 0o755)})
+            layer_id = hashlib.sha256(layer).hexdigest()
+            config = json.dumps({
+                "architecture": "amd64", "os": "linux",
+                "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
+                "history": [{"created_by": "gcc -static pause.c"}],
+            }, sort_keys=True).encode()
+            config_id = hashlib.sha256(config).hexdigest()
+            manifest = json.dumps([{"Config": f"{config_id}.json", "RepoTags": [PAUSE_IMAGE],
+                                    "Layers": [f"{layer_id}/layer.tar"]}]).encode()
+            out = Path(tmp) / "out"
+            out.mkdir()
+            (out / "pause.tar").write_bytes(_tar_bytes({
+                f"{layer_id}/layer.tar": (layer, 0o644),
+                f"{config_id}.json": (config, 0o644),
+                "manifest.json": (manifest, 0o644),
+            }))
+            out.rename(final)
+        return Image(PAUSE_IMAGE, archive, archive.stat().st_size,
+                     round(time.monotonic() - start, 1))
 
 
 def main(argv: list[str]) -> int:

@@ -111,6 +111,39 @@ def test_template_is_kept_and_ours_wins_on_conflicts() -> None:
     assert spec.replicas["worker"].template["metadata"]["labels"][names.LABEL_ROLE] == "spoof"
 
 
+def test_pods_meet_the_restricted_pod_security_standard_by_default() -> None:
+    pod = build_pod(REF, _spec(), "worker", 0)
+    spec = pod["spec"]
+    assert spec["securityContext"] == {"runAsNonRoot": True,
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
+    (main,) = spec["containers"]
+    assert main["securityContext"] == {"allowPrivilegeEscalation": False,
+                                       "readOnlyRootFilesystem": True,
+                                       "capabilities": {"drop": ["ALL"]}}
+    # The image is read-only: the runner's scratch space (model directory) is an emptyDir.
+    assert {"name": "kubelearn-tmp", "mountPath": "/tmp"} in main["volumeMounts"]
+    assert {"name": "kubelearn-tmp", "emptyDir": {}} in spec["volumes"]
+
+
+def test_template_security_settings_win_key_by_key() -> None:
+    spec = _spec({"experimentFn": "m:f", "replicaSpecs": {"worker": {"template": {"spec": {
+        "securityContext": {"runAsUser": 1000, "runAsNonRoot": False},
+        "initContainers": [{"name": "fetch", "image": "busybox"}],
+        "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+        "containers": [{"name": "kubelearn",
+                        "securityContext": {"readOnlyRootFilesystem": False},
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/data"}]}]}}}}})
+    pod = build_pod(REF, spec, "worker", 0)["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": False, "runAsUser": 1000,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["initContainers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    main = pod["containers"][0]
+    assert main["securityContext"]["readOnlyRootFilesystem"] is False
+    # A writable image needs no scratch volume; the user's mounts are kept as they are.
+    assert main["volumeMounts"] == [{"name": "scratch", "mountPath": "/data"}]
+    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"medium": "Memory"}}]
+
+
 def test_user_command_is_kept() -> None:
     spec = _spec({"experimentFn": "m:f", "replicaSpecs": {"worker": {"template": {"spec": {
         "containers": [{"name": "kubelearn", "command": ["python", "-m", "x"]}]}}}}})

@@ -1,0 +1,70 @@
+"""Fixtures for tests on the real node: one node per session, started on first use.
+
+Where the machine cannot run it (not root, no containerd, runc or buildah), its tests skip and
+name what is missing, unless KUBELEARN_REQUIRE_NODE=1 (CI), where they fail instead. What the
+node needs is built right after collection, before any test runs, so a cold build counts
+against no test's timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.build import ensure_built
+from tests.cluster.fixtures import _terminal_output
+from tests.node import images
+from tests.node import node as nodes
+
+NODE_FIXTURES = ("real_node", "fresh_node_dir")
+
+
+def _unavailable() -> str | None:
+    if reasons := nodes.missing():
+        why = "the real node needs: " + "; ".join(reasons)
+        if os.environ.get("KUBELEARN_REQUIRE_NODE") == "1":
+            pytest.fail(why + " (KUBELEARN_REQUIRE_NODE=1)")
+        return why
+    return None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or nodes.missing():
+        return
+    if any(set(NODE_FIXTURES) & set(getattr(item, "fixturenames", ()))
+           for item in session.items):
+        with _terminal_output(session.config), contextlib.suppress(Exception):
+            ensure_built(progress=sys.stderr, node=True)
+            images.ensure_images(log=sys.stderr)
+            images.ensure_pause(log=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def real_node(request: pytest.FixtureRequest) -> Iterator[nodes.Node]:
+    """The node with its control plane, for the whole session; down at the end."""
+    if why := _unavailable():
+        pytest.skip(why)
+    with _terminal_output(request.config):
+        node = nodes.up(progress=sys.stderr)
+    atexit.register(nodes.down)  # a crash past the finalizer still cleans up
+    try:
+        yield node
+    finally:
+        with _terminal_output(request.config):
+            nodes.down(progress=sys.stderr)
+        atexit.unregister(nodes.down)
+
+
+@pytest.fixture
+def fresh_node_dir() -> Path:
+    """For a test that starts and stops a node itself: any node left running is stopped."""
+    if why := _unavailable():
+        pytest.skip(why)
+    nodes.down(quiet=True)
+    return nodes.node_dir()

@@ -1,0 +1,269 @@
+"""The user's path on a real node: the chart installs the operator from the image built here,
+and experiments run as pods in containers, each with its own filesystem, reached through
+cluster DNS and read with `kubectl logs`.
+
+The install, the example run and the clean-up are hack/kind-e2e.sh's own steps, run with the
+node's kubectl and helm on PATH: the same commands a kind user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.helpers import wait_for
+from tests.node import node as nodes
+
+pytestmark = [pytest.mark.node, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+KIND_E2E = REPO / "hack" / "kind-e2e.sh"
+RELEASE_NS = "kubelearn-system"
+NS = "experiments"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+class Cluster:
+    """The node seen from a test: kubectl in the experiments' namespace, and kind-e2e.sh."""
+
+    def __init__(self, node: nodes.Node, bindir: Path) -> None:
+        self.node = node
+        self.env = {**os.environ, **node.env, "PATH": f"{bindir}:{os.environ['PATH']}",
+                    "RELEASE_NAMESPACE": RELEASE_NS, "EXAMPLE_NAMESPACE": NS,
+                    # The images were imported, never to be pulled.
+                    "HELM_EXTRA_ARGS": "--set image.pullPolicy=Never"}
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.node.kubectl("-n", NS, *args, check=check, timeout=timeout, input=input)
+
+    def kind_e2e(self, *steps: str, timeout: float = 900, **env: str
+                 ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["bash", str(KIND_E2E), *steps], cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout, env={**self.env, **env})
+        assert proc.returncode == 0, f"kind-e2e.sh {' '.join(steps)}:\n{proc.stdout}{proc.stderr}"
+        return proc
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def get(self, kind: str, name: str, namespace: str = NS) -> dict[str, Any]:
+        return json.loads(self.node.kubectl("-n", namespace, "get", kind, name, "-o",
+                                            "json").stdout)
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 300) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            exp = self.get("experiment", name)
+            seen = exp.get("status", {}).get("phase")
+            assert seen != "Failed" or phase == "Failed", json.dumps(exp.get("status"))
+            return exp if seen == phase else None
+
+        try:
+            return wait_for(reached, timeout=timeout, description=f"experiment {name} {phase}")
+        except AssertionError:
+            pods = self.kubectl("get", "pods", "-o", "wide", check=False).stdout
+            raise AssertionError(f"experiment {name} not {phase}; pods:\n{pods}") from None
+
+    def running_pod(self, name: str, timeout: float = 180) -> dict[str, Any]:
+        def running() -> dict[str, Any] | None:
+            pod = self.get("pod", name)
+            statuses = pod["status"].get("containerStatuses") or []
+            return pod if statuses and "running" in statuses[0]["state"] else None
+
+        return wait_for(running, timeout=timeout, description=f"pod {name} running")
+
+
+@pytest.fixture(scope="module")
+def cluster(real_node: nodes.Node, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Cluster]:
+    """The operator installed by kind-e2e.sh's install step, in restricted namespaces."""
+    bindir = tmp_path_factory.mktemp("bin")
+    (bindir / "kubectl").symlink_to(real_node.cp.kubecp)
+    (bindir / "helm").symlink_to(real_node.cp.helm)
+    c = Cluster(real_node, bindir)
+    for ns in (RELEASE_NS, NS):
+        c.node.kubectl("apply", "-f", "-", input=yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": ns, "labels": RESTRICTED}}))
+    c.kind_e2e("install", "wait-operator")
+    try:
+        yield c
+    finally:
+        c.kind_e2e("uninstall")
+
+
+def linear(name: str, train_steps: int, worker_policy: str = "ExitCode") -> dict[str, Any]:
+    """The example's model, trained long enough to act on it while it runs."""
+    return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+            "metadata": {"name": name},
+            "spec": {"experimentFn": "kubelearn.examples.linear:experiment_fn",
+                     "hparams": {"learning_rate": 0.05, "train_steps": train_steps},
+                     "replicaSpecs": {
+                         "ps": {"replicas": 1, "restartPolicy": "ExitCode"},
+                         "worker": {"replicas": 2, "restartPolicy": worker_policy},
+                         "master": {"replicas": 1, "restartPolicy": "ExitCode"}},
+                     "runPolicy": {"backoffLimit": 3}}}
+
+
+def _service_url(c: Cluster, port_name: str, path: str) -> str:
+    svc = c.get("service", "kubelearn-metrics", RELEASE_NS)
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == port_name)
+    return f"http://{svc['spec']['clusterIP']}:{port}{path}"
+
+
+def test_operator_runs_from_the_chart_and_answers_through_its_service(cluster: Cluster
+                                                                      ) -> None:
+    deploy = cluster.get("deployment", "kubelearn", RELEASE_NS)
+    available = {c["type"]: c["status"] for c in deploy["status"]["conditions"]}
+    assert available["Available"] == "True"
+    # Through the Service's ClusterIP (kube-proxy's rules), from this machine.
+    with urllib.request.urlopen(_service_url(cluster, "health", "/healthz"), timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(_service_url(cluster, "metrics", "/metrics"), timeout=10) as r:
+        assert b"kubelearn_" in r.read()
+
+
+def test_example_succeeds_and_users_see_its_progress_and_logs(cluster: Cluster) -> None:
+    cluster.kind_e2e("run-example", "wait-succeeded")
+    shown = cluster.kind_e2e("show-metrics").stdout
+    header, row = shown.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "PHASE", "REPLICAS", "STEP", "LOSS"]
+    assert row.split()[1] == "Succeeded" and int(row.split()[3]) >= 2000
+    assert float(row.split()[4]) < 0.01
+    logs = cluster.kubectl("logs", "linear-master-0").stdout
+    assert "Loss for final step" in logs and "global_step" in logs
+
+
+def test_pods_run_as_65532_read_only_without_capabilities(cluster: Cluster) -> None:
+    """Both images, checked from inside: the operator's pod and an experiment's ps."""
+    cluster.apply(linear("whoami", 40000))
+    cluster.running_pod("whoami-ps-0")
+    probe = ("import os; print(os.getuid(), os.getgid()); "
+             "print([l.split()[1] for l in open('/proc/self/status') "
+             "if l.startswith('CapEff')][0]); open('/probe', 'w')")
+    for namespace, target in ((NS, "pod/whoami-ps-0"), (RELEASE_NS, "deployment/kubelearn")):
+        proc = cluster.node.kubectl("-n", namespace, "exec", target, "--", "python", "-c",
+                                    probe, check=False)
+        lines = proc.stdout.split("\n")
+        assert lines[0] == "65532 65532", (target, proc.stdout, proc.stderr)
+        assert int(lines[1], 16) == 0, target  # no capabilities
+        assert "Read-only file system" in proc.stderr, target
+    cluster.kubectl("delete", "experiment", "whoami", "--wait=false")
+
+
+def test_restricted_namespaces_admit_our_pods_and_refuse_others(cluster: Cluster) -> None:
+    for ns in (RELEASE_NS, NS):
+        labels = cluster.get("namespace", ns, "")["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    refused = cluster.kubectl("run", "rooted", "--image", cluster.node.images["runner"],
+                              "--restart=Never", "--", "true", check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr
+    # The operator's pods were admitted (they ran the examples above); its events say so too.
+    events = cluster.kubectl("get", "events", "-o", "json").stdout
+    assert "violates PodSecurity" not in events
+
+
+@pytest.mark.parametrize("policy, by", [("OnFailure", "kubelet"), ("ExitCode", "operator")])
+def test_killed_worker_process_comes_back_per_restart_policy(cluster: Cluster, policy: str,
+                                                             by: str) -> None:
+    name = f"kill-{policy.lower()}"
+    cluster.apply(linear(name, 40000, worker_policy=policy))
+    pod = cluster.running_pod(f"{name}-worker-1")
+    uid = pod["metadata"]["uid"]
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    time.sleep(3)  # training
+    tasks = cluster.node.ctr("tasks", "ls").splitlines()[1:]
+    pid = next(int(t.split()[1]) for t in tasks if t.split()[0] == container_id)
+    os.kill(pid, 9)  # the container's init (tini): the container dies, not the pod
+    exp = cluster.wait_phase(name, "Succeeded", timeout=600)
+    assert exp["status"]["replicaStatuses"]["worker"]["restarts"] >= 1, exp["status"]
+    after = cluster.get("pod", f"{name}-worker-1")
+    if by == "kubelet":  # the same pod, its container restarted
+        assert after["metadata"]["uid"] == uid
+        assert after["status"]["containerStatuses"][0]["restartCount"] >= 1
+    else:  # a new pod in its place
+        assert after["metadata"]["uid"] != uid
+    assert exp["status"]["metrics"]["global_step"] >= 40000
+    cluster.kubectl("delete", "experiment", name, "--wait=false")
+
+
+def test_operator_pod_deleted_mid_run_its_replacement_finishes(cluster: Cluster) -> None:
+    cluster.apply(linear("survivor", 40000))
+    cluster.running_pod("survivor-master-0")
+    cluster.node.kubectl("-n", RELEASE_NS, "delete", "pod", "-l",
+                         "app.kubernetes.io/instance=kubelearn", "--wait=false")
+    exp = cluster.wait_phase("survivor", "Succeeded", timeout=600)
+    assert exp["status"]["metrics"]["global_step"] >= 40000
+    pods = json.loads(cluster.kubectl("get", "pods", "-l", "kubelearn.dev/experiment=survivor",
+                                      "-o", "json").stdout)["items"]
+    # Nothing was duplicated: one pod per replica at most.
+    assert len({p["metadata"]["name"] for p in pods}) == len(pods) <= 4
+    cluster.kubectl("delete", "experiment", "survivor", "--wait=false")
+
+
+PROBE = r"""
+import errno, json, socket, ssl, urllib.request
+out = {}
+routes = [l.split() for l in open("/proc/net/route").read().splitlines()[1:]]
+out["default_route"] = any(r[1] == "00000000" for r in routes)
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(("198.51.100.1", 80))
+    out["outside"] = "connected"
+except OSError as e:
+    out["outside"] = errno.errorcode.get(e.errno, str(e))
+out["kubernetes"] = socket.gethostbyname("kubernetes.default.svc.cluster.local")
+try:
+    out["example.com"] = socket.gethostbyname("example.com")
+except OSError as e:
+    out["example.com"] = type(e).__name__
+sa = "/var/run/secrets/kubernetes.io/serviceaccount/"
+req = urllib.request.Request("https://kubernetes.default.svc/version",
+                             headers={"Authorization": "Bearer " + open(sa + "token").read()})
+ctx = ssl.create_default_context(cafile=sa + "ca.crt")
+out["version"] = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))["gitVersion"]
+print(json.dumps(out))
+"""
+
+
+def test_pods_reach_the_cluster_and_nothing_outside_it(cluster: Cluster) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
+           "spec": {"restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "probe", "image": cluster.node.images["runner"],
+                        "command": ["python", "-c", PROBE],
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}}}]}}
+    cluster.apply(pod)
+    wait_for(lambda: cluster.get("pod", "probe")["status"].get("phase") in ("Succeeded",
+                                                                            "Failed"),
+             timeout=120, description="probe pod done")
+    logs = cluster.kubectl("logs", "probe").stdout
+    result = json.loads(logs.strip().splitlines()[-1])
+    assert result["default_route"] is False
+    assert result["outside"] == "ENETUNREACH"  # no route: not a packet leaves
+    assert result["kubernetes"] == "10.0.0.1"
+    assert result["example.com"] == "gaierror"  # DNS answers for the cluster only
+    assert result["version"] == "v1.34.4"  # in-cluster credentials through kube-proxy
+    # On the machine: the pod subnet may go nowhere but its bridge.
+    forward = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True,
+                             text=True).stdout
+    assert (f"-A FORWARD -s {nodes.POD_CIDR} ! -o {nodes.BRIDGE} -m comment --comment "
+            f"{nodes.RULE_COMMENT} -j DROP") in forward
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    for iface in nodes._external_interfaces():
+        assert f"-o {iface}" not in nat
+    cluster.kubectl("delete", "pod", "probe", "--wait=false")
