@@ -63,9 +63,11 @@ load-images() {
 install() {
   need helm
   say "installing the operator (release ${RELEASE} in ${RELEASE_NAMESPACE})"
+  local extra=()
+  read -r -a extra <<<"${HELM_EXTRA_ARGS}"
   helm upgrade --install "$RELEASE" charts/kubelearn \
     --namespace "$RELEASE_NAMESPACE" --create-namespace \
-    --set "image.tag=${VERSION}" --set "runnerImage.tag=${VERSION}" ${HELM_EXTRA_ARGS}
+    --set "image.tag=${VERSION}" --set "runnerImage.tag=${VERSION}" "${extra[@]}"
 }
 
 wait-operator() {

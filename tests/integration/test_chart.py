@@ -338,12 +338,13 @@ def test_deployment_is_locked_down_and_probed(control_plane: ControlPlane):
     assert env["KUBELEARN_RUNNER_IMAGE"] == "kubelearn/runner:0.1.0"
     assert container["resources"]["limits"]["memory"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    # The metrics Service reaches the metrics port of the operator's pods.
+    # The Service reaches the metrics and health ports of the operator's pods.
     service = one(docs, "Service")
     assert service["spec"]["selector"] == one(docs, "Deployment")["spec"]["selector"][
         "matchLabels"]
-    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090,
-                                         "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+        {"name": "health", "port": 8080, "targetPort": "health", "protocol": "TCP"}]
 
 
 def test_service_monitor_is_optional(control_plane: ControlPlane):
