@@ -22,23 +22,27 @@ class Binaries:
     kubecp: Path
     helm: Path
     coredns: Path | None = None
+    netpol: Path | None = None
 
 
 class BuildError(RuntimeError):
     """build.sh failed; the message carries its exit code and the tail of its output."""
 
 
-def ensure_built(progress: TextIO | None = None, node: bool = False) -> Binaries:
+def ensure_built(progress: TextIO | None = None, node: bool = False,
+                 netpol: bool = False) -> Binaries:
     """Run build.sh (a no-op when the cache holds the binaries) and return their paths.
 
-    node=True also builds what a real node needs beside the control plane (CoreDNS).
+    node=True also builds what a real node needs beside the control plane (CoreDNS), and
+    netpol=True kube-network-policies for it.
 
     build.sh writes progress to stderr, which goes to `progress` (default: this process's
     stderr) line by line, so a cold build of several minutes shows in CI logs as it happens.
     """
     out = progress if progress is not None else sys.stderr
     proc = subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT), *(["node"] if node else [])],
+        ["bash", str(BUILD_SCRIPT), *(["node"] if node else []),
+         *(["netpol"] if node and netpol else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -56,6 +60,7 @@ def ensure_built(progress: TextIO | None = None, node: bool = False) -> Binaries
     paths = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
     try:
         return Binaries(kubecp=Path(paths["KUBECP"]), helm=Path(paths["HELM"]),
-                        coredns=Path(paths["COREDNS"]) if node else None)
+                        coredns=Path(paths["COREDNS"]) if node else None,
+                        netpol=Path(paths["NETPOL"]) if node and netpol else None)
     except KeyError as exc:
         raise BuildError(f"{BUILD_SCRIPT} did not print {exc.args[0]}=<path>: {stdout!r}") from exc

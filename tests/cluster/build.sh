@@ -3,6 +3,7 @@
 #
 #   tests/cluster/build.sh            build both if missing; print KUBECP=<path> and HELM=<path>
 #   tests/cluster/build.sh node       also CoreDNS for a real node; print COREDNS=<path> too
+#   tests/cluster/build.sh node netpol  and kube-network-policies; print NETPOL=<path> too
 #
 # The kubecp binary is cached under ${KUBELEARN_CACHE:-~/.cache/kubelearn}/kubecp-<hash>/, where
 # <hash> is the sha256 of go.sum together with go.mod, the Go sources and this script (an edited
@@ -16,6 +17,9 @@ HELM_MODULE="helm.sh/helm/v3"
 HELM_VERSION="v3.19.5"
 COREDNS_MODULE="github.com/coredns/coredns"
 COREDNS_VERSION="v1.15.0"
+# NetworkPolicy enforcement, from Kubernetes SIG Network (kind ships it).
+NETPOL_PACKAGE="sigs.k8s.io/kube-network-policies/cmd"
+NETPOL_VERSION="v0.8.0"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mod="$here/kubecp"
@@ -89,7 +93,7 @@ build_kubecp() {
 	mv -f "$tmp" "$bin"
 	log "built $bin ($(du -h "$bin" | cut -f1), $("$bin" version))"
 	# Builds for other sources that have not been used for two weeks are only taking space.
-	find "$cache" -maxdepth 1 \( -name 'kubecp-*' -o -name 'helm-*' -o -name 'coredns-*' \) -type d -mtime +14 \
+	find "$cache" -maxdepth 1 \( -name 'kubecp-*' -o -name 'helm-*' -o -name 'coredns-*' -o -name 'kube-network-policies-*' \) -type d -mtime +14 \
 		-exec rm -rf {} + 2>/dev/null || true
 }
 
@@ -120,21 +124,25 @@ build_helm() {
 	echo "$hbin"
 }
 
-build_coredns() {
-	local cdir="$cache/coredns-$COREDNS_VERSION-$script_key"
-	local cbin="$cdir/coredns"
-	if [[ -x "$cbin" ]] && "$cbin" -version >/dev/null 2>&1; then
-		log "reusing $cbin"
-		touch "$cdir"
-		echo "$cbin"
+# go_install NAME PACKAGE VERSION: `go install PACKAGE@VERSION` into the cache, binary NAME.
+go_install() {
+	local name="$1" pkg="$2" version="$3"
+	local tdir="$cache/$name-$version-$script_key"
+	local tbin="$tdir/$name"
+	if [[ -x "$tbin" ]]; then
+		log "reusing $tbin"
+		touch "$tdir"
+		echo "$tbin"
 		return
 	fi
-	mkdir -p "$cdir"
-	log "installing CoreDNS $COREDNS_VERSION with go install into $cdir (4-5 minutes on 2 cores)"
-	GOBIN="$cdir" run_with_progress "$cdir/build.log" "go install coredns" "" \
-		go install -v -trimpath -ldflags "-s -w" "$COREDNS_MODULE@$COREDNS_VERSION"
-	log "installed $cbin ($("$cbin" -version | head -1))"
-	echo "$cbin"
+	mkdir -p "$tdir/bin"
+	log "installing $name $version with go install into $tdir (minutes on 2 cores)"
+	GOBIN="$tdir/bin" run_with_progress "$tdir/build.log" "go install $name" "" \
+		go install -v -trimpath -ldflags "-s -w" "$pkg@$version"
+	mv -f "$tdir/bin/$(basename "$pkg")" "$tbin"
+	rmdir "$tdir/bin"
+	log "installed $tbin"
+	echo "$tbin"
 }
 
 # One build at a time per cache entry: concurrent test sessions wait for the first one.
@@ -148,5 +156,8 @@ helm_bin="$(build_helm | tail -1)"
 echo "KUBECP=$bin"
 echo "HELM=$helm_bin"
 if [[ "${1:-}" == node ]]; then
-	echo "COREDNS=$(build_coredns | tail -1)"
+	echo "COREDNS=$(go_install coredns "$COREDNS_MODULE" "$COREDNS_VERSION" | tail -1)"
+	if [[ "${2:-}" == netpol ]]; then
+		echo "NETPOL=$(go_install kube-network-policies "$NETPOL_PACKAGE" "$NETPOL_VERSION" | tail -1)"
+	fi
 fi

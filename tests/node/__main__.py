@@ -25,8 +25,11 @@ def env_lines(node: real_node.Node) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "env", "apt"])
+    parser.add_argument("command", choices=["up", "down", "env", "apt", "watchdog"])
+    parser.add_argument("parent", nargs="?", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.command == "watchdog":  # started by a test session's node (node.py)
+        return real_node.watchdog(args.parent)
     if args.command == "apt":
         apt_install()
         return 0

@@ -1,5 +1,6 @@
 """A real single-node cluster on this machine: its own control plane, containerd, runc, CNI,
-the kubelet, kube-scheduler, kube-proxy and CoreDNS, all started as child processes.
+the kubelet, kube-scheduler, kube-proxy, CoreDNS and kube-network-policies, all started as
+child processes.
 
 Pods run in containers from the images built here (tests/node/images.py), on a bridge that
 exists only on this machine. Nothing is routed or masqueraded out: pods get no default route
@@ -10,13 +11,15 @@ address, so pods reach it through the `kubernetes` Service with their ServiceAcc
 
 There is one node per machine (the bridge and the addresses are fixed); its work directory
 and state file live under the cache. `down` undoes everything `up` did, also after a crash:
-containers, shims, mounts, network namespaces and veths, iptables rules, kubepods cgroups,
+containers, shims, mounts, network namespaces and veths, iptables and nftables rules, kubepods
+cgroups,
 the sysctls the kubelet changes, and the work directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import fcntl
 import json
@@ -35,6 +38,7 @@ import yaml
 
 from tests.cluster.build import ensure_built
 from tests.cluster.controlplane import (
+    _PR_SET_PDEATHSIG,
     DEFAULT_CONTROLLERS,
     SERVICE_CIDR,
     ControlPlane,
@@ -66,9 +70,12 @@ KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
 # not-ready taint the kubelet registers with; the rest as in the plain control plane.
 CONTROLLERS = (*DEFAULT_CONTROLLERS, "endpointslice", "endpoint", "nodelifecycle")
 HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables",
-              "ip6tables", "gcc", "ip")
+              "ip6tables", "nft", "gcc", "ip", "unshare")
 
 STATE_FILE = "node.json"
+SERVICE_ACCOUNT_DIR = "/run/secrets/kubernetes.io/serviceaccount"
+#: The nftables table kube-network-policies keeps its rules in.
+NETPOL_TABLE = ("inet", "kube-network-policies")
 
 
 def cache_dir() -> Path:
@@ -413,17 +420,21 @@ def up(progress: TextIO | None = None, detach: bool = False, timeout: float = 18
         raise NodeError("this machine cannot run the node: " + "; ".join(reasons))
     with _node_lock():
         down(progress=out, quiet=True)
-        binaries = ensure_built(progress=out, node=True)
+        binaries = ensure_built(progress=out, node=True,
+                                netpol=network_policy_unsupported() is None)
         built = images.ensure_images(log=out)
         pause = images.ensure_pause(log=out)
         say("binaries and images ready")
         wd = node_dir()
         wd.mkdir(parents=True)
         # Written first, so that down can undo a start that fails half way.
-        (wd / STATE_FILE).write_text(json.dumps({"sysctls": _read_sysctls()}))
+        first = {"sysctls": _read_sysctls()}
+        if not detach:
+            first["watchdog"] = _start_watchdog(wd)
+        (wd / STATE_FILE).write_text(json.dumps(first))
         try:
-            node = _start(wd, binaries.kubecp, binaries.helm, binaries.coredns, built, pause,
-                          say, detach, timeout)
+            node = _start(wd, binaries.kubecp, binaries.helm, binaries.coredns,
+                          binaries.netpol, built, pause, say, detach, timeout)
         except BaseException:
             with contextlib.suppress(Exception):
                 down(progress=out, quiet=True)
@@ -434,7 +445,45 @@ def up(progress: TextIO | None = None, detach: bool = False, timeout: float = 18
         return node
 
 
-def _start(wd: Path, kubecp: Path, helm: Path, coredns: Path | None,
+def network_policy_unsupported() -> str | None:
+    """Why kube-network-policies cannot run here (None: it can). It hands new connections to
+    itself with nftables' `queue` statement, which needs a kernel with CONFIG_NFT_QUEUE."""
+    if shutil.which("nft") is None:
+        return "nft is not on PATH (Debian package nftables)"
+    table = ("inet", "kubelearn-probe")
+    try:
+        _sh("nft", "add", "table", *table)
+        _sh("nft", "add", "chain", *table, "probe")  # no hook: it sees no packet
+        _sh("nft", "add", "rule", *table, "probe", "queue", "num", "100", "bypass")
+    except NodeError as exc:
+        first = str(exc).splitlines()[0]
+        return f"this kernel refuses nftables' queue statement (CONFIG_NFT_QUEUE): {first}"
+    finally:
+        _sh("nft", "delete", "table", *table, check=False)
+    return None
+
+
+def _start_network_policies(wd: Path, cp: ControlPlane, netpol: Path, launcher: _Launcher
+                            ) -> tuple[subprocess.Popen, Path]:
+    # kube-network-policies: NetworkPolicy enforcement (NFQUEUE and nftables). It only knows
+    # the in-cluster configuration, whose credentials sit at a fixed path: it gets them in a
+    # mount namespace of its own, on a private /run, and nothing is written to the machine's.
+    sa_dir = wd / "network-policies-sa"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(cp.admin_token)
+    shutil.copy(cp.ca_file, sa_dir / "ca.crt")
+    (netpol_metrics,) = free_ports(1)
+    api_port = cp.server.rsplit(":", 1)[1]
+    return launcher.start("kube-network-policies", [
+        "env", f"KUBERNETES_SERVICE_HOST={NODE_IP}", f"KUBERNETES_SERVICE_PORT={api_port}",
+        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+        'mount -t tmpfs tmpfs /run && mkdir -p "$3" && cp "$0/token" "$0/ca.crt" "$3" && '
+        'exec "$1" --hostname-override="$2" --disable-nri --metrics-bind-address="$4" --v=1',
+        str(sa_dir), str(netpol), NODE_NAME, SERVICE_ACCOUNT_DIR,
+        f"127.0.0.1:{netpol_metrics}"])
+
+
+def _start(wd: Path, kubecp: Path, helm: Path, coredns: Path | None, netpol: Path | None,
            built: dict[str, images.Image], pause: images.Image,
            say: Callable[[str], None], detach: bool, timeout: float) -> Node:
     assert coredns is not None
@@ -502,16 +551,19 @@ def _start(wd: Path, kubecp: Path, helm: Path, coredns: Path | None,
     (wd / "Corefile").write_text(corefile(cp.kubeconfig))
     dns, dns_log = launcher.start("coredns", [str(coredns), "-conf", str(wd / "Corefile")])
 
+    daemons = [("kube-scheduler", scheduler, scheduler_log), ("kube-proxy", proxy, proxy_log),
+               ("coredns", dns, dns_log), ("containerd", containerd, containerd_log)]
+    if netpol is not None:
+        daemons.append(("kube-network-policies", *_start_network_policies(wd, cp, netpol,
+                                                                          launcher)))
+
     node = Node(cp=cp, workdir=wd, containerd_socket=socket,
                 pids=[*cp.pids, *(p.pid for p in launcher.procs)], pgid=cp.pgid,
                 images=names)
     (wd / STATE_FILE).write_text(json.dumps({**state, **node.state()}))
 
     def node_ready() -> str | None:
-        for name, proc, log in (("kube-scheduler", scheduler, scheduler_log),
-                                ("kube-proxy", proxy, proxy_log),
-                                ("coredns", dns, dns_log),
-                                ("containerd", containerd, containerd_log)):
+        for name, proc, log in daemons:
             if proc.poll() is not None:
                 raise ControlPlaneError(f"{name} exited with {proc.returncode}; log {log}:\n"
                                         f"{_log_tail(log)}")
@@ -563,6 +615,39 @@ def _kubepods_cgroups() -> list[Path]:
     return sorted(CGROUP_ROOT.glob("*/kubepods"))
 
 
+def _start_watchdog(wd: Path) -> int:
+    """A process, outside the node's process group, that runs `down` when this one dies.
+
+    The components die with the test process (PDEATHSIG), but the containers do not: their
+    shims left the group. SIGTERM reaches the watchdog when its parent dies, however it dies.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    with open(wd / "watchdog.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.node", "watchdog", str(os.getpid())],
+            cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=arm)
+    return proc.pid
+
+
+def watchdog(parent: int) -> int:
+    """Wait for `parent` to die, then take the node down."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    while True:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            break
+        if signal.sigtimedwait({signal.SIGTERM}, 1.0) is not None:
+            break
+    down()
+    return 0
+
+
 def down(progress: TextIO | None = None, quiet: bool = False) -> None:
     """Stop the node and remove everything it made, in an order that lets each step work:
     processes, then mounts (network namespaces go with them), then the bridge, rules and
@@ -574,6 +659,9 @@ def down(progress: TextIO | None = None, quiet: bool = False) -> None:
         state = json.loads((wd / STATE_FILE).read_text())
     if not wd.exists() and not quiet:
         out.write("[node] no node recorded; cleaning up leftovers only\n")
+    if (guard := state.get("watchdog")) and guard != os.getpid():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(guard, signal.SIGKILL)  # this down is the one it would have run
     # Components: the control plane's process group holds them all.
     if "control_plane" in state:
         cp = ControlPlane.from_state(state["control_plane"])
@@ -609,6 +697,8 @@ def down(progress: TextIO | None = None, quiet: bool = False) -> None:
     for binary in ("iptables", "ip6tables"):
         if shutil.which(binary):
             _iptables_cleanup(binary)
+    if shutil.which("nft"):
+        _sh("nft", "delete", "table", *NETPOL_TABLE, check=False)
     # kubepods cgroups, leaves first.
     for top in _kubepods_cgroups():
         for path in sorted((p for p in top.rglob("*") if p.is_dir()),
