@@ -113,8 +113,9 @@ class PodBuilder:
     def __init__(self, ref: ExperimentRef, spec: ExperimentSpec, *,
                  cluster_domain: str | None = None, gang: bool = False,
                  inline_max: int = INLINE_CLUSTER_MAX_REPLICAS,
-                 encrypt_wire: bool = False) -> None:
+                 encrypt_wire: bool = False, image_pull_policy: str | None = None) -> None:
         self.ref = ref
+        self.image_pull_policy = image_pull_policy
         self.encrypt_wire = encrypt_wire
         self.spec = spec
         self.gang = gang and spec.run_policy.scheduling is not None
@@ -153,6 +154,8 @@ class PodBuilder:
         pod_spec["containers"] = containers
         main = _main_container(containers)
         main.setdefault("image", self.spec.image)
+        if self.image_pull_policy:
+            main.setdefault("imagePullPolicy", self.image_pull_policy)
         main.setdefault("terminationMessagePath", contract.TERMINATION_LOG)
         # A replica that dies before writing its message still says why: its last log lines.
         main.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")

@@ -49,6 +49,7 @@ class Controller:
         self.client = client
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.options = Options(default_image=settings.image,
+                               image_pull_policy=settings.image_pull_policy,
                                cluster_domain=settings.cluster_domain,
                                inline_cluster_max=settings.inline_cluster_max,
                                network_policy=settings.network_policy,

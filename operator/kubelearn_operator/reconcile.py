@@ -60,6 +60,7 @@ class Options:
     """The operator's settings that a plan depends on."""
 
     default_image: str = "kubelearn/runner:0.1.0"
+    image_pull_policy: str | None = None
     cluster_domain: str | None = None
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
     network_policy: NetworkPolicyConfig | None = None
@@ -259,7 +260,8 @@ class _Planner:
         gang = self.gang_scheduling(spec)
         builder = PodBuilder(self.ref, spec, cluster_domain=self.options.cluster_domain,
                              gang=gang, inline_max=self.options.inline_cluster_max,
-                             encrypt_wire=self.options.encrypt_wire)
+                             encrypt_wire=self.options.encrypt_wire,
+                             image_pull_policy=self.options.image_pull_policy)
         self.plan.configmap = builder.configmap()
         desired = spec.replica_keys()
         desired_names = {names.replica_name(self.ref.name, r, i) for r, i in desired}

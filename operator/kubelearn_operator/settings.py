@@ -1,6 +1,8 @@
 """Operator settings, read once from the environment at start-up (never inside builders).
 
 KUBELEARN_RUNNER_IMAGE        image of replicas that name none (kubelearn/runner:0.1.0)
+KUBELEARN_RUNNER_IMAGE_PULL_POLICY  its imagePullPolicy (Always, IfNotPresent, Never; none:
+                              Kubernetes' default)
 KUBELEARN_CLUSTER_DOMAIN      appended to replica addresses in TF_CONFIG (none: <svc>.<ns>.svc)
 KUBELEARN_API_QPS, _BURST     client-side rate limit of API requests (500/s, burst 1000)
 KUBELEARN_CREATE_CONCURRENCY  API requests in flight at once (64)
@@ -28,6 +30,7 @@ DEFAULT_IMAGE = "kubelearn/runner:0.1.0"
 @dataclass(frozen=True)
 class Settings:
     image: str = DEFAULT_IMAGE
+    image_pull_policy: str | None = None
     cluster_domain: str | None = None
     api_qps: float = 500.0
     api_burst: int = 1000
@@ -58,6 +61,7 @@ class Settings:
 
         return cls(
             image=env.get("KUBELEARN_RUNNER_IMAGE") or DEFAULT_IMAGE,
+            image_pull_policy=pull_policy(env.get("KUBELEARN_RUNNER_IMAGE_PULL_POLICY", "")),
             cluster_domain=env.get("KUBELEARN_CLUSTER_DOMAIN") or None,
             api_qps=number("KUBELEARN_API_QPS", cls.api_qps),
             api_burst=int(number("KUBELEARN_API_BURST", cls.api_burst)),
@@ -74,6 +78,20 @@ class Settings:
             network_policy=network_policy_config(env),
             encrypt_wire=wire_encryption(env.get("KUBELEARN_WIRE_ENCRYPTION", "")),
         )
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+def pull_policy(value: str) -> str | None:
+    """One of Kubernetes' image pull policies, or None (nothing set) for an empty value."""
+    choice = value.strip()
+    if not choice:
+        return None
+    if choice not in PULL_POLICIES:
+        raise ValueError(f"KUBELEARN_RUNNER_IMAGE_PULL_POLICY must be one of "
+                         f"{', '.join(PULL_POLICIES)}, got {value!r}")
+    return choice
 
 
 def wire_encryption(value: str) -> bool:

@@ -524,3 +524,13 @@ def test_audit_log_counts_a_refusal(control_plane: ControlPlane, kube_api: clien
     assert any(f"/api/v1/namespaces/{namespace}/secrets" in f for f in found)
     assert refused_by_admission(audit_of(control_plane, user)) == []
     assert Counter(e["verb"] for e in audit_of(control_plane, user))["list"] >= 1
+
+
+def test_runner_pull_policy_reaches_the_operator_only_when_set(control_plane: ControlPlane):
+    def env(*sets: str) -> dict[str, str | None]:
+        (container,) = one(render(control_plane, "ml", *sets), "Deployment")["spec"][
+            "template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert "KUBELEARN_RUNNER_IMAGE_PULL_POLICY" not in env()
+    assert env("runnerImage.pullPolicy=Never")["KUBELEARN_RUNNER_IMAGE_PULL_POLICY"] == "Never"

@@ -41,7 +41,8 @@ class Cluster:
         self.env = {**os.environ, **node.env, "PATH": f"{bindir}:{os.environ['PATH']}",
                     "RELEASE_NAMESPACE": RELEASE_NS, "EXAMPLE_NAMESPACE": NS,
                     # The images were imported, never to be pulled.
-                    "HELM_EXTRA_ARGS": "--set image.pullPolicy=Never"}
+                    "HELM_EXTRA_ARGS": "--set image.pullPolicy=Never "
+                                       "--set runnerImage.pullPolicy=Never"}
 
     def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -142,6 +143,9 @@ def test_example_succeeds_and_users_see_its_progress_and_logs(cluster: Cluster) 
     assert float(row.split()[4]) < 0.01
     logs = cluster.kubectl("logs", "linear-master-0").stdout
     assert "Loss for final step" in logs and "global_step" in logs
+    # From the image imported into the node, which is never pulled.
+    master = cluster.get("pod", "linear-master-0")["spec"]["containers"][0]
+    assert master["imagePullPolicy"] == "Never"
 
 
 def test_pods_run_as_65532_read_only_without_capabilities(cluster: Cluster) -> None:

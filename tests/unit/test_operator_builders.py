@@ -144,6 +144,16 @@ def test_template_security_settings_win_key_by_key() -> None:
     assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"medium": "Memory"}}]
 
 
+def test_pull_policy_applies_unless_the_template_sets_one() -> None:
+    assert "imagePullPolicy" not in build_pod(REF, _spec(), "worker", 0)["spec"]["containers"][0]
+    builder = PodBuilder(REF, _spec(), image_pull_policy="Never")
+    assert builder.pod("worker", 0)["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+    spec = _spec({"experimentFn": "m:f", "replicaSpecs": {"worker": {"template": {"spec": {
+        "containers": [{"name": "kubelearn", "imagePullPolicy": "Always"}]}}}}})
+    pod = PodBuilder(REF, spec, image_pull_policy="Never").pod("worker", 0)
+    assert pod["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+
+
 def test_user_command_is_kept() -> None:
     spec = _spec({"experimentFn": "m:f", "replicaSpecs": {"worker": {"template": {"spec": {
         "containers": [{"name": "kubelearn", "command": ["python", "-m", "x"]}]}}}}})

@@ -44,3 +44,11 @@ def test_wire_encryption_is_off_unless_asked_for() -> None:
     assert Settings.from_env({"KUBELEARN_WIRE_ENCRYPTION": "curve"}).encrypt_wire is True
     with pytest.raises(ValueError, match="KUBELEARN_WIRE_ENCRYPTION"):
         Settings.from_env({"KUBELEARN_WIRE_ENCRYPTION": "tls"})
+
+
+def test_runner_image_pull_policy_is_one_of_kubernetes_or_unset() -> None:
+    assert Settings.from_env({}).image_pull_policy is None
+    env = {"KUBELEARN_RUNNER_IMAGE_PULL_POLICY": "Never"}
+    assert Settings.from_env(env).image_pull_policy == "Never"
+    with pytest.raises(ValueError, match="KUBELEARN_RUNNER_IMAGE_PULL_POLICY must be one of"):
+        Settings.from_env({"KUBELEARN_RUNNER_IMAGE_PULL_POLICY": "never"})
