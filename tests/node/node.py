@@ -24,6 +24,7 @@ import datetime
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -384,7 +385,6 @@ def _iptables_cleanup(binary: str) -> None:
 
 
 def _split_rule(rule: str) -> list[str]:
-    import shlex
     return shlex.split(rule)
 
 
