@@ -3,7 +3,8 @@
 Where the machine cannot run it (not root, no containerd, runc or buildah), its tests skip and
 name what is missing, unless KUBELEARN_REQUIRE_NODE=1 (CI), where they fail instead. What the
 node needs is built right after collection, before any test runs, so a cold build counts
-against no test's timeout.
+against no test's timeout. The images build beside the Go binaries: the one is mostly
+downloads and unpacking, the other compiling.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import atexit
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -34,15 +37,44 @@ def _unavailable() -> str | None:
     return None
 
 
+class _Prefixed:
+    """A line-buffered writer that marks each line, so two builds can share one terminal."""
+
+    def __init__(self, prefix: str, out: TextIO, lock: threading.Lock) -> None:
+        self.prefix, self.out, self.lock, self.pending = prefix, out, lock, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        if lines:
+            with self.lock:
+                self.out.writelines(f"{self.prefix}{line}\n" for line in lines)
+                self.out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _build_images(log: TextIO) -> None:
+    with contextlib.suppress(Exception):  # the real_node fixture reports a failure
+        images.ensure_images(log=log)
+        images.ensure_pause(log=log)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the control plane's hook, so both builds overlap
 def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.option.collectonly or nodes.missing():
         return
     if any(set(NODE_FIXTURES) & set(getattr(item, "fixturenames", ()))
            for item in session.items):
-        with _terminal_output(session.config), contextlib.suppress(Exception):
-            ensure_built(progress=sys.stderr, node=True)
-            images.ensure_images(log=sys.stderr)
-            images.ensure_pause(log=sys.stderr)
+        lock = threading.Lock()
+        with _terminal_output(session.config):
+            builder = threading.Thread(target=_build_images, name="images", daemon=True,
+                                       args=(_Prefixed("[images] ", sys.stderr, lock),))
+            builder.start()
+            with contextlib.suppress(Exception):
+                ensure_built(progress=_Prefixed("", sys.stderr, lock), node=True)
+            builder.join()
 
 
 @pytest.fixture(scope="session")
