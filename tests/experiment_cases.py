@@ -106,6 +106,23 @@ CASES = [
     Case("hparams-any-object", "anyhp", spec(hparams={"nested": {"a": [1, "x"]}})),
     Case("empty-success-policy-is-default", "emptysuccess", spec(successPolicy=""),
          expect={"success_policy": "default"}),
+    Case("storage-default-is-a-new-claim", "store", spec(), expect={
+        "storage.creates_claim": True, "storage.size": "1Gi", "storage.storage_class": None,
+        "storage.access_modes": ("ReadWriteOnce",), "storage.delete_with_experiment": False}),
+    Case("storage-ephemeral", "store", spec(storage={"ephemeral": True}), expect={
+        "storage.ephemeral": True, "storage.creates_claim": False}),
+    Case("storage-ephemeral-false-is-the-default", "store",
+         spec(storage={"ephemeral": False, "size": "5Gi"}), expect={
+             "storage.creates_claim": True, "storage.size": "5Gi"}),
+    Case("storage-existing-claim", "store", spec(storage={
+        "persistentVolumeClaim": {"claimName": "team.models"}}), expect={
+            "storage.claim_name": "team.models", "storage.creates_claim": False}),
+    Case("storage-new-claim", "store", spec(storage={
+        "size": "500Mi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"],
+        "deleteWithExperiment": True}), expect={
+            "storage.size": "500Mi", "storage.storage_class": "fast",
+            "storage.access_modes": ("ReadWriteMany",),
+            "storage.delete_with_experiment": True}),
     # -- invalid -------------------------------------------------------------------------
     Case("negative-replicas", "neg", spec(replicas={"worker": -1, "master": 1}),
          "spec.replicas.worker"),
@@ -153,6 +170,25 @@ CASES = [
     Case("min-available-zero", "badgang", spec(runPolicy={
         "schedulingPolicy": {"minAvailable": 0}}), "spec.runPolicy.schedulingPolicy.minAvailable"),
     Case("model-dir-empty", "baddir", spec(modelDir=""), "spec.modelDir"),
+    Case("storage-two-forms", "badstorage", spec(storage={
+        "ephemeral": True, "size": "2Gi"}), "spec.storage"),
+    Case("storage-claim-and-size", "badstorage", spec(storage={
+        "persistentVolumeClaim": {"claimName": "models"}, "storageClassName": "fast"}),
+         "spec.storage"),
+    Case("storage-claim-without-name", "badstorage", spec(storage={
+        "persistentVolumeClaim": {}}), "spec.storage.persistentVolumeClaim.claimName"),
+    Case("storage-claim-name", "badstorage", spec(storage={
+        "persistentVolumeClaim": {"claimName": "Models_1"}}),
+         "spec.storage.persistentVolumeClaim.claimName"),
+    Case("storage-size", "badstorage", spec(storage={"size": "lots"}), "spec.storage.size"),
+    Case("storage-access-mode", "badstorage", spec(storage={"accessModes": ["ReadWrite"]}),
+         "spec.storage.accessModes[0]"),
+    Case("storage-no-access-modes", "badstorage", spec(storage={"accessModes": []}),
+         "spec.storage.accessModes"),
+    Case("storage-access-mode-twice", "badstorage", spec(storage={
+        "accessModes": ["ReadWriteOnce", "ReadWriteOnce"]}), "spec.storage.accessModes[1]"),
+    Case("storage-unknown-field", "badstorage", spec(storage={"claimName": "m"}),
+         "spec.storage.claimName"),
     Case("schedule-not-a-method-name", "badschedule", spec(schedule="train now"),
          "spec.schedule"),
     Case("hparams-not-an-object", "badhp", spec(hparams=[1, 2]), "spec.hparams"),

@@ -1,7 +1,8 @@
 """Pure builders of the objects an Experiment owns: its spec in, plain dicts out (no I/O).
 
-Pods, services, the token Secret, the cluster ConfigMap and the PodGroup; the names, the
-environment and TF_CONFIG come from the model (:mod:`kubelearn_spec`).
+Pods, services, the token Secret, the cluster ConfigMap, the PodGroup and the model
+directory's claim; the names, the environment and TF_CONFIG come from the model
+(:mod:`kubelearn_spec`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,33 @@ CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem
                       "capabilities": {"drop": ["ALL"]}}
 #: With a read-only root filesystem, the runner writes (model directory included) under /tmp.
 SCRATCH_VOLUME, SCRATCH_PATH = "kubelearn-tmp", "/tmp"
+#: The volume of the model directory's claim, mounted at the model directory.
+MODEL_VOLUME = "kubelearn-model"
+#: A pod that mounts the claim: its files belong to the runner's group, changed only when
+#: the volume's root does not already (a large model directory is not walked each start).
+STORAGE_POD_SECURITY = {"fsGroup": contract.RUNNER_GID, "fsGroupChangePolicy": "OnRootMismatch"}
+
+
+def model_claim(spec: ExperimentSpec) -> str | None:
+    """The claim that holds the experiment's model directory; None when it is ephemeral."""
+    if spec.storage.ephemeral:
+        return None
+    return spec.storage.claim_name or names.model_claim_name(spec.name)
+
+
+def _mount_model_dir(pod_spec: dict[str, Any], main: dict[str, Any], claim: str,
+                     path: str) -> None:
+    """The claim at the model directory, writable by the runner's group (fsGroup), unless
+    the template already mounts something there."""
+    mounts = [dict(m) for m in main.get("volumeMounts") or []]
+    if any(m.get("mountPath", "").rstrip("/") == path.rstrip("/") for m in mounts):
+        return
+    volumes = [dict(v) for v in pod_spec.get("volumes") or []]
+    volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
+    pod_spec["volumes"] = volumes
+    main["volumeMounts"] = [*mounts, {"name": MODEL_VOLUME, "mountPath": path}]
+    pod_spec["securityContext"] = {**STORAGE_POD_SECURITY,
+                                   **(pod_spec.get("securityContext") or {})}
 
 
 def _secure(pod_spec: dict[str, Any], main: dict[str, Any]) -> None:
@@ -169,6 +197,9 @@ class PodBuilder:
         ports = [p for p in main.get("ports") or [] if p.get("containerPort") != contract.PORT]
         main["ports"] = [{"name": contract.PORT_NAME, "containerPort": contract.PORT,
                           "protocol": "TCP"}, *ports]
+        if claim := model_claim(self.spec):
+            assert self.spec.model_dir is not None
+            _mount_model_dir(pod_spec, main, claim, self.spec.model_dir)
         _secure(pod_spec, main)
         scheduling = self.spec.run_policy.scheduling
         if scheduling and scheduling.priority_class:
@@ -232,3 +263,24 @@ def build_podgroup(ref: ExperimentRef, spec: ExperimentSpec) -> dict[str, Any]:
     if scheduling.schedule_timeout_seconds:
         body["spec"]["scheduleTimeoutSeconds"] = scheduling.schedule_timeout_seconds
     return body
+
+
+def build_model_claim(ref: ExperimentRef, spec: ExperimentSpec) -> dict[str, Any]:
+    """The claim the operator creates for the model directory (``<name>-model``).
+
+    Owned by the Experiment (deleted with it) only when the spec asks: by default the
+    trained model outlives the Experiment, and a new Experiment of the same name resumes
+    from its checkpoints, as a TensorFlow job pointed at the same model_dir does.
+    """
+    storage = spec.storage
+    metadata: dict[str, Any] = {"name": names.model_claim_name(ref.name),
+                                "namespace": ref.namespace,
+                                "labels": names.selector(ref.name)}
+    if storage.delete_with_experiment:
+        metadata["ownerReferences"] = [ref.owner_reference()]
+    body: dict[str, Any] = {"accessModes": list(storage.access_modes),
+                            "resources": {"requests": {"storage": storage.size}}}
+    if storage.storage_class:
+        body["storageClassName"] = storage.storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata,
+            "spec": body}

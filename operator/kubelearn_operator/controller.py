@@ -9,6 +9,7 @@ and the executor carries the plan out.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,12 +28,18 @@ from .informer import Informer
 from .kube import ApiError, KubeClient
 from .pods import PodState, controller_uid, pod_state
 from .progress import reporter
-from .reconcile import Observed, Options, Plan, plan
+from .reconcile import Observed, Options, Plan, StorageClasses, claim_to_check, plan
 from .settings import Settings
 from .spec import SpecError, parse_spec
 from .workqueue import Key, WorkQueue
 
 logger = logging.getLogger("kubelearn_operator")
+
+#: How long the list of storage classes is reused (it is read only while an experiment
+#: has no pods and its claim is to be made).
+STORAGE_CLASSES_SECONDS = 10.0
+DEFAULT_CLASS_ANNOTATIONS = (names.DEFAULT_CLASS_ANNOTATION,
+                             "storageclass.beta.kubernetes.io/is-default-class")
 
 
 def _resource_version(body: Mapping[str, Any]) -> int:
@@ -62,6 +69,7 @@ class Controller:
         self.executor = Executor(client, self.events, self.clock, self._store)
         self._tasks: list[asyncio.Task[None]] = []
         self._podgroup: tuple[float, bool] = (0.0, False)
+        self._classes: tuple[float, StorageClasses] = (-STORAGE_CLASSES_SECONDS, StorageClasses())
         self._failures: dict[Key, int] = {}
         self._progress: dict[str, dict[str, Any]] = {}  # uid -> last polled chief progress
         self._progress_tokens: dict[str, str] = {}  # uid -> its token, for the poll
@@ -250,6 +258,45 @@ class Controller:
         self._podgroup = (time.monotonic(), available)
         return available
 
+    async def claim_exists(self, namespace: str, claim: str) -> bool:
+        try:
+            await self.client.request(
+                "GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def storage_classes(self) -> StorageClasses:
+        """The cluster's storage classes and its default one, read at most every
+        STORAGE_CLASSES_SECONDS."""
+        checked, classes = self._classes
+        if time.monotonic() - checked < STORAGE_CLASSES_SECONDS:
+            return classes
+        listing = await self.client.request("GET", "/apis/storage.k8s.io/v1/storageclasses")
+        found, default = set(), None
+        for item in listing.get("items") or []:
+            meta = item.get("metadata") or {}
+            found.add(meta.get("name", ""))
+            annotations = meta.get("annotations") or {}
+            if any(annotations.get(a) == "true" for a in DEFAULT_CLASS_ANNOTATIONS):
+                default = meta.get("name")
+        classes = StorageClasses(frozenset(found), default)
+        self._classes = (time.monotonic(), classes)
+        return classes
+
+    async def observe_storage(self, body: Mapping[str, Any], observed: Observed) -> Observed:
+        """Add what the plan needs to know of the model directory's claim, when it does."""
+        check = claim_to_check(body, observed, self.options)
+        if check is None:
+            return observed
+        claim, creates = check
+        namespace = body["metadata"].get("namespace", "")
+        exists = await self.claim_exists(namespace, claim)
+        classes = await self.storage_classes() if creates and not exists else None
+        return dataclasses.replace(observed, claim_exists=exists, storage_classes=classes)
+
     async def reconcile(self, key: Key) -> Plan | None:
         body = self.bodies.get(key)
         if body is None:
@@ -265,8 +312,9 @@ class Controller:
         uid = body["metadata"].get("uid", "")
         observed = self.observed(key, uid)
         if (body.get("spec") or {}).get("runPolicy", {}).get("schedulingPolicy") is not None:
-            observed = Observed(observed.pods, observed.services, await self.podgroup_available(),
-                                observed.progress)
+            observed = dataclasses.replace(observed,
+                                           podgroup_available=await self.podgroup_available())
+        observed = await self.observe_storage(body, observed)
         result = plan(body, observed, self.clock(), self.options)
         await self.executor.execute(key, body, result)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)

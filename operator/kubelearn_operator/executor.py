@@ -134,10 +134,14 @@ class Executor:
         return True
 
     async def _create_all(self, ref: ExperimentRef, result: Plan) -> None:
-        """Secret, PodGroup, services and pods, all at once: pods may exist before the Secret
-        they refer to (the kubelet waits for it), so nothing here needs ordering."""
+        """The model directory's claim first, then Secret, PodGroup, services and pods, all at
+        once: pods may exist before the Secret they refer to (the kubelet waits for it)."""
         ensured = self.expectations.ensured
         namespaced = f"/api/v1/namespaces/{ref.namespace}"
+        # The claim goes before the pods that mount it (a 409 when it exists already).
+        claims = f"{namespaced}/persistentvolumeclaims"
+        if result.claim is not None and await self.client.create(claims, result.claim):
+            self.events.created(ref, "PersistentVolumeClaim", [result.claim["metadata"]["name"]])
         calls: list[Any] = []
         if result.ensure_secret and (ref.uid, "secret") not in ensured:
             calls.append(self._ensure(ref, "secret", f"{namespaced}/secrets",

@@ -23,8 +23,10 @@ from .builders import (
     INLINE_CLUSTER_MAX_REPLICAS,
     ExperimentRef,
     PodBuilder,
+    build_model_claim,
     build_podgroup,
     build_service,
+    model_claim,
 )
 from .netpol import NetworkPolicyConfig, build_network_policy
 from .pods import PodState
@@ -33,6 +35,7 @@ from .spec import parse_spec
 from .status import (
     clear_condition,
     format_time,
+    get_condition,
     is_true,
     parse_time,
     phase,
@@ -41,8 +44,22 @@ from .status import (
     total_restarts,
 )
 
+STORAGE_CONDITION = "StorageReady"
 PODGROUP_MISSING = (f"PodGroup CRD {names.PODGROUP_GROUP}/{names.PODGROUP_VERSION} is not "
                     "installed: pods are scheduled without gang scheduling")
+
+
+#: How often an experiment waiting for its storage looks again (claims and storage classes
+#: are not watched).
+STORAGE_RETRY_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class StorageClasses:
+    """The cluster's storage classes, by name, and its default class (None: it has none)."""
+
+    names: frozenset[str] = frozenset()
+    default: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,10 @@ class Observed:
     services: frozenset[str] = frozenset()
     podgroup_available: bool = False
     progress: Mapping[str, Any] | None = None  # polled from the running chief
+    #: Whether the model directory's claim exists; None when not looked up (it is looked
+    #: up only before the experiment has pods: see :func:`claim_to_check`).
+    claim_exists: bool | None = None
+    storage_classes: StorageClasses | None = None  # looked up when a claim is to be made
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ class Plan:
     configmap: dict[str, Any] | None = None
     network_policy: dict[str, Any] | None = None
     podgroup: dict[str, Any] | None = None
+    claim: dict[str, Any] | None = None  # created before any pod
     create_services: list[dict[str, Any]] = field(default_factory=list)
     create_pods: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[tuple[str, str]] = field(default_factory=list)
@@ -263,6 +285,11 @@ class _Planner:
                              encrypt_wire=self.options.encrypt_wire,
                              image_pull_policy=self.options.image_pull_policy)
         self.plan.configmap = builder.configmap()
+        if not self.storage(spec):
+            self.plan.configmap = None
+            self.requeue_at_deadline(spec, start)
+            self.plan.requeue(STORAGE_RETRY_SECONDS)
+            return
         desired = spec.replica_keys()
         desired_names = {names.replica_name(self.ref.name, r, i) for r, i in desired}
         self.scale_down(desired_names)
@@ -296,6 +323,50 @@ class _Planner:
             self.plan.network_policy = build_network_policy(
                 self.ref.name, self.ref.namespace, self.ref.owner_reference(),
                 self.options.network_policy)
+
+    def storage(self, spec: ExperimentSpec) -> bool:
+        """Whether the model directory's storage is there, or will be made with the pods;
+        if not, say why and how to fix it (condition StorageReady False, an event)."""
+        claim = model_claim(spec)
+        if claim is None:
+            return self.storage_ready(True, "Ephemeral", "The model directory is ephemeral: "
+                                      "each pod has its own, lost with it.")
+        ready = f"The model directory is on PersistentVolumeClaim {claim}."
+        if self.observed.claim_exists is not False:
+            return self.storage_ready(True, "ClaimReady", ready)
+        storage = spec.storage
+        ns = self.ref.namespace
+        if storage.claim_name is not None:
+            return self.storage_ready(
+                False, "ClaimNotFound",
+                f"spec.storage.persistentVolumeClaim.claimName: PersistentVolumeClaim "
+                f"{claim} does not exist in namespace {ns}; create it, or name an existing "
+                "claim. No pods are created until it exists.")
+        classes = self.observed.storage_classes or StorageClasses()
+        if storage.storage_class is None and classes.default is None:
+            return self.storage_ready(
+                False, "NoDefaultStorageClass",
+                "The cluster has no default StorageClass, so the model directory's claim "
+                f"{claim} cannot be made: set spec.storage.storageClassName, or "
+                "spec.storage.persistentVolumeClaim.claimName to an existing claim, or "
+                f"annotate a StorageClass {names.DEFAULT_CLASS_ANNOTATION}=true; or set "
+                "spec.storage.ephemeral: true for a throwaway run. No pods are created "
+                "until then.")
+        if storage.storage_class is not None and storage.storage_class not in classes.names:
+            return self.storage_ready(
+                False, "StorageClassNotFound",
+                f"spec.storage.storageClassName: StorageClass {storage.storage_class} does "
+                "not exist; name an existing class. No pods are created until it exists.")
+        self.plan.claim = build_model_claim(self.ref, spec)
+        return self.storage_ready(True, "ClaimReady", ready)
+
+    def storage_ready(self, ready: bool, reason: str, message: str) -> bool:
+        old = get_condition(self.conditions, STORAGE_CONDITION) or {}
+        if not ready and old.get("reason") != reason:
+            self.plan.events.append(Event("Warning", reason, message))
+        self.conditions = set_condition(self.conditions, STORAGE_CONDITION, ready, reason,
+                                        message, self.now)
+        return ready
 
     def gang_scheduling(self, spec: ExperimentSpec) -> bool:
         """The PodGroup when gang scheduling is asked for and possible; whether it is."""
@@ -424,6 +495,16 @@ class _Planner:
             self.observed.pods.values(), spec.leader_role,
             dict(self.observed.progress) if self.observed.progress else None))
 
+    def storage_status(self, spec: ExperimentSpec) -> dict[str, str]:
+        """Where the model directory is, and the final export once the chief names it."""
+        result = {"claimName": model_claim(spec) or "", "modelDir": spec.model_dir or ""}
+        export = (self.status.get("metrics") or {}).get("export")
+        if not isinstance(export, str):
+            export = (self.old.get("storage") or {}).get("export")
+        if isinstance(export, str) and export:
+            result["export"] = export
+        return result
+
     def done(self, spec: ExperimentSpec | None) -> Plan:
         status = self.status
         status["conditions"] = self.conditions
@@ -432,6 +513,7 @@ class _Planner:
         if self.pod_restarts:
             status["podRestarts"] = self.pod_restarts
         if spec is not None:
+            status["storage"] = self.storage_status(spec)
             statuses = status.get("replicaStatuses")
             if statuses is None:
                 statuses = replica_statuses(spec.counts(), self.observed.pods.values(),
@@ -441,6 +523,31 @@ class _Planner:
             status["replicas"] = f"{active}/{spec.total_replicas}"
         self.plan.status = status
         return self.plan
+
+
+def claim_to_check(body: Mapping[str, Any], observed: Observed,
+                   options: Options | None = None) -> tuple[str, bool] | None:
+    """The claim whose existence a reconcile needs to know, and whether the operator would
+    create it; None when it needs neither.
+
+    Only an experiment that runs and has no pods yet (first start, resumed, or waiting
+    for its storage) asks: once pods mount the claim, its fate is theirs to report.
+    """
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp") or observed.pods:
+        return None
+    conditions = (body.get("status") or {}).get("conditions") or []
+    if is_true(conditions, "Succeeded") or is_true(conditions, "Failed"):
+        return None
+    try:
+        spec = parse_spec(body.get("spec") or {}, name=meta.get("name", ""),
+                          namespace=meta.get("namespace", ""),
+                          default_image=(options or Options()).default_image)
+    except SpecError:
+        return None
+    if spec.run_policy.suspend or (claim := model_claim(spec)) is None:
+        return None
+    return claim, spec.storage.creates_claim
 
 
 def plan(body: Mapping[str, Any], observed: Observed, now: datetime,

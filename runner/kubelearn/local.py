@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -402,9 +403,13 @@ def local_command(args: argparse.Namespace) -> int:
             print("kubelearn local: error: parameter servers need pyzmq: "
                   "pip install 'kubelearn[distributed]'", file=sys.stderr)
             return EXIT_BAD_INPUT
+    ephemeral = spec.storage.ephemeral and not args.model_dir
     try:
-        model_dir = os.path.abspath(args.model_dir or spec.model_dir
-                                    or os.path.join("output", spec.name))
+        if ephemeral:  # as in a pod: a directory of this run's own, gone at its end
+            model_dir = tempfile.mkdtemp(prefix=f"kubelearn-{spec.name}-")
+        else:  # as a claim: kept, and the next run resumes from its checkpoints
+            model_dir = os.path.abspath(args.model_dir or spec.model_dir
+                                        or os.path.join("output", spec.name))
         prepare_model_dir(model_dir, args.manifest, args.fresh)
     except (OSError, ValueError) as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
@@ -422,6 +427,9 @@ def local_command(args: argparse.Namespace) -> int:
     console.line(f"Experiment {spec.name} {outcome}")
     for line in launcher.summary():
         console.line(f"  {line}")
+    if ephemeral:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        console.line(f"  model dir {model_dir} removed (spec.storage.ephemeral)")
     return code
 
 

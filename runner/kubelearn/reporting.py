@@ -200,6 +200,10 @@ class Reporter:
         if isinstance(metrics.get("global_step"), float):
             metrics["global_step"] = int(metrics["global_step"])
         metrics["run"] = str(self.run.path)
+        exports = result[1] if isinstance(result, tuple) and len(result) > 1 else None
+        if isinstance(exports, list) and exports and isinstance(exports[-1], (str, bytes)):
+            last = exports[-1]
+            metrics["export"] = last.decode() if isinstance(last, bytes) else last
         return metrics
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
@@ -225,7 +229,8 @@ def write_termination_message(payload: dict[str, Any]) -> None:
         return
     text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
     if len(text.encode()) > TERMINATION_LIMIT:
-        text = json.dumps({k: payload[k] for k in ("global_step", "loss", "run", "error")
+        text = json.dumps({k: payload[k] for k in ("global_step", "loss", "run", "export",
+                                                    "error")
                            if k in payload}, separators=(",", ":"))
     try:
         with open(path, "w", encoding="utf-8") as handle:

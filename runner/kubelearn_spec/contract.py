@@ -20,6 +20,9 @@ PROGRESS_PORT = 2223
 PROGRESS_PATH = "/progress"
 
 CONTAINER_NAME = "kubelearn"
+#: The runner image's user and group (Dockerfile): the model directory's volume is made
+#: writable for this group (fsGroup).
+RUNNER_UID = RUNNER_GID = 65532
 TERMINATION_LOG = "/dev/termination-log"
 #: Keys of the experiment's Secret and cluster ConfigMap.
 TOKEN_KEY = "token"

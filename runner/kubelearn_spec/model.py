@@ -14,9 +14,11 @@ from typing import Any
 
 from . import names
 from .schema import (
+    DEFAULT_ACCESS_MODES,
     DEFAULT_BACKOFF_LIMIT,
     DEFAULT_CLEAN_POD_POLICY,
     DEFAULT_RESTART_POLICY,
+    DEFAULT_STORAGE_SIZE,
     DEFAULT_SUCCESS_POLICY,
     role_count,
 )
@@ -57,6 +59,28 @@ class RunPolicy:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """Where the model directory lives.
+
+    ``ephemeral``: in each pod, lost with it. Otherwise a claim mounted at the model
+    directory: ``claim_name`` when the spec names an existing one, else the claim the
+    operator creates (``<name>-model``) with ``size``, ``storage_class`` (None: the
+    cluster's default class) and ``access_modes``.
+    """
+
+    ephemeral: bool = False
+    claim_name: str | None = None
+    size: str = DEFAULT_STORAGE_SIZE
+    storage_class: str | None = None
+    access_modes: tuple[str, ...] = DEFAULT_ACCESS_MODES
+    delete_with_experiment: bool = False
+
+    @property
+    def creates_claim(self) -> bool:
+        return not self.ephemeral and self.claim_name is None
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     """A checked Experiment with its defaults; ``image`` and ``model_dir`` stay None
     where the spec leaves them to whoever runs it."""
@@ -71,6 +95,7 @@ class ExperimentSpec:
     image: str | None = None  # None: the operator's default image
     model_dir: str | None = None  # None: where the launcher or operator puts it
     schedule: str | None = None  # None: the default schedule of the replica's role
+    storage: Storage = field(default_factory=Storage)
 
     def count(self, role: str) -> int:
         spec = self.replicas.get(role)
@@ -129,6 +154,17 @@ def _run_policy(value: Mapping[str, Any]) -> RunPolicy:
         scheduling=scheduling)
 
 
+def _storage(value: Mapping[str, Any]) -> Storage:
+    claim = value.get("persistentVolumeClaim")
+    return Storage(
+        ephemeral=bool(value.get("ephemeral", False)),
+        claim_name=claim["claimName"] if claim else None,
+        size=value.get("size") or DEFAULT_STORAGE_SIZE,
+        storage_class=value.get("storageClassName"),
+        access_modes=tuple(value.get("accessModes") or DEFAULT_ACCESS_MODES),
+        delete_with_experiment=bool(value.get("deleteWithExperiment", False)))
+
+
 def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
     name = body["metadata"]["name"]
     spec = body["spec"]
@@ -142,7 +178,8 @@ def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
         success_policy=spec.get("successPolicy") or DEFAULT_SUCCESS_POLICY,
         image=spec.get("image"),
         model_dir=spec.get("modelDir"),
-        schedule=spec.get("schedule"))
+        schedule=spec.get("schedule"),
+        storage=_storage(spec.get("storage") or {}))
 
 
 def parse_spec(spec: Any, *, name: str, namespace: str) -> ExperimentSpec:

@@ -26,6 +26,8 @@ LABEL_INDEX = f"{GROUP}/index"
 LABEL_JOB_ROLE = f"{GROUP}/job-role"
 LABEL_QUEUE = f"{GROUP}/queue"
 ANNOTATION_RESTARTS = f"{GROUP}/restarts"
+#: StorageClass annotation that makes a class the cluster's default.
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
 PODGROUP_GROUP = "scheduling.x-k8s.io"
 PODGROUP_VERSION = "v1alpha1"
@@ -56,6 +58,11 @@ def secret_name(experiment: str) -> str:
 def cluster_configmap_name(experiment: str) -> str:
     """Name of the ConfigMap holding a large experiment's cluster spec (TF_CONFIG's bulk)."""
     return f"{experiment}-kubelearn-cluster"
+
+
+def model_claim_name(experiment: str) -> str:
+    """Name of the PersistentVolumeClaim the operator creates for the model directory."""
+    return f"{experiment}-model"
 
 
 def network_policy_name(experiment: str) -> str:

@@ -25,6 +25,16 @@ DEFAULT_CLEAN_POD_POLICY = "Running"
 DEFAULT_BACKOFF_LIMIT = 6
 DEFAULT_SUCCESS_POLICY = "default"
 
+ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
+DEFAULT_STORAGE_SIZE = "1Gi"
+DEFAULT_ACCESS_MODES = ("ReadWriteOnce",)
+#: A resource.Quantity as a PersistentVolumeClaim's storage request takes it.
+QUANTITY = r"([0-9]+([.][0-9]*)?|[.][0-9]+)([KMGTPE]i|[kMGTPE]|[eE][-+]?[0-9]+)?"
+#: A DNS-1123 subdomain: the names of claims and storage classes.
+DNS_1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+#: The fields that ask the operator to create the experiment's claim.
+NEW_CLAIM_FIELDS = ("size", "storageClassName", "accessModes", "deleteWithExperiment")
+
 MAX_REPLICAS = 100_000
 
 EXPERIMENT_FN = r"[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
@@ -178,6 +188,76 @@ def _replica_spec(role: str) -> dict[str, Any]:
     }
 
 
+def _has_any(obj: str, fields: tuple[str, ...]) -> str:
+    return "(" + " || ".join(f"has({obj}.{f})" for f in fields) + ")"
+
+
+def _storage_forms(storage: Mapping[str, Any]) -> int:
+    """How many of the three forms a storage spec gives."""
+    return (bool(storage.get("ephemeral")) + ("persistentVolumeClaim" in storage)
+            + any(f in storage for f in NEW_CLAIM_FIELDS))
+
+
+STORAGE_RULES = (
+    Rule("spec.storage",
+         "give one of ephemeral: true, persistentVolumeClaim (an existing claim), or size, "
+         "storageClassName, accessModes and deleteWithExperiment (a claim the operator "
+         "creates)",
+         "(has(self.ephemeral) && self.ephemeral ? 1 : 0) + "
+         "(has(self.persistentVolumeClaim) ? 1 : 0) + "
+         f"({_has_any('self', NEW_CLAIM_FIELDS)} ? 1 : 0) <= 1",
+         lambda storage: _storage_forms(storage) <= 1),
+)
+
+
+def _storage() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Where the model directory lives (checkpoints, exports, runs, event "
+                       "files). Default: a claim <name>-model from the cluster's default "
+                       "StorageClass, kept after the Experiment is deleted. ReadWriteOnce "
+                       "pins the experiment to one node; use ReadWriteMany to spread it.",
+        "_rules": STORAGE_RULES,
+        "properties": {
+            "ephemeral": {"type": "boolean",
+                          "description": "true: a directory private to each pod, lost with "
+                                         "it (a throwaway run)."},
+            "persistentVolumeClaim": {
+                "type": "object", "required": ["claimName"],
+                "description": "An existing claim, mounted at the model directory.",
+                "properties": {"claimName": {
+                    "type": "string", "maxLength": 253,
+                    "description": "Name of a PersistentVolumeClaim in the Experiment's "
+                                   "namespace.",
+                    "_rules": (_pattern_rule(
+                        "spec.storage.persistentVolumeClaim.claimName", DNS_1123_SUBDOMAIN,
+                        "must be the name of a PersistentVolumeClaim (a DNS-1123 "
+                        "subdomain)"),)}}},
+            "size": {"type": "string", "maxLength": 64,
+                     "description": "Storage request of the claim the operator creates "
+                                    f"(default {DEFAULT_STORAGE_SIZE}).",
+                     "_rules": (_pattern_rule("spec.storage.size", QUANTITY,
+                                              "must be a quantity such as 1Gi or 500Mi"),)},
+            "storageClassName": {
+                "type": "string", "maxLength": 253,
+                "description": "StorageClass of the claim the operator creates (default: "
+                               "the cluster's default class).",
+                "_rules": (_pattern_rule("spec.storage.storageClassName", DNS_1123_SUBDOMAIN,
+                                         "must be the name of a StorageClass"),)},
+            "accessModes": {
+                "type": "array", "minItems": 1, "maxItems": len(ACCESS_MODES),
+                "x-kubernetes-list-type": "set",
+                "description": "Access modes of the claim the operator creates (default "
+                               "ReadWriteOnce).",
+                "items": {"type": "string", "enum": list(ACCESS_MODES)}},
+            "deleteWithExperiment": {
+                "type": "boolean",
+                "description": "true: the claim the operator created is deleted with the "
+                               "Experiment. Default false: the trained model outlives it."},
+        },
+    }
+
+
 SPEC: dict[str, Any] = {
     "type": "object",
     "required": ["experimentFn"],
@@ -197,7 +277,9 @@ SPEC: dict[str, Any] = {
                            "(JSON); the runner checks their names and values."},
         "image": _string("Runner image; default is the operator's setting.", 1024),
         "modelDir": _string("Model directory; default /tmp/kubelearn/<namespace>/<name> on a "
-                            "cluster, ./output/<name> with kubelearn local.", 4096),
+                            "cluster, where spec.storage is mounted, and ./output/<name> "
+                            "with kubelearn local.", 4096),
+        "storage": _storage(),
         "schedule": {
             "type": "string", "maxLength": 253,
             "description": "Experiment method to run (kubelearn run --schedule); default by "
@@ -274,6 +356,13 @@ STATUS: dict[str, Any] = {
             "type": "object", "x-kubernetes-preserve-unknown-fields": True,
             "description": "Per pod: restarts made by the operator and the last failed pod "
                            "replaced."},
+        "storage": {
+            "type": "object",
+            "description": "Where the model directory is: the claim holding it (empty when "
+                           "ephemeral), its path in the replicas, and the final export's "
+                           "path there.",
+            "properties": {key: {"type": "string"}
+                           for key in ("claimName", "modelDir", "export")}},
         "podGroup": {"type": "object", "properties": {"name": {"type": "string"},
                                                       "message": {"type": "string"}}},
         "startTime": _TIME,

@@ -1,7 +1,8 @@
 """Checks a manifest against :data:`.schema.ROOT` the way the API server checks the CRD.
 
 The same keywords (type, required, enum, minimum, maximum, minLength, maxLength,
-maxProperties, unknown fields) and the same rules, each error naming the field path.
+maxProperties, minItems, maxItems, items, list-type set, unknown fields) and the same rules,
+each error naming the field path.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def check(node: Mapping[str, Any], value: Any, path: str) -> None:
         raise SpecError(path, f"must be at most {node['maxLength']} characters long")
     if kind == "object":
         _check_object(node, value, path)
+    if kind == "array":
+        if "minItems" in node and len(value) < node["minItems"]:
+            raise SpecError(path, f"must have at least {node['minItems']} item(s)")
+        if "maxItems" in node and len(value) > node["maxItems"]:
+            raise SpecError(path, f"must have at most {node['maxItems']} items")
+        for index, item in enumerate(value):
+            check(node.get("items", {}), item, f"{path}[{index}]")
+            if node.get("x-kubernetes-list-type") == "set" and item in value[:index]:
+                raise SpecError(f"{path}[{index}]", f"Duplicate value: {item!r}")
     for rule in node.get("_rules", ()):
         _rule(rule, value)
 

@@ -77,11 +77,29 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
         atexit.unregister(cp.stop)
 
 
+#: The default StorageClass, as kind and most clusters have one. Nothing provisions it
+#: here (no kubelet mounts volumes; the node agent's processes share one filesystem), so
+#: claims of it stay Pending; the real node (tests/node) has a real provisioner.
+DEFAULT_STORAGE_CLASS = {
+    "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+    "metadata": {"name": "standard", "annotations": {
+        "storageclass.kubernetes.io/is-default-class": "true"}},
+    "provisioner": "kubernetes.io/no-provisioner",
+    "volumeBindingMode": "WaitForFirstConsumer",
+}
+
+
 @pytest.fixture(scope="session")
 def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
-    """An ApiClient with admin (system:masters) credentials, loaded from the kubeconfig."""
+    """An ApiClient with admin (system:masters) credentials, loaded from the kubeconfig;
+    the cluster has a default StorageClass (:data:`DEFAULT_STORAGE_CLASS`)."""
     api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     try:
+        try:
+            client.StorageV1Api(api).create_storage_class(DEFAULT_STORAGE_CLASS)
+        except client.ApiException as error:
+            if error.status != 409:  # 409: there already
+                raise
         yield api
     finally:
         api.close()

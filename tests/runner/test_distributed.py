@@ -295,3 +295,29 @@ def test_chief_evaluates_and_exports_after_every_checkpoint_it_saves(tmp_path):
     assert not (model_dir / "eval" / "results.jsonl").exists()  # no separate final pass
     assert (model_dir / "export" / "every").is_dir()
     assert _pids_of(model_dir) == []
+
+
+def test_local_storage_rules_match_the_cluster(tmp_path):
+    """As on a cluster: the model directory is kept by default (a second run resumes from
+    it), and ``storage: {ephemeral: true}`` gives a run a directory of its own that is
+    removed at its end."""
+    kept = _manifest(tmp_path, "kept", {**HP, "train_steps": 200}, {"worker": 1})
+    run = [sys.executable, "-m", "kubelearn.cli", "local", "--no-progress"]
+    first = subprocess.run([*run, str(kept)], cwd=tmp_path, env=_env(), capture_output=True,
+                           text=True, timeout=240)
+    assert first.returncode == 0, first.stdout[-3000:]
+    model_dir = tmp_path / "output" / "kept"
+    assert checkpoints.latest_global_step(str(model_dir)) >= 200
+
+    throwaway = yaml.safe_load(kept.read_text())
+    throwaway["metadata"]["name"] = "gone"
+    throwaway["spec"]["storage"] = {"ephemeral": True}
+    path = tmp_path / "gone.yaml"
+    path.write_text(yaml.safe_dump(throwaway))
+    proc = subprocess.run([*run, str(path)], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if "(spec.storage.ephemeral)" in x]
+    removed = Path(line.split("model dir ", 1)[1].split(" removed", 1)[0])
+    assert removed.name.startswith("kubelearn-gone-") and not removed.exists()
+    assert not (tmp_path / "output" / "gone").exists()

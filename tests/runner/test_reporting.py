@@ -68,6 +68,11 @@ def test_chief_records_run_serves_progress_and_writes_termination_message(tmp_pa
     assert record.last_step() >= 30000
     assert record.series("val", "loss")
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
+    # The final export, named in the termination message, is whole and loads.
+    export = final["export"]
+    assert os.path.dirname(export) == str(model_dir / "export" / "model")
+    assert sorted(os.listdir(export)) == ["model.npz", "signature.json"]
+    assert not [e for e in os.listdir(os.path.dirname(export)) if not e.isdigit()]
 
 
 def test_failed_training_reports_the_error(tmp_path):

@@ -8,6 +8,7 @@ import json
 from kubelearn_operator.builders import (
     ExperimentRef,
     PodBuilder,
+    build_model_claim,
     build_pod,
     build_podgroup,
     build_secret,
@@ -112,7 +113,7 @@ def test_template_is_kept_and_ours_wins_on_conflicts() -> None:
 
 
 def test_pods_meet_the_restricted_pod_security_standard_by_default() -> None:
-    pod = build_pod(REF, _spec(), "worker", 0)
+    pod = build_pod(REF, _spec({**MINIMAL, "storage": {"ephemeral": True}}), "worker", 0)
     spec = pod["spec"]
     assert spec["securityContext"] == {"runAsNonRoot": True,
                                        "seccompProfile": {"type": "RuntimeDefault"}}
@@ -135,13 +136,18 @@ def test_template_security_settings_win_key_by_key() -> None:
                         "volumeMounts": [{"name": "scratch", "mountPath": "/data"}]}]}}}}})
     pod = build_pod(REF, spec, "worker", 0)["spec"]
     assert pod["securityContext"] == {"runAsNonRoot": False, "runAsUser": 1000,
-                                      "seccompProfile": {"type": "RuntimeDefault"}}
+                                      "seccompProfile": {"type": "RuntimeDefault"},
+                                      "fsGroup": 65532, "fsGroupChangePolicy": "OnRootMismatch"}
     assert pod["initContainers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     main = pod["containers"][0]
     assert main["securityContext"]["readOnlyRootFilesystem"] is False
     # A writable image needs no scratch volume; the user's mounts are kept as they are.
-    assert main["volumeMounts"] == [{"name": "scratch", "mountPath": "/data"}]
-    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"medium": "Memory"}}]
+    assert main["volumeMounts"] == [
+        {"name": "scratch", "mountPath": "/data"},
+        {"name": "kubelearn-model", "mountPath": "/tmp/kubelearn/ml/linear"}]
+    assert pod["volumes"] == [
+        {"name": "scratch", "emptyDir": {"medium": "Memory"}},
+        {"name": "kubelearn-model", "persistentVolumeClaim": {"claimName": "linear-model"}}]
 
 
 def test_pull_policy_applies_unless_the_template_sets_one() -> None:
@@ -245,3 +251,60 @@ def test_secret_carries_a_fresh_curve_key_and_pods_read_it() -> None:
     env = {e["name"]: e.get("valueFrom") for e in pod["spec"]["containers"][0]["env"]}
     assert env["KUBELEARN_CURVE_KEY"] == {"secretKeyRef": {
         "name": "linear-kubelearn-token", "key": contract.CURVE_KEY, "optional": True}}
+
+
+def _mounts(pod):
+    main = pod["spec"]["containers"][0]
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    return {m["mountPath"]: volumes[m["name"]] for m in main.get("volumeMounts") or []}
+
+
+def test_every_replica_mounts_the_model_claim_at_the_model_dir() -> None:
+    spec = _spec({**MINIMAL, "replicas": {"ps": 1, "worker": 1, "master": 1, "evaluator": 1}})
+    builder = PodBuilder(REF, spec)
+    for role in ("ps", "worker", "master", "evaluator"):
+        pod = builder.pod(role, 0)
+        mounts = _mounts(pod)
+        assert mounts["/tmp/kubelearn/ml/linear"] == {
+            "name": "kubelearn-model", "persistentVolumeClaim": {"claimName": "linear-model"}}
+        assert _env(pod["spec"]["containers"][0])["KUBELEARN_MODEL_DIR"] == \
+            "/tmp/kubelearn/ml/linear"
+        # The runner image's user (65532) writes it through its group.
+        assert pod["spec"]["securityContext"]["fsGroup"] == contract.RUNNER_GID == 65532
+
+
+def test_an_existing_claim_is_mounted_at_the_spec_model_dir() -> None:
+    spec = _spec({**MINIMAL, "modelDir": "/models/run1",
+                  "storage": {"persistentVolumeClaim": {"claimName": "team-models"}}})
+    mounts = _mounts(build_pod(REF, spec, "master", 0))
+    assert mounts["/models/run1"]["persistentVolumeClaim"] == {"claimName": "team-models"}
+
+
+def test_an_ephemeral_model_dir_mounts_no_claim() -> None:
+    pod = build_pod(REF, _spec({**MINIMAL, "storage": {"ephemeral": True}}), "worker", 0)
+    assert not any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
+    assert "fsGroup" not in pod["spec"]["securityContext"]
+
+
+def test_a_template_mount_at_the_model_dir_wins() -> None:
+    spec = _spec({"experimentFn": "m:f", "modelDir": "/data", "replicaSpecs": {"worker": {
+        "template": {"spec": {"volumes": [{"name": "nfs", "nfs": {"server": "s", "path": "/"}}],
+                              "containers": [{"name": "kubelearn", "volumeMounts": [
+                                  {"name": "nfs", "mountPath": "/data/"}]}]}}}}})
+    mounts = _mounts(build_pod(REF, spec, "worker", 0))
+    assert mounts["/data/"]["name"] == "nfs"
+    assert "/data" not in mounts
+
+
+def test_model_claim_outlives_the_experiment_unless_asked() -> None:
+    claim = build_model_claim(REF, _spec())
+    assert claim["metadata"] == {"name": "linear-model", "namespace": "ml",
+                                 "labels": {names.LABEL_EXPERIMENT: "linear"}}
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"],
+                             "resources": {"requests": {"storage": "1Gi"}}}
+    owned = build_model_claim(REF, _spec({**MINIMAL, "storage": {
+        "size": "3Gi", "storageClassName": "fast", "accessModes": ["ReadWriteMany"],
+        "deleteWithExperiment": True}}))
+    assert owned["metadata"]["ownerReferences"] == [REF.owner_reference()]
+    assert owned["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "fast",
+                             "resources": {"requests": {"storage": "3Gi"}}}

@@ -15,6 +15,8 @@ from kubelearn_operator.reconcile import (
     Observed,
     Options,
     Plan,
+    StorageClasses,
+    claim_to_check,
     plan,
     status_patch,
 )
@@ -91,7 +93,7 @@ def test_first_reconcile_creates_everything_once() -> None:
         "exp-master-0", "exp-ps-0", "exp-worker-0", "exp-worker-1"]
     assert sorted(s["metadata"]["name"] for s in result.create_services) == [
         "exp-master-0", "exp-ps-0", "exp-worker-0", "exp-worker-1"]
-    assert conditions(result) == {"Created": "True"}
+    assert conditions(result) == {"Created": "True", "StorageReady": "True"}
     assert result.status["phase"] == "Created"
     assert result.status["startTime"] == format_time(NOW)
     assert result.status["observedGeneration"] == 3
@@ -138,7 +140,7 @@ def test_running_once_every_pod_runs() -> None:
     step(b, observe(*running(except_=("ps", 0)), pod("ps", 0, "Pending")))
     assert b["status"]["phase"] == "Created"
     result = step(b, observe(*running()))
-    assert conditions(result) == {"Created": "True", "Running": "True"}
+    assert conditions(result) == {"Created": "True", "StorageReady": "True", "Running": "True"}
     assert b["status"]["phase"] == "Running"
     assert b["status"]["replicas"] == "4/4"
     assert b["status"]["replicaStatuses"]["worker"] == {"active": 2, "succeeded": 0,
@@ -276,7 +278,8 @@ def test_exit_code_restart_is_recorded_once_then_pod_recreated() -> None:
     assert created["metadata"]["annotations"][names.ANNOTATION_RESTARTS] == "1"
     assert b["status"]["phase"] == "Restarting"
     back = step(b, observe(*running()))
-    assert conditions(back) == {"Created": "True", "Running": "True", "Restarting": "False"}
+    assert conditions(back) == {"Created": "True", "StorageReady": "True", "Running": "True",
+                                "Restarting": "False"}
     assert b["status"]["replicaStatuses"]["worker"]["restarts"] == 1
 
 
@@ -464,3 +467,94 @@ def test_network_policy_when_the_operator_knows_its_own_pods() -> None:
     assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
     assert policy["spec"]["podSelector"] == {"matchLabels": {names.LABEL_EXPERIMENT: "exp"}}
     assert plan(body(), Observed(), NOW).network_policy is None
+
+
+# -- the model directory's storage ------------------------------------------------------------
+def storage_step(spec: dict[str, Any], claim_exists: bool | None,
+                 classes: StorageClasses | None = None) -> Plan:
+    return plan(body(spec), Observed(claim_exists=claim_exists, storage_classes=classes), NOW,
+                Options(default_image="runner:1"))
+
+
+def test_the_default_claim_is_made_from_the_default_class_before_the_pods() -> None:
+    result = storage_step(MINIMAL, False, StorageClasses(frozenset({"standard"}), "standard"))
+    assert result.claim is not None and result.claim["metadata"]["name"] == "exp-model"
+    assert "storageClassName" not in result.claim["spec"]  # the default class takes it
+    assert len(result.create_pods) == 4
+    assert conditions(result)["StorageReady"] == "True"
+    assert result.status is not None and result.status["storage"] == {
+        "claimName": "exp-model", "modelDir": "/tmp/kubelearn/ns/exp"}
+
+
+def test_without_a_default_class_the_experiment_waits_and_says_how_to_fix_it() -> None:
+    b = body()
+    result = step(b, Observed(claim_exists=False, storage_classes=StorageClasses()))
+    assert result.create_pods == [] and result.create_services == [] and result.claim is None
+    condition = next(c for c in result.status["conditions"] if c["type"] == "StorageReady")
+    assert condition["status"] == "False" and condition["reason"] == "NoDefaultStorageClass"
+    for hint in ("spec.storage.storageClassName", "spec.storage.ephemeral: true",
+                 "storageclass.kubernetes.io/is-default-class"):
+        assert hint in condition["message"]
+    assert result.status["phase"] == "Created"
+    assert reasons(result) == ["ExperimentCreated", "NoDefaultStorageClass"]
+    assert result.requeue_after is not None and result.requeue_after <= 10
+    # Told once: the next reconcile of the same wait posts no second event.
+    again = step(b, Observed(claim_exists=False, storage_classes=StorageClasses()))
+    assert reasons(again) == [] and again.create_pods == []
+    # A default class appears: the claim and the pods are made.
+    fixed = step(b, Observed(claim_exists=False,
+                             storage_classes=StorageClasses(frozenset({"s"}), "s")))
+    assert fixed.claim is not None and len(fixed.create_pods) == 4
+    assert conditions(fixed)["StorageReady"] == "True"
+
+
+def test_a_missing_existing_claim_names_the_field_and_creates_nothing() -> None:
+    spec = {**MINIMAL, "storage": {"persistentVolumeClaim": {"claimName": "models"}}}
+    result = storage_step(spec, False)
+    assert result.create_pods == [] and result.claim is None
+    condition = next(c for c in result.status["conditions"] if c["type"] == "StorageReady")
+    assert condition["reason"] == "ClaimNotFound"
+    assert condition["message"].startswith("spec.storage.persistentVolumeClaim.claimName: ")
+    assert "models" in condition["message"]
+    ok = storage_step(spec, True)
+    assert ok.claim is None and len(ok.create_pods) == 4  # an existing claim is only used
+    assert ok.status["storage"]["claimName"] == "models"
+
+
+def test_a_storage_class_that_does_not_exist_names_the_field() -> None:
+    spec = {**MINIMAL, "storage": {"storageClassName": "fast"}}
+    result = storage_step(spec, False, StorageClasses(frozenset({"slow"}), "slow"))
+    assert result.create_pods == []
+    condition = next(c for c in result.status["conditions"] if c["type"] == "StorageReady")
+    assert condition["reason"] == "StorageClassNotFound"
+    assert condition["message"].startswith("spec.storage.storageClassName: ")
+    made = storage_step(spec, False, StorageClasses(frozenset({"fast"}), None))
+    assert made.claim is not None and made.claim["spec"]["storageClassName"] == "fast"
+
+
+def test_ephemeral_storage_needs_no_claim() -> None:
+    result = storage_step({**MINIMAL, "storage": {"ephemeral": True}}, None)
+    assert result.claim is None and len(result.create_pods) == 4
+    assert result.status["storage"] == {"claimName": "", "modelDir": "/tmp/kubelearn/ns/exp"}
+
+
+def test_claim_is_looked_up_only_before_the_experiment_has_pods() -> None:
+    assert claim_to_check(body(), Observed()) == ("exp-model", True)
+    existing = body({**MINIMAL, "storage": {"persistentVolumeClaim": {"claimName": "m"}}})
+    assert claim_to_check(existing, Observed()) == ("m", False)
+    assert claim_to_check(body(), observe(*running())) is None
+    assert claim_to_check(body({**MINIMAL, "storage": {"ephemeral": True}}), Observed()) is None
+    done = body(status={"conditions": [{"type": "Succeeded", "status": "True"}]})
+    assert claim_to_check(done, Observed()) is None
+    assert claim_to_check(body({**MINIMAL, "runPolicy": {"suspend": True}}), Observed()) is None
+
+
+def test_status_keeps_the_final_export_the_chief_reports() -> None:
+    final = json.dumps({"global_step": 10, "export": "/tmp/kubelearn/ns/exp/export/1700"})
+    b = body()
+    pods = [pod(r, i, "Succeeded", exit_code=0,
+                termination=final if r == "master" else None) for r, i in ALL]
+    result = step(b, observe(*pods))
+    assert result.status["storage"]["export"] == "/tmp/kubelearn/ns/exp/export/1700"
+    later = step(b, observe())  # finished, pods cleaned up: the status keeps it
+    assert later.status["storage"]["export"] == "/tmp/kubelearn/ns/exp/export/1700"

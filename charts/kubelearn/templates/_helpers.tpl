@@ -54,6 +54,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "patch"]
+# The model directory's claim: looked up before an experiment's first pods, created when
+# the experiment asks the operator for one. Never deleted by the operator.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create"]
 # Events on Experiments, from the operator and its framework.
 - apiGroups: [""]
   resources: ["events"]

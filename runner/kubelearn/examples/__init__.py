@@ -41,9 +41,11 @@ def run_config_for(run_config: Any, output_dir: str | None, hp: dict[str, Any]) 
 
 def make_experiment(estimator: Any, train: tuple[Any, Any], evaluation: tuple[Any, Any],
                     hp: dict[str, Any]) -> Any:
-    """An Experiment that trains on shuffled batches of ``train`` (each task its own order)
-    and evaluates on one pass over ``evaluation``."""
+    """An Experiment that trains on shuffled batches of ``train`` (each task its own order),
+    evaluates on one pass over ``evaluation`` and exports the model after each evaluation
+    (``<model_dir>/export/model/<ms>``)."""
     from kubelearn.experiment import Experiment
+    from kubelearn.export import make_export_strategy
     from kubelearn.inputs import numpy_input_fn
 
     seed = int(hp["seed"]) + estimator.config.task_id + 1
@@ -52,4 +54,5 @@ def make_experiment(estimator: Any, train: tuple[Any, Any], evaluation: tuple[An
     eval_input_fn = numpy_input_fn(*evaluation, batch_size=1024, num_epochs=1, shuffle=False)
     return Experiment(estimator, train_input_fn, eval_input_fn,
                       train_steps=int(hp["train_steps"]), eval_steps=None, eval_delay_secs=0,
-                      continuous_eval_throttle_secs=float(hp["eval_throttle_secs"]))
+                      continuous_eval_throttle_secs=float(hp["eval_throttle_secs"]),
+                      export_strategies=[make_export_strategy("model", exports_to_keep=3)])
