@@ -133,6 +133,8 @@ class Reporter:
             pass
         if self.eval_hook.last:
             report["eval"] = {k: _finite(v) for k, v in self.eval_hook.last.items()}
+        if evaluator := evaluator_result(self.model_dir):
+            report["evaluator"] = evaluator
         report["run"] = str(self.run.path)
         return report
 
@@ -199,6 +201,8 @@ class Reporter:
             metrics.setdefault("loss", progress.get("loss"))
         if isinstance(metrics.get("global_step"), float):
             metrics["global_step"] = int(metrics["global_step"])
+        if evaluator := evaluator_result(self.model_dir):
+            metrics["evaluator"] = evaluator
         metrics["run"] = str(self.run.path)
         exports = result[1] if isinstance(result, tuple) and len(result) > 1 else None
         if isinstance(exports, list) and exports and isinstance(exports[-1], (str, bytes)):
@@ -222,6 +226,42 @@ class Reporter:
             self._server.server_close()
 
 
+#: Where the evaluator (``continuous_eval``) appends its evaluations, in the shared model dir.
+EVALUATOR_RESULTS = os.path.join("eval_continuous", "results.jsonl")
+EVALUATOR_TAIL_BYTES = 4096
+
+
+def _number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 1 << 63
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def evaluator_result(model_dir: str) -> dict[str, Any] | None:
+    """The evaluator's latest evaluation, read from the model directory it shares with the
+    chief: its finite numbers only, from at most the file's last EVALUATOR_TAIL_BYTES (it is
+    another pod's output, so nothing more of it is trusted)."""
+    try:
+        with open(os.path.join(model_dir, EVALUATOR_RESULTS), "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - EVALUATOR_TAIL_BYTES))
+            tail = handle.read(EVALUATOR_TAIL_BYTES)
+    except OSError:
+        return None
+    lines = tail.split(b"\n")
+    for line in reversed(lines[1:] if size > EVALUATOR_TAIL_BYTES else lines):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the tail, or being written
+        if isinstance(value, dict):
+            result = {str(k)[:64]: v for k, v in value.items() if _number(v)}
+            return dict(list(result.items())[:16]) or None
+    return None
+
+
 def write_termination_message(payload: dict[str, Any]) -> None:
     """Writes ``payload`` as JSON to ``$KUBELEARN_TERMINATION_LOG`` when that is set."""
     path = os.environ.get(ENV_TERMINATION_LOG)
@@ -229,8 +269,8 @@ def write_termination_message(payload: dict[str, Any]) -> None:
         return
     text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
     if len(text.encode()) > TERMINATION_LIMIT:
-        text = json.dumps({k: payload[k] for k in ("global_step", "loss", "run", "export",
-                                                    "error")
+        text = json.dumps({k: payload[k] for k in ("global_step", "loss", "evaluator", "run",
+                                                    "export", "error")
                            if k in payload}, separators=(",", ":"))
     try:
         with open(path, "w", encoding="utf-8") as handle:
