@@ -106,6 +106,8 @@ CASES = [
     Case("hparams-any-object", "anyhp", spec(hparams={"nested": {"a": [1, "x"]}})),
     Case("empty-success-policy-is-default", "emptysuccess", spec(successPolicy=""),
          expect={"success_policy": "default"}),
+    Case("model-dir-with-a-colon-is-a-path", "colon", spec(modelDir="/data/run:1//x"),
+         expect={"model_dir": "/data/run:1//x"}),
     Case("storage-default-is-a-new-claim", "store", spec(), expect={
         "storage.creates_claim": True, "storage.size": "1Gi", "storage.storage_class": None,
         "storage.access_modes": ("ReadWriteOnce",), "storage.delete_with_experiment": False}),
@@ -170,6 +172,10 @@ CASES = [
     Case("min-available-zero", "badgang", spec(runPolicy={
         "schedulingPolicy": {"minAvailable": 0}}), "spec.runPolicy.schedulingPolicy.minAvailable"),
     Case("model-dir-empty", "baddir", spec(modelDir=""), "spec.modelDir"),
+    Case("model-dir-unknown-url-scheme", "baddir", spec(modelDir="s3://bucket/models"),
+         "spec.modelDir"),
+    Case("model-dir-url-any-scheme", "baddir", spec(modelDir="Foo+bar.1://x"),
+         "spec.modelDir"),
     Case("storage-two-forms", "badstorage", spec(storage={
         "ephemeral": True, "size": "2Gi"}), "spec.storage"),
     Case("storage-claim-and-size", "badstorage", spec(storage={

@@ -188,6 +188,17 @@ def _replica_spec(role: str) -> dict[str, Any]:
     }
 
 
+#: What starts a URL (RFC 3986 scheme and "://"): a model directory is a path, so a URL is
+#: refused rather than taken for a relative directory named "s3:".
+URL_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+URL_RULE = Rule(
+    "spec.modelDir",
+    "must be a path: its URL scheme is not one kubelearn reads or writes; put the storage "
+    "at a path with spec.storage (a PersistentVolumeClaim) instead",
+    f"!self.matches({_cel_string('^' + URL_SCHEME)})",
+    lambda value: re.match(URL_SCHEME, value) is None)
+
+
 def _has_any(obj: str, fields: tuple[str, ...]) -> str:
     return "(" + " || ".join(f"has({obj}.{f})" for f in fields) + ")"
 
@@ -276,9 +287,11 @@ SPEC: dict[str, Any] = {
             "description": "Hyper-parameters, passed to every replica as KUBELEARN_HPARAMS "
                            "(JSON); the runner checks their names and values."},
         "image": _string("Runner image; default is the operator's setting.", 1024),
-        "modelDir": _string("Model directory; default /tmp/kubelearn/<namespace>/<name> on a "
-                            "cluster, where spec.storage is mounted, and ./output/<name> "
-                            "with kubelearn local.", 4096),
+        "modelDir": {**_string("Model directory, a path; default "
+                               "/tmp/kubelearn/<namespace>/<name> on a cluster, where "
+                               "spec.storage is mounted, and ./output/<name> with kubelearn "
+                               "local.", 4096),
+                     "_rules": (URL_RULE,)},
         "storage": _storage(),
         "schedule": {
             "type": "string", "maxLength": 253,

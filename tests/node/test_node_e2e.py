@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -327,8 +328,56 @@ def test_digits_with_two_ps_and_an_evaluator_succeeds(cluster: Cluster) -> None:
     cluster.kubectl("delete", "experiment", "digits", "--wait=false")
 
 
-@pytest.mark.xfail(strict=True, reason="each pod's model directory is its own until the "
-                   "experiment has shared storage: the evaluator never sees a checkpoint")
+READ_MODEL = r"""
+import json, os, sys
+import numpy as np
+from kubelearn import checkpoints
+from kubelearn.estimators import load_exported
+model_dir, export = sys.argv[1], sys.argv[2]
+out = {"uid": os.getuid()}
+latest = checkpoints.latest_checkpoint(model_dir)
+params, step = checkpoints.load(latest)
+out["checkpoint_step"] = step
+out["checkpoint_params"] = sorted(params)
+if export:
+    model = load_exported(export)
+    features = np.zeros((2, json.load(open(os.path.join(export, "signature.json")))["input_dim"]),
+                        np.float32)
+    out["predictions"] = {k: np.asarray(v).shape[0] for k, v in model.predict(features).items()}
+evaluations = os.path.join(model_dir, "eval_continuous", "results.jsonl")
+if os.path.exists(evaluations):
+    out["evaluator"] = json.loads(open(evaluations).read().splitlines()[-1])
+print(json.dumps(out))
+"""
+
+
+def _read_claim(cluster: Cluster, claim: str, model_dir: str, export: str = "") -> dict:
+    """Mount a claim in a fresh restricted pod (read-only) and load what the experiment left
+    there: the latest checkpoint, the export, the evaluator's last evaluation."""
+    name = f"read-{claim}"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "volumes": [{"name": "model", "persistentVolumeClaim": {
+                        "claimName": claim, "readOnly": True}}],
+                    "containers": [{
+                        "name": "read", "image": cluster.node.images["runner"],
+                        "imagePullPolicy": "Never",
+                        "command": ["python", "-c", READ_MODEL, model_dir, export],
+                        "volumeMounts": [{"name": "model", "mountPath": model_dir,
+                                          "readOnly": True}],
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}}]}}
+    cluster.apply(pod)
+    wait_for(lambda: cluster.get("pod", name)["status"].get("phase") in ("Succeeded", "Failed"),
+             timeout=180, description=f"pod {name} done")
+    logs = cluster.kubectl("logs", name).stdout
+    cluster.kubectl("delete", "pod", name, "--wait=false")
+    return json.loads(logs.strip().splitlines()[-1])
+
+
 def test_digits_evaluator_evaluates_the_masters_checkpoints(cluster: Cluster) -> None:
     manifest = yaml.safe_load((REPO / "examples" / "digits.yaml").read_text())
     manifest["metadata"]["name"] = "digits-eval"
@@ -339,7 +388,64 @@ def test_digits_evaluator_evaluates_the_masters_checkpoints(cluster: Cluster) ->
         logs = cluster.kubectl("logs", "digits-eval-evaluator-0", check=False).stdout
         return "Saving evaluation summary" in logs
 
-    try:
-        wait_for(evaluated, timeout=120, description="an evaluation by the evaluator")
-    finally:
-        cluster.kubectl("delete", "experiment", "digits-eval", "--wait=false")
+    wait_for(evaluated, timeout=180, description="an evaluation by the evaluator")
+    exp = cluster.wait_phase("digits-eval", "Succeeded", timeout=600)
+    # The chief reported the evaluator's evaluation (read from the shared volume).
+    evaluator = exp["status"]["metrics"]["evaluator"]
+    assert evaluator["global_step"] > 0 and 0 < evaluator["accuracy"] <= 1, evaluator
+    storage = exp["status"]["storage"]
+    seen = _read_claim(cluster, storage["claimName"], storage["modelDir"])
+    # The evaluator's last evaluation is of the final checkpoint.
+    assert seen["evaluator"]["global_step"] >= 1500, seen
+    assert seen["evaluator"]["accuracy"] >= 0.9, seen
+    cluster.kubectl("delete", "experiment", "digits-eval", "--wait=false")
+
+
+def test_training_resumes_from_the_volume_after_losing_master_and_ps(cluster: Cluster) -> None:
+    every = 2000
+    manifest = linear("resume", 60000)
+    manifest["spec"]["hparams"]["save_checkpoints_steps"] = every
+    cluster.apply(manifest)
+    ps = cluster.running_pod("resume-ps-0")
+    wait_for(lambda: (cluster.get("experiment", "resume")["status"].get("step") or 0)
+             >= 3 * every, timeout=300, description="a few checkpoints")
+    container_id = ps["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    cluster.kubectl("delete", "pod", "resume-master-0", "--wait=false")
+    tasks = cluster.node.ctr("tasks", "ls").splitlines()[1:]
+    os.kill(next(int(t.split()[1]) for t in tasks if t.split()[0] == container_id), 9)
+    at_kill = cluster.get("experiment", "resume")["status"]["step"]
+    cluster.running_pod("resume-ps-0")
+    exp = cluster.wait_phase("resume", "Succeeded", timeout=900)
+    assert exp["status"]["metrics"]["global_step"] >= 60000
+    assert exp["status"]["replicaStatuses"]["ps"]["restarts"] >= 1
+    logs = cluster.kubectl("logs", "resume-ps-0", check=False).stdout
+    restored = [int(x) for x in re.findall(r"Restoring ps \[0\] from \S+ \(global step "
+                                           r"(\d+)\)", logs)]
+    # The new ps found the master's checkpoints on the volume, not an empty directory, and
+    # lost no more than the steps since the last one (plus what the status lagged behind).
+    assert restored and restored[0] >= every, logs[-3000:]
+    assert at_kill - restored[0] <= 2 * every, (at_kill, restored, logs[-2000:])
+    cluster.kubectl("delete", "experiment", "resume", "--wait=false")
+
+
+def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
+        cluster: Cluster) -> None:
+    manifest = linear("keep", 3000)
+    manifest["spec"]["runPolicy"]["cleanPodPolicy"] = "All"
+    cluster.apply(manifest)
+    exp = cluster.wait_phase("keep", "Succeeded", timeout=600)
+    wait_for(lambda: not json.loads(cluster.kubectl(
+        "get", "pods", "-l", "kubelearn.dev/experiment=keep", "-o", "json").stdout)["items"],
+        timeout=120, description="every pod of keep deleted (cleanPodPolicy All)")
+    storage = exp["status"]["storage"]
+    assert storage["claimName"] == "keep-model"
+    assert storage["export"].startswith(storage["modelDir"] + "/export/model/")
+    seen = _read_claim(cluster, "keep-model", storage["modelDir"], storage["export"])
+    assert seen["checkpoint_step"] >= 3000 and seen["checkpoint_params"]
+    assert seen["predictions"] and all(n == 2 for n in seen["predictions"].values())
+    assert seen["uid"] == 65532
+    claim = cluster.get("pvc", "keep-model")
+    assert claim["status"]["phase"] == "Bound"
+    cluster.kubectl("delete", "experiment", "keep", "--wait=true", timeout=120)
+    # The trained model outlives its Experiment.
+    assert cluster.get("pvc", "keep-model")["metadata"]["uid"] == claim["metadata"]["uid"]
