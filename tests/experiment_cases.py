@@ -106,6 +106,9 @@ CASES = [
     Case("hparams-any-object", "anyhp", spec(hparams={"nested": {"a": [1, "x"]}})),
     Case("empty-success-policy-is-default", "emptysuccess", spec(successPolicy=""),
          expect={"success_policy": "default"}),
+    Case("tensorboard", "board", spec(tensorboard=True), expect={"tensorboard": True}),
+    Case("longest-name-with-tensorboard", "t" * 51, spec(tensorboard=True,
+                                                         replicas={"worker": 1})),
     Case("model-dir-with-a-colon-is-a-path", "colon", spec(modelDir="/data/run:1//x"),
          expect={"model_dir": "/data/run:1//x"}),
     Case("storage-default-is-a-new-claim", "store", spec(), expect={
@@ -191,6 +194,12 @@ CASES = [
          "spec.storage.accessModes[0]"),
     Case("storage-no-access-modes", "badstorage", spec(storage={"accessModes": []}),
          "spec.storage.accessModes"),
+    Case("tensorboard-on-ephemeral-storage", "board", spec(
+        tensorboard=True, storage={"ephemeral": True}), "spec.tensorboard"),
+    Case("name-too-long-for-tensorboard", "t" * 52, spec(tensorboard=True,
+                                                         replicas={"worker": 1}),
+         "metadata.name"),
+    Case("tensorboard-not-a-boolean", "board", spec(tensorboard="yes"), "spec.tensorboard"),
     Case("storage-access-mode-twice", "badstorage", spec(storage={
         "accessModes": ["ReadWriteOnce", "ReadWriteOnce"]}), "spec.storage.accessModes[1]"),
     Case("storage-unknown-field", "badstorage", spec(storage={"claimName": "m"}),

@@ -96,6 +96,7 @@ class ExperimentSpec:
     model_dir: str | None = None  # None: where the launcher or operator puts it
     schedule: str | None = None  # None: the default schedule of the replica's role
     storage: Storage = field(default_factory=Storage)
+    tensorboard: bool = False
 
     def count(self, role: str) -> int:
         spec = self.replicas.get(role)
@@ -179,7 +180,8 @@ def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
         image=spec.get("image"),
         model_dir=spec.get("modelDir"),
         schedule=spec.get("schedule"),
-        storage=_storage(spec.get("storage") or {}))
+        storage=_storage(spec.get("storage") or {}),
+        tensorboard=bool(spec.get("tensorboard", False)))
 
 
 def parse_spec(spec: Any, *, name: str, namespace: str) -> ExperimentSpec:

@@ -25,6 +25,10 @@ LABEL_ROLE = f"{GROUP}/role"
 LABEL_INDEX = f"{GROUP}/index"
 LABEL_JOB_ROLE = f"{GROUP}/job-role"
 LABEL_QUEUE = f"{GROUP}/queue"
+#: The component label of what serves an experiment beside its replicas.
+LABEL_COMPONENT = f"{GROUP}/component"
+TENSORBOARD = "tensorboard"
+TENSORBOARD_PORT = 6006
 ANNOTATION_RESTARTS = f"{GROUP}/restarts"
 #: StorageClass annotation that makes a class the cluster's default.
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
@@ -63,6 +67,11 @@ def cluster_configmap_name(experiment: str) -> str:
 def model_claim_name(experiment: str) -> str:
     """Name of the PersistentVolumeClaim the operator creates for the model directory."""
     return f"{experiment}-model"
+
+
+def tensorboard_name(experiment: str) -> str:
+    """Name of the TensorBoard Deployment and Service of an experiment (spec.tensorboard)."""
+    return f"{experiment}-{TENSORBOARD}"
 
 
 def network_policy_name(experiment: str) -> str:

@@ -124,6 +124,12 @@ def _name_fits_cel() -> str:
     return "!has(self.metadata.name) || (" + " && ".join(parts) + ")"
 
 
+def _name_fits_tensorboard(body: Mapping[str, Any]) -> bool:
+    name = body["metadata"].get("name")
+    return (name is None or not body["spec"].get("tensorboard")
+            or len(names.tensorboard_name(name)) <= names.MAX_DNS_LABEL)
+
+
 ROOT_RULES = (
     Rule("metadata.name",
          "must be a DNS-1035 label (lower-case letters, digits and '-', "
@@ -135,6 +141,12 @@ ROOT_RULES = (
          "is too long: every pod and service name <name>-<role>-<index> "
          f"must fit in {names.MAX_DNS_LABEL} characters",
          _name_fits_cel(), _name_fits),
+    Rule("metadata.name",
+         "is too long for spec.tensorboard: its service <name>-tensorboard must fit in "
+         f"{names.MAX_DNS_LABEL} characters",
+         "!has(self.metadata.name) || !has(self.spec.tensorboard) || !self.spec.tensorboard "
+         f"|| size(self.metadata.name) <= {names.MAX_DNS_LABEL - len(names.TENSORBOARD) - 1}",
+         _name_fits_tensorboard),
 )
 
 SPEC_RULES = (
@@ -142,6 +154,13 @@ SPEC_RULES = (
     Rule("spec.replicas", "master and chief are exclusive; set one of them",
          f"!({_count_cel('self', 'master')} >= 1 && {_count_cel('self', 'chief')} >= 1)",
          lambda spec: not (role_count(spec, "master") >= 1 and role_count(spec, "chief") >= 1)),
+    Rule("spec.tensorboard",
+         "needs the model directory on a claim: TensorBoard reads it from a pod of its own, "
+         "and spec.storage.ephemeral gives each replica a private one",
+         "!(has(self.tensorboard) && self.tensorboard && has(self.storage) && "
+         "has(self.storage.ephemeral) && self.storage.ephemeral)",
+         lambda spec: not (spec.get("tensorboard")
+                           and (spec.get("storage") or {}).get("ephemeral"))),
     Rule("spec.replicas", "needs at least one worker or master (or chief)",
          " + ".join(_count_cel("self", role) for role in names.TRAINING_ROLES) + " >= 1",
          lambda spec: sum(role_count(spec, role) for role in names.TRAINING_ROLES) >= 1),
@@ -293,6 +312,12 @@ SPEC: dict[str, Any] = {
                                "local.", 4096),
                      "_rules": (URL_RULE,)},
         "storage": _storage(),
+        "tensorboard": {
+            "type": "boolean",
+            "description": "true: the operator serves the model directory with TensorBoard "
+                           "(a Deployment and a Service <name>-tensorboard on port "
+                           f"{names.TENSORBOARD_PORT}, reading the claim read-only), removed "
+                           "with the Experiment."},
         "schedule": {
             "type": "string", "maxLength": 253,
             "description": "Experiment method to run (kubelearn run --schedule); default by "
@@ -369,6 +394,11 @@ STATUS: dict[str, Any] = {
             "type": "object", "x-kubernetes-preserve-unknown-fields": True,
             "description": "Per pod: restarts made by the operator and the last failed pod "
                            "replaced."},
+        "tensorboard": {
+            "type": "object",
+            "description": "Where TensorBoard answers (spec.tensorboard): its Service and URL "
+                           "in the cluster.",
+            "properties": {key: {"type": "string"} for key in ("service", "url")}},
         "storage": {
             "type": "object",
             "description": "Where the model directory is: the claim holding it (empty when "
