@@ -1,16 +1,19 @@
 # syntax=docker/dockerfile:1.7
-# Two images from one build:
-#   docker build --target runner   -t kubelearn/runner:0.1.0   .   (what experiment pods run)
-#   docker build --target operator -t kubelearn/operator:0.1.0 .   (the operator, for the chart)
+# Three images from one build:
+#   docker build --target runner      -t kubelearn/runner:0.1.0      .  (what experiment pods run)
+#   docker build --target operator    -t kubelearn/operator:0.1.0    .  (the operator, for the chart)
+#   docker build --target tensorboard -t kubelearn/tensorboard:0.1.0 .  (spec.tensorboard)
 # The runner's entrypoint is `kubelearn`, so `docker run kubelearn/runner:0.1.0 run ...` is
 # `kubelearn run ...`; output is unbuffered, so `kubectl logs` shows it as it happens.
-# tensorboardX is left out of the runner: it brings protobuf, and without it the chief only
-# skips TensorBoard event files (with one warning). Extend the image to add it.
+# The runner has tensorboardX (the [tensorboard] extra), so the chief writes TensorBoard event
+# files into the model directory, where the tensorboard image serves them from.
 
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+ARG TENSORBOARD_VERSION=2.20.0
 
 # ---- builder: every wheel both images install, and tini ------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
+ARG TENSORBOARD_VERSION
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # tini forwards SIGTERM to the Python process, which as PID 1 would ignore it.
 RUN apt-get update \
@@ -20,13 +23,15 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runner/ runner/
 COPY operator/ operator/
-# runner: the kubelearn wheel with its [distributed] extra (numpy, pyyaml, pyzmq).
+# runner: the kubelearn wheel with its [distributed] (numpy, pyyaml, pyzmq) and [tensorboard]
+# (tensorboardX) extras.
 # operator: the kubelearn wheel alone plus its [operator] extra (kopf, kubernetes_asyncio,
 # prometheus-client), read from pyproject.toml so the two never drift; no numpy.
-RUN pip wheel --wheel-dir /wheels/runner ".[distributed]" \
+RUN pip wheel --wheel-dir /wheels/runner ".[distributed,tensorboard]" \
  && pip wheel --no-deps --wheel-dir /wheels/operator . \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['operator']))" > /tmp/operator.txt \
- && pip wheel --wheel-dir /wheels/operator --requirement /tmp/operator.txt
+ && pip wheel --wheel-dir /wheels/operator --requirement /tmp/operator.txt \
+ && pip wheel --wheel-dir /wheels/tensorboard "tensorboard==${TENSORBOARD_VERSION}"
 
 # ---- base: what both final images share -----------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
@@ -73,3 +78,16 @@ USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "kubelearn_operator"]
 CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
+
+# ---- tensorboard: serves an experiment's model directory (spec.tensorboard) -----------------
+FROM base AS tensorboard
+LABEL org.opencontainers.image.title="kubelearn-tensorboard" \
+      org.opencontainers.image.description="TensorBoard over a kubelearn experiment's model directory"
+RUN --mount=type=bind,from=builder,source=/wheels/tensorboard,target=/wheels \
+    pip install --no-index /wheels/*.whl \
+ && pip check
+USER 65532:65532
+EXPOSE 6006
+# The operator passes --logdir <model dir> --bind_all --port 6006.
+ENTRYPOINT ["/usr/bin/tini", "--", "tensorboard"]
+CMD ["--help"]

@@ -1,7 +1,7 @@
 """Pure builders of the objects an Experiment owns: its spec in, plain dicts out (no I/O).
 
-Pods, services, the token Secret, the cluster ConfigMap, the PodGroup and the model
-directory's claim; the names, the environment and TF_CONFIG come from the model
+Pods, services, the token Secret, the cluster ConfigMap, the PodGroup, the model
+directory's claim and TensorBoard; the names, the environment and TF_CONFIG come from the model
 (:mod:`kubelearn_spec`).
 """
 
@@ -284,3 +284,61 @@ def build_model_claim(ref: ExperimentRef, spec: ExperimentSpec) -> dict[str, Any
         body["storageClassName"] = storage.storage_class
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata,
             "spec": body}
+
+
+@dataclass(frozen=True)
+class TensorBoard:
+    """What serves an experiment's event files: a Deployment and its Service."""
+
+    deployment: dict[str, Any]
+    service: dict[str, Any]
+
+    @staticmethod
+    def url(ref: ExperimentRef, cluster_domain: str | None = None) -> str:
+        host = f"{names.tensorboard_name(ref.name)}.{ref.namespace}.svc"
+        if cluster_domain:
+            host += f".{cluster_domain}"
+        return f"http://{host}:{names.TENSORBOARD_PORT}"
+
+
+def build_tensorboard(ref: ExperimentRef, spec: ExperimentSpec, image: str,
+                      pull_policy: str | None = None) -> TensorBoard:
+    """TensorBoard over the model directory's claim, mounted read-only at the same path the
+    replicas write, so the event files' paths read the same. Owned by the Experiment:
+    removed with it."""
+    claim = model_claim(spec)
+    assert claim is not None and spec.model_dir is not None, "the schema refuses ephemeral"
+    name = names.tensorboard_name(ref.name)
+    labels = {**names.selector(ref.name), names.LABEL_COMPONENT: names.TENSORBOARD}
+    container: dict[str, Any] = {
+        "name": names.TENSORBOARD, "image": image,
+        "args": ["--logdir", spec.model_dir, "--bind_all",
+                 "--port", str(names.TENSORBOARD_PORT)],
+        "ports": [{"name": "http", "containerPort": names.TENSORBOARD_PORT,
+                   "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
+        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": spec.model_dir,
+                          "readOnly": True}],
+    }
+    if pull_policy:
+        container["imagePullPolicy"] = pull_policy
+    pod_spec: dict[str, Any] = {
+        "containers": [container], "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "volumes": [{"name": MODEL_VOLUME, "persistentVolumeClaim": {
+            "claimName": claim, "readOnly": True}}]}
+    _secure(pod_spec, container)
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": ref.metadata(name, labels),
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": pod_spec}},
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": ref.metadata(name, labels),
+        "spec": {"selector": labels, "ports": [{
+            "name": "http", "port": names.TENSORBOARD_PORT, "targetPort": "http",
+            "protocol": "TCP"}]},
+    }
+    return TensorBoard(deployment, service)

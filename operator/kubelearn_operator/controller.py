@@ -57,6 +57,7 @@ class Controller:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.options = Options(default_image=settings.image,
                                image_pull_policy=settings.image_pull_policy,
+                               tensorboard_image=settings.tensorboard_image,
                                cluster_domain=settings.cluster_domain,
                                inline_cluster_max=settings.inline_cluster_max,
                                network_policy=settings.network_policy,
@@ -127,8 +128,12 @@ class Controller:
 
         def parse_service(obj: dict[str, Any]) -> tuple[str, str] | None:
             meta = obj.get("metadata") or {}
-            experiment = (meta.get("labels") or {}).get(names.LABEL_EXPERIMENT)
-            return (experiment, controller_uid(meta)) if experiment else None
+            labels = meta.get("labels") or {}
+            experiment = labels.get(names.LABEL_EXPERIMENT)
+            # Replicas' services only: not TensorBoard's, which scaling must not remove.
+            if not experiment or names.LABEL_ROLE not in labels:
+                return None
+            return experiment, controller_uid(meta)
 
         def changed(ns: str, experiment: str) -> None:
             if (ns, experiment) in self.bodies:

@@ -161,6 +161,8 @@ class Executor:
                 ref, "podgroup", f"/apis/{names.PODGROUP_GROUP}/{names.PODGROUP_VERSION}/"
                 f"namespaces/{ref.namespace}/{names.PODGROUP_PLURAL}", result.podgroup,
                 "PodGroup"))
+        if result.tensorboard is not None and (ref.uid, "tensorboard") not in ensured:
+            calls.append(self._ensure_tensorboard(ref, result))
         services = [self._create(ref, "services", "Service", s) for s in result.create_services]
         pods = [self._create(ref, "pods", "Pod", p) for p in result.create_pods]
         outcomes = await asyncio.gather(*calls, *services, *pods, return_exceptions=True)
@@ -173,6 +175,17 @@ class Executor:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    async def _ensure_tensorboard(self, ref: ExperimentRef, result: Plan) -> None:
+        board = result.tensorboard
+        assert board is not None
+        await asyncio.gather(
+            self._ensure(ref, "tensorboard-deployment",
+                         f"/apis/apps/v1/namespaces/{ref.namespace}/deployments",
+                         board.deployment, "Deployment"),
+            self._ensure(ref, "tensorboard-service", f"/api/v1/namespaces/{ref.namespace}/services",
+                         board.service, "Service"))
+        self.expectations.ensured.add((ref.uid, "tensorboard"))
 
     async def _ensure(self, ref: ExperimentRef, what: str, path: str,
                       manifest: Mapping[str, Any], kind: str, replace: bool = False) -> None:

@@ -23,9 +23,11 @@ from .builders import (
     INLINE_CLUSTER_MAX_REPLICAS,
     ExperimentRef,
     PodBuilder,
+    TensorBoard,
     build_model_claim,
     build_podgroup,
     build_service,
+    build_tensorboard,
     model_claim,
 )
 from .netpol import NetworkPolicyConfig, build_network_policy
@@ -82,6 +84,7 @@ class Options:
 
     default_image: str = "kubelearn/runner:0.1.0"
     image_pull_policy: str | None = None
+    tensorboard_image: str = "kubelearn/tensorboard:0.1.0"
     cluster_domain: str | None = None
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
     network_policy: NetworkPolicyConfig | None = None
@@ -114,6 +117,7 @@ class Plan:
     network_policy: dict[str, Any] | None = None
     podgroup: dict[str, Any] | None = None
     claim: dict[str, Any] | None = None  # created before any pod
+    tensorboard: TensorBoard | None = None
     create_services: list[dict[str, Any]] = field(default_factory=list)
     create_pods: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[tuple[str, str]] = field(default_factory=list)
@@ -210,9 +214,11 @@ class _Planner:
                                          or format_time(self.now, round_up=True))
 
     def finished(self, spec: ExperimentSpec | None) -> None:
-        """Already finished: keep cleaning up per policy and honour ttlSecondsAfterFinished."""
+        """Already finished: keep cleaning up per policy and honour ttlSecondsAfterFinished;
+        TensorBoard stays, to look at the results."""
         if spec is None:
             return
+        self.tensorboard(spec)
         failed = is_true(self.conditions, "Failed")
         pods, services = cleanup(self.observed.pods, self.observed.services,
                                  spec.run_policy.clean_pod_policy, failed)
@@ -290,6 +296,7 @@ class _Planner:
             self.requeue_at_deadline(spec, start)
             self.plan.requeue(STORAGE_RETRY_SECONDS)
             return
+        self.tensorboard(spec)
         desired = spec.replica_keys()
         desired_names = {names.replica_name(self.ref.name, r, i) for r, i in desired}
         self.scale_down(desired_names)
@@ -359,6 +366,14 @@ class _Planner:
                 "not exist; name an existing class. No pods are created until it exists.")
         self.plan.claim = build_model_claim(self.ref, spec)
         return self.storage_ready(True, "ClaimReady", ready)
+
+    def tensorboard(self, spec: ExperimentSpec) -> None:
+        if spec.tensorboard:
+            self.plan.tensorboard = build_tensorboard(
+                self.ref, spec, self.options.tensorboard_image, self.options.image_pull_policy)
+            self.status["tensorboard"] = {
+                "service": names.tensorboard_name(self.ref.name),
+                "url": TensorBoard.url(self.ref, self.options.cluster_domain)}
 
     def storage_ready(self, ready: bool, reason: str, message: str) -> bool:
         old = get_condition(self.conditions, STORAGE_CONDITION) or {}

@@ -3,6 +3,8 @@
 KUBELEARN_RUNNER_IMAGE        image of replicas that name none (kubelearn/runner:0.1.0)
 KUBELEARN_RUNNER_IMAGE_PULL_POLICY  its imagePullPolicy (Always, IfNotPresent, Never; none:
                               Kubernetes' default)
+KUBELEARN_TENSORBOARD_IMAGE   image of an experiment's TensorBoard (kubelearn/tensorboard:0.1.0),
+                              pulled per KUBELEARN_RUNNER_IMAGE_PULL_POLICY too
 KUBELEARN_CLUSTER_DOMAIN      appended to replica addresses in TF_CONFIG (none: <svc>.<ns>.svc)
 KUBELEARN_API_QPS, _BURST     client-side rate limit of API requests (500/s, burst 1000)
 KUBELEARN_CREATE_CONCURRENCY  API requests in flight at once (64)
@@ -25,12 +27,14 @@ from dataclasses import dataclass
 from .netpol import NetworkPolicyConfig, network_policy_config
 
 DEFAULT_IMAGE = "kubelearn/runner:0.1.0"
+DEFAULT_TENSORBOARD_IMAGE = "kubelearn/tensorboard:0.1.0"
 
 
 @dataclass(frozen=True)
 class Settings:
     image: str = DEFAULT_IMAGE
     image_pull_policy: str | None = None
+    tensorboard_image: str = DEFAULT_TENSORBOARD_IMAGE
     cluster_domain: str | None = None
     api_qps: float = 500.0
     api_burst: int = 1000
@@ -62,6 +66,8 @@ class Settings:
         return cls(
             image=env.get("KUBELEARN_RUNNER_IMAGE") or DEFAULT_IMAGE,
             image_pull_policy=pull_policy(env.get("KUBELEARN_RUNNER_IMAGE_PULL_POLICY", "")),
+            tensorboard_image=(env.get("KUBELEARN_TENSORBOARD_IMAGE")
+                               or DEFAULT_TENSORBOARD_IMAGE),
             cluster_domain=env.get("KUBELEARN_CLUSTER_DOMAIN") or None,
             api_qps=number("KUBELEARN_API_QPS", cls.api_qps),
             api_burst=int(number("KUBELEARN_API_BURST", cls.api_burst)),

@@ -47,7 +47,7 @@ BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "python-is-python3", 
 BASE_ENV = ("PIP_BREAK_SYSTEM_PACKAGES=1",)
 
 VERSION = "0.1.0"
-TARGETS = ("runner", "operator")
+TARGETS = ("runner", "operator", "tensorboard")
 # The files the Dockerfile copies (see .dockerignore) plus the Dockerfile itself.
 BUILD_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "runner", "operator")
 
@@ -186,7 +186,7 @@ def _load(manifest: Path) -> dict[str, Image]:
 
 
 def ensure_images(log: TextIO | None = None) -> dict[str, Image]:
-    """Return the runner and operator images, building them once per set of inputs."""
+    """Return the runner, operator and tensorboard images, built once per set of inputs."""
     log = log if log is not None else sys.stderr
     if missing := missing_tools():
         raise ImageBuildError(f"missing build tools: {', '.join(missing)} (apt-get install "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -86,10 +87,22 @@ def test_runner_image_trains_linear_example_as_uid_65532(built, container, build
     ctr = container(built["runner"])
     proc = _run_in(ctr, buildah_env, "id -u; kubelearn run --experiment-fn "
                    "kubelearn.examples.linear:experiment_fn --hparams train_steps=50 "
-                   "--model-dir /tmp/linear")
+                   "--model-dir /tmp/linear; ls /tmp/linear")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[0] == "65532"
     assert "Loss for final step" in proc.stdout + proc.stderr
+    # tensorboardX is in the image: the event files TensorBoard reads are written.
+    assert "events.out.tfevents" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.node
+@pytest.mark.slow
+def test_tensorboard_image_runs_tensorboard_as_uid_65532(built, container, buildah_env) -> None:
+    ctr = container(built["tensorboard"])
+    proc = _run_in(ctr, buildah_env, "id -u; tensorboard --version_tb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split()[0] == "65532"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", proc.stdout.split()[1]), proc.stdout
 
 
 @pytest.mark.node

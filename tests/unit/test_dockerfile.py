@@ -114,17 +114,18 @@ def test_every_hadolint_ignore_is_justified():
                 f"line {i + 1}: '{line.strip()}' needs a comment line above it saying why")
 
 
-def test_two_targets_built_from_one_pinned_slim_python(stages):
-    assert list(stages) == ["builder", "base", "runner", "operator"]
+def test_three_targets_built_from_one_pinned_slim_python(stages):
+    assert list(stages) == ["builder", "base", "runner", "operator", "tensorboard"]
     for stage in ("builder", "base"):
         assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", stages[stage].base), stages[stage].base
     assert stages["builder"].base == stages["base"].base
     assert stages["runner"].base == "base"
     assert stages["operator"].base == "base"
+    assert stages["tensorboard"].base == "base"
 
 
 def test_final_images_run_as_the_fixed_non_root_uid(stages):
-    for name in ("runner", "operator"):
+    for name in ("runner", "operator", "tensorboard"):
         assert stages[name].last("USER") == f"{UID}:{UID}"
     assert f"--uid {UID}" in " ".join(stages["base"].all("RUN"))
 
@@ -138,6 +139,8 @@ def test_entrypoints(stages):
     assert operator == ["/usr/bin/tini", "--", "python", "-m", "kubelearn_operator"]
     assert json.loads(stages["operator"].last("CMD")) == [
         "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert json.loads(stages["tensorboard"].last("ENTRYPOINT")) == [
+        "/usr/bin/tini", "--", "tensorboard"]
     # What they start exists: the console script and the operator's __main__.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["kubelearn"] == "kubelearn.cli:main"
@@ -173,7 +176,11 @@ def test_builder_reads_the_operator_extra_from_pyproject(stages):
     assert out == extras["operator"]
     assert any(name.startswith("kopf") for name in out)
     runs = " ".join(stages["builder"].all("RUN"))
-    assert '".[distributed]"' in runs  # the runner: kubelearn with pyzmq
+    # The runner: kubelearn with pyzmq, and tensorboardX for the event files.
+    assert '".[distributed,tensorboard]"' in runs
+    # TensorBoard: one pinned release.
+    assert '"tensorboard==${TENSORBOARD_VERSION}"' in runs
+    assert re.search(r"^ARG TENSORBOARD_VERSION=\d+\.\d+\.\d+$", DOCKERFILE.read_text(), re.M)
 
 
 def test_oci_labels_and_version(stages):

@@ -308,3 +308,34 @@ def test_model_claim_outlives_the_experiment_unless_asked() -> None:
     assert owned["metadata"]["ownerReferences"] == [REF.owner_reference()]
     assert owned["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "fast",
                              "resources": {"requests": {"storage": "3Gi"}}}
+
+
+def test_tensorboard_reads_the_claim_read_only_and_is_owned_by_the_experiment() -> None:
+    from kubelearn_operator.builders import TensorBoard, build_tensorboard
+
+    spec = _spec({**MINIMAL, "tensorboard": True})
+    board = build_tensorboard(REF, spec, "tb:1", "Never")
+    deployment, service = board.deployment, board.service
+    assert deployment["metadata"]["name"] == service["metadata"]["name"] == "linear-tensorboard"
+    assert deployment["metadata"]["ownerReferences"] == [REF.owner_reference()]
+    assert service["metadata"]["ownerReferences"] == [REF.owner_reference()]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "tb:1" and container["imagePullPolicy"] == "Never"
+    assert container["args"] == ["--logdir", "/tmp/kubelearn/ml/linear", "--bind_all",
+                                 "--port", "6006"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    model = mounts["/tmp/kubelearn/ml/linear"]
+    assert model["readOnly"] is True
+    assert volumes[model["name"]]["persistentVolumeClaim"] == {"claimName": "linear-model",
+                                                               "readOnly": True}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    # Not a replica: no role label, so the operator's caches never count it as one.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert names.LABEL_ROLE not in labels and names.LABEL_ROLE not in service["metadata"]["labels"]
+    assert service["spec"]["selector"] == labels
+    assert service["spec"]["ports"][0]["port"] == 6006
+    assert TensorBoard.url(REF) == "http://linear-tensorboard.ml.svc:6006"

@@ -558,3 +558,20 @@ def test_status_keeps_the_final_export_the_chief_reports() -> None:
     assert result.status["storage"]["export"] == "/tmp/kubelearn/ns/exp/export/1700"
     later = step(b, observe())  # finished, pods cleaned up: the status keeps it
     assert later.status["storage"]["export"] == "/tmp/kubelearn/ns/exp/export/1700"
+
+
+def test_tensorboard_comes_with_the_storage_and_stays_after_the_end() -> None:
+    spec = {**MINIMAL, "tensorboard": True}
+    waiting = plan(body(spec), Observed(claim_exists=False, storage_classes=StorageClasses()),
+                   NOW, Options(default_image="runner:1"))
+    assert waiting.tensorboard is None  # no claim yet to read
+    b = body(spec)
+    result = step(b, observe())
+    assert result.tensorboard is not None
+    assert result.tensorboard.deployment["metadata"]["name"] == "exp-tensorboard"
+    assert result.status["tensorboard"] == {"service": "exp-tensorboard",
+                                            "url": "http://exp-tensorboard.ns.svc:6006"}
+    pods = [pod(r, i, "Succeeded", exit_code=0) for r, i in ALL]
+    done = step(b, observe(*pods))
+    assert conditions(done)["Succeeded"] == "True" and done.tensorboard is not None
+    assert plan(body(), observe(), NOW).tensorboard is None

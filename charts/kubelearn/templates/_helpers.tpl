@@ -59,6 +59,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "create"]
+# An experiment's TensorBoard (spec.tensorboard), removed with it by its owner reference.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["create"]
 # Events on Experiments, from the operator and its framework.
 - apiGroups: [""]
   resources: ["events"]
