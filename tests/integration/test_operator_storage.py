@@ -170,3 +170,40 @@ def test_without_a_default_class_it_waits_and_says_how_to_fix_it(
         c["status"] == "False" and c, 30, "StorageReady False")
     assert condition["reason"] == "StorageClassNotFound"
     assert condition["message"].startswith("spec.storage.storageClassName: ")
+
+
+def test_tensorboard_is_served_from_the_claim_and_goes_with_the_experiment(
+        experiments: Experiments, namespace: str, start_operator,
+        kube_api: client.ApiClient) -> None:
+    start_operator(namespace)
+    created = experiments.create("board", {**MINIMAL, "tensorboard": True})
+    experiments.wait_pods("board", {"board-master-0", "board-worker-0"})
+    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    deployment = wait_for(lambda: apps.read_namespaced_deployment("board-tensorboard",
+                                                                  namespace), 30,
+                          "the TensorBoard Deployment")
+    assert [o.uid for o in deployment.metadata.owner_references] == [created["metadata"]["uid"]]
+    pod = deployment.spec.template.spec
+    (volume,) = [v for v in pod.volumes if v.persistent_volume_claim]
+    assert (volume.persistent_volume_claim.claim_name,
+            volume.persistent_volume_claim.read_only) == ("board-model", True)
+    assert pod.containers[0].image == "kubelearn/tensorboard:0.1.0"
+    service = core.read_namespaced_service("board-tensorboard", namespace)
+    assert service.spec.ports[0].port == 6006
+    assert experiments.status("board")["tensorboard"] == {
+        "service": "board-tensorboard", "url": f"http://board-tensorboard.{namespace}.svc:6006"}
+    # Scaling the replicas leaves TensorBoard's service alone (it is not a replica's).
+    experiments.patch_spec("board", {"replicas": {"worker": 2, "master": 1}})
+    experiments.wait_pods("board", {"board-master-0", "board-worker-0", "board-worker-1"})
+    assert core.read_namespaced_service("board-tensorboard", namespace).metadata.uid == \
+        service.metadata.uid
+    experiments.delete("board")
+
+    def gone() -> bool:
+        try:
+            apps.read_namespaced_deployment("board-tensorboard", namespace)
+        except client.ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(gone, 60, "the TensorBoard Deployment removed with the Experiment")

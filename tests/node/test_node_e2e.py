@@ -432,6 +432,7 @@ def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
         cluster: Cluster) -> None:
     manifest = linear("keep", 3000)
     manifest["spec"]["runPolicy"]["cleanPodPolicy"] = "All"
+    manifest["spec"]["tensorboard"] = True
     cluster.apply(manifest)
     exp = cluster.wait_phase("keep", "Succeeded", timeout=600)
     wait_for(lambda: not json.loads(cluster.kubectl(
@@ -446,6 +447,26 @@ def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
     assert seen["uid"] == 65532
     claim = cluster.get("pvc", "keep-model")
     assert claim["status"]["phase"] == "Bound"
+
+    # TensorBoard reads the same claim, after the replicas are gone.
+    board = exp["status"]["tensorboard"]
+    assert board["url"] == f"http://keep-tensorboard.{NS}.svc:6006"
+    cluster.kubectl("rollout", "status", "deployment/keep-tensorboard", "--timeout=180s",
+                    timeout=200)
+    address = cluster.get("service", board["service"])["spec"]["clusterIP"]
+
+    def scalars() -> dict | None:
+        url = f"http://{address}:6006/data/plugin/scalars/tags"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            tags = json.load(response)
+        return tags if any("loss" in t for t in tags.values()) else None
+
+    tags = wait_for(scalars, timeout=120, description="TensorBoard's scalars")
+    assert set(tags) >= {".", "eval"}, tags  # training and evaluation curves, side by side
+
     cluster.kubectl("delete", "experiment", "keep", "--wait=true", timeout=120)
+    wait_for(lambda: cluster.kubectl("get", "deployment", "keep-tensorboard",
+                                     check=False).returncode != 0,
+             timeout=120, description="TensorBoard removed with the Experiment")
     # The trained model outlives its Experiment.
     assert cluster.get("pvc", "keep-model")["metadata"]["uid"] == claim["metadata"]["uid"]
