@@ -23,6 +23,7 @@ HELM_EXTRA_ARGS="${HELM_EXTRA_ARGS:-}"
 VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)"
 RUNNER_IMAGE="kubelearn/runner:${VERSION}"
 OPERATOR_IMAGE="kubelearn/operator:${VERSION}"
+TENSORBOARD_IMAGE="kubelearn/tensorboard:${VERSION}"
 STEPS=(create-cluster build-images load-images install wait-operator run-example
        wait-succeeded show-metrics uninstall delete-cluster)
 
@@ -47,17 +48,20 @@ create-cluster() {
 
 build-images() {
   need docker
-  say "building ${RUNNER_IMAGE} and ${OPERATOR_IMAGE}"
-  docker build --target runner --tag "$RUNNER_IMAGE" \
-    --build-arg "VCS_REF=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" .
-  docker build --target operator --tag "$OPERATOR_IMAGE" \
-    --build-arg "VCS_REF=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" .
+  say "building ${RUNNER_IMAGE}, ${OPERATOR_IMAGE} and ${TENSORBOARD_IMAGE}"
+  local target ref
+  ref="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  for target in runner operator tensorboard; do
+    docker build --target "$target" --tag "kubelearn/${target}:${VERSION}" \
+      --build-arg "VCS_REF=${ref}" .
+  done
 }
 
 load-images() {
   need kind
   say "loading the images into ${KIND_CLUSTER}"
-  kind load docker-image --name "$KIND_CLUSTER" "$RUNNER_IMAGE" "$OPERATOR_IMAGE"
+  kind load docker-image --name "$KIND_CLUSTER" "$RUNNER_IMAGE" "$OPERATOR_IMAGE" \
+    "$TENSORBOARD_IMAGE"
 }
 
 install() {
