@@ -1,4 +1,5 @@
-"""Locate (building once if needed) the control-plane binary and helm through build.sh.
+"""Locate (building once if needed) the control-plane binary, helm and a real node's daemons
+through build.sh.
 
 The build itself lives in the shell script so that CI can pre-build without Python; this module
 only runs it and reads the paths it prints.
@@ -23,6 +24,7 @@ class Binaries:
     helm: Path
     coredns: Path | None = None
     netpol: Path | None = None
+    local_path: Path | None = None  # rancher's local-path-provisioner, for the node's volumes
 
 
 class BuildError(RuntimeError):
@@ -33,8 +35,8 @@ def ensure_built(progress: TextIO | None = None, node: bool = False,
                  netpol: bool = False) -> Binaries:
     """Run build.sh (a no-op when the cache holds the binaries) and return their paths.
 
-    node=True also builds what a real node needs beside the control plane (CoreDNS), and
-    netpol=True kube-network-policies for it.
+    node=True also builds what a real node needs beside the control plane (CoreDNS and
+    local-path-provisioner), and netpol=True kube-network-policies for it.
 
     build.sh writes progress to stderr, which goes to `progress` (default: this process's
     stderr) line by line, so a cold build of several minutes shows in CI logs as it happens.
@@ -61,6 +63,7 @@ def ensure_built(progress: TextIO | None = None, node: bool = False,
     try:
         return Binaries(kubecp=Path(paths["KUBECP"]), helm=Path(paths["HELM"]),
                         coredns=Path(paths["COREDNS"]) if node else None,
-                        netpol=Path(paths["NETPOL"]) if node and netpol else None)
+                        netpol=Path(paths["NETPOL"]) if node and netpol else None,
+                        local_path=Path(paths["LOCAL_PATH"]) if node else None)
     except KeyError as exc:
         raise BuildError(f"{BUILD_SCRIPT} did not print {exc.args[0]}=<path>: {stdout!r}") from exc

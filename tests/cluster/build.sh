@@ -2,7 +2,8 @@
 # Build (or reuse) the test control plane binary `kubecp` and helm, in a cache outside the repo.
 #
 #   tests/cluster/build.sh            build both if missing; print KUBECP=<path> and HELM=<path>
-#   tests/cluster/build.sh node       also CoreDNS for a real node; print COREDNS=<path> too
+#   tests/cluster/build.sh node       also CoreDNS and local-path-provisioner for a real node;
+#                                     print COREDNS=<path> and LOCAL_PATH=<path> too
 #   tests/cluster/build.sh node netpol  and kube-network-policies; print NETPOL=<path> too
 #
 # The kubecp binary is cached under ${KUBELEARN_CACHE:-~/.cache/kubelearn}/kubecp-<hash>/, where
@@ -17,6 +18,10 @@ HELM_MODULE="helm.sh/helm/v3"
 HELM_VERSION="v3.19.5"
 COREDNS_MODULE="github.com/coredns/coredns"
 COREDNS_VERSION="v1.15.0"
+# Dynamic PersistentVolumes in directories on the node (kind ships it). v0.0.30 is the newest
+# release the Go module proxy serves whole; it builds with this machine's Go.
+LOCAL_PATH_MODULE="github.com/rancher/local-path-provisioner"
+LOCAL_PATH_VERSION="v0.0.30"
 # NetworkPolicy enforcement, from Kubernetes SIG Network (kind ships it).
 NETPOL_PACKAGE="sigs.k8s.io/kube-network-policies/cmd"
 NETPOL_VERSION="v0.8.0"
@@ -93,7 +98,8 @@ build_kubecp() {
 	mv -f "$tmp" "$bin"
 	log "built $bin ($(du -h "$bin" | cut -f1), $("$bin" version))"
 	# Builds for other sources that have not been used for two weeks are only taking space.
-	find "$cache" -maxdepth 1 \( -name 'kubecp-*' -o -name 'helm-*' -o -name 'coredns-*' -o -name 'kube-network-policies-*' \) -type d -mtime +14 \
+	find "$cache" -maxdepth 1 \( -name 'kubecp-*' -o -name 'helm-*' -o -name 'coredns-*' -o -name 'kube-network-policies-*' \
+		-o -name 'local-path-provisioner-*' \) -type d -mtime +14 \
 		-exec rm -rf {} + 2>/dev/null || true
 }
 
@@ -157,6 +163,8 @@ echo "KUBECP=$bin"
 echo "HELM=$helm_bin"
 if [[ "${1:-}" == node ]]; then
 	echo "COREDNS=$(go_install coredns "$COREDNS_MODULE" "$COREDNS_VERSION" | tail -1)"
+	echo "LOCAL_PATH=$(go_install local-path-provisioner "$LOCAL_PATH_MODULE" "$LOCAL_PATH_VERSION" \
+		| tail -1)"
 	if [[ "${2:-}" == netpol ]]; then
 		echo "NETPOL=$(go_install kube-network-policies "$NETPOL_PACKAGE" "$NETPOL_VERSION" | tail -1)"
 	fi

@@ -1,6 +1,6 @@
 """A real single-node cluster on this machine: its own control plane, containerd, runc, CNI,
-the kubelet, kube-scheduler, kube-proxy, CoreDNS and kube-network-policies, all started as
-child processes.
+the kubelet, kube-scheduler, kube-proxy, CoreDNS, kube-network-policies and
+local-path-provisioner, all started as child processes.
 
 Pods run in containers from the images built here (tests/node/images.py), on a bridge that
 exists only on this machine. Nothing is routed or masqueraded out: pods get no default route
@@ -8,6 +8,8 @@ exists only on this machine. Nothing is routed or masqueraded out: pods get no d
 off, and a DROP rule keeps the pod subnet off every other interface in case something turns it
 on. DNS answers `cluster.local` and nothing else. The API server listens on the bridge's
 address, so pods reach it through the `kubernetes` Service with their ServiceAccount token.
+As on kind, the default StorageClass `local-path` gives a claim a directory on the node (under
+the work directory) once a pod uses it, and deletes it with the claim.
 
 There is one node per machine (the bridge and the addresses are fixed); its work directory
 and state file live under the cache. `down` undoes everything `up` did, also after a crash:
@@ -67,9 +69,12 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The kubelet sets these kernel parameters (kubelet/cm: setupKernelTunables); down restores them.
 KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
                    "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
-# Endpoint slices for Services (kube-proxy, CoreDNS), and the node lifecycle, which lifts the
-# not-ready taint the kubelet registers with; the rest as in the plain control plane.
-CONTROLLERS = (*DEFAULT_CONTROLLERS, "endpointslice", "endpoint", "nodelifecycle")
+# Endpoint slices for Services (kube-proxy, CoreDNS), the node lifecycle, which lifts the
+# not-ready taint the kubelet registers with, and binding claims to volumes with the
+# protection finalizers' clean-up (without it a deleted claim or volume would stay forever);
+# the rest as in the plain control plane.
+CONTROLLERS = (*DEFAULT_CONTROLLERS, "endpointslice", "endpoint", "nodelifecycle",
+               "persistentvolume-binder", "pvc-protection", "pv-protection")
 HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables",
               "ip6tables", "nft", "gcc", "ip", "unshare")
 
@@ -77,6 +82,14 @@ STATE_FILE = "node.json"
 SERVICE_ACCOUNT_DIR = "/run/secrets/kubernetes.io/serviceaccount"
 #: The nftables table kube-network-policies keeps its rules in.
 NETPOL_TABLE = ("inet", "kube-network-policies")
+#: local-path-provisioner's names, as its deploy/local-path-storage.yaml has them.
+STORAGE_CLASS = "local-path"
+LOCAL_PATH_PROVISIONER = "rancher.io/local-path"
+LOCAL_PATH_NAMESPACE = "local-path-storage"
+LOCAL_PATH_CONFIG = "local-path-config"
+LOCAL_PATH_ACCOUNT = "local-path-provisioner-service-account"
+#: Where the volumes' directories go, under the work dir (so down removes them).
+LOCAL_PATH_DIR = "local-path"
 
 
 def cache_dir() -> Path:
@@ -134,6 +147,11 @@ class Node:
             raise AssertionError(f"kubectl {' '.join(args)} exited with {proc.returncode}:\n"
                                  f"{proc.stdout}{proc.stderr}")
         return proc
+
+    @property
+    def volumes_dir(self) -> Path:
+        """The host directory that holds a directory per dynamically provisioned volume."""
+        return self.workdir / LOCAL_PATH_DIR
 
     def ctr(self, *args: str) -> str:
         return _sh("ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", *args)
@@ -291,6 +309,46 @@ def corefile(kubeconfig: Path, port: int = 53) -> str:
 """
 
 
+def local_path_manifests(volumes: Path, helper_image: str) -> list[dict]:
+    """local-path-provisioner's objects as its deploy/local-path-storage.yaml makes them, less the
+    Deployment (it runs on the host here) and RBAC (it acts as the admin).
+
+    Its helper pod, which makes and removes each volume's directory, runs the runner image as
+    root (the parent directory belongs to root): the only image here with a shell, and no other
+    can be pulled. The setup script's mode 0777 lets a pod of any uid (65532) write there.
+    """
+    helper_pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helper-pod"},
+        "spec": {
+            "priorityClassName": "system-node-critical",
+            "tolerations": [{"key": "node.kubernetes.io/disk-pressure", "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "automountServiceAccountToken": False,  # it never calls the API server
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+            "containers": [{"name": "helper-pod", "image": helper_image,
+                            "imagePullPolicy": "Never"}],
+        },
+    }
+    config = {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES",
+                               "paths": [str(volumes)]}]}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LOCAL_PATH_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": LOCAL_PATH_ACCOUNT, "namespace": LOCAL_PATH_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": LOCAL_PATH_CONFIG, "namespace": LOCAL_PATH_NAMESPACE},
+         "data": {"config.json": json.dumps(config, indent=2),
+                  "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
+                  "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
+                  "helperPod.yaml": yaml.safe_dump(helper_pod, sort_keys=False)}},
+        {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+         "metadata": {"name": STORAGE_CLASS, "annotations": {
+             "storageclass.kubernetes.io/is-default-class": "true"}},
+         "provisioner": LOCAL_PATH_PROVISIONER, "volumeBindingMode": "WaitForFirstConsumer",
+         "reclaimPolicy": "Delete"},
+    ]
+
+
 def _write_kubelet_client_pki(pki: Path) -> tuple[Path, Path, Path]:
     """A CA the kubelet trusts and the API server's client certificate signed by it."""
     from cryptography import x509
@@ -434,7 +492,8 @@ def up(progress: TextIO | None = None, detach: bool = False, timeout: float = 18
         (wd / STATE_FILE).write_text(json.dumps(first))
         try:
             node = _start(wd, binaries.kubecp, binaries.helm, binaries.coredns,
-                          binaries.netpol, built, pause, say, detach, timeout)
+                          binaries.netpol, binaries.local_path, built, pause, say, detach,
+                          timeout)
         except BaseException:
             with contextlib.suppress(Exception):
                 down(progress=out, quiet=True)
@@ -463,30 +522,56 @@ def network_policy_unsupported() -> str | None:
     return None
 
 
-def _start_network_policies(wd: Path, cp: ControlPlane, netpol: Path, launcher: _Launcher
-                            ) -> tuple[subprocess.Popen, Path]:
-    # kube-network-policies: NetworkPolicy enforcement (NFQUEUE and nftables). It only knows
-    # the in-cluster configuration, whose credentials sit at a fixed path: it gets them in a
-    # mount namespace of its own, on a private /run, and nothing is written to the machine's.
-    sa_dir = wd / "network-policies-sa"
+def _in_cluster(wd: Path, cp: ControlPlane, name: str, argv: list[str]) -> list[str]:
+    """argv, run with client-go's in-cluster configuration: the API server's address in the
+    environment, and the admin's token and CA at the fixed ServiceAccount path, which it gets
+    in a mount namespace of its own, on a private /run, so nothing is written to the machine's.
+    """
+    sa_dir = wd / f"{name}-sa"
     sa_dir.mkdir()
     (sa_dir / "token").write_text(cp.admin_token)
     shutil.copy(cp.ca_file, sa_dir / "ca.crt")
-    (netpol_metrics,) = free_ports(1)
     api_port = cp.server.rsplit(":", 1)[1]
-    return launcher.start("kube-network-policies", [
-        "env", f"KUBERNETES_SERVICE_HOST={NODE_IP}", f"KUBERNETES_SERVICE_PORT={api_port}",
-        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-        'mount -t tmpfs tmpfs /run && mkdir -p "$3" && cp "$0/token" "$0/ca.crt" "$3" && '
-        'exec "$1" --hostname-override="$2" --disable-nri --metrics-bind-address="$4" --v=1',
-        str(sa_dir), str(netpol), NODE_NAME, SERVICE_ACCOUNT_DIR,
-        f"127.0.0.1:{netpol_metrics}"])
+    return ["env", f"KUBERNETES_SERVICE_HOST={NODE_IP}", f"KUBERNETES_SERVICE_PORT={api_port}",
+            "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount -t tmpfs tmpfs /run && mkdir -p "$1" && cp "$0/token" "$0/ca.crt" "$1" && '
+            'shift && exec "$@"', str(sa_dir), SERVICE_ACCOUNT_DIR, *argv]
+
+
+def _start_network_policies(wd: Path, cp: ControlPlane, netpol: Path, launcher: _Launcher
+                            ) -> tuple[subprocess.Popen, Path]:
+    # kube-network-policies: NetworkPolicy enforcement (NFQUEUE and nftables). It only knows
+    # the in-cluster configuration.
+    (netpol_metrics,) = free_ports(1)
+    return launcher.start("kube-network-policies", _in_cluster(wd, cp, "kube-network-policies", [
+        str(netpol), f"--hostname-override={NODE_NAME}", "--disable-nri",
+        f"--metrics-bind-address=127.0.0.1:{netpol_metrics}", "--v=1"]))
+
+
+def _start_local_path(wd: Path, cp: ControlPlane, local_path: Path, helper_image: str,
+                      launcher: _Launcher) -> tuple[subprocess.Popen, Path]:
+    """local-path-provisioner, which makes a PersistentVolume for each claim of the default
+    StorageClass: a directory under the work dir, made and removed by a helper pod.
+
+    It reads its configuration and the helper pod's template from its ConfigMap, created here
+    first. The API server is reached with the node's kubeconfig; the in-cluster configuration
+    is there too because it copies each helper pod's log into its own only through that.
+    """
+    volumes = wd / LOCAL_PATH_DIR
+    volumes.mkdir(mode=0o755)
+    manifests = local_path_manifests(volumes, helper_image)
+    _sh(*cp.kubectl, "apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+    return launcher.start("local-path-provisioner", _in_cluster(wd, cp, "local-path-provisioner", [
+        str(local_path), "--debug", "start", f"--kubeconfig={cp.kubeconfig}",
+        f"--namespace={LOCAL_PATH_NAMESPACE}", f"--configmap-name={LOCAL_PATH_CONFIG}",
+        f"--provisioner-name={LOCAL_PATH_PROVISIONER}", f"--helper-image={helper_image}",
+        f"--service-account-name={LOCAL_PATH_ACCOUNT}"]))
 
 
 def _start(wd: Path, kubecp: Path, helm: Path, coredns: Path | None, netpol: Path | None,
-           built: dict[str, images.Image], pause: images.Image,
+           local_path: Path | None, built: dict[str, images.Image], pause: images.Image,
            say: Callable[[str], None], detach: bool, timeout: float) -> Node:
-    assert coredns is not None
+    assert coredns is not None and local_path is not None
     _setup_network()
     say(f"bridge {BRIDGE} {NODE_IP} for pods in {POD_CIDR}")
     ca, client_cert, client_key = _write_kubelet_client_pki(wd / "pki")
@@ -556,6 +641,9 @@ def _start(wd: Path, kubecp: Path, helm: Path, coredns: Path | None, netpol: Pat
     if netpol is not None:
         daemons.append(("kube-network-policies", *_start_network_policies(wd, cp, netpol,
                                                                           launcher)))
+    provisioner, provisioner_log = _start_local_path(wd, cp, local_path, names["runner"],
+                                                     launcher)
+    daemons.append(("local-path-provisioner", provisioner, provisioner_log))
 
     node = Node(cp=cp, workdir=wd, containerd_socket=socket,
                 pids=[*cp.pids, *(p.pid for p in launcher.procs)], pgid=cp.pgid,
@@ -576,6 +664,13 @@ def _start(wd: Path, kubecp: Path, helm: Path, coredns: Path | None, netpol: Pat
         return None if ready.get("status") == "True" else ready.get("message", "no Ready yet")
 
     _wait_until("kubelet", kubelet, kubelet_log, node_ready, timeout)
+
+    def provisioner_started() -> str | None:
+        started = "Starting provisioner controller" in provisioner_log.read_text(errors="replace")
+        return None if started else "not started yet"
+
+    _wait_until("local-path-provisioner", provisioner, provisioner_log, provisioner_started, 60)
+    say(f"StorageClass {STORAGE_CLASS} (default): volumes in {node.volumes_dir}")
     return node
 
 
