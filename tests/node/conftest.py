@@ -61,12 +61,23 @@ def _build_images(log: TextIO) -> None:
         images.ensure_pause(log=log)
 
 
+def _selects_node(session: pytest.Session) -> bool:
+    return any(set(NODE_FIXTURES) & set(getattr(item, "fixturenames", ()))
+               for item in session.items)
+
+
 @pytest.hookimpl(tryfirst=True)  # before the control plane's hook, so both builds overlap
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly or nodes.missing():
+    if session.config.option.collectonly:
         return
-    if any(set(NODE_FIXTURES) & set(getattr(item, "fixturenames", ()))
-           for item in session.items):
+    if nodes.missing():
+        if os.environ.get("KUBELEARN_REQUIRE_NODE") == "1" and _selects_node(session):
+            # Fail before a long build, not at the first node test half an hour later.
+            pytest.exit(f"the real node needs: {'; '.join(nodes.missing())} "
+                        "(KUBELEARN_REQUIRE_NODE=1; python3 -m tests.node.host installs it)",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
+        return
+    if _selects_node(session):
         lock = threading.Lock()
         with _terminal_output(session.config):
             builder = threading.Thread(target=_build_images, name="images", daemon=True,

@@ -10,8 +10,8 @@ import sys
 #: Building the images daemonless (tests/node/images.py).
 IMAGE_PACKAGES = ("buildah", "mmdebstrap", "uidmap", "fuse-overlayfs")
 #: Running the node (tests/node/node.py); gcc and libc6-dev build the pause image.
-NODE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack",
-                 "iproute2", "gcc", "libc6-dev")
+NODE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "nftables",
+                 "conntrack", "iproute2", "gcc", "libc6-dev")
 
 
 def apt_install() -> None:
