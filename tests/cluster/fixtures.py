@@ -89,17 +89,22 @@ DEFAULT_STORAGE_CLASS = {
 }
 
 
+def ensure_default_storage_class(api: client.ApiClient) -> None:
+    """Create :data:`DEFAULT_STORAGE_CLASS` unless it is there."""
+    try:
+        client.StorageV1Api(api).create_storage_class(DEFAULT_STORAGE_CLASS)
+    except client.ApiException as error:
+        if error.status != 409:  # 409: there already
+            raise
+
+
 @pytest.fixture(scope="session")
 def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
     """An ApiClient with admin (system:masters) credentials, loaded from the kubeconfig;
     the cluster has a default StorageClass (:data:`DEFAULT_STORAGE_CLASS`)."""
     api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     try:
-        try:
-            client.StorageV1Api(api).create_storage_class(DEFAULT_STORAGE_CLASS)
-        except client.ApiException as error:
-            if error.status != 409:  # 409: there already
-                raise
+        ensure_default_storage_class(api)
         yield api
     finally:
         api.close()

@@ -29,6 +29,7 @@ from kubernetes import client, config
 from tests.cluster import __main__ as cluster_cli
 from tests.cluster.build import ensure_built
 from tests.cluster.controlplane import start_control_plane
+from tests.cluster.fixtures import ensure_default_storage_class
 from tests.cluster.helpers import apply_yaml, wait_for
 from tests.e2e.stack import NodeAgent, pod_log_paths
 from tests.operator_stack import CRD, Operator
@@ -87,6 +88,7 @@ def up(namespaces: list[str]) -> int:
     _stop_group(state.get("agent"))
     api = config.new_client_from_config(config_file=str(cp.kubeconfig))
     apply_yaml(api, CRD)
+    ensure_default_storage_class(api)  # as kind has: experiments' claims are made from it
     ext = client.ApiextensionsV1Api(api)
     wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
                          ext.read_custom_resource_definition(

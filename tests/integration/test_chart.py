@@ -52,8 +52,12 @@ NAMESPACED_RULES = {
     ("", "events"): {"create"},
     ("scheduling.x-k8s.io", "podgroups"): {"create"},
     ("networking.k8s.io", "networkpolicies"): {"create"},
+    ("", "persistentvolumeclaims"): {"get", "create"},
+    ("apps", "deployments"): {"create"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+#: Cluster-wide in both scopes: which class makes the model directory's claim.
+STORAGE_CLASS_RULES = {("storage.k8s.io", "storageclasses"): {"list"}}
 NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 
 
@@ -270,7 +274,7 @@ def test_cluster_scope_grants_exactly_the_operator_verbs(control_plane: ControlP
     docs = render(control_plane)
     assert not kinds(docs, "Role") and not kinds(docs, "RoleBinding")
     role = one(docs, "ClusterRole")
-    assert rules_of(role) == {**NAMESPACED_RULES, **CRD_RULES}
+    assert rules_of(role) == {**NAMESPACED_RULES, **CRD_RULES, **STORAGE_CLASS_RULES}
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
                                   "kind": "ClusterRole", "name": role["metadata"]["name"]}
@@ -291,8 +295,9 @@ def test_namespace_scope_grants_the_verbs_in_its_namespaces_only(control_plane: 
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "team-b"]
     for b in bindings:
         assert b["subjects"][0]["namespace"] == "ml"  # the operator's account, in its home
-    # Outside them: reading CRDs and namespaces only.
-    assert rules_of(one(docs, "ClusterRole")) == {**CRD_RULES, **NAMESPACE_RULES}
+    # Outside them: reading CRDs, namespaces and storage classes only.
+    assert rules_of(one(docs, "ClusterRole")) == {**CRD_RULES, **NAMESPACE_RULES,
+                                                  **STORAGE_CLASS_RULES}
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["--namespace=ml", "--namespace=team-b",
                                  "--liveness=http://0.0.0.0:8080/healthz"]
@@ -470,13 +475,13 @@ def test_installed_chart_operator_reconciles_as_its_service_account_cluster_scop
     assert events, "the audit log has nothing from the chart's account"
     assert forbidden(events) == []
     assert refused_by_admission(events) == []
-    granted = {**NAMESPACED_RULES, **CRD_RULES}
+    granted = {**NAMESPACED_RULES, **CRD_RULES, **STORAGE_CLASS_RULES}
     for key, verbs in used(events).items():
         assert verbs <= granted.get(key, set()), (key, verbs)
     # The account did its work: every kind of object an experiment needs was created.
     by_kind = used(events)
     for key in (("", "pods"), ("", "services"), ("", "secrets"), ("", "events"),
-                ("networking.k8s.io", "networkpolicies")):
+                ("", "persistentvolumeclaims"), ("networking.k8s.io", "networkpolicies")):
         assert "create" in by_kind[key], key
     assert "patch" in by_kind[("kubelearn.dev", "experiments/status")]
     print("verbs used:", json.dumps({f"{g}/{r}": sorted(v) for (g, r), v in
@@ -497,7 +502,7 @@ def test_installed_chart_operator_reconciles_as_its_service_account_namespace_sc
     assert events
     assert forbidden(events) == []
     assert refused_by_admission(events) == []
-    granted = {**NAMESPACED_RULES, **CRD_RULES, **NAMESPACE_RULES}
+    granted = {**NAMESPACED_RULES, **CRD_RULES, **NAMESPACE_RULES, **STORAGE_CLASS_RULES}
     for key, verbs in used(events).items():
         assert verbs <= granted.get(key, set()), (key, verbs)
     # Nothing of other namespaces: asked of the API server (as the admin, so the

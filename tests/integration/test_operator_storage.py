@@ -176,7 +176,8 @@ def test_tensorboard_is_served_from_the_claim_and_goes_with_the_experiment(
         experiments: Experiments, namespace: str, start_operator,
         kube_api: client.ApiClient) -> None:
     start_operator(namespace)
-    created = experiments.create("board", {**MINIMAL, "tensorboard": True})
+    created = experiments.create("board", {**MINIMAL, "tensorboard": True,
+                                           "replicas": {"worker": 1, "master": 1}})
     experiments.wait_pods("board", {"board-master-0", "board-worker-0"})
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
     deployment = wait_for(lambda: apps.read_namespaced_deployment("board-tensorboard",

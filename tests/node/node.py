@@ -442,6 +442,27 @@ def _iptables_cleanup(binary: str) -> None:
             _sh(binary, "-t", table, "-X", name, check=False)
 
 
+def _nft_tables() -> list[str]:
+    """The machine's nftables tables (`table ip nat`, ...); iptables-nft makes them."""
+    if shutil.which("nft") is None:
+        return []
+    return [line.strip() for line in _sh("nft", "list", "tables", check=False).splitlines()
+            if line.strip()]
+
+
+def _remove_empty_tables(tables: set[str]) -> None:
+    """Delete the iptables tables that the node's components created and that hold no rule
+    once their rules are gone (a machine that had none before is left with none)."""
+    for table in tables:
+        _, family, name = table.split()
+        binary = {"ip": "iptables", "ip6": "ip6tables"}.get(family)
+        if binary is None:
+            continue
+        save = _sh(f"{binary}-save", "-t", name, check=False)
+        if not any(line.startswith("-A ") for line in save.splitlines()):
+            _sh("nft", "delete", "table", family, name, check=False)
+
+
 def _split_rule(rule: str) -> list[str]:
     return shlex.split(rule)
 
@@ -486,7 +507,7 @@ def up(progress: TextIO | None = None, detach: bool = False, timeout: float = 18
         wd = node_dir()
         wd.mkdir(parents=True)
         # Written first, so that down can undo a start that fails half way.
-        first = {"sysctls": _read_sysctls()}
+        first = {"sysctls": _read_sysctls(), "nft_tables": _nft_tables()}
         if not detach:
             first["watchdog"] = _start_watchdog(wd)
         (wd / STATE_FILE).write_text(json.dumps(first))
@@ -794,6 +815,8 @@ def down(progress: TextIO | None = None, quiet: bool = False) -> None:
             _iptables_cleanup(binary)
     if shutil.which("nft"):
         _sh("nft", "delete", "table", *NETPOL_TABLE, check=False)
+        if "nft_tables" in state:
+            _remove_empty_tables(set(_nft_tables()) - set(state["nft_tables"]))
     # kubepods cgroups, leaves first.
     for top in _kubepods_cgroups():
         for path in sorted((p for p in top.rglob("*") if p.is_dir()),

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubelearn_spec import names
 from tests.cluster.helpers import wait_for
 from tests.node import node as nodes
 
@@ -190,14 +191,16 @@ def test_killed_worker_process_comes_back_per_restart_policy(cluster: Cluster, p
     tasks = cluster.node.ctr("tasks", "ls").splitlines()[1:]
     pid = next(int(t.split()[1]) for t in tasks if t.split()[0] == container_id)
     os.kill(pid, 9)  # the container's init (tini): the container dies, not the pod
+    if by == "kubelet":  # the same pod, its container restarted
+        after = wait_for(lambda: (p := cluster.get("pod", f"{name}-worker-1"))["status"][
+            "containerStatuses"][0]["restartCount"] >= 1 and p, timeout=120,
+            description="worker-1's container restarted")
+        assert after["metadata"]["uid"] == uid
+    else:  # a new pod in its place (seen while it runs: at the end it may be cleaned up)
+        wait_for(lambda: cluster.get("pod", f"{name}-worker-1")["metadata"]["uid"] != uid,
+                 timeout=120, description="a new worker-1 pod")
     exp = cluster.wait_phase(name, "Succeeded", timeout=600)
     assert exp["status"]["replicaStatuses"]["worker"]["restarts"] >= 1, exp["status"]
-    after = cluster.get("pod", f"{name}-worker-1")
-    if by == "kubelet":  # the same pod, its container restarted
-        assert after["metadata"]["uid"] == uid
-        assert after["status"]["containerStatuses"][0]["restartCount"] >= 1
-    else:  # a new pod in its place
-        assert after["metadata"]["uid"] != uid
     assert exp["status"]["metrics"]["global_step"] >= 40000
     cluster.kubectl("delete", "experiment", name, "--wait=false")
 
@@ -419,10 +422,14 @@ def test_training_resumes_from_the_volume_after_losing_master_and_ps(cluster: Cl
     assert exp["status"]["metrics"]["global_step"] >= 60000
     assert exp["status"]["replicaStatuses"]["ps"]["restarts"] >= 1
     logs = cluster.kubectl("logs", "resume-ps-0", check=False).stdout
-    restored = [int(x) for x in re.findall(r"Restoring ps \[0\] from \S+ \(global step "
-                                           r"(\d+)\)", logs)]
-    # The new ps found the master's checkpoints on the volume, not an empty directory, and
-    # lost no more than the steps since the last one (plus what the status lagged behind).
+    restored = [int(x) for x in re.findall(r"Initialized \d+ variables at global step (\d+)",
+                                           logs)]
+    # The new ps was given the master's checkpoint from the volume, not fresh variables,
+    # and lost no more than the steps since it (plus what the status lagged behind).
+    clients = "".join(cluster.kubectl("logs", pod, check=False).stdout
+                      for pod in ("resume-master-0", "resume-worker-0", "resume-worker-1"))
+    model_dir = exp["status"]["storage"]["modelDir"]
+    assert f"Restoring ps [0] from {model_dir}/model.ckpt-" in clients, clients[-3000:]
     assert restored and restored[0] >= every, logs[-3000:]
     assert at_kill - restored[0] <= 2 * every, (at_kill, restored, logs[-2000:])
     cluster.kubectl("delete", "experiment", "resume", "--wait=false")
@@ -436,8 +443,9 @@ def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
     cluster.apply(manifest)
     exp = cluster.wait_phase("keep", "Succeeded", timeout=600)
     wait_for(lambda: not json.loads(cluster.kubectl(
-        "get", "pods", "-l", "kubelearn.dev/experiment=keep", "-o", "json").stdout)["items"],
-        timeout=120, description="every pod of keep deleted (cleanPodPolicy All)")
+        "get", "pods", "-l", f"kubelearn.dev/experiment=keep,{names.LABEL_ROLE}", "-o",
+        "json").stdout)["items"],
+        timeout=120, description="every replica of keep deleted (cleanPodPolicy All)")
     storage = exp["status"]["storage"]
     assert storage["claimName"] == "keep-model"
     assert storage["export"].startswith(storage["modelDir"] + "/export/model/")
