@@ -23,11 +23,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runner/ runner/
 COPY operator/ operator/
-# runner: the kubelearn wheel with its [distributed] (numpy, pyyaml, pyzmq) and [tensorboard]
-# (tensorboardX) extras.
+# runner: the kubelearn wheel (numpy, pyyaml, fsspec) with its [distributed] (pyzmq),
+# [tensorboard] (tensorboardX) and [s3] (s3fs: a model directory s3://bucket/prefix) extras.
 # operator: the kubelearn wheel alone plus its [operator] extra (kopf, kubernetes_asyncio,
 # prometheus-client), read from pyproject.toml so the two never drift; no numpy.
-RUN pip wheel --wheel-dir /wheels/runner ".[distributed,tensorboard]" \
+RUN pip wheel --wheel-dir /wheels/runner ".[distributed,tensorboard,s3]" \
  && pip wheel --no-deps --wheel-dir /wheels/operator . \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['operator']))" > /tmp/operator.txt \
  && pip wheel --wheel-dir /wheels/operator --requirement /tmp/operator.txt \
