@@ -207,6 +207,7 @@ def read_tail(location: str, nbytes: int) -> tuple[int, bytes]:
             handle.seek(max(0, size - nbytes))
             return size, handle.read(nbytes)
     with _remote_errors(location):
+        filesystem.invalidate_cache(path)  # the size of now, not of an earlier listing
         size = int(filesystem.size(path))
         data = filesystem.cat_file(path, start=max(0, size - nbytes), end=size) if size else b""
     return size, bytes(data)
