@@ -83,7 +83,7 @@ def test_distributed_training_on_s3_checkpoints_exports_and_resumes(s3_server, t
     step = checkpoints.latest_global_step(model_dir)
     assert step >= HP["train_steps"] and checkpoints.training_done(model_dir, step)
     variables, loaded_step = checkpoints.load(checkpoints.latest_checkpoint(model_dir))
-    assert loaded_step == step and "linear/linear_model/kernel" in str(sorted(variables))
+    assert loaded_step == step and any(name.endswith("/kernel") for name in variables)
     final = json.loads(fs.read_text(f"{model_dir}/eval/results.jsonl").splitlines()[-1])
     assert final["global_step"] >= HP["train_steps"] and final["loss"] < 0.05
     assert fs.read_text(f"{model_dir}/eval_continuous/results.jsonl").strip()
@@ -145,6 +145,7 @@ def test_index_never_names_a_checkpoint_that_cannot_be_read(s3_server):
         try:
             text = fs.read_text(index)
         except FileNotFoundError:
+            time.sleep(0.01)
             continue
         names = _INDEX_RE.findall(text)
         assert names, text
