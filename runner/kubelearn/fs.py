@@ -18,7 +18,9 @@ a path or a URL.
 
 s3fs takes its credentials and endpoint from the environment (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for an S3-compatible store other than AWS,
-``AWS_DEFAULT_REGION``), as a pod gets them from a Secret through ``envFrom``.
+``AWS_DEFAULT_REGION``), as a pod gets them from a Secret through ``envFrom``; botocore reads
+``AWS_ENDPOINT_URL`` itself (``AWS_ENDPOINT_URL_S3`` for S3 alone). fsspec's own variables,
+e.g. ``FSSPEC_S3_ENDPOINT_URL``, work too.
 
 Errors of a remote filesystem other than ``OSError`` (a botocore error, a timeout) are
 raised as ``OSError`` naming the location, so callers handle both kinds of storage alike.

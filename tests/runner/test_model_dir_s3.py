@@ -1,12 +1,16 @@
 """A model directory on S3 (``s3://bucket/prefix``), against a real S3-compatible server on
-loopback (tests/s3server.py): distributed training with real processes, the order of a
-checkpoint and its index, export completion markers, and the exit code of a model directory
+loopback (tests/s3server.py): distributed training with real processes (resumed by a new
+launch, and a killed ps restored from the checkpoint on S3), the order of a checkpoint and
+its index, export completion markers, and the exit code of a model directory
 URL that cannot be used."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -111,6 +115,48 @@ def test_distributed_training_on_s3_checkpoints_exports_and_resumes(s3_server, t
     assert restored[0] == (f"{model_dir}/model.ckpt-{step}", str(step))
     assert checkpoints.latest_global_step(model_dir) >= 2 * HP["train_steps"]
     assert pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}") == []
+
+
+def _ps_pids(model_dir: str) -> list[int]:
+    found = []
+    for pid in pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                if entry.startswith(b"TF_CONFIG=") and json.loads(
+                        entry[len(b"TF_CONFIG="):])["task"]["type"] == "ps":
+                    found.append(pid)
+    return found
+
+
+def test_a_restarted_ps_is_restored_from_the_checkpoint_on_s3(s3_server, tmp_path):
+    model_dir = s3_server.url("killps")
+    hp = {**HP, "train_steps": 6000, "n_features": 256, "batch_size": 256, "n_examples": 8192,
+          "learning_rate": 0.02, "save_checkpoints_steps": 300}
+    manifest = _manifest(tmp_path, "killps", hp)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
+         model_dir, "--no-progress"], env=client_env(s3_server), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while checkpoints.latest_global_step(model_dir) < 900:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        (victim,) = _ps_pids(model_dir)
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-5000:]
+    assert f"exited with code {128 + signal.SIGKILL}; restarting" in out
+    restored = re.findall(r"Restoring ps \[0\] from (\S+) \(global step (\d+)\)", out)
+    assert restored, out[-3000:]
+    path, step = restored[0]
+    assert path == f"{model_dir}/model.ckpt-{step}" and int(step) >= 900
+    final = json.loads(fs.read_text(f"{model_dir}/eval/results.jsonl").splitlines()[-1])
+    assert final["global_step"] >= hp["train_steps"] and final["loss"] < 1e-2
 
 
 WRITER = textwrap.dedent("""
@@ -233,7 +279,7 @@ def test_s3fs_takes_its_endpoint_and_credentials_from_the_environment(s3_server)
 
 # -- a model directory URL that cannot be used ------------------------------------------------
 def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in __import__("os").environ.items()
+    base = {k: v for k, v in os.environ.items()
             if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
     return subprocess.run([sys.executable, "-m", "kubelearn.cli", *argv], capture_output=True,
                           text=True, timeout=60, env={**base, **env})
