@@ -10,6 +10,8 @@ import json
 import re
 from typing import TYPE_CHECKING
 
+from .schema import URL_SCHEME
+
 if TYPE_CHECKING:
     from .model import ExperimentSpec
 
@@ -51,7 +53,7 @@ ENV_CLUSTER = "KUBELEARN_CLUSTER_SPEC"
 #: (s3fs for s3://, gcsfs for gs://, ...) is not installed. No restart can fix it.
 EXIT_MODEL_DIR_UNUSABLE = 3
 
-_URL_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_URL_SCHEME_RE = re.compile(URL_SCHEME)
 
 
 def model_dir_scheme(model_dir: str) -> str | None:

@@ -152,7 +152,7 @@ ROOT_RULES = (
 )
 
 #: What starts a URL (RFC 3986 scheme and "://"): a model directory is a path or a URL.
-URL_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+URL_SCHEME = r"([A-Za-z][A-Za-z0-9+.-]*)://"
 #: The fsspec protocols a model directory URL may use. The runner image reads and writes
 #: s3:// (s3fs); the others need their fsspec package (gcsfs, adlfs, pyarrow) in the image.
 MODEL_DIR_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hdfs", "webhdfs")
