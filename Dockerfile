@@ -23,15 +23,17 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runner/ runner/
 COPY operator/ operator/
-# runner: the kubelearn wheel with its [distributed] (numpy, pyyaml, pyzmq) and [tensorboard]
-# (tensorboardX) extras.
+# runner: the kubelearn wheel (numpy, pyyaml, fsspec) with its [distributed] (pyzmq),
+# [tensorboard] (tensorboardX) and [s3] (s3fs: a model directory s3://bucket/prefix) extras.
 # operator: the kubelearn wheel alone plus its [operator] extra (kopf, kubernetes_asyncio,
 # prometheus-client), read from pyproject.toml so the two never drift; no numpy.
-RUN pip wheel --wheel-dir /wheels/runner ".[distributed,tensorboard]" \
+RUN pip wheel --wheel-dir /wheels/runner ".[distributed,tensorboard,s3]" \
  && pip wheel --no-deps --wheel-dir /wheels/operator . \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['operator']))" > /tmp/operator.txt \
  && pip wheel --wheel-dir /wheels/operator --requirement /tmp/operator.txt \
- && pip wheel --wheel-dir /wheels/tensorboard "tensorboard==${TENSORBOARD_VERSION}"
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['s3']))" > /tmp/s3.txt \
+ && pip wheel --wheel-dir /wheels/tensorboard "tensorboard==${TENSORBOARD_VERSION}" \
+    --requirement /tmp/s3.txt
 
 # ---- base: what both final images share -----------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
@@ -80,6 +82,7 @@ ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "kubelearn_operator"]
 CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
 
 # ---- tensorboard: serves an experiment's model directory (spec.tensorboard) -----------------
+# With the [s3] extra's s3fs, which TensorBoard reads an s3:// log directory through (fsspec).
 FROM base AS tensorboard
 LABEL org.opencontainers.image.title="kubelearn-tensorboard" \
       org.opencontainers.image.description="TensorBoard over a kubelearn experiment's model directory"

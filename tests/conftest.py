@@ -1,7 +1,7 @@
-"""Shared pytest configuration: the real control plane fixtures (tests/cluster/fixtures.py)
-and the operator stack (tests/operator_stack.py)."""
+"""Shared pytest configuration: the real control plane fixtures (tests/cluster/fixtures.py),
+the operator stack (tests/operator_stack.py) and an S3-compatible server (tests/s3server.py)."""
 
-pytest_plugins = ["tests.cluster.fixtures", "tests.operator_stack"]
+pytest_plugins = ["tests.cluster.fixtures", "tests.operator_stack", "tests.s3server"]
 
 try:
     from hypothesis import HealthCheck, settings

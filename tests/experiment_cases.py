@@ -128,6 +128,17 @@ CASES = [
             "storage.size": "500Mi", "storage.storage_class": "fast",
             "storage.access_modes": ("ReadWriteMany",),
             "storage.delete_with_experiment": True}),
+    Case("model-dir-s3-url", "objstore", spec(modelDir="s3://models/team/run-1"), expect={
+        "model_dir": "s3://models/team/run-1", "storage.object_store": True,
+        "storage.on_volume": False, "storage.creates_claim": False,
+        "storage.secret_name": None}),
+    Case("model-dir-url-with-credentials", "objstore", spec(
+        modelDir="s3://models", storage={"secretName": "s3-credentials"},
+        tensorboard=True), expect={
+            "storage.secret_name": "s3-credentials", "storage.object_store": True}),
+    Case("model-dir-hdfs-url-with-port", "objstore",
+         spec(modelDir="hdfs://namenode:8020/user/x"), expect={
+             "storage.object_store": True}),
     # -- invalid -------------------------------------------------------------------------
     Case("negative-replicas", "neg", spec(replicas={"worker": -1, "master": 1}),
          "spec.replicas.worker"),
@@ -175,8 +186,20 @@ CASES = [
     Case("min-available-zero", "badgang", spec(runPolicy={
         "schedulingPolicy": {"minAvailable": 0}}), "spec.runPolicy.schedulingPolicy.minAvailable"),
     Case("model-dir-empty", "baddir", spec(modelDir=""), "spec.modelDir"),
-    Case("model-dir-unknown-url-scheme", "baddir", spec(modelDir="s3://bucket/models"),
+    Case("model-dir-unknown-url-scheme", "baddir", spec(modelDir="ftp://bucket/models"),
          "spec.modelDir"),
+    Case("model-dir-url-without-bucket", "baddir", spec(modelDir="s3://"), "spec.modelDir"),
+    Case("model-dir-file-url", "baddir", spec(modelDir="file:///tmp/m"), "spec.modelDir"),
+    Case("model-dir-url-with-a-claim", "badstorage", spec(
+        modelDir="s3://models", storage={"persistentVolumeClaim": {"claimName": "m"}}),
+         "spec.storage"),
+    Case("model-dir-url-ephemeral", "badstorage", spec(
+        modelDir="s3://models", storage={"ephemeral": True}), "spec.storage"),
+    Case("secret-without-a-url", "badstorage", spec(storage={"secretName": "s3"}),
+         "spec.storage.secretName"),
+    Case("secret-name-invalid", "badstorage", spec(
+        modelDir="s3://models", storage={"secretName": "S3 keys"}),
+         "spec.storage.secretName"),
     Case("model-dir-url-any-scheme", "baddir", spec(modelDir="Foo+bar.1://x"),
          "spec.modelDir"),
     Case("storage-two-forms", "badstorage", spec(storage={

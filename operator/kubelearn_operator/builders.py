@@ -43,10 +43,23 @@ STORAGE_POD_SECURITY = {"fsGroup": contract.RUNNER_GID, "fsGroupChangePolicy": "
 
 
 def model_claim(spec: ExperimentSpec) -> str | None:
-    """The claim that holds the experiment's model directory; None when it is ephemeral."""
-    if spec.storage.ephemeral:
+    """The claim that holds the experiment's model directory; None when it is ephemeral or
+    on an object store."""
+    if not spec.storage.on_volume:
         return None
     return spec.storage.claim_name or names.model_claim_name(spec.name)
+
+
+def _env_from_storage_secret(container: dict[str, Any], spec: ExperimentSpec) -> None:
+    """The object store's credentials: every key of spec.storage.secretName as a variable
+    (fsspec's clients read them from the environment, e.g. AWS_ACCESS_KEY_ID)."""
+    if not spec.storage.secret_name:
+        return
+    sources = [dict(s) for s in container.get("envFrom") or []]
+    ref = {"secretRef": {"name": spec.storage.secret_name}}
+    if ref not in sources:
+        sources.append(ref)
+    container["envFrom"] = sources
 
 
 def _mount_model_dir(pod_spec: dict[str, Any], main: dict[str, Any], claim: str,
@@ -200,6 +213,7 @@ class PodBuilder:
         if claim := model_claim(self.spec):
             assert self.spec.model_dir is not None
             _mount_model_dir(pod_spec, main, claim, self.spec.model_dir)
+        _env_from_storage_secret(main, self.spec)
         _secure(pod_spec, main)
         scheduling = self.spec.run_policy.scheduling
         if scheduling and scheduling.priority_class:
@@ -303,11 +317,12 @@ class TensorBoard:
 
 def build_tensorboard(ref: ExperimentRef, spec: ExperimentSpec, image: str,
                       pull_policy: str | None = None) -> TensorBoard:
-    """TensorBoard over the model directory's claim, mounted read-only at the same path the
-    replicas write, so the event files' paths read the same. Owned by the Experiment:
-    removed with it."""
+    """TensorBoard over the model directory: its claim mounted read-only at the same path
+    the replicas write, so the event files' paths read the same, or its URL with the same
+    credentials. Owned by the Experiment: removed with it."""
     claim = model_claim(spec)
-    assert claim is not None and spec.model_dir is not None, "the schema refuses ephemeral"
+    assert spec.model_dir is not None and not spec.storage.ephemeral, \
+        "the schema refuses ephemeral"
     name = names.tensorboard_name(ref.name)
     labels = {**names.selector(ref.name), names.LABEL_COMPONENT: names.TENSORBOARD}
     container: dict[str, Any] = {
@@ -317,16 +332,18 @@ def build_tensorboard(ref: ExperimentRef, spec: ExperimentSpec, image: str,
         "ports": [{"name": "http", "containerPort": names.TENSORBOARD_PORT,
                    "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
-        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": spec.model_dir,
-                          "readOnly": True}],
     }
     if pull_policy:
         container["imagePullPolicy"] = pull_policy
     pod_spec: dict[str, Any] = {
         "containers": [container], "enableServiceLinks": False,
-        "automountServiceAccountToken": False,
-        "volumes": [{"name": MODEL_VOLUME, "persistentVolumeClaim": {
-            "claimName": claim, "readOnly": True}}]}
+        "automountServiceAccountToken": False}
+    if claim is not None:
+        container["volumeMounts"] = [{"name": MODEL_VOLUME, "mountPath": spec.model_dir,
+                                      "readOnly": True}]
+        pod_spec["volumes"] = [{"name": MODEL_VOLUME, "persistentVolumeClaim": {
+            "claimName": claim, "readOnly": True}}]
+    _env_from_storage_secret(container, spec)
     _secure(pod_spec, container)
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",

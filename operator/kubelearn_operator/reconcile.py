@@ -334,6 +334,12 @@ class _Planner:
     def storage(self, spec: ExperimentSpec) -> bool:
         """Whether the model directory's storage is there, or will be made with the pods;
         if not, say why and how to fix it (condition StorageReady False, an event)."""
+        if spec.storage.object_store:
+            secret = spec.storage.secret_name
+            return self.storage_ready(
+                True, "ObjectStore",
+                f"The model directory is {spec.model_dir}, read and written through fsspec"
+                + (f" with the credentials in Secret {secret}." if secret else "."))
         claim = model_claim(spec)
         if claim is None:
             return self.storage_ready(True, "Ephemeral", "The model directory is ephemeral: "

@@ -3,20 +3,28 @@
 Every file is written to a temporary name and renamed into place, so a process killed at
 any moment leaves either the previous checkpoint or the new one, never a torn file. Arrays
 are loaded with ``allow_pickle=False``: a checkpoint can never execute code.
+
+``model_dir`` may also be a URL (``s3://bucket/prefix``, see :mod:`kubelearn.fs`): there
+each file is one object written with one PUT, complete or absent. Either way a checkpoint
+is written, and its write has returned, before the index naming it is written, and a
+checkpoint is removed only after an index that no longer names it: a reader never finds the
+index naming a checkpoint it cannot read.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import math
 import os
+import posixpath
 import re
 import zipfile
 from collections.abc import Mapping
+from typing import IO
 
 import numpy as np
 
-from kubelearn import atomic
+from kubelearn import fs
 
 INDEX_NAME = "checkpoint"
 PREFIX = "model.ckpt"
@@ -37,6 +45,13 @@ class CheckpointError(ValueError):
 
 def _inside(model_dir: str, entry: str, index: str) -> str:
     """The path of index ``entry``, which must resolve inside ``model_dir``."""
+    if fs.is_url(model_dir):
+        normal = posixpath.normpath(entry)
+        if (entry.startswith("/") or "\\" in entry or fs.is_url(entry) or normal == "."
+                or normal == ".." or normal.startswith("../")):
+            raise CheckpointError(f"{index}: entry {entry!r} is outside the model directory "
+                                  f"{model_dir}")
+        return fs.join(model_dir, normal)
     root = os.path.realpath(model_dir)
     path = os.path.realpath(os.path.join(model_dir, entry))
     if os.path.isabs(entry) or not path.startswith(root.rstrip(os.sep) + os.sep):
@@ -49,10 +64,9 @@ def checkpoint_paths(model_dir: str | None) -> list[str]:
     """Paths of the checkpoints listed in the index, oldest first."""
     if not model_dir:
         return []
-    index = os.path.join(model_dir, INDEX_NAME)
+    index = fs.join(model_dir, INDEX_NAME)
     try:
-        with open(index, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        lines = fs.read_text(index).splitlines()
     except FileNotFoundError:
         return []
     paths: list[str] = []
@@ -62,7 +76,7 @@ def checkpoint_paths(model_dir: str | None) -> list[str]:
             path = _inside(model_dir, match.group(2), index)
             if match.group(1) == "all_model_checkpoint_paths":
                 paths.append(path)
-    return [p for p in paths if os.path.exists(p + ".npz")]
+    return [p for p in paths if fs.exists(p + ".npz")]
 
 
 def latest_checkpoint(model_dir: str | None) -> str | None:
@@ -85,14 +99,18 @@ def save(
     global_step: int,
     keep_checkpoint_max: int | None = 5,
 ) -> str:
-    """Writes a checkpoint and updates the index; returns the checkpoint's path prefix."""
-    os.makedirs(model_dir, exist_ok=True)
-    prefix = os.path.join(model_dir, f"{PREFIX}-{int(global_step)}")
+    """Writes a checkpoint and updates the index; returns the checkpoint's path prefix.
+
+    The order is what readers rely on: the checkpoint (whole), then the index naming it,
+    then the removal of the checkpoints the index no longer names.
+    """
+    fs.makedirs(model_dir)
+    prefix = fs.join(model_dir, f"{PREFIX}-{int(global_step)}")
     arrays = {name: np.asarray(value) for name, value in variables.items()}
     arrays[GLOBAL_STEP] = np.asarray(int(global_step), dtype=np.int64)
-    atomic.write(prefix + ".npz", lambda handle: np.savez(handle, **arrays))
-    names = [os.path.basename(p) for p in checkpoint_paths(model_dir)]
-    name = os.path.basename(prefix)
+    fs.write(prefix + ".npz", lambda handle: np.savez(handle, **arrays))
+    names = [fs.basename(p) for p in checkpoint_paths(model_dir)]
+    name = fs.basename(prefix)
     names = [n for n in names if n != name] + [name]
     removed: list[str] = []
     if keep_checkpoint_max:
@@ -101,17 +119,19 @@ def save(
     text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
         f'all_model_checkpoint_paths: "{n}"\n' for n in names
     )
-    atomic.write_text(os.path.join(model_dir, INDEX_NAME), text)
+    fs.write_text(fs.join(model_dir, INDEX_NAME), text)
     for old in removed:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(model_dir, old + ".npz"))
+        fs.remove(fs.join(model_dir, old + ".npz"))
     return prefix
 
 
-def _check_headers(file: str) -> None:
-    """Checks every array's declared dtype and shape before a byte of data is read."""
+def _check_headers(file: str, data: IO[bytes] | None = None) -> None:
+    """Checks every array's declared dtype and shape before a byte of data is read.
+
+    ``data`` is the checkpoint's bytes when they were read from an object store (the
+    file named ``file`` is read otherwise)."""
     total = 0
-    with zipfile.ZipFile(file) as archive:
+    with zipfile.ZipFile(data if data is not None else file) as archive:
         for info in archive.infolist():
             name = info.filename.removesuffix(".npy")
             with archive.open(info) as member:
@@ -154,9 +174,17 @@ def load(path: str) -> tuple[dict[str, np.ndarray], int]:
         shape its data does not fill, a global step that is not one non-negative int64.
     """
     file = path if path.endswith(".npz") else path + ".npz"
+    source: str | IO[bytes] = file
+    if fs.is_remote(file):
+        # The object's bytes, read once into memory (an error of the store, such as a
+        # missing object, is raised as it is): the header check and the load read the same
+        # bytes, and np.load gets a seekable file.
+        source = io.BytesIO(fs.read_bytes(file))
     try:
-        _check_headers(file)
-        with np.load(file, allow_pickle=False) as data:
+        _check_headers(file, None if isinstance(source, str) else source)
+        if not isinstance(source, str):
+            source.seek(0)
+        with np.load(source, allow_pickle=False) as data:
             variables = {name: data[name] for name in data.files if name != GLOBAL_STEP}
             step = (_step(file, data[GLOBAL_STEP]) if GLOBAL_STEP in data.files
                     else step_of(path))
@@ -181,8 +209,8 @@ DONE_NAME = "training_done"
 
 def mark_training_done(model_dir: str, global_step: int) -> None:
     """Records that training finished at ``global_step`` (evaluators stop after it)."""
-    os.makedirs(model_dir, exist_ok=True)
-    atomic.write_text(os.path.join(model_dir, DONE_NAME), f"{int(global_step)}\n")
+    fs.makedirs(model_dir)
+    fs.write_text(fs.join(model_dir, DONE_NAME), f"{int(global_step)}\n")
 
 
 def training_done(model_dir: str | None, target_step: int | None = None) -> bool:
@@ -191,8 +219,7 @@ def training_done(model_dir: str | None, target_step: int | None = None) -> bool
     if not model_dir:
         return False
     try:
-        with open(os.path.join(model_dir, DONE_NAME), encoding="utf-8") as handle:
-            step = int(handle.read().strip() or 0)
+        step = int(fs.read_text(fs.join(model_dir, DONE_NAME), limit=1024).strip() or 0)
     except (OSError, ValueError):
         return False
     return target_step is None or step >= target_step

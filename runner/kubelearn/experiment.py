@@ -10,13 +10,12 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kubelearn import checkpoints
+from kubelearn import checkpoints, fs
 from kubelearn.estimators.session import CheckpointSaverListener
 from kubelearn.export import ExportStrategy
 from kubelearn.hooks import GlobalStepWaiterHook, ValidationMonitor
@@ -261,9 +260,9 @@ class Experiment:
 
     def _maybe_export(self, eval_result: Any, checkpoint_path: str | None = None) -> list[Any]:
         results = []
-        base = os.path.join(self._model_dir() or ".", "export")
+        base = fs.join(self._model_dir() or ".", "export")
         for strategy in self._export_strategies:
-            results.append(strategy.export(self._estimator, os.path.join(base, strategy.name),
+            results.append(strategy.export(self._estimator, fs.join(base, strategy.name),
                                            checkpoint_path=checkpoint_path,
                                            eval_result=eval_result))
         return results

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from typing import Any
 
-from kubelearn import atomic
+from kubelearn import fs
 
 log = logging.getLogger("kubelearn")
 
@@ -172,7 +171,7 @@ class ProgressHook(Hook):
     second): what ``kubelearn local`` shows and what the operator reads into status."""
 
     def __init__(self, model_dir: str, every_secs: float = 1.0):
-        self.path = os.path.join(model_dir, PROGRESS_FILE)
+        self.path = fs.join(model_dir, PROGRESS_FILE)
         self.every_secs = every_secs
         self._last = 0.0
         self._rate_from: tuple[float, int] | None = None
@@ -195,7 +194,7 @@ class ProgressHook(Hook):
                   "loss": context.loss if math.isfinite(context.loss) else None,
                   "steps_per_sec": round(rate, 3), "time": time.time()}
         try:
-            atomic.write_text(self.path, json.dumps(record))
+            fs.write_text(self.path, json.dumps(record))
         except OSError as exc:  # progress is best effort; training goes on
             log.debug("Could not write %s: %s", self.path, exc)
         self._last = now

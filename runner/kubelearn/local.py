@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from kubelearn import checkpoints
+from kubelearn import checkpoints, fs
 from kubelearn.hooks import PROGRESS_FILE
 from kubelearn.manifest import load_spec
 from kubelearn_spec import contract, names, policy
@@ -37,6 +37,7 @@ from kubelearn_spec.validate import SpecError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_MODEL_DIR_UNUSABLE = contract.EXIT_MODEL_DIR_UNUSABLE
 START_ORDER = ("ps", "master", "chief", "worker", "evaluator")
 # After the experiment succeeded, how long the other replicas get to finish by themselves.
 FINISH_GRACE_SECS = 60.0
@@ -260,8 +261,7 @@ class Launcher:
 
     def progress(self) -> dict[str, Any] | None:
         try:
-            with open(os.path.join(self.model_dir, PROGRESS_FILE), encoding="utf-8") as handle:
-                return json.load(handle)
+            return json.loads(fs.read_bytes(fs.join(self.model_dir, PROGRESS_FILE)))
         except (OSError, ValueError):
             return None
 
@@ -308,10 +308,9 @@ class Launcher:
     # -- the end ---------------------------------------------------------------------
     def summary(self) -> list[str]:
         lines = []
-        results = os.path.join(self.model_dir, "eval", "results.jsonl")
+        results = fs.join(self.model_dir, "eval", "results.jsonl")
         with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(results, encoding="utf-8") as handle:
-                final = json.loads(handle.read().splitlines()[-1])
+            final = json.loads(fs.read_text(results).splitlines()[-1])
             lines.append("final evaluation: " + ", ".join(
                 f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
                 for k, v in sorted(final.items())))
@@ -323,12 +322,19 @@ class Launcher:
         latest = checkpoints.latest_checkpoint(self.model_dir)
         if latest:
             lines.append(f"checkpoint: {latest}")
-        runs_dir = os.path.join(self.model_dir, "runs")
-        with contextlib.suppress(OSError):
-            runs = sorted(os.scandir(runs_dir), key=lambda e: e.stat().st_mtime)
-            if runs:
-                lines.append(f"run: {runs[-1].path} (kubelearn runs --dir {runs_dir} show "
-                             f"{runs[-1].name})")
+        runs_dir = fs.join(self.model_dir, "runs")
+        if fs.is_remote(runs_dir):
+            with contextlib.suppress(OSError):
+                # A run's id ends with the time it was made (<name>_<yymmdd>_<HHMMSS>_<6>).
+                names = sorted(fs.listdir(runs_dir), key=lambda n: n.split("_")[-3:-1])
+                if names:
+                    lines.append(f"run: {fs.join(runs_dir, names[-1])}")
+        else:
+            with contextlib.suppress(OSError):
+                runs = sorted(os.scandir(runs_dir), key=lambda e: e.stat().st_mtime)
+                if runs:
+                    lines.append(f"run: {runs[-1].path} (kubelearn runs --dir {runs_dir} show "
+                                 f"{runs[-1].name})")
         exits = ", ".join(f"{r.name}={r.exit_code}" for r in self.replicas)
         lines.append(f"replica exit codes: {exits}; restarts: {self.total_restarts}")
         return lines
@@ -337,6 +343,7 @@ class Launcher:
 #: A file kubelearn puts in every model directory it creates: only a directory holding it
 #: is ever deleted (``--fresh``).
 MARKER_NAME = ".kubelearn-model-dir"
+MARKER_TEXT = "A model directory made by kubelearn local; --fresh may delete it.\n"
 
 
 class RefusedDelete(ValueError):
@@ -376,7 +383,21 @@ def check_deletable(model_dir: str, manifest: str) -> None:
 
 def prepare_model_dir(model_dir: str, manifest: str, fresh: bool) -> None:
     """Creates ``model_dir`` (marked as kubelearn's) or, with ``fresh``, empties a directory
-    kubelearn created before."""
+    kubelearn created before.
+
+    On an object store (a URL), the same with objects: the marker is an object under the
+    prefix, written when nothing is there yet, and ``fresh`` removes every object under a
+    prefix that holds the marker."""
+    if fs.is_remote(model_dir):
+        marker = fs.join(model_dir, MARKER_NAME)
+        if fresh and fs.exists(model_dir):
+            if not fs.exists(marker):
+                raise RefusedDelete(f"--fresh: {model_dir} was not created by kubelearn (no "
+                                    f"{MARKER_NAME} in it); not deleting it")
+            fs.remove_tree(model_dir)
+        if not fs.exists(model_dir):
+            fs.write_text(marker, MARKER_TEXT)
+        return
     if fresh and os.path.lexists(model_dir):
         check_deletable(model_dir, manifest)
         shutil.rmtree(model_dir)
@@ -384,7 +405,7 @@ def prepare_model_dir(model_dir: str, manifest: str, fresh: bool) -> None:
                                          and not os.listdir(model_dir)):
         os.makedirs(model_dir, exist_ok=True)
         with open(os.path.join(model_dir, MARKER_NAME), "w", encoding="utf-8") as handle:
-            handle.write("A model directory made by kubelearn local; --fresh may delete it.\n")
+            handle.write(MARKER_TEXT)
     elif not os.path.isdir(model_dir):
         raise NotADirectoryError(f"model dir {model_dir} is not a directory")
 
@@ -404,12 +425,20 @@ def local_command(args: argparse.Namespace) -> int:
                   "pip install 'kubelearn[distributed]'", file=sys.stderr)
             return EXIT_BAD_INPUT
     ephemeral = spec.storage.ephemeral and not args.model_dir
+    given = args.model_dir or spec.model_dir
+    if given and not ephemeral and fs.is_url(given):
+        try:
+            fs.check(given, "--model-dir" if args.model_dir else "spec.modelDir")
+        except fs.ModelDirError as exc:
+            print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_MODEL_DIR_UNUSABLE
     try:
         if ephemeral:  # as in a pod: a directory of this run's own, gone at its end
             model_dir = tempfile.mkdtemp(prefix=f"kubelearn-{spec.name}-")
+        elif given and fs.is_url(given):  # an object store, kept as a claim is
+            model_dir = given
         else:  # as a claim: kept, and the next run resumes from its checkpoints
-            model_dir = os.path.abspath(args.model_dir or spec.model_dir
-                                        or os.path.join("output", spec.name))
+            model_dir = os.path.abspath(given or os.path.join("output", spec.name))
         prepare_model_dir(model_dir, args.manifest, args.fresh)
     except (OSError, ValueError) as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
@@ -435,7 +464,8 @@ def local_command(args: argparse.Namespace) -> int:
 
 DESCRIPTION = ("Starts one process per replica of the manifest with TF_CONFIG on 127.0.0.1, "
                "streams their logs and exits with the experiment's outcome (0 succeeded, "
-               "1 failed, 2 invalid manifest).")
+               "1 failed, 2 invalid manifest, 3 a model directory URL this machine cannot "
+               "use: unknown scheme or filesystem package not installed).")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -443,7 +473,8 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("local", description=DESCRIPTION, help="run an Experiment "
                                    "manifest as local processes (no cluster)")
     parser.add_argument("manifest", help="Experiment YAML (the file you would kubectl apply)")
-    parser.add_argument("--model-dir", help="checkpoints and results (default: spec.modelDir "
+    parser.add_argument("--model-dir", help="checkpoints and results: a path or a URL such as "
+                                            "s3://bucket/prefix (default: spec.modelDir "
                                             "or ./output/<name>)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete the model dir first instead of resuming from it (only "

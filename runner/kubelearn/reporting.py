@@ -24,7 +24,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kubelearn import bounded_input
+from kubelearn import bounded_input, fs
 from kubelearn.hooks import PROGRESS_FILE
 from kubelearn_spec.contract import (
     ENV_BIND_HOST,
@@ -102,21 +102,22 @@ class Reporter:
         from kubelearn.em.training import EvaluationRecorder, TrainingRecorder
 
         self.model_dir = run_config.model_dir
-        name = experiment_name or os.environ.get(ENV_EXPERIMENT) or os.path.basename(
-            os.path.normpath(self.model_dir)) or "default"
-        os.environ.setdefault("EM_RUN_PARENT_DIR", os.path.join(self.model_dir, "runs"))
+        name = experiment_name or os.environ.get(ENV_EXPERIMENT) or (
+            fs.basename(self.model_dir) if fs.is_url(self.model_dir)
+            else os.path.basename(os.path.normpath(self.model_dir))) or "default"
+        os.environ.setdefault("EM_RUN_PARENT_DIR", fs.join(self.model_dir, "runs"))
         values = hparams.values() if hparams is not None else {}
         self.run = em.create_run(name=name, hparams=values,
                                  labels=[f"task={run_config.task_type or 'local'}"])
         self._writers = [EventWriter(self.model_dir),
-                         EventWriter(os.path.join(self.model_dir, "eval"))]
+                         EventWriter(fs.join(self.model_dir, "eval"))]
         every = max(1, int(run_config.save_summary_steps or 100))
         self.train_hook = TrainingRecorder(self.run, self._writers[0], every_n_steps=every)
         self.eval_hook = EvaluationRecorder(self.run, self._writers[1])
         self._server: BoundedHTTPServer | None = None
         self._in_cluster = bool(run_config.cluster_spec)
         self._start_server()
-        log.info("Recording run %s in %s", self.run.name, self.run.path)
+        log.info("Recording run %s in %s", self.run.name, self.run.location)
 
     def attach(self, experiment: Any) -> None:
         experiment.extend_train_hooks([self.train_hook])
@@ -126,16 +127,18 @@ class Reporter:
     def progress(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
         try:
-            loaded = bounded_input.load_json(bounded_input.read_bytes(
-                os.path.join(self.model_dir, PROGRESS_FILE), MAX_PROGRESS_BYTES), PROGRESS_FILE)
+            path = fs.join(self.model_dir, PROGRESS_FILE)
+            data = (fs.read_bytes(path, MAX_PROGRESS_BYTES) if fs.is_remote(path)
+                    else bounded_input.read_bytes(path, MAX_PROGRESS_BYTES))
+            loaded = bounded_input.load_json(data, PROGRESS_FILE)
             report = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
+        except (OSError, ValueError):
             pass
         if self.eval_hook.last:
             report["eval"] = {k: _finite(v) for k, v in self.eval_hook.last.items()}
         if evaluator := evaluator_result(self.model_dir):
             report["evaluator"] = evaluator
-        report["run"] = str(self.run.path)
+        report["run"] = self.run.location
         return report
 
     def _start_server(self) -> None:
@@ -203,7 +206,7 @@ class Reporter:
             metrics["global_step"] = int(metrics["global_step"])
         if evaluator := evaluator_result(self.model_dir):
             metrics["evaluator"] = evaluator
-        metrics["run"] = str(self.run.path)
+        metrics["run"] = self.run.location
         exports = result[1] if isinstance(result, tuple) and len(result) > 1 else None
         if isinstance(exports, list) and exports and isinstance(exports[-1], (str, bytes)):
             last = exports[-1]
@@ -217,7 +220,7 @@ class Reporter:
             self.run.fail(error)
         payload = self.final_metrics(result) if error is None else {
             **{k: v for k, v in self.progress().items() if k in ("global_step", "loss")},
-            "error": f"{type(error).__name__}: {error}"[:500], "run": str(self.run.path)}
+            "error": f"{type(error).__name__}: {error}"[:500], "run": self.run.location}
         write_termination_message(payload)
         for writer in self._writers:
             writer.close()
@@ -244,10 +247,7 @@ def evaluator_result(model_dir: str) -> dict[str, Any] | None:
     chief: its finite numbers only, from at most the file's last EVALUATOR_TAIL_BYTES (it is
     another pod's output, so nothing more of it is trusted)."""
     try:
-        with open(os.path.join(model_dir, EVALUATOR_RESULTS), "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - EVALUATOR_TAIL_BYTES))
-            tail = handle.read(EVALUATOR_TAIL_BYTES)
+        size, tail = fs.read_tail(fs.join(model_dir, EVALUATOR_RESULTS), EVALUATOR_TAIL_BYTES)
     except OSError:
         return None
     lines = tail.split(b"\n")

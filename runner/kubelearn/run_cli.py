@@ -7,6 +7,9 @@ Exit codes are a contract with the operator's ExitCode restart policy:
   imported or does not build an Experiment, an unknown schedule): one line on stderr,
   no traceback, never worth a restart;
 * 1: an error while training (with its traceback);
+* 3: a model directory URL this process cannot use (an unknown scheme, or a known one whose
+  filesystem package is not installed, e.g. gs:// without gcsfs): one line on stderr naming
+  ``--model-dir`` or ``KUBELEARN_MODEL_DIR`` (spec.modelDir), never worth a restart;
 * 128+N: stopped by signal N (SIGTERM is handled and exits with 143, also as a container's
   PID 1; SIGKILL and others kill the process, which a shell and the kubelet report as 128+N).
 """
@@ -33,6 +36,7 @@ from kubelearn_spec.contract import (
     ENV_MODEL_DIR,
     ENV_PROGRESS_PORT,
     ENV_SCHEDULE,
+    EXIT_MODEL_DIR_UNUSABLE,
 )
 
 EXIT_OK = 0
@@ -45,6 +49,10 @@ _HOST_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 
 class BadInput(Exception):
     """Input that no retry can fix; reported as one line with exit code 2."""
+
+
+class UnusableModelDir(BadInput):
+    """A model directory URL this process cannot use; one line with exit code 3."""
 
 
 def load_experiment_fn(spec: str) -> Callable[..., Any]:
@@ -138,6 +146,22 @@ def check_cluster_addresses(cluster: Mapping[str, Sequence[str]]) -> None:
                                f"must be host:port with a port 1-65535")
 
 
+def check_model_dir(model_dir: str, source: str) -> None:
+    """A model directory given as a URL must have a filesystem this process can use.
+
+    Raises:
+      UnusableModelDir: naming ``source``, for an unknown scheme or a missing package.
+    """
+    from kubelearn import fs
+
+    if not fs.is_url(model_dir):
+        return
+    try:
+        fs.check(model_dir, source)
+    except fs.ModelDirError as exc:
+        raise UnusableModelDir(str(exc)) from None
+
+
 def build_hparams(env_text: str | None, cli_text: str | None) -> Any:
     """HParams from the environment's JSON (``KUBELEARN_HPARAMS``) overridden by ``--hparams``.
 
@@ -180,6 +204,8 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     model_dir = args.model_dir or os.environ.get(ENV_MODEL_DIR)
     if not model_dir:
         raise BadInput(f"no model directory: pass --model-dir or set {ENV_MODEL_DIR}")
+    check_model_dir(model_dir, "--model-dir" if args.model_dir
+                    else f"{ENV_MODEL_DIR} (spec.modelDir)")
     check_environment(os.environ)
     if args.hparams:
         try:
@@ -258,7 +284,7 @@ def run_command(args: argparse.Namespace) -> int:
     except BadInput as exc:
         message = str(exc).replace("\r", "\\r").replace("\n", "\\n")
         print(f"kubelearn run: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_MODEL_DIR_UNUSABLE if isinstance(exc, UnusableModelDir) else EXIT_BAD_INPUT
     configure_logging(args.log_level)
     signal.signal(signal.SIGTERM, _raise_terminated)
     label = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
@@ -311,12 +337,14 @@ def add_parser(subparsers: Any) -> None:
         "run", help="run one task of an experiment (what each pod runs)",
         description="Reads TF_CONFIG, builds RunConfig and HParams and calls "
                     "learn_runner.run. Exit codes: 0 success, 1 training error, 2 bad input, "
-                    "128+N killed by signal N.")
+                    "3 a model directory URL this process cannot use, 128+N killed by "
+                    "signal N.")
     parser.add_argument("--experiment-fn", metavar="MODULE:FUNCTION",
                         help=f"the experiment function (default ${ENV_EXPERIMENT_FN})")
     parser.add_argument("--schedule", help="Experiment method to run (default: by task type)")
     parser.add_argument("--hparams", metavar="NAME=VALUE,...",
                         help=f"hyper-parameters, overriding ${ENV_HPARAMS} (JSON)")
-    parser.add_argument("--model-dir", help=f"checkpoint directory (default ${ENV_MODEL_DIR})")
+    parser.add_argument("--model-dir", help=f"checkpoint directory, a path or a URL such as "
+                                            f"s3://bucket/prefix (default ${ENV_MODEL_DIR})")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.set_defaults(func=run_command)

@@ -7,7 +7,10 @@ reads them; all three take the names from here.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
+
+from .schema import URL_SCHEME
 
 if TYPE_CHECKING:
     from .model import ExperimentSpec
@@ -44,6 +47,20 @@ ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
 ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
 #: The cluster spec, when TF_CONFIG refers to it instead of inlining it.
 ENV_CLUSTER = "KUBELEARN_CLUSTER_SPEC"
+
+#: The exit code of ``kubelearn run`` and ``kubelearn local`` when the model directory is a
+#: URL the runner cannot use: an unknown scheme, or a known one whose filesystem package
+#: (s3fs for s3://, gcsfs for gs://, ...) is not installed. No restart can fix it.
+EXIT_MODEL_DIR_UNUSABLE = 3
+
+_URL_SCHEME_RE = re.compile(URL_SCHEME)
+
+
+def model_dir_scheme(model_dir: str) -> str | None:
+    """The URL scheme of a model directory given as a URL, lower-cased (``s3`` for
+    ``s3://bucket/prefix``); None for a path (which has no ``scheme://`` at its start)."""
+    match = _URL_SCHEME_RE.match(model_dir)
+    return match.group(1).lower() if match else None
 
 
 def runner_command(spec: ExperimentSpec) -> list[str]:

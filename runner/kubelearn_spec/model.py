@@ -20,6 +20,7 @@ from .schema import (
     DEFAULT_RESTART_POLICY,
     DEFAULT_STORAGE_SIZE,
     DEFAULT_SUCCESS_POLICY,
+    is_url,
     role_count,
 )
 from .validate import SpecError, check_experiment
@@ -62,10 +63,11 @@ class RunPolicy:
 class Storage:
     """Where the model directory lives.
 
-    ``ephemeral``: in each pod, lost with it. Otherwise a claim mounted at the model
-    directory: ``claim_name`` when the spec names an existing one, else the claim the
-    operator creates (``<name>-model``) with ``size``, ``storage_class`` (None: the
-    cluster's default class) and ``access_modes``.
+    ``ephemeral``: in each pod, lost with it. ``object_store``: the model directory is a
+    URL, reached through fsspec with the credentials in Secret ``secret_name``; no volume.
+    Otherwise a claim mounted at the model directory: ``claim_name`` when the spec names an
+    existing one, else the claim the operator creates (``<name>-model``) with ``size``,
+    ``storage_class`` (None: the cluster's default class) and ``access_modes``.
     """
 
     ephemeral: bool = False
@@ -74,10 +76,17 @@ class Storage:
     storage_class: str | None = None
     access_modes: tuple[str, ...] = DEFAULT_ACCESS_MODES
     delete_with_experiment: bool = False
+    object_store: bool = False
+    secret_name: str | None = None
+
+    @property
+    def on_volume(self) -> bool:
+        """Whether a claim holds the model directory."""
+        return not (self.ephemeral or self.object_store)
 
     @property
     def creates_claim(self) -> bool:
-        return not self.ephemeral and self.claim_name is None
+        return self.on_volume and self.claim_name is None
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ def _run_policy(value: Mapping[str, Any]) -> RunPolicy:
         scheduling=scheduling)
 
 
-def _storage(value: Mapping[str, Any]) -> Storage:
+def _storage(value: Mapping[str, Any], model_dir: str | None) -> Storage:
     claim = value.get("persistentVolumeClaim")
     return Storage(
         ephemeral=bool(value.get("ephemeral", False)),
@@ -163,7 +172,9 @@ def _storage(value: Mapping[str, Any]) -> Storage:
         size=value.get("size") or DEFAULT_STORAGE_SIZE,
         storage_class=value.get("storageClassName"),
         access_modes=tuple(value.get("accessModes") or DEFAULT_ACCESS_MODES),
-        delete_with_experiment=bool(value.get("deleteWithExperiment", False)))
+        delete_with_experiment=bool(value.get("deleteWithExperiment", False)),
+        object_store=is_url(model_dir),
+        secret_name=value.get("secretName"))
 
 
 def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
@@ -180,7 +191,7 @@ def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
         image=spec.get("image"),
         model_dir=spec.get("modelDir"),
         schedule=spec.get("schedule"),
-        storage=_storage(spec.get("storage") or {}),
+        storage=_storage(spec.get("storage") or {}, spec.get("modelDir")),
         tensorboard=bool(spec.get("tensorboard", False)))
 
 

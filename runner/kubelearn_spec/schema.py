@@ -34,6 +34,8 @@ QUANTITY = r"([0-9]+([.][0-9]*)?|[.][0-9]+)([KMGTPE]i|[kMGTPE]|[eE][-+]?[0-9]+)?
 DNS_1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 #: The fields that ask the operator to create the experiment's claim.
 NEW_CLAIM_FIELDS = ("size", "storageClassName", "accessModes", "deleteWithExperiment")
+#: The fields of spec.storage that put the model directory on a volume.
+VOLUME_FIELDS = ("ephemeral", "persistentVolumeClaim", *NEW_CLAIM_FIELDS)
 
 MAX_REPLICAS = 100_000
 
@@ -149,18 +151,58 @@ ROOT_RULES = (
          _name_fits_tensorboard),
 )
 
+#: What starts a URL (RFC 3986 scheme and "://"): a model directory is a path or a URL.
+URL_SCHEME = r"([A-Za-z][A-Za-z0-9+.-]*)://"
+#: The fsspec protocols a model directory URL may use. The runner image reads and writes
+#: s3:// (s3fs); the others need their fsspec package (gcsfs, adlfs, pyarrow) in the image.
+MODEL_DIR_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hdfs", "webhdfs")
+#: A URL the runner can use: a known scheme, then a bucket (or host), then an optional prefix.
+MODEL_DIR_URL = "(" + "|".join(MODEL_DIR_SCHEMES) + r")://[^/\s]+(/\S*)?"
+
+
+def is_url(model_dir: str | None) -> bool:
+    """Whether a model directory is a URL (any scheme), not a path."""
+    return model_dir is not None and re.match(URL_SCHEME, model_dir) is not None
+
+
+URL_RULE = Rule(
+    "spec.modelDir",
+    "must be a path or a URL of the form <scheme>://<bucket>/<prefix> with a scheme "
+    "kubelearn reads and writes through fsspec: " + ", ".join(MODEL_DIR_SCHEMES),
+    f"!self.matches({_cel_string('^' + URL_SCHEME)}) || "
+    f"self.matches({_cel_string('^' + MODEL_DIR_URL + '$')})",
+    lambda value: not is_url(value) or re.fullmatch(MODEL_DIR_URL, value) is not None)
+
+
+def _has_any(obj: str, fields: tuple[str, ...]) -> str:
+    return "(" + " || ".join(f"has({obj}.{f})" for f in fields) + ")"
+
+
 SPEC_RULES = (
     *(_given_once(role) for role in names.ROLES),
     Rule("spec.replicas", "master and chief are exclusive; set one of them",
          f"!({_count_cel('self', 'master')} >= 1 && {_count_cel('self', 'chief')} >= 1)",
          lambda spec: not (role_count(spec, "master") >= 1 and role_count(spec, "chief") >= 1)),
     Rule("spec.tensorboard",
-         "needs the model directory on a claim: TensorBoard reads it from a pod of its own, "
+         "needs a shared model directory: TensorBoard reads it from a pod of its own, "
          "and spec.storage.ephemeral gives each replica a private one",
          "!(has(self.tensorboard) && self.tensorboard && has(self.storage) && "
          "has(self.storage.ephemeral) && self.storage.ephemeral)",
          lambda spec: not (spec.get("tensorboard")
                            and (spec.get("storage") or {}).get("ephemeral"))),
+    Rule("spec.storage",
+         "is not a volume when spec.modelDir is a URL: give only secretName (the Secret "
+         "with the credentials of the object store)",
+         f"!has(self.modelDir) || !self.modelDir.matches({_cel_string('^' + URL_SCHEME)}) "
+         f"|| !has(self.storage) || !{_has_any('self.storage', VOLUME_FIELDS)}",
+         lambda spec: not is_url(spec.get("modelDir"))
+         or not any(f in (spec.get("storage") or {}) for f in VOLUME_FIELDS)),
+    Rule("spec.storage.secretName",
+         "needs spec.modelDir to be a URL: the Secret holds the object store's credentials",
+         f"!has(self.storage) || !has(self.storage.secretName) || (has(self.modelDir) && "
+         f"self.modelDir.matches({_cel_string('^' + URL_SCHEME)}))",
+         lambda spec: "secretName" not in (spec.get("storage") or {})
+         or is_url(spec.get("modelDir"))),
     Rule("spec.replicas", "needs at least one worker or master (or chief)",
          " + ".join(_count_cel("self", role) for role in names.TRAINING_ROLES) + " >= 1",
          lambda spec: sum(role_count(spec, role) for role in names.TRAINING_ROLES) >= 1),
@@ -205,21 +247,6 @@ def _replica_spec(role: str) -> dict[str, Any]:
                                "'kubelearn' (or the first) runs the runner."},
         },
     }
-
-
-#: What starts a URL (RFC 3986 scheme and "://"): a model directory is a path, so a URL is
-#: refused rather than taken for a relative directory named "s3:".
-URL_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
-URL_RULE = Rule(
-    "spec.modelDir",
-    "must be a path: its URL scheme is not one kubelearn reads or writes; put the storage "
-    "at a path with spec.storage (a PersistentVolumeClaim) instead",
-    f"!self.matches({_cel_string('^' + URL_SCHEME)})",
-    lambda value: re.match(URL_SCHEME, value) is None)
-
-
-def _has_any(obj: str, fields: tuple[str, ...]) -> str:
-    return "(" + " || ".join(f"has({obj}.{f})" for f in fields) + ")"
 
 
 def _storage_forms(storage: Mapping[str, Any]) -> int:
@@ -280,6 +307,14 @@ def _storage() -> dict[str, Any]:
                 "description": "Access modes of the claim the operator creates (default "
                                "ReadWriteOnce).",
                 "items": {"type": "string", "enum": list(ACCESS_MODES)}},
+            "secretName": {
+                "type": "string", "maxLength": 253,
+                "description": "With a URL in spec.modelDir: a Secret in the Experiment's "
+                               "namespace whose keys become environment variables of every "
+                               "replica and of TensorBoard, e.g. AWS_ACCESS_KEY_ID, "
+                               "AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL for s3://.",
+                "_rules": (_pattern_rule("spec.storage.secretName", DNS_1123_SUBDOMAIN,
+                                         "must be the name of a Secret"),)},
             "deleteWithExperiment": {
                 "type": "boolean",
                 "description": "true: the claim the operator created is deleted with the "
@@ -306,10 +341,12 @@ SPEC: dict[str, Any] = {
             "description": "Hyper-parameters, passed to every replica as KUBELEARN_HPARAMS "
                            "(JSON); the runner checks their names and values."},
         "image": _string("Runner image; default is the operator's setting.", 1024),
-        "modelDir": {**_string("Model directory, a path; default "
-                               "/tmp/kubelearn/<namespace>/<name> on a cluster, where "
-                               "spec.storage is mounted, and ./output/<name> with kubelearn "
-                               "local.", 4096),
+        "modelDir": {**_string("Model directory: a path, or a URL such as "
+                               "s3://bucket/prefix read and written through fsspec (then "
+                               "spec.storage gives only the credentials' secretName). "
+                               "Default /tmp/kubelearn/<namespace>/<name> on a cluster, "
+                               "where spec.storage is mounted, and ./output/<name> with "
+                               "kubelearn local.", 4096),
                      "_rules": (URL_RULE,)},
         "storage": _storage(),
         "tensorboard": {

@@ -41,10 +41,31 @@ def ensure_built(progress: TextIO | None = None, node: bool = False,
     build.sh writes progress to stderr, which goes to `progress` (default: this process's
     stderr) line by line, so a cold build of several minutes shows in CI logs as it happens.
     """
+    paths = _run_build([*(["node"] if node else []), *(["netpol"] if node and netpol else [])],
+                       progress)
+    try:
+        return Binaries(kubecp=Path(paths["KUBECP"]), helm=Path(paths["HELM"]),
+                        coredns=Path(paths["COREDNS"]) if node else None,
+                        netpol=Path(paths["NETPOL"]) if node and netpol else None,
+                        local_path=Path(paths["LOCAL_PATH"]) if node else None)
+    except KeyError as exc:
+        raise BuildError(f"{BUILD_SCRIPT} did not print {exc.args[0]}=<path>: {paths!r}") from exc
+
+
+def ensure_s3_server(progress: TextIO | None = None) -> Path:
+    """Run ``build.sh s3`` (a no-op when the cache holds it) and return the path of the
+    S3-compatible server, gofakes3; nothing else is built."""
+    paths = _run_build(["s3"], progress)
+    if "GOFAKES3" not in paths:
+        raise BuildError(f"{BUILD_SCRIPT} did not print GOFAKES3=<path>: {paths!r}")
+    return Path(paths["GOFAKES3"])
+
+
+def _run_build(args: list[str], progress: TextIO | None) -> dict[str, str]:
+    """Runs build.sh with ``args``; the KEY=path lines it printed."""
     out = progress if progress is not None else sys.stderr
     proc = subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT), *(["node"] if node else []),
-         *(["netpol"] if node and netpol else [])],
+        ["bash", str(BUILD_SCRIPT), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -59,11 +80,4 @@ def ensure_built(progress: TextIO | None = None, node: bool = False,
     rc = proc.wait()
     if rc != 0:
         raise BuildError(f"{BUILD_SCRIPT} exited with {rc}; last output:\n{''.join(tail)}")
-    paths = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
-    try:
-        return Binaries(kubecp=Path(paths["KUBECP"]), helm=Path(paths["HELM"]),
-                        coredns=Path(paths["COREDNS"]) if node else None,
-                        netpol=Path(paths["NETPOL"]) if node and netpol else None,
-                        local_path=Path(paths["LOCAL_PATH"]) if node else None)
-    except KeyError as exc:
-        raise BuildError(f"{BUILD_SCRIPT} did not print {exc.args[0]}=<path>: {stdout!r}") from exc
+    return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)

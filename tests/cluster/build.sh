@@ -5,6 +5,8 @@
 #   tests/cluster/build.sh node       also CoreDNS and local-path-provisioner for a real node;
 #                                     print COREDNS=<path> and LOCAL_PATH=<path> too
 #   tests/cluster/build.sh node netpol  and kube-network-policies; print NETPOL=<path> too
+#   tests/cluster/build.sh s3         only the S3-compatible server the model-directory-URL tests
+#                                     run (gofakes3); print GOFAKES3=<path>, build nothing else
 #
 # The kubecp binary is cached under ${KUBELEARN_CACHE:-~/.cache/kubelearn}/kubecp-<hash>/, where
 # <hash> is the sha256 of go.sum together with go.mod, the Go sources and this script (an edited
@@ -25,6 +27,10 @@ LOCAL_PATH_VERSION="v0.0.30"
 # NetworkPolicy enforcement, from Kubernetes SIG Network (kind ships it).
 NETPOL_PACKAGE="sigs.k8s.io/kube-network-policies/cmd"
 NETPOL_VERSION="v0.8.0"
+# An S3-compatible server on loopback for the tests of a model directory s3://... (MIT). Not
+# SeaweedFS (Apache-2.0): its go.mod has a replace directive, so `go install` refuses it.
+GOFAKES3_PACKAGE="github.com/johannesboyne/gofakes3/cmd/gofakes3"
+GOFAKES3_VERSION="v1.2.0"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mod="$here/kubecp"
@@ -150,6 +156,13 @@ go_install() {
 	log "installed $tbin"
 	echo "$tbin"
 }
+
+if [[ "${1:-}" == s3 ]]; then
+	exec 9>"$cache/gofakes3.lock"
+	flock 9
+	echo "GOFAKES3=$(go_install gofakes3 "$GOFAKES3_PACKAGE" "$GOFAKES3_VERSION" | tail -1)"
+	exit 0
+fi
 
 # One build at a time per cache entry: concurrent test sessions wait for the first one.
 exec 9>"$cache/kubecp-$key.lock"

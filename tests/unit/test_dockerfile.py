@@ -176,8 +176,9 @@ def test_builder_reads_the_operator_extra_from_pyproject(stages):
     assert out == extras["operator"]
     assert any(name.startswith("kopf") for name in out)
     runs = " ".join(stages["builder"].all("RUN"))
-    # The runner: kubelearn with pyzmq, and tensorboardX for the event files.
-    assert '".[distributed,tensorboard]"' in runs
+    # The runner: kubelearn with pyzmq, tensorboardX for the event files and s3fs for a
+    # model directory on S3.
+    assert '".[distributed,tensorboard,s3]"' in runs
     # TensorBoard: one pinned release.
     assert '"tensorboard==${TENSORBOARD_VERSION}"' in runs
     assert re.search(r"^ARG TENSORBOARD_VERSION=\d+\.\d+\.\d+$", DOCKERFILE.read_text(), re.M)

@@ -339,3 +339,40 @@ def test_tensorboard_reads_the_claim_read_only_and_is_owned_by_the_experiment() 
     assert service["spec"]["selector"] == labels
     assert service["spec"]["ports"][0]["port"] == 6006
     assert TensorBoard.url(REF) == "http://linear-tensorboard.ml.svc:6006"
+
+
+def test_a_url_model_dir_mounts_nothing_and_passes_the_secret_as_environment() -> None:
+    spec = _spec({**MINIMAL, "modelDir": "s3://models/run1",
+                  "storage": {"secretName": "s3-credentials"}})
+    for role in ("ps", "worker", "master"):
+        pod = build_pod(REF, spec, role, 0)
+        assert not any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
+        assert "fsGroup" not in pod["spec"]["securityContext"]
+        (main,) = pod["spec"]["containers"]
+        assert _env(main)["KUBELEARN_MODEL_DIR"] == "s3://models/run1"
+        assert main["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    plain = build_pod(REF, _spec({**MINIMAL, "modelDir": "s3://models/run1"}), "worker", 0)
+    assert "envFrom" not in plain["spec"]["containers"][0]
+
+
+def test_a_template_envfrom_is_kept_beside_the_storage_secret() -> None:
+    spec = _spec({"experimentFn": "m:f", "modelDir": "s3://m", "storage": {
+        "secretName": "keys"}, "replicaSpecs": {"worker": {"template": {"spec": {
+            "containers": [{"name": "kubelearn", "envFrom": [
+                {"configMapRef": {"name": "tuning"}}]}]}}}}})
+    (main,) = build_pod(REF, spec, "worker", 0)["spec"]["containers"]
+    assert main["envFrom"] == [{"configMapRef": {"name": "tuning"}},
+                               {"secretRef": {"name": "keys"}}]
+
+
+def test_tensorboard_over_a_url_reads_it_with_the_same_credentials() -> None:
+    from kubelearn_operator.builders import build_tensorboard
+
+    spec = _spec({**MINIMAL, "modelDir": "s3://models/run1", "tensorboard": True,
+                  "storage": {"secretName": "s3-credentials"}})
+    pod = build_tensorboard(REF, spec, "tb:1").deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["--logdir", "s3://models/run1"]
+    assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", []))
+    assert all(m["mountPath"] != "s3://models/run1" for m in container.get("volumeMounts", []))
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]

@@ -575,3 +575,16 @@ def test_tensorboard_comes_with_the_storage_and_stays_after_the_end() -> None:
     done = step(b, observe(*pods))
     assert conditions(done)["Succeeded"] == "True" and done.tensorboard is not None
     assert plan(body(), observe(), NOW).tensorboard is None
+
+
+def test_a_url_model_dir_needs_no_claim_nor_a_storage_class() -> None:
+    spec = {**MINIMAL, "modelDir": "s3://models/exp", "storage": {"secretName": "keys"}}
+    result = storage_step(spec, None, StorageClasses(frozenset(), None))
+    assert result.claim is None and len(result.create_pods) == 4
+    assert result.status is not None
+    condition = {c["type"]: c for c in result.status["conditions"]}["StorageReady"]
+    assert condition["status"] == "True" and condition["reason"] == "ObjectStore"
+    assert "s3://models/exp" in condition["message"] and "Secret keys" in condition["message"]
+    assert result.status is not None and result.status["storage"] == {
+        "claimName": "", "modelDir": "s3://models/exp"}
+    assert claim_to_check(body(spec), Observed()) is None

@@ -45,7 +45,8 @@ def test_every_rule_names_its_field_for_the_server() -> None:
     assert {r["fieldPath"] for r in name_rules} == {".metadata.name"}
     spec_rules = schema["properties"]["spec"]["x-kubernetes-validations"]
     assert {r["fieldPath"] for r in spec_rules} == {
-        ".replicas", ".tensorboard", *(f".replicas.{role}" for role in names.ROLES)}
+        ".replicas", ".tensorboard", ".storage", ".storage.secretName",
+        *(f".replicas.{role}" for role in names.ROLES)}
 
 
 def test_yaml_scalars_that_would_change_meaning_are_quoted() -> None:

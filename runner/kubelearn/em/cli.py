@@ -17,6 +17,7 @@ from typing import Any
 
 from kubelearn.em.reader import MalformedRun, RunRecord, find_run, list_runs
 from kubelearn.em.run import DEFAULT_PARENT_DIR, PARENT_DIR_ENV
+from kubelearn_spec.contract import model_dir_scheme
 
 
 def _fmt(value: Any) -> str:
@@ -247,6 +248,10 @@ def _guarded(func: Any) -> Any:
     plot, an I/O error); never a traceback."""
 
     def run(args: argparse.Namespace) -> int:
+        if model_dir_scheme(str(getattr(args, "dir", ""))):
+            print(f"kubelearn runs: --dir {_one_line(str(args.dir))}: runs are read from a "
+                  f"directory; copy the runs of a URL to one first", file=sys.stderr)
+            return 2
         try:
             return func(args)
         except KeyError as exc:

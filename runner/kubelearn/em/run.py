@@ -9,6 +9,16 @@ A run directory ``$EM_RUN_PARENT_DIR/<name>_<yymmdd>_<HHMMSS>_<6 chars>/`` holds
   ``{"step": 10, "epoch": 1, "time": "...", "metrics": {"loss": 0.25}}``, appended with one
   ``write`` per line. NaN and infinities are numbers, kept as the strings ``"NaN"``,
   ``"Infinity"`` and ``"-Infinity"`` (strict JSON has no literal for them).
+
+The parent directory may be a URL (``s3://bucket/prefix/runs``, as when the model directory
+is one; see :mod:`kubelearn.fs`). An object store cannot append, and rewriting a metrics
+object for every record would cost a whole upload per line, so the run is then kept in a
+local staging directory (``Run.path``) exactly as above, and mirrored to
+``<parent URL>/<run id>/`` (``Run.location``): every file that changed is uploaded whole,
+``run.yaml`` last, at once when the run is created and when it ends, and in between at most
+every ``$EM_UPLOAD_INTERVAL_SECS`` (5) after a change. Each object is written with one PUT,
+so a reader sees whole files; a process killed without running its exit handlers leaves the
+mirror as of its last upload.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import secrets
 import shutil
 import socket
 import string
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -26,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kubelearn import fs
 from kubelearn.em import lifecycle
 from kubelearn.em.files import JsonlAppender, encode_number, read_yaml, write_yaml
 from kubelearn.em.store import RUN_FILE, stored_run_id, sync_run, upload_run
@@ -124,14 +136,17 @@ class RunHParams(MutableMapping[str, Any]):
 
 
 class _AutoUploader:
-    """Syncs the run to the store in the background, at most every ``interval`` seconds."""
+    """Syncs the run to the store in the background, at most every ``interval`` seconds
+    (``sync``: the run's method that does it, ``_sync_upload`` by default)."""
 
-    def __init__(self, run: Run, interval: float) -> None:
+    def __init__(self, run: Run, interval: float, sync: str = "_sync_upload") -> None:
         self._run = run
         self._interval = interval
+        self._sync = getattr(run, sync)
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"em-upload-{run.id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"em-{sync}-{run.id}",
+                                        daemon=True)
         self._thread.start()
 
     def poke(self) -> None:
@@ -144,7 +159,7 @@ class _AutoUploader:
                 return
             self._dirty.clear()
             try:
-                self._run._sync_upload()
+                self._sync()
             except Exception as exc:  # keep training; the next change retries
                 log.warning("run %s: background upload failed: %s", self._run.id, exc)
                 self._dirty.set()
@@ -190,12 +205,33 @@ class Run:
         self._appenders: dict[str, JsonlAppender] = {}
         self._fsync_secs = _env_float(FSYNC_ENV, 1.0)
         self.pid = os.getpid()
-        self.path = self._make_dir(parent_dir(parent), name)
+        raw_parent = os.fspath(parent) if parent is not None else (
+            os.environ.get(PARENT_DIR_ENV) or DEFAULT_PARENT_DIR)
+        self._mirror_url: str | None = None
+        self._mirror_lock = threading.Lock()
+        self._mirrored: dict[str, tuple[int, int, int]] = {}
+        self._mirror: _AutoUploader | None = None
+        if fs.is_url(raw_parent) and fs.is_remote(raw_parent):
+            staging = Path(tempfile.mkdtemp(prefix="kubelearn-run-"))
+            self.path = self._make_dir(staging, name)
+            self._mirror_url = fs.join(raw_parent, self.path.name)
+        else:
+            self.path = self._make_dir(parent_dir(parent), name)
         self.id = self.path.name
         (self.path / METRICS_DIR).mkdir()
         self._hparams = RunHParams(self, hparams)
         write_yaml(self.path / HPARAMS_FILE, hparams)
         self._write_meta()
+        if self._mirror_url is not None:
+            # The first copy is made here, so that a store that cannot be written raises in
+            # the caller; the background thread keeps it up to date.
+            try:
+                self._sync_mirror()
+            except BaseException:
+                shutil.rmtree(self.path.parent, ignore_errors=True)
+                raise
+            self._mirror = _AutoUploader(self, _env_float(UPLOAD_INTERVAL_ENV, 5.0),
+                                         "_sync_mirror")
         self._uploader: _AutoUploader | None = None
         self._auto = (folder, make_folder, conflict_strategy) if auto_upload else None
         if self._auto is not None:
@@ -267,6 +303,12 @@ class Run:
             self._changed()
 
     @property
+    def location(self) -> str:
+        """Where the run is kept: its URL when its parent is one (``Run.path`` is then the
+        local staging directory mirrored there), else its directory."""
+        return self._mirror_url or str(self.path)
+
+    @property
     def uploaded_to(self) -> Path | None:
         """The run's directory in the run store after an upload."""
         return Path(self._upload["path"]) if self._upload else None
@@ -306,8 +348,7 @@ class Run:
             appender.append(record)
             if kind == "train":
                 self._training_started = True
-        if self._uploader is not None:
-            self._uploader.poke()
+        self._poke()
 
     def finish(self) -> None:
         """Mark the run Complete and flush everything; a no-op once the run has ended."""
@@ -368,8 +409,7 @@ class Run:
             change(data)
             write_yaml(self.path / HPARAMS_FILE, data)
             self._hparams._data = data
-        if self._uploader is not None:
-            self._uploader.poke()
+        self._poke()
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -391,8 +431,34 @@ class Run:
 
     def _changed(self) -> None:
         self._write_meta()
-        if self._uploader is not None:
-            self._uploader.poke()
+        self._poke()
+
+    def _poke(self) -> None:
+        for syncer in (self._uploader, self._mirror):
+            if syncer is not None:
+                syncer.poke()
+
+    def _sync_mirror(self) -> None:
+        """Uploads whole every file of the run that changed since the last upload, run.yaml
+        last (so a reader that finds a run.yaml finds the files it was written after)."""
+        if self._mirror_url is None:
+            return
+        with self._mirror_lock:
+            with self._lock:  # a consistent snapshot: no record half-way through a write
+                files = sorted(p for p in self.path.rglob("*")
+                               if p.is_file() and not p.name.startswith("."))
+                files.sort(key=lambda p: p.name == RUN_FILE)
+                changed: list[tuple[str, bytes, tuple[int, int, int]]] = []
+                for src in files:
+                    rel = src.relative_to(self.path).as_posix()
+                    stat = src.stat()
+                    # A rewrite (os.replace) is a new inode, an append a new size.
+                    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                    if self._mirrored.get(rel) != stamp:
+                        changed.append((rel, src.read_bytes(), stamp))
+            for rel, data, stamp in changed:
+                fs.write_bytes(fs.join(self._mirror_url, rel), data)
+                self._mirrored[rel] = stamp
 
     def _flush(self) -> None:
         for appender in self._appenders.values():
@@ -413,6 +479,14 @@ class Run:
             self._finished_at = _now()
             self._write_meta()
         lifecycle.unregister(self)
+        if self._mirror is not None:
+            self._mirror.stop()
+        if self._mirror_url is not None:
+            try:
+                self._sync_mirror()
+            except Exception as exc:
+                log.warning("run %s: final upload to %s failed: %s", self.id,
+                            self._mirror_url, exc)
         if self._uploader is not None:
             self._uploader.stop()
         if self._auto is not None:

@@ -5,18 +5,27 @@ depends on it. For loss and eval curves side by side, write training scalars wit
 ``EventWriter(model_dir)`` and evaluation scalars with ``EventWriter(model_dir / "eval")``
 under the same tags (``loss``, ...), as tf.estimator does; ``tensorboard --logdir model_dir``
 then overlays them.
+
+``logdir`` may be a URL (``s3://bucket/prefix``, see :mod:`kubelearn.fs`). tensorboardX
+writes local files, and an object store cannot append, so the event file is then written in
+a local staging directory and uploaded whole (one PUT) at every flush and at close: a reader
+of the URL sees the events up to the last flush, in a whole file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from kubelearn import fs
 from kubelearn.em.values import as_number
 
 log = logging.getLogger(__name__)
@@ -60,10 +69,17 @@ class EventWriter:
         if parts is None:
             return
         events_writer, self._summary, self._event_pb2 = parts
-        os.makedirs(self.logdir, exist_ok=True)
+        self._staging: str | None = None
+        if fs.is_remote(self.logdir):
+            self._staging = tempfile.mkdtemp(prefix="kubelearn-events-")
+            local = self._staging
+        else:
+            os.makedirs(self.logdir, exist_ok=True)
+            local = self.logdir
         suffix = f".{os.getpid()}.{next(_counter)}"
-        self._writer = events_writer(os.path.join(self.logdir, "events"), suffix)
-        self._finalizer = weakref.finalize(self, self._writer.close)
+        self._writer = events_writer(os.path.join(local, "events"), suffix)
+        self._finalizer = weakref.finalize(self, _close, self._writer, self.logdir,
+                                           self._staging)
 
     @property
     def enabled(self) -> bool:
@@ -95,6 +111,8 @@ class EventWriter:
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+            if self._staging is not None:
+                _upload(self._staging, self.logdir)
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
@@ -107,3 +125,20 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _upload(staging: str, logdir: str) -> None:
+    """Uploads the (flushed) staged event file whole; best effort: training goes on."""
+    try:
+        for name in sorted(os.listdir(staging)):
+            fs.upload_file(os.path.join(staging, name), fs.join(logdir, name))
+    except OSError as exc:
+        log.warning("Could not upload TensorBoard events to %s: %s", logdir, exc)
+
+
+def _close(writer: Any, logdir: str, staging: str | None) -> None:
+    writer.close()
+    if staging is not None:
+        with contextlib.suppress(Exception):
+            _upload(staging, logdir)
+        shutil.rmtree(staging, ignore_errors=True)

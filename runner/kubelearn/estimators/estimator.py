@@ -8,6 +8,7 @@ gradients to the ps tasks of the cluster. The step loop is the same for both.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kubelearn import atomic, checkpoints
+from kubelearn import checkpoints, fs
 from kubelearn import inputs as inputs_lib
 from kubelearn.estimators import metrics as metrics_lib
 from kubelearn.estimators import network as net
@@ -54,7 +55,7 @@ class Estimator:
         learning_rate: float = 0.05,
     ):
         config = config if config is not None else RunConfig()
-        if model_dir and config.model_dir and os.path.abspath(model_dir) != os.path.abspath(
+        if model_dir and config.model_dir and _same_dir(model_dir) != _same_dir(
             config.model_dir
         ):
             raise ValueError(
@@ -378,12 +379,11 @@ class Estimator:
         return results
 
     def _write_eval_summary(self, name: str | None, results: Mapping[str, Any]) -> None:
-        directory = os.path.join(self._model_dir, f"eval_{name}" if name else "eval")
-        os.makedirs(directory, exist_ok=True)
+        directory = fs.join(self._model_dir, f"eval_{name}" if name else "eval")
+        fs.makedirs(directory)
         line = json.dumps({k: (v if isinstance(v, (int, float)) else str(v))
                            for k, v in results.items()}, sort_keys=True)
-        with open(os.path.join(directory, "results.jsonl"), "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        fs.append_line(fs.join(directory, "results.jsonl"), line)
 
     def _outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
         if self._network.head == net.REGRESSION:
@@ -431,9 +431,8 @@ class Estimator:
         :func:`load_exported` reads it back for prediction, without the estimator.
         """
         params, step = self._load_params(checkpoint_path)
-        os.makedirs(export_dir, exist_ok=True)
-        atomic.write(os.path.join(export_dir, "model.npz"),
-                     lambda handle: np.savez(handle, **params))
+        fs.makedirs(export_dir)
+        fs.write(fs.join(export_dir, "model.npz"), lambda handle: np.savez(handle, **params))
         kernel = params[f"{self._network.layer_names()[0]}/kernel"]
         signature = {
             "format": "kubelearn.export/v1",
@@ -447,18 +446,32 @@ class Estimator:
             "feature_keys": self._feature_keys or self._feature_columns,
             "global_step": step,
         }
-        atomic.write_text(os.path.join(export_dir, "signature.json"),
-                          json.dumps(signature, indent=2) + "\n")
+        fs.write_text(fs.join(export_dir, "signature.json"),
+                      json.dumps(signature, indent=2) + "\n")
         return export_dir
+
+
+def _same_dir(model_dir: str) -> str:
+    """What two spellings of one model directory have in common (a URL as it is)."""
+    return model_dir.rstrip("/") if fs.is_url(model_dir) else os.path.abspath(model_dir)
 
 
 class ExportedModel:
     """A model loaded from :meth:`Estimator.export` for prediction."""
 
     def __init__(self, export_dir: str):
-        with open(os.path.join(export_dir, "signature.json"), encoding="utf-8") as handle:
-            self.signature = json.load(handle)
-        with np.load(os.path.join(export_dir, "model.npz"), allow_pickle=False) as data:
+        from kubelearn.export import COMPLETE_MARKER, is_complete
+
+        if fs.is_remote(export_dir):
+            if not is_complete(export_dir):
+                raise FileNotFoundError(f"{export_dir} is not a whole export (no "
+                                        f"{COMPLETE_MARKER}: it is being written, or its "
+                                        f"writer died)")
+            model: Any = io.BytesIO(fs.read_bytes(fs.join(export_dir, "model.npz")))
+        else:
+            model = os.path.join(export_dir, "model.npz")
+        self.signature = json.loads(fs.read_text(fs.join(export_dir, "signature.json")))
+        with np.load(model, allow_pickle=False) as data:
             self.params = {name: data[name] for name in data.files}
         self.network = net.Network(
             scope=self.signature["scope"], head=self.signature["head"],
