@@ -84,13 +84,14 @@ def _die_with_parent() -> None:  # runs in the child before exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def start_server(binary: Path, log_path: Path, bucket: str = BUCKET,
-                 timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], int]:
-    """Starts gofakes3 on a free loopback port with ``bucket``; returns it and its port."""
+def start_server(binary: Path, log_path: Path, bucket: str = BUCKET, timeout: float = 30.0,
+                 address: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], int]:
+    """Starts gofakes3 on a free port of ``address`` (loopback, or the real node's bridge for
+    its pods) with ``bucket``; returns it and its port."""
     log = open(log_path, "wb")  # noqa: SIM115  (the child's stderr, closed below)
     try:
         proc = subprocess.Popen(
-            [str(binary), "-backend", "mem", "-host", "127.0.0.1:0", "-initialbucket", bucket,
+            [str(binary), "-backend", "mem", "-host", f"{address}:0", "-initialbucket", bucket,
              "-quiet"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent)
     finally:

@@ -478,3 +478,55 @@ def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
              timeout=120, description="TensorBoard removed with the Experiment")
     # The trained model outlives its Experiment.
     assert cluster.get("pvc", "keep-model")["metadata"]["uid"] == claim["metadata"]["uid"]
+
+
+@pytest.fixture(scope="module")
+def node_s3(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """An S3-compatible server on the node's bridge address, where pods reach it, and the
+    Secret with its credentials in the experiments' namespace."""
+    from tests.cluster.build import ensure_s3_server
+    from tests.s3server import BUCKET, start_server
+
+    log = tmp_path_factory.mktemp("s3") / "gofakes3.log"
+    proc, port = start_server(ensure_s3_server(), log, address=nodes.NODE_IP)
+    env = {"AWS_ACCESS_KEY_ID": "kubelearn-node", "AWS_SECRET_ACCESS_KEY": os.urandom(8).hex(),
+           "AWS_ENDPOINT_URL": f"http://{nodes.NODE_IP}:{port}",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
+                   "stringData": env})
+    try:
+        yield {"bucket": BUCKET, "env": env}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_url_model_dir_holds_the_model_on_object_storage(cluster: Cluster, node_s3: dict,
+                                                            monkeypatch) -> None:
+    url = f"s3://{node_s3['bucket']}/objstore"
+    manifest = linear("objstore", 3000)
+    manifest["spec"]["modelDir"] = url
+    manifest["spec"]["storage"] = {"secretName": "s3-credentials"}
+    cluster.apply(manifest)
+    exp = cluster.wait_phase("objstore", "Succeeded", timeout=600)
+    storage = exp["status"]["storage"]
+    assert storage["modelDir"] == url and storage["claimName"] == ""
+    assert storage["export"].startswith(url + "/export/model/"), storage
+    ready = {c["type"]: c for c in exp["status"]["conditions"]}["StorageReady"]
+    assert ready["reason"] == "ObjectStore", ready
+    # No claim, no volume: the pods wrote only to the store.
+    assert cluster.kubectl("get", "pvc", "objstore-model", check=False).returncode != 0
+    # From this machine, as a user would: the checkpoint and the export load from the store.
+    for name, value in node_s3["env"].items():
+        monkeypatch.setenv(name, value)
+    import s3fs
+
+    from kubelearn import checkpoints
+    from kubelearn.estimators import load_exported
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    latest = checkpoints.latest_checkpoint(url)
+    params, step = checkpoints.load(latest)
+    assert step >= 3000 and params
+    assert load_exported(storage["export"]) is not None
+    cluster.kubectl("delete", "experiment", "objstore", "--wait=false")
