@@ -63,13 +63,16 @@ class Experiments:
                         timeout, f"experiment {self.ns}/{name} to reach phase {phase}")
 
     def pods(self, name: str) -> dict[str, client.V1Pod]:
+        """The experiment's replicas (its TensorBoard has no role label)."""
         items = self.core.list_namespaced_pod(
-            self.ns, label_selector=f"kubelearn.dev/experiment={name}").items
+            self.ns,
+            label_selector=f"kubelearn.dev/experiment={name},kubelearn.dev/role").items
         return {p.metadata.name: p for p in items}
 
     def services(self, name: str) -> dict[str, client.V1Service]:
         items = self.core.list_namespaced_service(
-            self.ns, label_selector=f"kubelearn.dev/experiment={name}").items
+            self.ns,
+            label_selector=f"kubelearn.dev/experiment={name},kubelearn.dev/role").items
         return {s.metadata.name: s for s in items}
 
     def live_pods(self, name: str) -> dict[str, client.V1Pod]:
