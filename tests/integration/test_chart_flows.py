@@ -28,6 +28,7 @@ from tests.integration.test_chart import (
     CRD_RULES,
     NAMESPACE_RULES,
     NAMESPACED_RULES,
+    STORAGE_CLASS_RULES,
     audit_of,
     forbidden,
     helm,
@@ -68,7 +69,7 @@ def test_operator_flows_are_refused_nothing_with_the_chart_rbac(tmp_path: Path):
     for refusal in data["refused_by_admission"]:
         assert refusal.startswith("create /api/v1/namespaces/") and "/pods" in refusal, refusal
         assert "PriorityClass" in refusal or "priorityclass" in refusal.lower(), refusal
-    granted = {**NAMESPACED_RULES, **CRD_RULES, **NAMESPACE_RULES}
+    granted = {**NAMESPACED_RULES, **CRD_RULES, **NAMESPACE_RULES, **STORAGE_CLASS_RULES}
     for key, verbs in data["used"].items():
         group, resource = key.split(" ", 1)
         assert set(verbs) <= granted.get((group, resource), set()), (key, verbs)

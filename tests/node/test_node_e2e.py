@@ -129,11 +129,16 @@ def test_operator_runs_from_the_chart_and_answers_through_its_service(cluster: C
     deploy = cluster.get("deployment", "kubelearn", RELEASE_NS)
     available = {c["type"]: c["status"] for c in deploy["status"]["conditions"]}
     assert available["Available"] == "True"
-    # Through the Service's ClusterIP (kube-proxy's rules), from this machine.
-    with urllib.request.urlopen(_service_url(cluster, "health", "/healthz"), timeout=10) as r:
-        assert r.status == 200
-    with urllib.request.urlopen(_service_url(cluster, "metrics", "/metrics"), timeout=10) as r:
-        assert b"kubelearn_" in r.read()
+    # Through the Service's ClusterIP (kube-proxy's rules), from this machine; kube-proxy
+    # programs the ready pod's endpoint a moment after the Deployment reports Available.
+    def get(port_name: str, path: str) -> bytes:
+        with urllib.request.urlopen(_service_url(cluster, port_name, path), timeout=10) as r:
+            assert r.status == 200
+            return r.read()
+
+    wait_for(lambda: get("health", "/healthz") is not None, timeout=60,
+             description="the operator's /healthz through its Service")
+    assert b"kubelearn_" in get("metrics", "/metrics")
 
 
 def test_example_succeeds_and_users_see_its_progress_and_logs(cluster: Cluster) -> None:
