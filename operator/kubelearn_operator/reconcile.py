@@ -540,10 +540,23 @@ class _Planner:
                 statuses = replica_statuses(spec.counts(), self.observed.pods.values(),
                                             self.pod_restarts)
                 status["replicaStatuses"] = statuses
+            _keep_restarts(statuses, self.old.get("replicaStatuses"))
             active = sum(s["active"] for s in statuses.values())
             status["replicas"] = f"{active}/{spec.total_replicas}"
         self.plan.status = status
         return self.plan
+
+
+def _keep_restarts(statuses: dict[str, dict[str, int]], old: Any) -> None:
+    """Restarts only ever grow: a pod deleted at the end (cleanPodPolicy) takes its kubelet's
+    restart count with it, but the status keeps what it already reported."""
+    if not isinstance(old, Mapping):
+        return
+    for role, entry in statuses.items():
+        before = (old.get(role) or {}).get("restarts") if isinstance(old.get(role), Mapping) \
+            else None
+        if isinstance(before, int) and before > entry["restarts"]:
+            entry["restarts"] = before
 
 
 def claim_to_check(body: Mapping[str, Any], observed: Observed,

@@ -588,3 +588,14 @@ def test_a_url_model_dir_needs_no_claim_nor_a_storage_class() -> None:
     assert result.status is not None and result.status["storage"] == {
         "claimName": "", "modelDir": "s3://models/exp"}
     assert claim_to_check(body(spec), Observed()) is None
+
+
+def test_restarts_in_status_never_go_down_when_pods_are_cleaned_up() -> None:
+    restarted = [pod(r, i, restarts=2 if (r, i) == ("worker", 1) else 0) for r, i in ALL]
+    first = plan(body(), observe(*restarted), NOW)
+    assert first.status is not None
+    assert first.status["replicaStatuses"]["worker"]["restarts"] == 2
+    # The worker's pod is gone (deleted at the end): its kubelet restarts stay reported.
+    later = plan(body(status=first.status), observe(*running(except_=("worker", 1))), NOW)
+    assert later.status is not None
+    assert later.status["replicaStatuses"]["worker"]["restarts"] == 2
