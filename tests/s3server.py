@@ -1,16 +1,16 @@
 """pytest plugin: a real S3-compatible server on loopback, one per session (``s3_server``).
 
-The server is gofakes3 (MIT), built with ``go install`` through ``tests/cluster/build.sh s3``
-into the build cache; when the selected tests use ``s3_server`` the build runs right after
-collection, so a cold build counts against no test's timeout. It keeps objects in memory (as
-S3 does, a key can be an object and a prefix of others at once; a PUT replaces an object
-whole), listens on a free 127.0.0.1 port, and dies with the session (and with this process
-if it is killed outright).
+The server is versitygw (Apache-2.0), Versity's S3 gateway over a directory, built with
+``go install`` through ``tests/cluster/build.sh s3`` into the build cache; when the selected
+tests use ``s3_server`` the build runs right after collection, so a cold build counts against
+no test's timeout. Each bucket is a directory of a temporary directory (a PUT replaces an
+object whole), the server listens on a free 127.0.0.1 port, checks every request's SigV4
+signature against the one key pair it was started with, and dies with the session (and with
+this process if it is killed outright).
 
 The client side is configured as a pod is, from the environment only: ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` and ``AWS_DEFAULT_REGION``, set in this
 process for the session and handed to the processes a test starts (``S3Server.env``).
-gofakes3 does not check signatures, so the credentials are made up; s3fs needs some to sign.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import contextlib
 import ctypes
 import dataclasses
 import os
-import re
 import secrets
 import signal
+import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,9 +31,9 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.build import ensure_s3_server
+from tests.session_build import BuiltOnce
 
 BUCKET = "kubelearn-test"
-_BUILT: dict[str, Path | BaseException] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,35 +47,11 @@ class S3Server:
         return f"s3://{self.bucket}/{name}-{secrets.token_hex(4)}"
 
 
-@contextlib.contextmanager
-def _terminal_output(config: pytest.Config) -> Iterator[None]:
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        yield
-        return
-    with capman.global_and_fixture_disabled():
-        yield
-
-
-def _binary(config: pytest.Config) -> Path:
-    if "result" not in _BUILT:
-        with _terminal_output(config):
-            try:
-                _BUILT["result"] = ensure_s3_server(progress=sys.stderr)
-            except Exception as exc:
-                _BUILT["result"] = exc
-    result = _BUILT["result"]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+_BINARY = BuiltOnce(lambda progress: ensure_s3_server(progress=progress))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly:
-        return
-    if any("s3_server" in getattr(item, "fixturenames", ()) for item in session.items):
-        with contextlib.suppress(Exception):  # reported by the fixture, per test
-            _binary(session.config)
+    _BINARY.before_tests(session, "s3_server")
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -84,29 +59,43 @@ def _die_with_parent() -> None:  # runs in the child before exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def start_server(binary: Path, log_path: Path, bucket: str = BUCKET, timeout: float = 30.0,
-                 address: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], int]:
-    """Starts gofakes3 on a free port of ``address`` (loopback, or the real node's bridge for
-    its pods) with ``bucket``; returns it and its port."""
-    log = open(log_path, "wb")  # noqa: SIM115  (the child's stderr, closed below)
-    try:
-        proc = subprocess.Popen(
-            [str(binary), "-backend", "mem", "-host", f"{address}:0", "-initialbucket", bucket,
-             "-quiet"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent)
-    finally:
-        log.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(r"using port: (\d+)", log_path.read_text(errors="replace"))
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None:
+def _listening(port: int, address: str) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((address, port)) == 0
+
+
+def start_server(binary: Path, root: Path, access_key: str, secret_key: str,
+                 bucket: str = BUCKET, timeout: float = 30.0, address: str = "127.0.0.1"
+                 ) -> tuple[subprocess.Popen[bytes], int]:
+    """Starts versitygw on a free port of ``address`` (loopback, or the real node's bridge
+    for its pods), serving the directories of ``root`` as buckets, with ``bucket`` made and
+    one key pair; returns it and its port. Its output goes to ``root``/../versitygw.log."""
+    (root / bucket).mkdir(parents=True, exist_ok=True)
+    log_path = root.parent / f"{root.name}-versitygw.log"
+    for _ in range(5):  # a port another process took between the probe and the bind
+        with socket.socket() as sock:
+            sock.bind((address, 0))
+            port = sock.getsockname()[1]
+        log = open(log_path, "wb")  # noqa: SIM115  (the child's output, closed below)
+        try:
+            proc = subprocess.Popen(
+                [str(binary), "--access", access_key, "--secret", secret_key,
+                 "--port", f"{address}:{port}", "--quiet", "posix", str(root)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _listening(port, address):
+                return proc, port
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
             break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"gofakes3 did not start: {log_path.read_text(errors='replace')[-2000:]}")
+    raise RuntimeError(f"versitygw did not start: {log_path.read_text(errors='replace')[-2000:]}")
 
 
 def _clear_fsspec_instances() -> None:
@@ -119,12 +108,12 @@ def _clear_fsspec_instances() -> None:
 @pytest.fixture(scope="session")
 def s3_server(request: pytest.FixtureRequest) -> Iterator[S3Server]:
     pytest.importorskip("s3fs", reason="install the [s3] extra")
-    binary = _binary(request.config)
+    binary = _BINARY.get(request.config)
     with tempfile.TemporaryDirectory(prefix="kubelearn-s3-") as tmp:
-        proc, port = start_server(binary, Path(tmp) / "gofakes3.log")
+        access, secret = "kubelearn-test", secrets.token_hex(16)
+        proc, port = start_server(binary, Path(tmp) / "buckets", access, secret)
         endpoint = f"http://127.0.0.1:{port}"
-        env = {"AWS_ACCESS_KEY_ID": "kubelearn-test",
-               "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        env = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
                "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
         with pytest.MonkeyPatch.context() as patch:
             for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",

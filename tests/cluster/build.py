@@ -54,11 +54,11 @@ def ensure_built(progress: TextIO | None = None, node: bool = False,
 
 def ensure_s3_server(progress: TextIO | None = None) -> Path:
     """Run ``build.sh s3`` (a no-op when the cache holds it) and return the path of the
-    S3-compatible server, gofakes3; nothing else is built."""
+    S3-compatible server, versitygw; nothing else is built."""
     paths = _run_build(["s3"], progress)
-    if "GOFAKES3" not in paths:
-        raise BuildError(f"{BUILD_SCRIPT} did not print GOFAKES3=<path>: {paths!r}")
-    return Path(paths["GOFAKES3"])
+    if "S3GW" not in paths:
+        raise BuildError(f"{BUILD_SCRIPT} did not print S3GW=<path>: {paths!r}")
+    return Path(paths["S3GW"])
 
 
 def _run_build(args: list[str], progress: TextIO | None) -> dict[str, str]:

@@ -6,7 +6,7 @@
 #                                     print COREDNS=<path> and LOCAL_PATH=<path> too
 #   tests/cluster/build.sh node netpol  and kube-network-policies; print NETPOL=<path> too
 #   tests/cluster/build.sh s3         only the S3-compatible server the model-directory-URL tests
-#                                     run (gofakes3); print GOFAKES3=<path>, build nothing else
+#                                     run (versitygw); print S3GW=<path>, build nothing else
 #
 # The kubecp binary is cached under ${KUBELEARN_CACHE:-~/.cache/kubelearn}/kubecp-<hash>/, where
 # <hash> is the sha256 of go.sum together with go.mod, the Go sources and this script (an edited
@@ -27,10 +27,11 @@ LOCAL_PATH_VERSION="v0.0.30"
 # NetworkPolicy enforcement, from Kubernetes SIG Network (kind ships it).
 NETPOL_PACKAGE="sigs.k8s.io/kube-network-policies/cmd"
 NETPOL_VERSION="v0.8.0"
-# An S3-compatible server on loopback for the tests of a model directory s3://... (MIT). Not
-# SeaweedFS (Apache-2.0): its go.mod has a replace directive, so `go install` refuses it.
-GOFAKES3_PACKAGE="github.com/johannesboyne/gofakes3/cmd/gofakes3"
-GOFAKES3_VERSION="v1.2.0"
+# An S3-compatible server for the tests of a model directory s3://... (Apache-2.0): Versity's
+# S3 gateway over a directory, which checks every request's SigV4 signature as S3 does. Not
+# SeaweedFS: its go.mod has a replace directive, so `go install` refuses it.
+S3GW_PACKAGE="github.com/versity/versitygw/cmd/versitygw"
+S3GW_VERSION="v1.8.0"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mod="$here/kubecp"
@@ -158,9 +159,9 @@ go_install() {
 }
 
 if [[ "${1:-}" == s3 ]]; then
-	exec 9>"$cache/gofakes3.lock"
+	exec 9>"$cache/versitygw.lock"
 	flock 9
-	echo "GOFAKES3=$(go_install gofakes3 "$GOFAKES3_PACKAGE" "$GOFAKES3_VERSION" | tail -1)"
+	echo "S3GW=$(go_install versitygw "$S3GW_PACKAGE" "$S3GW_VERSION" | tail -1)"
 	exit 0
 fi
 

@@ -20,52 +20,23 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
-from tests.cluster.build import Binaries, ensure_built
+from tests.cluster.build import ensure_built
 from tests.cluster.controlplane import ControlPlane, start_control_plane
 from tests.cluster.helpers import wait_for
+from tests.session_build import BuiltOnce, terminal_output
 
-
-@contextlib.contextmanager
-def _terminal_output(config: pytest.Config) -> Iterator[None]:
-    """Let the block write to the real stderr even while pytest captures output."""
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        yield
-        return
-    with capman.global_and_fixture_disabled():
-        yield
-
-
-_BUILT: dict[str, Binaries | BaseException] = {}
-
-
-def _binaries(config: pytest.Config) -> Binaries:
-    """Build once per session; a failed build fails every cluster test with its output."""
-    if "result" not in _BUILT:
-        with _terminal_output(config):
-            try:
-                _BUILT["result"] = ensure_built(progress=sys.stderr)
-            except Exception as exc:
-                _BUILT["result"] = exc
-    result = _BUILT["result"]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+_BINARIES = BuiltOnce(lambda progress: ensure_built(progress=progress))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly:
-        return
-    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
-        with contextlib.suppress(Exception):  # reported by the fixture, per test
-            _binaries(session.config)
+    _BINARIES.before_tests(session, "control_plane")
 
 
 @pytest.fixture(scope="session")
 def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, for the whole session."""
-    binaries = _binaries(request.config)
-    with _terminal_output(request.config):
+    binaries = _BINARIES.get(request.config)
+    with terminal_output(request.config):
         # Audit ServiceAccounts' requests: tests count what the chart's account was refused.
         cp = start_control_plane(binaries.kubecp, binaries.helm, progress=sys.stderr,
                                  audit_log=True)

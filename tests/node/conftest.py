@@ -21,9 +21,9 @@ from typing import TextIO
 import pytest
 
 from tests.cluster.build import ensure_built
-from tests.cluster.fixtures import _terminal_output
 from tests.node import images
 from tests.node import node as nodes
+from tests.session_build import terminal_output
 
 NODE_FIXTURES = ("real_node", "fresh_node_dir")
 
@@ -79,7 +79,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if _selects_node(session):
         lock = threading.Lock()
-        with _terminal_output(session.config):
+        with terminal_output(session.config):
             builder = threading.Thread(target=_build_images, name="images", daemon=True,
                                        args=(_Prefixed("[images] ", sys.stderr, lock),))
             builder.start()
@@ -93,13 +93,13 @@ def real_node(request: pytest.FixtureRequest) -> Iterator[nodes.Node]:
     """The node with its control plane, for the whole session; down at the end."""
     if why := _unavailable():
         pytest.skip(why)
-    with _terminal_output(request.config):
+    with terminal_output(request.config):
         node = nodes.up(progress=sys.stderr)
     atexit.register(nodes.down)  # a crash past the finalizer still cleans up
     try:
         yield node
     finally:
-        with _terminal_output(request.config):
+        with terminal_output(request.config):
             nodes.down(progress=sys.stderr)
         atexit.unregister(nodes.down)
 
