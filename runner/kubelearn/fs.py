@@ -32,6 +32,7 @@ import contextlib
 import io
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -109,6 +110,44 @@ def check(location: str, source: str) -> None:
         _filesystem(location)
     except ModelDirError as exc:
         raise ModelDirError(f"{source} {os.fspath(location)[:300]!r}: {exc}") from None
+
+
+# Connection errors are retried this long before a replica gives up: the store may be a
+# Service that starts with the experiment.
+PROBE_PATIENCE_SECONDS = 60.0
+
+
+def probe(location: str, source: str, patience: float = PROBE_PATIENCE_SECONDS) -> None:
+    """Writes and removes a small object under a remote ``location``, so that a missing
+    bucket or credentials that cannot write fail the replica at its start, in one line,
+    rather than at its first checkpoint. Nothing for a path. A store that cannot be reached
+    is tried again for ``patience`` seconds.
+
+    Raises:
+      ModelDirError: one line, naming ``source``, the location and what the store said.
+    """
+    filesystem, path = _filesystem(location)
+    if filesystem is None:
+        return
+    name = f"{path.rstrip('/')}/.kubelearn-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    where = f"{source} {os.fspath(location)[:300]!r}"
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            filesystem.pipe_file(name, b"")
+            filesystem.rm_file(name)
+            return
+        except FileNotFoundError as exc:
+            raise ModelDirError(f"{where}: the bucket does not exist ({_one_line(exc)})"
+                                ) from None
+        except PermissionError as exc:
+            raise ModelDirError(f"{where}: access denied; check the credentials "
+                                f"({_one_line(exc)})") from None
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise ModelDirError(f"{where}: cannot write there: {type(exc).__name__}: "
+                                    f"{_one_line(exc)}") from None
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 def is_remote(location: str) -> bool:
@@ -280,6 +319,49 @@ def upload_file(local_path: str, location: str) -> None:
     with open(local_path, "rb") as handle:
         data = handle.read()
     write_bytes(location, data)
+
+
+def download_tree(location: str, local_dir: str, max_bytes: int = 1 << 30) -> int:
+    """Copies every object under a remote ``location`` to ``local_dir``, keeping the names
+    below the prefix; returns how many files were copied. Keys are outside input: one with an
+    empty, ``.`` or ``..`` part, or a NUL, is skipped, so nothing lands outside ``local_dir``.
+
+    Raises:
+      ValueError: when ``location`` is a path, or the objects add up to more than
+        ``max_bytes``.
+      FileNotFoundError: when nothing is under ``location``.
+    """
+    filesystem, path = _filesystem(location)
+    if filesystem is None:
+        raise ValueError(f"{location}: not a URL of a remote filesystem")
+    root = path.rstrip("/") + "/"
+    with _remote_errors(location):
+        filesystem.invalidate_cache(path)
+        found = filesystem.find(path.rstrip("/"), detail=True)
+    files = {key: info for key, info in found.items()
+             if str(key).startswith(root) and info.get("type") != "directory"}
+    if not files:
+        raise FileNotFoundError(f"{location}: nothing there")
+    total = sum(int(info.get("size") or 0) for info in files.values())
+    if total > max_bytes:
+        raise ValueError(f"{location}: {total} bytes, more than the {max_bytes} allowed")
+    copied = 0
+    # The deepest keys first, so that a key that is also a prefix of others (S3 allows it)
+    # finds its directory made and is skipped.
+    for key in sorted(files, key=lambda k: (-str(k).count("/"), str(k))):
+        parts = str(key)[len(root):].split("/")
+        if any(part in ("", ".", "..") or "\0" in part for part in parts):
+            continue
+        dest = os.path.join(local_dir, *parts)
+        if os.path.isdir(dest):  # a key that is also a prefix of others: keep the prefix
+            continue
+        with _remote_errors(location):
+            data = filesystem.cat_file(str(key))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as handle:
+            handle.write(data)
+        copied += 1
+    return copied
 
 
 def remove(location: str) -> None:

@@ -428,7 +428,9 @@ def local_command(args: argparse.Namespace) -> int:
     given = args.model_dir or spec.model_dir
     if given and not ephemeral and fs.is_url(given):
         try:
-            fs.check(given, "--model-dir" if args.model_dir else "spec.modelDir")
+            source = "--model-dir" if args.model_dir else "spec.modelDir"
+            fs.check(given, source)
+            fs.probe(given, source)
         except fs.ModelDirError as exc:
             print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
             return EXIT_MODEL_DIR_UNUSABLE

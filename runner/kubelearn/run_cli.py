@@ -7,8 +7,9 @@ Exit codes are a contract with the operator's ExitCode restart policy:
   imported or does not build an Experiment, an unknown schedule): one line on stderr,
   no traceback, never worth a restart;
 * 1: an error while training (with its traceback);
-* 3: a model directory URL this process cannot use (an unknown scheme, or a known one whose
-  filesystem package is not installed, e.g. gs:// without gcsfs): one line on stderr naming
+* 3: a model directory URL this process cannot use (an unknown scheme, a known one whose
+  filesystem package is not installed, e.g. gs:// without gcsfs, or a store that refuses a
+  write: no such bucket, credentials that cannot write): one line on stderr naming
   ``--model-dir`` or ``KUBELEARN_MODEL_DIR`` (spec.modelDir), never worth a restart;
 * 128+N: stopped by signal N (SIGTERM is handled and exits with 143, also as a container's
   PID 1; SIGKILL and others kill the process, which a shell and the kubelet report as 128+N).
@@ -150,7 +151,8 @@ def check_model_dir(model_dir: str, source: str) -> None:
     """A model directory given as a URL must have a filesystem this process can use.
 
     Raises:
-      UnusableModelDir: naming ``source``, for an unknown scheme or a missing package.
+      UnusableModelDir: naming ``source``, for an unknown scheme, a missing package, or a
+        store that refuses a write (no such bucket, credentials that cannot write).
     """
     from kubelearn import fs
 
@@ -158,6 +160,7 @@ def check_model_dir(model_dir: str, source: str) -> None:
         return
     try:
         fs.check(model_dir, source)
+        fs.probe(model_dir, source)
     except fs.ModelDirError as exc:
         raise UnusableModelDir(str(exc)) from None
 

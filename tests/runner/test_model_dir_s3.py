@@ -1,8 +1,9 @@
 """A model directory on S3 (``s3://bucket/prefix``), against a real S3-compatible server on
 loopback (tests/s3server.py): distributed training with real processes (resumed by a new
 launch, and a killed ps restored from the checkpoint on S3), the order of a checkpoint and
-its index, export completion markers, and the exit code of a model directory
-URL that cannot be used."""
+its index, export completion markers, ``kubelearn runs`` over the URL, and the exit code of a
+model directory URL that cannot be used: an unknown scheme, a missing package, a missing
+bucket, credentials the store refuses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -104,6 +106,20 @@ def test_distributed_training_on_s3_checkpoints_exports_and_resumes(s3_server, t
     meta = yaml.safe_load(fs.read_text(f"{model_dir}/runs/{run_id}/run.yaml"))
     assert meta["status"] == "Complete" and meta["name"] == "s3exp"
     assert fs.read_text(f"{model_dir}/runs/{run_id}/metrics/train.jsonl").strip()
+    # Each replica's write probe left nothing behind.
+    assert not [n for n in fs.listdir(model_dir) if n.startswith(".kubelearn-probe")]
+
+    # kubelearn runs reads the runs under the URL, and shows them by the URL.
+    listed = _run(["runs", "--dir", f"{model_dir}/runs", "list", "--json"], **env)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["id"] == run_id and row["path"] == f"{model_dir}/runs/{run_id}", row
+    shown = _run(["runs", "--dir", f"{model_dir}/runs", "show", "s3exp"], **env)
+    assert shown.returncode == 0 and f"{model_dir}/runs/{run_id}" in shown.stdout, shown
+    assert "kubelearn-runs-" not in shown.stdout + shown.stderr
+    missing = _run(["runs", "--dir", f"{model_dir}/runs", "show", "nosuch"], **env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"kubelearn runs: no run 'nosuch' in {model_dir}/runs"
 
     # A new launch (a restarted master and ps) resumes from the checkpoint on S3.
     manifest = _manifest(tmp_path, "s3exp", {**HP, "train_steps": 2 * HP["train_steps"]})
@@ -313,3 +329,41 @@ def test_unusable_model_dir_url_exits_3_with_one_line(tmp_path, url, why):
                  "--model-dir", url], TF_CONFIG=tf_config)
     assert flag.returncode == 3 and flag.stderr.startswith(
         f"kubelearn run: error: --model-dir '{url}': ")
+
+
+def test_a_missing_bucket_stops_every_replica_at_its_start_with_exit_3(s3_server, tmp_path):
+    url = f"s3://no-such-bucket-{secrets.token_hex(3)}/exp"
+    env = client_env(s3_server)
+    local = _local(_manifest(tmp_path, "nobucket", HP), url, env, timeout=60)
+    assert local.returncode == EXIT_MODEL_DIR_UNUSABLE, local.stdout
+    (line,) = local.stdout.splitlines()
+    assert line.startswith(f"kubelearn local: error: --model-dir '{url}': the bucket does not "
+                           f"exist"), line
+    tf_config = json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                            "task": {"type": "worker", "index": 0}})
+    run = _run(["run", "--experiment-fn", "kubelearn.examples.linear:experiment_fn"],
+               **{**s3_server.env, "TF_CONFIG": tf_config, "KUBELEARN_MODEL_DIR": url})
+    assert run.returncode == EXIT_MODEL_DIR_UNUSABLE
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"kubelearn run: error: KUBELEARN_MODEL_DIR (spec.modelDir) '{url}': "
+                           f"the bucket does not exist"), line
+
+
+def test_credentials_the_store_refuses_stop_every_replica_at_its_start(s3_server, tmp_path):
+    url = s3_server.url("refused")
+    env = client_env(s3_server, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    local = _local(_manifest(tmp_path, "refused", HP), url, env, timeout=60)
+    assert local.returncode == EXIT_MODEL_DIR_UNUSABLE, local.stdout
+    (line,) = local.stdout.splitlines()
+    assert line.startswith(f"kubelearn local: error: --model-dir '{url}': access denied; check "
+                           f"the credentials (The request signature we calculated does not "
+                           f"match"), line
+    tf_config = json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                            "task": {"type": "worker", "index": 0}})
+    run = _run(["run", "--experiment-fn", "kubelearn.examples.linear:experiment_fn",
+                "--model-dir", url],
+               **{**s3_server.env, "AWS_SECRET_ACCESS_KEY": "x", "TF_CONFIG": tf_config})
+    assert run.returncode == EXIT_MODEL_DIR_UNUSABLE
+    assert run.stderr.startswith(f"kubelearn run: error: --model-dir '{url}': access denied"), \
+        run.stderr
+    assert not fs.exists(url)  # nothing was written

@@ -259,3 +259,49 @@ def _records(data: bytes) -> list[bytes]:
         offset += 12 + length + 4
     assert offset == len(data)
     return records
+
+
+def test_probe_writes_and_removes_one_empty_object(url):
+    fs.write_text(fs.join(url, "keep"), "x")
+    fs.probe(url, "spec.modelDir")
+    assert fs.listdir(url) == ["keep"]
+    fs.probe("/no/such/local/dir", "--model-dir")  # a path is not probed
+
+
+def test_probe_gives_up_after_its_patience_naming_the_source(url, monkeypatch):
+    import fsspec
+
+    memory = type(fsspec.filesystem("memory"))
+
+    def unreachable(self, path, value, **kwargs):
+        raise ConnectionError("Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(memory, "pipe_file", unreachable)
+    start = time.monotonic()
+    with pytest.raises(fs.ModelDirError) as caught:
+        fs.probe(url, "spec.modelDir", patience=0.5)
+    assert time.monotonic() - start >= 0.5
+    message = str(caught.value)
+    assert message.startswith(f"spec.modelDir {url!r}: cannot write there: ConnectionError")
+    assert "\n" not in message
+
+
+def test_download_tree_copies_runs_and_skips_keys_that_would_escape(url, tmp_path):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    root = url.removeprefix("memory:/")
+    for key in ("runs/a/run.yaml", "runs/a/metrics/train.jsonl", "runs/a/../../../evil",
+                "runs//empty-part", "runs/b/c"):
+        memory.pipe_file(f"{root}/{key}", key.encode())
+    memory.store[f"{root}/runs/b"] = memory.store[f"{root}/runs/b/c"]  # object and prefix
+    dest = tmp_path / "copy"
+    dest.mkdir()
+    assert fs.download_tree(fs.join(url, "runs"), str(dest)) == 3
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["copy/a/metrics/train.jsonl", "copy/a/run.yaml", "copy/b/c"]
+    assert (dest / "a" / "run.yaml").read_text() == "runs/a/run.yaml"
+    with pytest.raises(ValueError, match="more than the 10 allowed"):
+        fs.download_tree(fs.join(url, "runs"), str(tmp_path / "small"), max_bytes=10)
+    with pytest.raises(FileNotFoundError):
+        fs.download_tree(fs.join(url, "nothing"), str(tmp_path / "none"))

@@ -242,17 +242,48 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------
 
 
+def _from_url(func: Any, args: argparse.Namespace) -> int:
+    """Runs ``func`` over a local copy of the runs under the URL ``args.dir``; paths of the
+    copy in what it prints are shown as the URL."""
+    import contextlib
+    import io
+    import tempfile
+
+    from kubelearn import fs
+
+    url = str(args.dir).rstrip("/")
+    try:
+        fs.check(url, "--dir")
+    except fs.ModelDirError as exc:
+        print(f"kubelearn runs: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="kubelearn-runs-") as copy:
+        with contextlib.suppress(FileNotFoundError):  # no runs: the command says so
+            fs.download_tree(url, copy)
+        args.dir = copy
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = func(args)
+        except Exception as exc:
+            exc.args = tuple(a.replace(copy, url) if isinstance(a, str) else a
+                             for a in exc.args)
+            raise
+        finally:
+            sys.stdout.write(out.getvalue().replace(copy, url))
+            sys.stderr.write(err.getvalue().replace(copy, url))
+    return code
+
+
 def _guarded(func: Any) -> Any:
     """Turn the errors a user can cause into one line on stderr: exit code 2 for malformed
     input (a run file that cannot be read), 1 for anything else (no such run, nothing to
     plot, an I/O error); never a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        if model_dir_scheme(str(getattr(args, "dir", ""))):
-            print(f"kubelearn runs: --dir {_one_line(str(args.dir))}: runs are read from a "
-                  f"directory; copy the runs of a URL to one first", file=sys.stderr)
-            return 2
         try:
+            if model_dir_scheme(str(getattr(args, "dir", ""))):
+                return _from_url(func, args)
             return func(args)
         except KeyError as exc:
             print(f"kubelearn runs: {_one_line(exc.args[0])}", file=sys.stderr)
