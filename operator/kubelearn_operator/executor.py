@@ -93,6 +93,10 @@ class Executor:
         ref = ExperimentRef(name, namespace, body["metadata"].get("uid", ""))
         # Creating needs no ordering, so it starts at once, beside the status write;
         # deletions wait for the status: a restart is recorded before its pod goes.
+        # TensorBoard's removal is the exception: it goes before the status stops naming it,
+        # so an operator killed in between removes it on the next reconcile.
+        if result.remove_tensorboard:
+            await self._remove_tensorboard(ref)
         creates = asyncio.ensure_future(self._create_all(ref, result))
         try:
             present = await self._write_status(key, body, result)
@@ -186,6 +190,30 @@ class Executor:
             self._ensure(ref, "tensorboard-service", f"/api/v1/namespaces/{ref.namespace}/services",
                          board.service, "Service"))
         self.expectations.ensured.add((ref.uid, "tensorboard"))
+
+    async def _remove_tensorboard(self, ref: ExperimentRef) -> None:
+        """Deletes TensorBoard's Deployment and Service if this Experiment owns them (a
+        same-named object of someone else's is left alone)."""
+        name = names.tensorboard_name(ref.name)
+        for path, kind in ((f"/apis/apps/v1/namespaces/{ref.namespace}/deployments/{name}",
+                            "Deployment"),
+                           (f"/api/v1/namespaces/{ref.namespace}/services/{name}", "Service")):
+            try:
+                found = await self.client.request("GET", path)
+            except ApiError as error:
+                if error.status == 404:
+                    continue
+                raise
+            meta = found.get("metadata") or {}
+            if not any(o.get("uid") == ref.uid and o.get("controller")
+                       for o in meta.get("ownerReferences") or []):
+                continue
+            if await self.client.delete(path, meta.get("uid")):
+                self.events.post(ref, Event("Normal", f"SuccessfulDelete{kind}",
+                                            f"Deleted {kind.lower()} {name}"))
+        self.expectations.ensured -= {(ref.uid, "tensorboard"),
+                                      (ref.uid, "tensorboard-deployment"),
+                                      (ref.uid, "tensorboard-service")}
 
     async def _ensure(self, ref: ExperimentRef, what: str, path: str,
                       manifest: Mapping[str, Any], kind: str, replace: bool = False) -> None:

@@ -118,6 +118,7 @@ class Plan:
     podgroup: dict[str, Any] | None = None
     claim: dict[str, Any] | None = None  # created before any pod
     tensorboard: TensorBoard | None = None
+    remove_tensorboard: bool = False  # spec.tensorboard turned off: its objects go
     create_services: list[dict[str, Any]] = field(default_factory=list)
     create_pods: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[tuple[str, str]] = field(default_factory=list)
@@ -374,12 +375,18 @@ class _Planner:
         return self.storage_ready(True, "ClaimReady", ready)
 
     def tensorboard(self, spec: ExperimentSpec) -> None:
+        """TensorBoard while ``spec.tensorboard`` is on. Turned off, its Deployment and
+        Service go, and ``status.tensorboard`` with them: the status is what says they may
+        exist, so it is cleared only by the status write that follows their deletion."""
         if spec.tensorboard:
             self.plan.tensorboard = build_tensorboard(
                 self.ref, spec, self.options.tensorboard_image, self.options.image_pull_policy)
             self.status["tensorboard"] = {
                 "service": names.tensorboard_name(self.ref.name),
                 "url": TensorBoard.url(self.ref, self.options.cluster_domain)}
+        elif self.old.get("tensorboard"):
+            self.plan.remove_tensorboard = True
+            self.status["tensorboard"] = None
 
     def storage_ready(self, ready: bool, reason: str, message: str) -> bool:
         old = get_condition(self.conditions, STORAGE_CONDITION) or {}

@@ -208,3 +208,39 @@ def test_tensorboard_is_served_from_the_claim_and_goes_with_the_experiment(
         return False
 
     wait_for(gone, 60, "the TensorBoard Deployment removed with the Experiment")
+
+
+def test_tensorboard_turned_off_goes_and_one_not_ours_stays(
+        experiments: Experiments, namespace: str, start_operator,
+        kube_api: client.ApiClient) -> None:
+    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    # Someone else's Service with the name the operator would give TensorBoard's.
+    foreign = core.create_namespaced_service(namespace, client.V1Service(
+        metadata=client.V1ObjectMeta(name="toggle-tensorboard"),
+        spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=6006)])))
+    start_operator(namespace)
+    experiments.create("toggle", {**MINIMAL, "tensorboard": True})
+    experiments.wait_pods("toggle", {"toggle-master-0", "toggle-worker-0"})
+    deployment = wait_for(lambda: apps.read_namespaced_deployment("toggle-tensorboard",
+                                                                  namespace), 30,
+                          "the TensorBoard Deployment")
+    experiments.patch_spec("toggle", {"tensorboard": False})
+
+    def deployment_gone() -> bool:
+        try:
+            apps.read_namespaced_deployment("toggle-tensorboard", namespace)
+        except client.ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(deployment_gone, 30, "the TensorBoard Deployment removed")
+    wait_for(lambda: "tensorboard" not in experiments.status("toggle"), 30,
+             "status.tensorboard cleared")
+    # The Service was not the operator's: it stays, untouched.
+    kept = core.read_namespaced_service("toggle-tensorboard", namespace)
+    assert kept.metadata.uid == foreign.metadata.uid and not kept.metadata.owner_references
+    # Turned on again, TensorBoard comes back.
+    experiments.patch_spec("toggle", {"tensorboard": True})
+    again = wait_for(lambda: apps.read_namespaced_deployment("toggle-tensorboard", namespace),
+                     30, "the TensorBoard Deployment made again")
+    assert again.metadata.uid != deployment.metadata.uid

@@ -466,15 +466,7 @@ def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
     assert board["url"] == f"http://keep-tensorboard.{NS}.svc:6006"
     cluster.kubectl("rollout", "status", "deployment/keep-tensorboard", "--timeout=180s",
                     timeout=200)
-    address = cluster.get("service", board["service"])["spec"]["clusterIP"]
-
-    def scalars() -> dict | None:
-        url = f"http://{address}:6006/data/plugin/scalars/tags"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            tags = json.load(response)
-        return tags if any("loss" in t for t in tags.values()) else None
-
-    tags = wait_for(scalars, timeout=120, description="TensorBoard's scalars")
+    tags = _tensorboard_scalars(cluster, board["service"])
     assert set(tags) >= {".", "eval"}, tags  # training and evaluation curves, side by side
 
     cluster.kubectl("delete", "experiment", "keep", "--wait=true", timeout=120)
@@ -485,6 +477,19 @@ def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
     assert cluster.get("pvc", "keep-model")["metadata"]["uid"] == claim["metadata"]["uid"]
 
 
+def _tensorboard_scalars(cluster: Cluster, service: str) -> dict:
+    """The scalar tags TensorBoard serves through its Service, once it has a loss."""
+    address = cluster.get("service", service)["spec"]["clusterIP"]
+
+    def scalars() -> dict | None:
+        url = f"http://{address}:6006/data/plugin/scalars/tags"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            tags = json.load(response)
+        return tags if any("loss" in t for t in tags.values()) else None
+
+    return wait_for(scalars, timeout=120, description="TensorBoard's scalars")
+
+
 @pytest.fixture(scope="module")
 def node_s3(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """An S3-compatible server on the node's bridge address, where pods reach it, and the
@@ -492,9 +497,10 @@ def node_s3(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from tests.cluster.build import ensure_s3_server
     from tests.s3server import BUCKET, start_server
 
-    log = tmp_path_factory.mktemp("s3") / "gofakes3.log"
-    proc, port = start_server(ensure_s3_server(), log, address=nodes.NODE_IP)
-    env = {"AWS_ACCESS_KEY_ID": "kubelearn-node", "AWS_SECRET_ACCESS_KEY": os.urandom(8).hex(),
+    access, secret = "kubelearn-node", os.urandom(16).hex()
+    proc, port = start_server(ensure_s3_server(), tmp_path_factory.mktemp("s3") / "buckets",
+                              access, secret, address=nodes.NODE_IP)
+    env = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
            "AWS_ENDPOINT_URL": f"http://{nodes.NODE_IP}:{port}",
            "AWS_DEFAULT_REGION": "us-east-1"}
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
@@ -512,6 +518,7 @@ def test_a_url_model_dir_holds_the_model_on_object_storage(cluster: Cluster, nod
     manifest = linear("objstore", 3000)
     manifest["spec"]["modelDir"] = url
     manifest["spec"]["storage"] = {"secretName": "s3-credentials"}
+    manifest["spec"]["tensorboard"] = True
     cluster.apply(manifest)
     exp = cluster.wait_phase("objstore", "Succeeded", timeout=600)
     storage = exp["status"]["storage"]
@@ -534,4 +541,9 @@ def test_a_url_model_dir_holds_the_model_on_object_storage(cluster: Cluster, nod
     params, step = checkpoints.load(latest)
     assert step >= 3000 and params
     assert load_exported(storage["export"]) is not None
+    # TensorBoard reads the event files from the store, with the same Secret.
+    cluster.kubectl("rollout", "status", "deployment/objstore-tensorboard", "--timeout=180s",
+                    timeout=200)
+    tags = _tensorboard_scalars(cluster, exp["status"]["tensorboard"]["service"])
+    assert set(tags) >= {".", "eval"}, tags
     cluster.kubectl("delete", "experiment", "objstore", "--wait=false")

@@ -577,6 +577,20 @@ def test_tensorboard_comes_with_the_storage_and_stays_after_the_end() -> None:
     assert plan(body(), observe(), NOW).tensorboard is None
 
 
+def test_tensorboard_turned_off_is_removed_and_leaves_the_status() -> None:
+    on = step(body({**MINIMAL, "tensorboard": True}), observe())
+    assert on.status is not None and not on.remove_tensorboard
+    off = plan(body(MINIMAL, status=on.status), observe(*running()), NOW)
+    assert off.remove_tensorboard and off.tensorboard is None
+    assert off.status is not None and status_patch(on.status, off.status)["tensorboard"] is None
+    # Once the status no longer names it, there is nothing more to remove.
+    after = plan(body(MINIMAL, status={**on.status, "tensorboard": None}), observe(*running()),
+                 NOW)
+    assert not after.remove_tensorboard
+    never = plan(body(MINIMAL), observe(*running()), NOW)
+    assert not never.remove_tensorboard
+
+
 def test_a_url_model_dir_needs_no_claim_nor_a_storage_class() -> None:
     spec = {**MINIMAL, "modelDir": "s3://models/exp", "storage": {"secretName": "keys"}}
     result = storage_step(spec, None, StorageClasses(frozenset(), None))

@@ -43,8 +43,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["patch"]
 # One pod and one headless service per replica: cached by list and watch, never read singly.
 - apiGroups: [""]
-  resources: ["pods", "services"]
+  resources: ["pods"]
   verbs: ["list", "watch", "create", "delete"]
+# Services are read singly only for TensorBoard's, to check its owner before it is removed.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "get", "create", "delete"]
 # The experiment's token and Curve key (created once; read back one at a time, never
 # listed, for the token the chief's progress endpoint asks for) and, for large experiments,
 # the cluster spec (created, then patched when the experiment is scaled).
@@ -59,10 +63,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "create"]
-# An experiment's TensorBoard (spec.tensorboard), removed with it by its owner reference.
+# An experiment's TensorBoard (spec.tensorboard), removed with it by its owner reference,
+# or by the operator (its owner checked first) when spec.tensorboard is turned off.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["create"]
+  verbs: ["get", "create", "delete"]
 # Events on Experiments, from the operator and its framework.
 - apiGroups: [""]
   resources: ["events"]
