@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -338,6 +339,13 @@ def build_tensorboard(ref: ExperimentRef, spec: ExperimentSpec, image: str,
     pod_spec: dict[str, Any] = {
         "containers": [container], "enableServiceLinks": False,
         "automountServiceAccountToken": False}
+    scheme = contract.model_dir_scheme(spec.model_dir)
+    if scheme is not None:
+        # TensorBoard finds new event files by listing the directory again and again; the
+        # fsspec clients (s3fs, gcsfs, adlfs) would keep their first listing for good and
+        # never show a run whose events were written after TensorBoard started.
+        container["env"] = [{"name": f"FSSPEC_{scheme.upper()}",
+                             "value": json.dumps({"use_listings_cache": False})}]
     if claim is not None:
         container["volumeMounts"] = [{"name": MODEL_VOLUME, "mountPath": spec.model_dir,
                                       "readOnly": True}]

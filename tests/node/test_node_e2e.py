@@ -478,16 +478,21 @@ def test_after_success_the_model_loads_from_a_fresh_pod_and_the_claim_stays(
 
 
 def _tensorboard_scalars(cluster: Cluster, service: str) -> dict:
-    """The scalar tags TensorBoard serves through its Service, once it has a loss."""
+    """The scalar tags TensorBoard serves through its Service, once it has loaded a loss of
+    training (run ".") and of evaluation (run "eval"): it loads runs one after another."""
     address = cluster.get("service", service)["spec"]["clusterIP"]
+    seen: list[dict] = [{}]
 
     def scalars() -> dict | None:
         url = f"http://{address}:6006/data/plugin/scalars/tags"
         with urllib.request.urlopen(url, timeout=10) as response:
-            tags = json.load(response)
-        return tags if any("loss" in t for t in tags.values()) else None
+            seen[0] = tags = json.load(response)
+        return tags if all("loss" in tags.get(run, {}) for run in (".", "eval")) else None
 
-    return wait_for(scalars, timeout=120, description="TensorBoard's scalars")
+    try:
+        return wait_for(scalars, timeout=180, description="TensorBoard's scalars")
+    except Exception as error:
+        raise AssertionError(f"TensorBoard serves only {seen[0]}") from error
 
 
 @pytest.fixture(scope="module")

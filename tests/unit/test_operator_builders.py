@@ -376,3 +376,5 @@ def test_tensorboard_over_a_url_reads_it_with_the_same_credentials() -> None:
     assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", []))
     assert all(m["mountPath"] != "s3://models/run1" for m in container.get("volumeMounts", []))
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    # TensorBoard lists the directory again for new runs: no listing cached for good.
+    assert container["env"] == [{"name": "FSSPEC_S3", "value": '{"use_listings_cache": false}'}]
