@@ -381,7 +381,11 @@ def test_values_schema_names_the_bad_value(control_plane: ControlPlane, value, m
 
 def test_chart_crd_is_the_crds_file(control_plane: ControlPlane):
     out = helm(control_plane, "show", "crds", str(CHART))
-    assert out.strip() == (REPO / "crds" / "experiments.kubelearn.dev.yaml").read_text().strip()
+    files = ("experiments.kubelearn.dev.yaml", "sweeps.kubelearn.dev.yaml")
+    assert out.strip() == "\n".join((REPO / "crds" / f).read_text() for f in files).strip()
+    # One stream of two documents, which kubectl apply -f - takes as it is.
+    assert [d["metadata"]["name"] for d in yaml.safe_load_all(out)] == [
+        "experiments.kubelearn.dev", "sweeps.kubelearn.dev"]
 
 
 def test_namespace_scope_passes_server_side_dry_run(
