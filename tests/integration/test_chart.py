@@ -46,14 +46,14 @@ NAMESPACED_RULES = {
     ("kubelearn.dev", "experiments"): {"list", "watch", "delete"},
     ("kubelearn.dev", "experiments/status"): {"patch"},
     ("", "pods"): {"list", "watch", "create", "delete"},
-    ("", "services"): {"list", "watch", "create", "delete"},
+    ("", "services"): {"list", "watch", "get", "create", "delete"},
     ("", "secrets"): {"create", "get"},
     ("", "configmaps"): {"create", "patch"},
     ("", "events"): {"create"},
     ("scheduling.x-k8s.io", "podgroups"): {"create"},
     ("networking.k8s.io", "networkpolicies"): {"create"},
     ("", "persistentvolumeclaims"): {"get", "create"},
-    ("apps", "deployments"): {"create"},
+    ("apps", "deployments"): {"get", "create", "delete"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 #: Cluster-wide in both scopes: which class makes the model directory's claim.
@@ -123,10 +123,13 @@ def forbidden(events: list[dict[str, Any]]) -> list[str]:
 
 def refused_by_admission(events: list[dict[str, Any]]) -> list[str]:
     """Requests RBAC allowed that an admission plugin answered with 403 (a pod naming a
-    missing PriorityClass, say): not a permission the chart lacks."""
+    missing PriorityClass, say): not a permission the chart lacks. Creates refused in a
+    namespace being deleted are left out: a cluster-wide operator meets those whenever an
+    earlier test's namespace is still going with an Experiment in it."""
     return [f"{e['verb']} {e['requestURI']}: {e['responseStatus'].get('message', '')}"
             for e in events
-            if e.get("responseStatus", {}).get("code") == 403 and _decision(e) == "allow"]
+            if e.get("responseStatus", {}).get("code") == 403 and _decision(e) == "allow"
+            and "because it is being terminated" not in e["responseStatus"].get("message", "")]
 
 
 def used(events: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -381,11 +384,7 @@ def test_values_schema_names_the_bad_value(control_plane: ControlPlane, value, m
 
 def test_chart_crd_is_the_crds_file(control_plane: ControlPlane):
     out = helm(control_plane, "show", "crds", str(CHART))
-    files = ("experiments.kubelearn.dev.yaml", "sweeps.kubelearn.dev.yaml")
-    assert out.strip() == "\n".join((REPO / "crds" / f).read_text() for f in files).strip()
-    # One stream of two documents, which kubectl apply -f - takes as it is.
-    assert [d["metadata"]["name"] for d in yaml.safe_load_all(out)] == [
-        "experiments.kubelearn.dev", "sweeps.kubelearn.dev"]
+    assert out.strip() == (REPO / "crds" / "experiments.kubelearn.dev.yaml").read_text().strip()
 
 
 def test_namespace_scope_passes_server_side_dry_run(

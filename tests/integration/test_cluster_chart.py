@@ -1,24 +1,22 @@
-"""The chart ships the Experiment and Sweep CRDs as exact copies of crds/, the single source
-of truth."""
+"""The chart ships the Experiment CRD as an exact copy of crds/, the single source of truth."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_NAMES = ["experiments.kubelearn.dev.yaml", "sweeps.kubelearn.dev.yaml"]
+CRD_NAME = "experiments.kubelearn.dev.yaml"
 
 
 def test_chart_crd_is_byte_identical_copy_of_crds_file():
-    for name in CRD_NAMES:
-        source = REPO / "crds" / name
-        copy = REPO / "charts" / "kubelearn" / "crds" / name
-        assert copy.read_bytes() == source.read_bytes(), (
-            f"{copy.relative_to(REPO)} differs from {source.relative_to(REPO)}; "
-            f"refresh it with: hack/generate-crd.sh"
-        )
+    source = REPO / "crds" / CRD_NAME
+    copy = REPO / "charts" / "kubelearn" / "crds" / CRD_NAME
+    assert copy.read_bytes() == source.read_bytes(), (
+        f"{copy.relative_to(REPO)} differs from {source.relative_to(REPO)}; "
+        f"refresh it with: cp {source.relative_to(REPO)} {copy.parent.relative_to(REPO)}/"
+    )
 
 
 def test_chart_has_no_other_crds():
     crds = sorted(p.name for p in (REPO / "charts" / "kubelearn" / "crds").iterdir())
-    assert crds == CRD_NAMES
+    assert crds == [CRD_NAME]
