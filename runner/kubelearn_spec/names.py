@@ -1,4 +1,5 @@
-"""Every API coordinate, role, label and object name of an Experiment, built in one place."""
+"""Every API coordinate, role, label and object name of an Experiment and a Sweep, built in
+one place."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ KIND = "Experiment"
 LIST_KIND = "ExperimentList"
 API_VERSION = f"{GROUP}/{VERSION}"
 CRD_NAME = f"{PLURAL}.{GROUP}"
+
+SWEEP_PLURAL = "sweeps"
+SWEEP_SINGULAR = "sweep"
+SWEEP_KIND = "Sweep"
+SWEEP_LIST_KIND = "SweepList"
+SWEEP_CRD_NAME = f"{SWEEP_PLURAL}.{GROUP}"
 
 #: Roles in the order their pods are created and reported.
 ROLES = ("chief", "master", "ps", "worker", "evaluator")
@@ -30,6 +37,10 @@ LABEL_COMPONENT = f"{GROUP}/component"
 TENSORBOARD = "tensorboard"
 TENSORBOARD_PORT = 6006
 ANNOTATION_RESTARTS = f"{GROUP}/restarts"
+#: The labels of a Sweep's trial Experiments: the Sweep's name and the trial's number, from
+#: which the search state is rebuilt.
+LABEL_SWEEP = f"{GROUP}/sweep"
+LABEL_TRIAL = f"{GROUP}/trial"
 #: StorageClass annotation that makes a class the cluster's default.
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
@@ -81,6 +92,16 @@ def network_policy_name(experiment: str) -> str:
 
 def podgroup_name(experiment: str) -> str:
     return experiment
+
+
+def trial_name(sweep: str, number: int) -> str:
+    """Name of trial ``number`` (from 0) of a Sweep: the Experiment it runs."""
+    return f"{sweep}-{number}"
+
+
+def trial_labels(sweep: str, number: int) -> dict[str, str]:
+    """Labels of a trial Experiment, naming its Sweep and its number."""
+    return {LABEL_SWEEP: sweep, LABEL_TRIAL: str(number)}
 
 
 def max_name_length(counts: dict[str, int]) -> int:

@@ -47,9 +47,11 @@ SCHEDULE = r"[A-Za-z_][A-Za-z0-9_]*"
 class Rule:
     """A rule the schema's types cannot say: CEL for the API server, the same test in Python.
 
-    ``path`` is the field the error names (absolute, e.g. ``spec.replicas.worker``) and
-    ``message`` what is wrong with it; both forms see the object the rule is attached to as
-    ``self``.
+    ``path`` is the field the error names (absolute, e.g. ``spec.replicas.worker``; in a
+    list's items ``spec.parameters[*].max``, which names ``spec.parameters[2].max`` for the
+    third) and ``message`` what is wrong with it; both forms see the object the rule is
+    attached to as ``self``. A schema reused elsewhere keeps its paths and says where they
+    start with ``_home`` (see :func:`.validate.check`).
     """
 
     path: str
@@ -111,25 +113,47 @@ def _name_is_a_label(body: Mapping[str, Any]) -> bool:
     return name is None or _fullmatch(names.DNS_1035, name)
 
 
+def replica_names_fit(name: str, spec: Mapping[str, Any]) -> bool:
+    """Whether every ``<name>-<role>-<index>`` of an Experiment named ``name`` fits."""
+    counts = {role: role_count(spec, role) for role in names.ROLES}
+    return len(name) <= names.max_name_length(counts)
+
+
+def tensorboard_name_fits(name: str, spec: Mapping[str, Any]) -> bool:
+    """Whether ``<name>-tensorboard`` fits, when the Experiment asks for TensorBoard."""
+    return (not spec.get("tensorboard")
+            or len(names.tensorboard_name(name)) <= names.MAX_DNS_LABEL)
+
+
 def _name_fits(body: Mapping[str, Any]) -> bool:
     name = body["metadata"].get("name")
-    counts = {role: role_count(body["spec"], role) for role in names.ROLES}
-    return name is None or len(name) <= names.max_name_length(counts)
+    return name is None or replica_names_fit(name, body["spec"])
+
+
+def replica_names_fit_cel(spec: str, size: str) -> str:
+    """:func:`replica_names_fit` in CEL: the spec at ``spec``, the name's length ``size``."""
+    parts = []
+    for role in names.ROLES:
+        count = _count_cel(spec, role)
+        parts.append(f"({count} == 0 || {size} + {len(role) + 2} + "
+                     f"size(string({count} - 1)) <= {names.MAX_DNS_LABEL})")
+    return "(" + " && ".join(parts) + ")"
+
+
+def tensorboard_name_fits_cel(spec: str, size: str) -> str:
+    """:func:`tensorboard_name_fits` in CEL."""
+    return (f"(!has({spec}.tensorboard) || !{spec}.tensorboard || "
+            f"{size} <= {names.MAX_DNS_LABEL - len(names.TENSORBOARD) - 1})")
 
 
 def _name_fits_cel() -> str:
-    parts = []
-    for role in names.ROLES:
-        count = _count_cel("self.spec", role)
-        parts.append(f"({count} == 0 || size(self.metadata.name) + {len(role) + 2} + "
-                     f"size(string({count} - 1)) <= {names.MAX_DNS_LABEL})")
-    return "!has(self.metadata.name) || (" + " && ".join(parts) + ")"
+    return ("!has(self.metadata.name) || "
+            + replica_names_fit_cel("self.spec", "size(self.metadata.name)"))
 
 
 def _name_fits_tensorboard(body: Mapping[str, Any]) -> bool:
     name = body["metadata"].get("name")
-    return (name is None or not body["spec"].get("tensorboard")
-            or len(names.tensorboard_name(name)) <= names.MAX_DNS_LABEL)
+    return name is None or tensorboard_name_fits(name, body["spec"])
 
 
 ROOT_RULES = (
@@ -325,6 +349,7 @@ def _storage() -> dict[str, Any]:
 
 SPEC: dict[str, Any] = {
     "type": "object",
+    "_home": "spec",  # its rules' paths, also where a Sweep holds it (spec.experiment)
     "required": ["experimentFn"],
     "_rules": SPEC_RULES,
     "properties": {
@@ -408,7 +433,13 @@ SPEC: dict[str, Any] = {
     },
 }
 
-_TIME = {"type": "string", "format": "date-time"}
+TIME = {"type": "string", "format": "date-time"}
+
+CONDITIONS: dict[str, Any] = {"type": "array", "items": {
+    "type": "object", "required": ["type", "status"],
+    "properties": {"type": {"type": "string"}, "status": {"type": "string"},
+                   "reason": {"type": "string"}, "message": {"type": "string"},
+                   "lastUpdateTime": TIME, "lastTransitionTime": TIME}}}
 
 STATUS: dict[str, Any] = {
     "type": "object",
@@ -418,11 +449,7 @@ STATUS: dict[str, Any] = {
         "step": {"type": "integer"},
         "loss": {"type": "number"},
         "metrics": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "conditions": {"type": "array", "items": {
-            "type": "object", "required": ["type", "status"],
-            "properties": {"type": {"type": "string"}, "status": {"type": "string"},
-                           "reason": {"type": "string"}, "message": {"type": "string"},
-                           "lastUpdateTime": _TIME, "lastTransitionTime": _TIME}}},
+        "conditions": CONDITIONS,
         "replicaStatuses": {"type": "object", "additionalProperties": {
             "type": "object",
             "properties": {key: {"type": "integer"}
@@ -445,9 +472,9 @@ STATUS: dict[str, Any] = {
                            for key in ("claimName", "modelDir", "export")}},
         "podGroup": {"type": "object", "properties": {"name": {"type": "string"},
                                                       "message": {"type": "string"}}},
-        "startTime": _TIME,
-        "completionTime": _TIME,
-        "lastReconcileTime": _TIME,
+        "startTime": TIME,
+        "completionTime": TIME,
+        "lastReconcileTime": TIME,
         "observedGeneration": {"type": "integer"},
         "kopf": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
     },

@@ -1,8 +1,9 @@
-"""Checks a manifest against :data:`.schema.ROOT` the way the API server checks the CRD.
+"""Checks a manifest against :data:`.schema.ROOT` (or the Sweep's
+:data:`.sweep_schema.ROOT`) the way the API server checks the CRD.
 
 The same keywords (type, required, enum, minimum, maximum, minLength, maxLength,
-maxProperties, minItems, maxItems, items, list-type set, unknown fields) and the same rules,
-each error naming the field path.
+maxProperties, minItems, maxItems, items, list-type set and map, unknown fields) and the
+same rules, each error naming the field path.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .schema import ROOT, Rule
+from .sweep_schema import ROOT as SWEEP_ROOT
 
 
 class SpecError(ValueError):
@@ -36,13 +38,35 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _rule(rule: Rule, value: Mapping[str, Any] | Any) -> None:
+def _rule(rule: Rule, value: Mapping[str, Any] | Any, path: str, at: str) -> None:
+    """A rule names its field relative to the node it is attached to (``at``, in the
+    schema's own coordinates), as the CRD's ``fieldPath`` does: the error's path is that
+    field under the value's ``path``, e.g. ``spec.parameters[1].max``."""
     if not rule.holds(value):
-        raise SpecError(rule.path, rule.message)
+        relative = rule_field(rule, at)
+        raise SpecError(path + relative if path else relative.lstrip("."), rule.message)
 
 
-def check(node: Mapping[str, Any], value: Any, path: str) -> None:
-    """Raises :class:`SpecError` for the first field of ``value`` that ``node`` refuses."""
+def rule_field(rule: Rule, at: str) -> str:
+    """``rule.path`` relative to ``at`` (``""`` when the rule names the node itself), as
+    ``.field`` or ``[...]``: the CRD's fieldPath."""
+    if rule.path == at:
+        return ""
+    if at and not (rule.path.startswith(at + ".") or rule.path.startswith(at + "[")):
+        raise ValueError(f"rule for {rule.path} is attached at {at}")
+    relative = rule.path[len(at):]
+    return relative if at else "." + relative
+
+
+def check(node: Mapping[str, Any], value: Any, path: str, at: str | None = None) -> None:
+    """Raises :class:`SpecError` for the first field of ``value`` that ``node`` refuses.
+
+    ``path`` is where ``value`` is (``spec.parameters[0]``), ``at`` where ``node`` is in
+    the schema its rules were written for (``spec.parameters[*]``; default: ``path``). A
+    node with ``_home`` is a schema reused elsewhere: its rules name fields as if it sat at
+    ``_home`` (the Experiment's spec is ``spec`` inside a Sweep's ``spec.experiment`` too).
+    """
+    at = node.get("_home", path if at is None else at)
     kind = node.get("type")
     if kind is not None:
         described, fits = _TYPES[kind]
@@ -60,21 +84,32 @@ def check(node: Mapping[str, Any], value: Any, path: str) -> None:
     if "maxLength" in node and len(value) > node["maxLength"]:
         raise SpecError(path, f"must be at most {node['maxLength']} characters long")
     if kind == "object":
-        _check_object(node, value, path)
+        _check_object(node, value, path, at)
     if kind == "array":
-        if "minItems" in node and len(value) < node["minItems"]:
-            raise SpecError(path, f"must have at least {node['minItems']} item(s)")
-        if "maxItems" in node and len(value) > node["maxItems"]:
-            raise SpecError(path, f"must have at most {node['maxItems']} items")
-        for index, item in enumerate(value):
-            check(node.get("items", {}), item, f"{path}[{index}]")
-            if node.get("x-kubernetes-list-type") == "set" and item in value[:index]:
-                raise SpecError(f"{path}[{index}]", f"Duplicate value: {item!r}")
+        _check_array(node, value, path, at)
     for rule in node.get("_rules", ()):
-        _rule(rule, value)
+        _rule(rule, value, path, at)
 
 
-def _check_object(node: Mapping[str, Any], value: Mapping[str, Any], path: str) -> None:
+def _check_array(node: Mapping[str, Any], value: list[Any], path: str, at: str) -> None:
+    if "minItems" in node and len(value) < node["minItems"]:
+        raise SpecError(path, f"must have at least {node['minItems']} item(s)")
+    if "maxItems" in node and len(value) > node["maxItems"]:
+        raise SpecError(path, f"must have at most {node['maxItems']} items")
+    list_type = node.get("x-kubernetes-list-type")
+    keys = node.get("x-kubernetes-list-map-keys", ())
+    for index, item in enumerate(value):
+        check(node.get("items", {}), item, f"{path}[{index}]", f"{at}[*]")
+        if list_type == "set" and item in value[:index]:
+            raise SpecError(f"{path}[{index}]", f"Duplicate value: {item!r}")
+        if list_type == "map" and any(all(other.get(k) == item.get(k) for k in keys)
+                                      for other in value[:index]):
+            given = ", ".join(f"{k}={item.get(k)!r}" for k in keys)
+            raise SpecError(f"{path}[{index}]", f"Duplicate value: {given}")
+
+
+def _check_object(node: Mapping[str, Any], value: Mapping[str, Any], path: str,
+                  at: str) -> None:
     if "maxProperties" in node and len(value) > node["maxProperties"]:
         raise SpecError(path, f"must have at most {node['maxProperties']} entries")
     for key in node.get("required", ()):
@@ -86,16 +121,19 @@ def _check_object(node: Mapping[str, Any], value: Mapping[str, Any], path: str) 
         sub = properties.get(key)
         if sub is None:
             if "additionalProperties" in node:
-                check(node["additionalProperties"], item, _join(path, str(key)))
+                check(node["additionalProperties"], item, _join(path, str(key)),
+                      _join(at, "*"))
             elif not open_:
                 known = ", ".join(properties)
                 raise SpecError(_join(path, str(key)), f"unknown field (known: {known})")
             continue
-        check(sub, item, _join(path, key))
+        check(sub, item, _join(path, key), _join(at, key))
 
 
 def prune(node: Mapping[str, Any], value: Any) -> Any:
     """``value`` without the null fields the API server prunes (those the schema declares)."""
+    if isinstance(value, list) and "items" in node:
+        return [prune(node["items"], item) for item in value]
     if not isinstance(value, Mapping) or node.get("x-kubernetes-preserve-unknown-fields"):
         return value
     properties = node.get("properties", {})
@@ -113,4 +151,11 @@ def check_experiment(body: Mapping[str, Any]) -> dict[str, Any]:
     """Checks an Experiment object (its ``metadata.name`` and ``spec``); returns it pruned."""
     pruned = prune(ROOT, body)
     check(ROOT, pruned, "")
+    return pruned
+
+
+def check_sweep(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Checks a Sweep object (its ``metadata.name`` and ``spec``); returns it pruned."""
+    pruned = prune(SWEEP_ROOT, body)
+    check(SWEEP_ROOT, pruned, "")
     return pruned

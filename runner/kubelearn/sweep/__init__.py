@@ -1,0 +1,2 @@
+"""Hyper-parameter search for Sweeps: :mod:`kubelearn.sweep.search` (needs the ``sweep``
+extra, Optuna)."""

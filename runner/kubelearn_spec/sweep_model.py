@@ -1,0 +1,252 @@
+"""The Sweep's types and defaults, and the one parser that fills them in.
+
+:func:`parse_sweep` reads a whole manifest; :func:`parse_sweep_spec` the spec of a Sweep the
+API server already holds (the operator). Both check it first against the schema the CRD is
+generated from (:mod:`.sweep_schema`, through :mod:`.validate`), so the two refuse the same
+manifests naming the same field.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from . import names
+from .sweep_schema import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_DISTRIBUTION,
+    DEFAULT_MAX_FAILED_TRIALS,
+    DEFAULT_MAX_TRIALS,
+    DEFAULT_MIN_RESOURCE,
+    DEFAULT_PARALLELISM,
+    DEFAULT_REDUCTION_FACTOR,
+    DEFAULT_STARTUP_TRIALS,
+    DEFAULT_WARMUP_STEPS,
+)
+from .validate import SpecError, check_sweep
+
+Value = str | int | float
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One hyper-parameter of the search space.
+
+    ``double`` and ``int`` parameters range from ``min`` to ``max`` (both included), spaced
+    by ``step`` when it is set (ints by 1 otherwise); ``int`` ones hold ints. ``categorical``
+    (strings: the manifest's ``list``) and ``discrete`` (numbers: its ``values``) ones take
+    one of ``values``.
+    """
+
+    name: str
+    type: str
+    min: float | int | None = None
+    max: float | int | None = None
+    step: float | int | None = None
+    values: tuple[Value, ...] = ()
+    distribution: str = DEFAULT_DISTRIBUTION
+
+    @property
+    def log(self) -> bool:
+        """Whether values are sampled on a log scale (logUniform)."""
+        return self.distribution == "logUniform"
+
+    @property
+    def finite(self) -> bool:
+        """Whether the parameter has finitely many values (grid search needs it)."""
+        return self.type != "double" or self.step is not None
+
+    def grid(self) -> tuple[Value, ...]:
+        """Every value, in increasing order (or the list's), for grid search.
+
+        Doubles are ``min + k * step`` counted in decimal, so a step of 0.1 gives 0.3 and
+        not 0.30000000000000004; as in Optuna, the last is the largest that is <= max.
+        """
+        if self.type in ("categorical", "discrete"):
+            return self.values
+        if self.type == "int":
+            assert self.min is not None and self.max is not None
+            return tuple(range(int(self.min), int(self.max) + 1, int(self.step or 1)))
+        if self.step is None:
+            raise ValueError(f"parameter {self.name} has no step: it has no grid")
+        low, high, step = (Decimal(repr(float(v))) for v in (self.min, self.max, self.step))
+        return tuple(float(low + k * step) for k in range(int((high - low) // step) + 1))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a trial is judged by: ``metric`` of its final evaluation."""
+
+    metric: str
+    direction: str  # minimize or maximize
+    goal: float | None = None
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether objective value ``a`` is strictly better than ``b``."""
+        return a > b if self.maximize else a < b
+
+    def reached(self, value: float) -> bool:
+        """Whether ``value`` reaches the goal (never, without one)."""
+        if self.goal is None:
+            return False
+        return value >= self.goal if self.maximize else value <= self.goal
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """How trials are stopped early: Optuna's median or hyperband pruner and its knobs.
+
+    ``max_resource`` None is Optuna's "auto": the first finished trial's last step.
+    """
+
+    algorithm: str  # median or hyperband
+    startup_trials: int = DEFAULT_STARTUP_TRIALS
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    min_resource: int = DEFAULT_MIN_RESOURCE
+    max_resource: int | None = None
+    reduction_factor: int = DEFAULT_REDUCTION_FACTOR
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A checked Sweep with its defaults.
+
+    ``experiment`` is the template's spec as given (checked by the Experiment's own rules),
+    so a trial's Experiment is built from exactly what the user wrote; ``seed`` None means
+    the operator picks one (and keeps it in ``status.seed``).
+    """
+
+    name: str
+    namespace: str
+    experiment: Mapping[str, Any]
+    parameters: tuple[Parameter, ...]
+    objective: Objective
+    algorithm: str = DEFAULT_ALGORITHM
+    parallelism: int = DEFAULT_PARALLELISM
+    max_trials: int = DEFAULT_MAX_TRIALS
+    max_failed_trials: int = DEFAULT_MAX_FAILED_TRIALS
+    seed: int | None = None
+    early_stopping: EarlyStopping | None = None
+
+    def parameter(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def grid_size(self) -> int | None:
+        """How many points the grid has (None when a parameter is not finite)."""
+        if not all(p.finite for p in self.parameters):
+            return None
+        size = 1
+        for p in self.parameters:
+            size *= len(p.grid())
+        return size
+
+    def trial_name(self, number: int) -> str:
+        return names.trial_name(self.name, number)
+
+    def trial_spec(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """The trial's Experiment spec: the template with ``hparams`` merged over its own."""
+        spec = copy.deepcopy(dict(self.experiment))
+        spec["hparams"] = {**(spec.get("hparams") or {}), **hparams}
+        return spec
+
+    def trial_manifest(self, number: int, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Trial ``number``'s Experiment, labelled with the Sweep and the number (the
+        operator adds its owner reference)."""
+        return {"apiVersion": names.API_VERSION, "kind": names.KIND,
+                "metadata": {"name": self.trial_name(number), "namespace": self.namespace,
+                             "labels": names.trial_labels(self.name, number)},
+                "spec": self.trial_spec(hparams)}
+
+
+def _parameter(value: Mapping[str, Any]) -> Parameter:
+    kind = value["type"]
+    cast = int if kind == "int" else float
+
+    def bound(key: str) -> float | int | None:
+        return None if value.get(key) is None else cast(value[key])
+
+    return Parameter(name=value["name"], type=kind, min=bound("min"), max=bound("max"),
+                     step=bound("step"),
+                     values=tuple(value.get("list") or value.get("values") or ()),
+                     distribution=value.get("distribution") or DEFAULT_DISTRIBUTION)
+
+
+def _early_stopping(value: Mapping[str, Any] | None) -> EarlyStopping | None:
+    if value is None:
+        return None
+
+    def get(key: str, default: int) -> int:
+        return default if value.get(key) is None else int(value[key])
+
+    return EarlyStopping(
+        algorithm=value["algorithm"],
+        startup_trials=get("startupTrials", DEFAULT_STARTUP_TRIALS),
+        warmup_steps=get("warmupSteps", DEFAULT_WARMUP_STEPS),
+        min_resource=get("minResource", DEFAULT_MIN_RESOURCE),
+        max_resource=value.get("maxResource"),
+        reduction_factor=get("reductionFactor", DEFAULT_REDUCTION_FACTOR))
+
+
+def _build(body: Mapping[str, Any], namespace: str) -> SweepSpec:
+    spec = body["spec"]
+    objective = spec["objective"]
+    goal = objective.get("goal")
+
+    def get(key: str, default: int) -> int:
+        return default if spec.get(key) is None else int(spec[key])
+
+    return SweepSpec(
+        name=body["metadata"]["name"],
+        namespace=namespace,
+        experiment=spec["experiment"],
+        parameters=tuple(_parameter(p) for p in spec["parameters"]),
+        objective=Objective(objective["metric"], objective["direction"],
+                            None if goal is None else float(goal)),
+        algorithm=spec.get("algorithm") or DEFAULT_ALGORITHM,
+        parallelism=get("parallelism", DEFAULT_PARALLELISM),
+        max_trials=get("maxTrials", DEFAULT_MAX_TRIALS),
+        max_failed_trials=get("maxFailedTrials", DEFAULT_MAX_FAILED_TRIALS),
+        seed=spec.get("seed"),
+        early_stopping=_early_stopping(spec.get("earlyStopping")))
+
+
+def parse_sweep_spec(spec: Any, *, name: str, namespace: str) -> SweepSpec:
+    """The spec of the Sweep ``namespace/name``, checked and with its defaults.
+
+    Raises:
+        SpecError: naming the offending field.
+    """
+    body = check_sweep({"metadata": {"name": name}, "spec": spec})
+    return _build(body, namespace)
+
+
+def parse_sweep(manifest: Any) -> SweepSpec:
+    """A whole Sweep manifest (the YAML a user would ``kubectl apply``), checked.
+
+    Raises:
+        SpecError: naming the offending field.
+    """
+    if not isinstance(manifest, Mapping):
+        raise SpecError("manifest", "must be a YAML mapping (a Sweep object)")
+    for key, want in (("apiVersion", names.API_VERSION), ("kind", names.SWEEP_KIND)):
+        if manifest.get(key) != want:
+            raise SpecError(key, f"must be {want}, got {manifest.get(key)!r}")
+    metadata = manifest.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise SpecError("metadata", "must be a mapping with a name")
+    if "name" not in metadata:
+        raise SpecError("metadata.name", "Required value")
+    body = check_sweep(manifest)
+    namespace = metadata.get("namespace") or "default"
+    return _build(body, str(namespace))
