@@ -115,7 +115,9 @@ def progress_from_pods(pods: Iterable[PodState], leader_role: str | None,
     """Status fields (``metrics``, ``step``, ``loss``) from the reporting replica; {} if none.
 
     The termination message wins (it is the runner's final word), then the progress polled
-    from the running chief.
+    from the running chief. ``loss`` is for the LOSS column of ``kubectl get``, rounded to 4
+    significant digits (0.0001098, not 0.00010981909567263068); ``metrics.loss`` keeps every
+    digit.
     """
     pod = reporter(pods, leader_role)
     if pod is None:
@@ -130,5 +132,5 @@ def progress_from_pods(pods: Iterable[PodState], leader_role: str | None,
         result["step"] = int(step)
     loss = metrics.get("loss")
     if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
-        result["loss"] = float(loss)
+        result["loss"] = float(f"{loss:.4g}")
     return result

@@ -89,3 +89,12 @@ def test_token_from_secret() -> None:
     for bad in ({}, {"data": None}, {"data": {"token": "!!notbase64"}}, {"data": {"token": 5}},
                 "text"):
         assert token_from_secret(bad) is None
+
+
+def test_the_loss_column_shows_four_significant_digits_and_metrics_keep_all() -> None:
+    polled = {"global_step": 2000, "loss": 0.00010981909567263068}
+    result = progress_from_pods([_pod("master", 0)], "master", polled)
+    assert result["loss"] == 0.0001098 and repr(result["loss"]) == "0.0001098"
+    assert result["metrics"]["loss"] == 0.00010981909567263068
+    assert progress_from_pods([_pod("master", 0)], "master", {"loss": 12345.678})["loss"] == \
+        12350.0

@@ -307,3 +307,28 @@ def test_a_killed_run_is_shown_as_such(runs_dir: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "runs", "show", "gone", "--json")
     assert code == 0
     assert json.loads(out)["status"] == "Running" and json.loads(out)["process_gone"]
+
+
+def test_plot_leaves_flat_metrics_out_but_keeps_single_points(runs_dir: Path, capsys) -> None:
+    run = em.create_run(name="flat", hparams={})
+    for step in range(1, 6):
+        run.log("train", {"loss": 1.0 / step, "label/mean": 0.5, "learning_rate": 0.1},
+                step=step)
+    run.log("val", {"accuracy": 0.9}, step=5)  # one evaluation: a point worth showing
+    run.finish()
+    code, out, _ = run_cli(capsys, "runs", "plot", "flat", "-o", "flat.png")
+    assert code == 0
+    assert out.strip() == "wrote flat.png (2 series); flat, not drawn: label/mean, learning_rate"
+    drawn = [(s["metric"], s["type"]) for s in plotted_series(runs_dir.parent / "flat.png")]
+    assert drawn == [("loss", "train"), ("accuracy", "val")]
+    code, out, _ = run_cli(capsys, "runs", "plot", "flat", "-o", "flat.png", "--json")
+    assert json.loads(out)["flat"] == ["label/mean", "learning_rate"]
+
+
+def test_plot_of_nothing_but_flat_metrics_still_draws_them(runs_dir: Path, capsys) -> None:
+    run = em.create_run(name="allflat", hparams={})
+    for step in range(1, 4):
+        run.log("train", {"label/mean": 0.5}, step=step)
+    run.finish()
+    code, out, _ = run_cli(capsys, "runs", "plot", "allflat", "-o", "allflat.png")
+    assert code == 0 and out.strip() == "wrote allflat.png (1 series)"

@@ -224,6 +224,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     runs = [find_run(ref, args.dir) for ref in args.runs]
     output = args.output or f"{runs[0].id}.png"
     series = plot_runs(runs, output)
+    drawn = {s.metric for s in series}
+    flat = sorted({name for run in runs for kind in run.metrics
+                   for name in run.metric_names(kind)} - drawn)
     if args.json:
         _print_json(
             {
@@ -232,10 +235,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     {"run": s.run, "type": s.type, "metric": s.metric, "points": len(s.steps)}
                     for s in series
                 ],
+                "flat": flat,
             }
         )
     else:
-        print(f"wrote {output} ({len(series)} series)")
+        print(f"wrote {output} ({len(series)} series)"
+              + (f"; flat, not drawn: {', '.join(flat)}" if flat else ""))
     return 0
 
 

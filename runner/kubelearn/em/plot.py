@@ -1,9 +1,11 @@
 """PNG plots of run metrics against step (``pip install kubelearn[plot]`` for matplotlib).
 
 One panel per metric name (``loss`` first); in each, a line per run and log type: train
-solid, val dashed, test dotted. Several runs are overlaid, one colour each. The PNG carries
-the plotted series as JSON in its ``kubelearn:series`` text chunk, so scripts can check
-what a picture shows without reading pixels.
+solid, val dashed, test dotted. A metric whose every line is flat (one value over several
+steps, such as ``label/mean`` or a fixed learning rate) gets no panel. Several runs are
+overlaid, one colour each. The PNG carries the plotted series as JSON in its
+``kubelearn:series`` text chunk, so scripts can check what a picture shows without reading
+pixels.
 """
 
 from __future__ import annotations
@@ -56,13 +58,28 @@ def collect_series(runs: list[RunRecord]) -> list[Series]:
     return sorted(out, key=lambda s: order[s.metric])
 
 
+def flat_metrics(series: list[Series]) -> list[str]:
+    """Metrics whose lines all hold one and the same value over several steps: a flat line
+    says nothing a table would not. A single point (one evaluation) is kept."""
+    groups: dict[str, list[Series]] = {}
+    for s in series:
+        groups.setdefault(s.metric, []).append(s)
+    return [metric for metric, group in groups.items()
+            if all(len(s.steps) > 1 for s in group)
+            and len({v for s in group for v in s.values if v is not None}) == 1]
+
+
 def plot_runs(runs: list[RunRecord], output: str | os.PathLike[str]) -> list[Series]:
-    """Draw the metrics of ``runs`` into the PNG ``output``; the series drawn."""
+    """Draw the metrics of ``runs`` into the PNG ``output``, but for flat ones (unless all
+    are flat); the series drawn."""
     if not runs:
         raise ValueError("no runs to plot")
     series = collect_series(runs)
     if not series:
         raise ValueError(f"no metrics to plot in {', '.join(r.id for r in runs)}")
+    flat = set(flat_metrics(series))
+    if len(flat) < len({s.metric for s in series}):
+        series = [s for s in series if s.metric not in flat]
     Figure, FigureCanvasAgg = _matplotlib()
     metrics = list(dict.fromkeys(s.metric for s in series))
     ncols = min(2, len(metrics))
