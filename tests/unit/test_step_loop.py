@@ -1,13 +1,16 @@
 """What the step loop's shortcuts must keep: the same math, hooks and files as the general
 paths they stand in for."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 
-from kubelearn import RunConfig
+from kubelearn import RunConfig, atomic, fs
 from kubelearn.estimators import LinearRegressor, optimizers
 from kubelearn.estimators import network as net
-from kubelearn.hooks import Hook
+from kubelearn.hooks import PROGRESS_FILE, Hook, ProgressHook, StepContext
 from kubelearn.inputs import numpy_input_fn
 
 
@@ -112,3 +115,45 @@ def test_dict_features_are_batched_per_column():
     assert [sorted(f) for f, _ in batches] == [["a", "b"]] * 3
     np.testing.assert_array_equal(batches[2][0]["b"], [9.0])
     np.testing.assert_array_equal(batches[1][1], [2, 3])
+
+
+def _count_fsyncs(monkeypatch):
+    calls = []
+    real = os.fsync
+
+    def counting(fd):
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def test_atomic_write_is_durable_unless_told_otherwise(tmp_path, monkeypatch):
+    calls = _count_fsyncs(monkeypatch)
+    path = tmp_path / "f"
+    atomic.write_text(path, "one")
+    assert path.read_text() == "one" and len(calls) == 2  # the file, then the directory
+    atomic.write_text(path, "two", durable=False)
+    fs.write_text(str(path), "three", durable=False)
+    assert path.read_text() == "three" and len(calls) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temporary left behind
+
+
+def test_progress_is_replaced_without_fsync_and_written_at_the_end(tmp_path, monkeypatch):
+    calls = _count_fsyncs(monkeypatch)
+    hook = ProgressHook(str(tmp_path), every_secs=3600)
+    context = StepContext(None, None)
+    context.step = 4
+    hook.begin(context)
+    context.step, context.loss = 5, 0.25
+    hook.after_step(context)  # the first step writes
+    assert json.loads((tmp_path / PROGRESS_FILE).read_text())["global_step"] == 5
+    context.step = 6
+    hook.after_step(context)  # within every_secs: no write
+    assert json.loads((tmp_path / PROGRESS_FILE).read_text())["global_step"] == 5
+    context.step, context.loss = 9, float("nan")
+    hook.end(context)
+    record = json.loads((tmp_path / PROGRESS_FILE).read_text())
+    assert record["global_step"] == 9 and record["loss"] is None
+    assert calls == []
