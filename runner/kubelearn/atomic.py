@@ -25,8 +25,13 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write(path: str | os.PathLike[str], fill: Callable[[BinaryIO], object]) -> None:
-    """Replaces ``path`` with what ``fill`` writes into the binary handle it is given."""
+def write(path: str | os.PathLike[str], fill: Callable[[BinaryIO], object], *,
+          durable: bool = True) -> None:
+    """Replaces ``path`` with what ``fill`` writes into the binary handle it is given.
+
+    ``durable=False`` skips the two fsyncs, for files that are rewritten often and whose
+    loss in a machine crash costs nothing (progress reports): a reader still sees the old
+    file or the new one, never a torn one, since the rename is what replaces it."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
@@ -35,16 +40,18 @@ def write(path: str | os.PathLike[str], fill: Callable[[BinaryIO], object]) -> N
         with os.fdopen(fd, "wb") as handle:
             fill(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> None:
+def write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
     """Replaces ``path`` with ``text`` (UTF-8)."""
     data = text.encode("utf-8")
-    write(path, lambda handle: handle.write(data))
+    write(path, lambda handle: handle.write(data), durable=durable)

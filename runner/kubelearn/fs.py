@@ -263,13 +263,17 @@ def makedirs(location: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def write(location: str, fill: Callable[[BinaryIO], object]) -> None:
+def write(location: str, fill: Callable[[BinaryIO], object], *, durable: bool = True
+          ) -> None:
     """Replaces the file or object with what ``fill`` writes into a binary handle: through
     a temporary file and a rename for a path, one PUT of the whole object for a URL. A
-    reader sees the old content or the new, never a part of it."""
+    reader sees the old content or the new, never a part of it.
+
+    ``durable=False`` lets a path skip its fsyncs (see :func:`kubelearn.atomic.write`); an
+    object is written the same either way."""
     filesystem, path = _filesystem(location)
     if filesystem is None:
-        atomic.write(path, fill)
+        atomic.write(path, fill, durable=durable)
         return
     buffer = io.BytesIO()
     fill(buffer)
@@ -277,12 +281,12 @@ def write(location: str, fill: Callable[[BinaryIO], object]) -> None:
         filesystem.pipe_file(path, buffer.getvalue())
 
 
-def write_bytes(location: str, data: bytes) -> None:
-    write(location, lambda handle: handle.write(data))
+def write_bytes(location: str, data: bytes, *, durable: bool = True) -> None:
+    write(location, lambda handle: handle.write(data), durable=durable)
 
 
-def write_text(location: str, text: str) -> None:
-    write_bytes(location, text.encode("utf-8"))
+def write_text(location: str, text: str, *, durable: bool = True) -> None:
+    write_bytes(location, text.encode("utf-8"), durable=durable)
 
 
 def append_line(location: str, line: str) -> None:

@@ -194,7 +194,10 @@ class ProgressHook(Hook):
                   "loss": context.loss if math.isfinite(context.loss) else None,
                   "steps_per_sec": round(rate, 3), "time": time.time()}
         try:
-            fs.write_text(self.path, json.dumps(record))
+            # Replaced atomically but not fsynced: it is rewritten every second, readers
+            # take a missing or stale one in their stride, and two fsyncs per write would
+            # cost a small model more than its training steps.
+            fs.write_text(self.path, json.dumps(record), durable=False)
         except OSError as exc:  # progress is best effort; training goes on
             log.debug("Could not write %s: %s", self.path, exc)
         self._last = now

@@ -6,6 +6,7 @@ repeated for every step, the way a constant tensor would be in TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -73,16 +74,18 @@ def numpy_input_fn(
     def input_fn() -> Iterator[Batch]:
         rng = np.random.default_rng(seed)
         epochs = itertools.count() if num_epochs is None else range(num_epochs)
+        # Whether x is a dict is decided once, not per batch.
+        take = functools.partial(_take, x) if isinstance(x, Mapping) else x.__getitem__
         for _ in epochs:
             if not shuffle:  # slices are views: no copy per batch
                 for start in range(0, n, batch_size):
                     part = slice(start, start + batch_size)
-                    yield _take(x, part), (None if y is None else y[part])
+                    yield take(part), (None if y is None else y[part])
                 continue
             order = rng.permutation(n)
             for start in range(0, n, batch_size):
                 index = order[start : start + batch_size]
-                yield _take(x, index), (None if y is None else y[index])
+                yield take(index), (None if y is None else y[index])
 
     return input_fn
 

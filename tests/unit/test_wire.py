@@ -149,3 +149,95 @@ def test_large_tensor_travels_in_frames_and_is_joined():
     header["tensors"][0]["frames"] = 0
     with pytest.raises(wire.WireError, match="positive"):
         wire.decode([json.dumps(header).encode(), *[bytes(f) for f in frames[1:]]])
+
+
+def test_decode_with_an_already_parsed_header_validates_the_same():
+    frames = _frames({"w": np.ones((2, 2), np.float32)}, {"op": "push", "step": True})
+    header = wire.decode_header(frames[0])
+    got_header, tensors = wire.decode(frames, EXPECTED, header=header)
+    assert got_header == {"op": "push", "step": True}
+    np.testing.assert_array_equal(tensors["w"], np.ones((2, 2), np.float32))
+    lying = wire.decode_header(frames[0])
+    lying["tensors"][0]["shape"] = [4]
+    with pytest.raises(wire.WireError, match="expected float32"):
+        wire.decode(frames, EXPECTED, header=lying)
+    with pytest.raises(wire.WireError, match="bytes"):
+        wire.decode([frames[0], frames[1][:-4]], EXPECTED,
+                    header=wire.decode_header(frames[0]))
+
+
+def _pair():
+    import zmq
+
+    context = zmq.Context()
+    sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    sender.bind("inproc://wire-test")
+    receiver.connect("inproc://wire-test")
+    return context, sender, receiver
+
+
+def test_lent_frames_are_tracked_until_sent_and_copied_frames_are_not_lent():
+    context, sender, receiver = _pair()
+    try:
+        value = np.arange(3 * wire.FRAME_BYTES // 4, dtype=np.float32)  # three frames
+        tracker = wire.send(sender, wire.encode({"op": "x"}, {"v": value}), lend=True,
+                            track=True)
+        _, out = wire.decode(receiver.recv_multipart(copy=False))
+        np.testing.assert_array_equal(out["v"], value)
+        tracker.wait(10)
+        assert tracker.done
+        small = np.arange(4, dtype=np.float32)
+        wire.send(sender, wire.encode({"op": "y"}, {"v": small}), lend=False)
+        small += 100  # after a copying send, the sender may change its buffer at once
+        _, out = wire.decode(receiver.recv_multipart(copy=False))
+        np.testing.assert_array_equal(out["v"], np.arange(4, dtype=np.float32))
+    finally:
+        sender.close(0)
+        receiver.close(0)
+        context.term()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Tracker:
+    def __init__(self, done):
+        self.done = done
+
+
+@pytest.mark.parametrize("in_flight", [True, False])
+def test_ps_never_updates_a_variable_that_a_reply_is_still_sending(in_flight):
+    from kubelearn.distributed.server import ParameterServer
+
+    server = ParameterServer(f"127.0.0.1:{_free_port()}", 0, "t")
+    try:
+        server.state.initialize(
+            {"variables": ["w"], "optimizer": {"name": "SGD", "learning_rate": 0.5}},
+            {"w": np.ones(2, np.float32)})
+        lent = server.state.variables["w"]
+        server._lent = [_Tracker(done=True), _Tracker(done=not in_flight)]
+        server._unlend()
+        server.state.apply({"w": np.ones(2, np.float32)}, count_step=True)
+        np.testing.assert_allclose(server.state.variables["w"], [0.5, 0.5])
+        # A buffer still being sent keeps its values; a sent one is updated in place.
+        np.testing.assert_allclose(lent, [1.0, 1.0] if in_flight else [0.5, 0.5])
+        assert server._lent == []  # sent or no longer shared: nothing left to watch
+    finally:
+        server.close()
+
+
+def test_snapshot_slots_are_copies():
+    state = ShardState(holds_global_step=True)
+    state.initialize({"variables": ["w"],
+                      "optimizer": {"name": "Momentum", "learning_rate": 0.1}},
+                     {"w": np.zeros(2, np.float32)})
+    state.apply({"w": np.ones(2, np.float32)}, count_step=True)
+    snapshot = state.snapshot()
+    before = snapshot["w/Momentum"].copy()
+    state.apply({"w": np.ones(2, np.float32)}, count_step=True)
+    np.testing.assert_array_equal(snapshot["w/Momentum"], before)

@@ -70,7 +70,9 @@ class PSConnection:
              tensors: Mapping[str, np.ndarray] | None = None) -> None:
         request_id = next(self._ids)
         full = {**(header or {}), "op": op, "id": request_id, "token": self._token}
-        wire.send(self._socket, wire.encode(full, tensors))
+        # The tensors are lent to ZeroMQ, not copied: the caller leaves them alone until
+        # the reply, which comes only once the ps has received all of them.
+        wire.send(self._socket, wire.encode(full, tensors), lend=True)
         self._pending = request_id
 
     def receive(self, timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:

@@ -131,8 +131,11 @@ class ShardState:
         return True
 
     def snapshot(self) -> dict[str, np.ndarray]:
+        """Variables and optimiser slots. The slots are copies: they are updated in place,
+        and a snapshot may still be on its way to the chief when the next push comes."""
         assert self.optimizer is not None
-        return {**self.variables, **self.optimizer.state()}
+        slots = {k: np.array(v) for k, v in self.optimizer.state().items()}
+        return {**self.variables, **slots}
 
 
 class ParameterServer:
@@ -161,18 +164,40 @@ class ParameterServer:
         self._stopping_since: float | None = None
         self._last_request = time.monotonic()
         self._waiting: list[tuple[bytes, dict[str, Any]]] = []
+        # Replies lend the variables' buffers to ZeroMQ instead of copying them; until
+        # these trackers are done, a variable is copied before it is updated in place.
+        self._lent: list[Any] = []
 
     # -- replies ---------------------------------------------------------------------
     def _send(self, ident: bytes, header: dict[str, Any],
               tensors: Mapping[str, np.ndarray] | None = None) -> None:
         wire.send(self._socket, [ident, *wire.encode(header, tensors)])
 
+    def _send_lent(self, ident: bytes, header: dict[str, Any],
+                   tensors: Mapping[str, np.ndarray]) -> None:
+        """Sends ``tensors`` without copying them; :meth:`_unlend` keeps them unchanged
+        until ZeroMQ has sent them."""
+        self._lent = [tracker for tracker in self._lent if not tracker.done]
+        self._lent.append(wire.send(self._socket, [ident, *wire.encode(header, tensors)],
+                                    lend=True, track=True))
+
+    def _unlend(self) -> None:
+        """Before the variables change in place: those still being sent are replaced by
+        copies (the replies keep the old buffers), so no reply is torn by an update."""
+        self._lent = [tracker for tracker in self._lent if not tracker.done]
+        if self._lent:
+            variables = self.state.variables
+            for name in variables:
+                variables[name] = variables[name].copy()
+            self._lent = []
+
     def _error(self, ident: bytes, request_id: Any, code: str, message: str) -> None:
         self._send(ident, {"id": request_id, "ok": False, "code": code, "error": message})
 
     def _values_reply(self, ident: bytes, request_id: Any) -> None:
-        self._send(ident, {"id": request_id, "ok": True, "global_step": self.state.global_step,
-                           "initialized": True}, self.state.variables)
+        self._send_lent(ident, {"id": request_id, "ok": True,
+                                "global_step": self.state.global_step, "initialized": True},
+                        self.state.variables)
 
     # -- requests --------------------------------------------------------------------
     def _authorized(self, ident: bytes, header: Mapping[str, Any]) -> bool:
@@ -260,8 +285,8 @@ class ParameterServer:
             elif op == "push":
                 self._push(ident, request_id, header, body)
             elif op == "snapshot":
-                self._send(ident, {"id": request_id, "ok": True,
-                                   "global_step": state.global_step}, state.snapshot())
+                self._send_lent(ident, {"id": request_id, "ok": True,
+                                        "global_step": state.global_step}, state.snapshot())
             else:
                 self._error(ident, request_id, "bad_request", f"unknown op {op!r}")
         except wire.WireError as exc:
@@ -271,13 +296,14 @@ class ParameterServer:
     def _push(self, ident: bytes, request_id: Any, header: Mapping[str, Any],
               body: list[Any]) -> None:
         state = self.state
-        _, grads = wire.decode(body, state.expected)
+        _, grads = wire.decode(body, state.expected, header=dict(header))
         sync = state.sync_replicas and state.sync_replicas > 1
         if sync:
             pulled = header.get("pulled_step")
             if isinstance(pulled, int) and pulled < state.global_step:
                 self._values_reply(ident, request_id)  # stale gradient: dropped, as TF does
                 return
+        self._unlend()
         changed = state.apply(grads, count_step=bool(header.get("step")))
         if not sync:
             self._values_reply(ident, request_id)

@@ -17,7 +17,8 @@ ALLOWED_DTYPES = frozenset({"float32", "float64", "int64"})
 # Large tensors travel as several frames of at most this many bytes: ZeroMQ moves many
 # 1 MiB frames several times faster than one 64 MiB frame (bench/ps_throughput.py).
 FRAME_BYTES = 1 << 20
-# Below this many bytes a message is copied into ZeroMQ: cheaper than zero-copy's tracking.
+# Below this many bytes a message is copied into ZeroMQ when its sender does not say
+# whether its buffers may be lent (:func:`send`).
 COPY_BELOW_BYTES = 4 << 20
 
 
@@ -34,10 +35,27 @@ MAX_FRAME_BYTES = max(FRAME_BYTES, MAX_HEADER_BYTES) + (64 << 10)
 MAX_ID_CHARS = 64
 
 
-def send(socket: Any, frames: list[Any]) -> None:
-    """Sends the frames of one message, copying small messages, lending large ones."""
-    total = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
-    socket.send_multipart(frames, copy=total < COPY_BELOW_BYTES)
+def send(socket: Any, frames: list[Any], *, lend: bool | None = None,
+         track: bool = False) -> Any:
+    """Sends the frames of one message.
+
+    ``lend=True`` hands the buffers to ZeroMQ without a copy (pyzmq still copies frames
+    under its ``copy_threshold``, 64 KiB): the sender must not change them until ZeroMQ is
+    done, which ``track=True`` lets it know through the returned ``zmq.MessageTracker``
+    (one that covers every frame). ``lend=False`` copies; None copies small messages and
+    lends large ones.
+    """
+    if lend is None:
+        total = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
+        lend = total >= COPY_BELOW_BYTES
+    if not (lend and track):
+        return socket.send_multipart(frames, copy=not lend)
+    import zmq
+
+    trackers = [socket.send(frame, zmq.SNDMORE, copy=False, track=True)
+                for frame in frames[:-1]]
+    trackers.append(socket.send(frames[-1], copy=False, track=True))
+    return zmq.MessageTracker(*trackers)
 
 
 #: Messages a receiving socket queues per peer. A peer of the protocol has one request in
@@ -144,7 +162,8 @@ def check_frames(frames: Sequence[Any], max_bytes: int | None = None) -> None:
 
 
 def decode(frames: Sequence[Any],
-           expected: Mapping[str, tuple[str, tuple[int, ...]]] | None = None
+           expected: Mapping[str, tuple[str, tuple[int, ...]]] | None = None,
+           header: dict[str, Any] | None = None,
            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Parses frames into (header, tensors), validating every tensor.
 
@@ -152,6 +171,9 @@ def decode(frames: Sequence[Any],
       frames: the message frames (bytes or zmq Frames).
       expected: name -> (dtype, shape) that each tensor must match; names outside it are
         rejected. None accepts any well-formed tensor (for replies from a trusted server).
+      header: what :func:`decode_header` already returned for ``frames[0]``, so that a
+        receiver which looked at the header first does not parse it twice (its
+        ``tensors`` entry is removed); the tensors are checked against it as ever.
 
     Raises:
       WireError: for a malformed header, an unknown name, a dtype or shape mismatch, or a
@@ -160,7 +182,8 @@ def decode(frames: Sequence[Any],
     if not frames:
         raise WireError("empty message")
     check_frames(frames)
-    header = decode_header(frames[0])
+    if header is None:
+        header = decode_header(frames[0])
     specs = header.pop("tensors", [])
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise WireError("header 'tensors' must be a list")

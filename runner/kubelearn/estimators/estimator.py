@@ -26,7 +26,7 @@ from kubelearn.estimators import network as net
 from kubelearn.estimators import optimizers
 from kubelearn.estimators.local_session import LocalSession
 from kubelearn.estimators.session import CheckpointSaverListener, SessionModel, TrainingSession
-from kubelearn.hooks import LoggingHook, ProgressHook, StepContext
+from kubelearn.hooks import Hook, LoggingHook, ProgressHook, StepContext
 from kubelearn.run_config import RunConfig, TaskType
 
 log = logging.getLogger("kubelearn")
@@ -169,8 +169,8 @@ class Estimator:
             raise ValueError("Training and evaluation need labels; the input_fn gave None")
         y = labels if type(labels) is np.ndarray else np.asarray(labels)
         if self._network.head == net.REGRESSION:
-            if y.ndim == 2 and y.dtype == self._network.dtype:
-                return y
+            if y.dtype == self._network.dtype:  # the common case: no conversion
+                return y if y.ndim == 2 else y.reshape(len(y), -1)
             return np.asarray(y, dtype=self._network.dtype).reshape(len(y), -1)
         y = y.reshape(-1)
         if y.size and (y.min() < 0 or y.max() >= max(self._n_classes(), 2)):
@@ -274,16 +274,22 @@ class Estimator:
             hook.begin(context)
         step = context.step = session.global_step()
         rng = self._rng("dropout") if self._network.dropout else None
+        # Everything the loop calls, looked up once: on a small model these lookups cost
+        # as much as the math. Hooks that keep Hook's empty after_step are not called.
         loss_and_grads = self._network.loss_and_grads
+        params, apply, after_step = session.params, session.apply, session.after_step
+        features_of, labels_of, isfinite = self._features, self._labels, math.isfinite
+        step_hooks = [hook.after_step for hook in hooks
+                      if getattr(type(hook), "after_step", None) is not Hook.after_step]
         while target is None or step < target:
-            loss, grads = loss_and_grads(session.params(), x, y, rng)
-            if not math.isfinite(loss):
+            loss, grads = loss_and_grads(params(), x, y, rng)
+            if not isfinite(loss):
                 raise NanLossDuringTrainingError(f"NaN loss during training at step {step}.")
-            step = session.apply(grads)
+            step = apply(grads)
             context.step, context.loss = step, loss
-            session.after_step(step)
-            for hook in hooks:
-                hook.after_step(context)
+            after_step(step)
+            for hook_after_step in step_hooks:
+                hook_after_step(context)
             if context.stop_requested or session.stop_requested or session.finished:
                 break
             try:
@@ -291,8 +297,8 @@ class Estimator:
             except StopIteration:
                 log.info("Input exhausted at global step %d", step)
                 break
-            x = self._features(features)
-            y = self._labels(labels)
+            x = features_of(features)
+            y = labels_of(labels)
         done = session.finished or (max_steps is not None and step >= max_steps)
         session.close(done=done)
         for hook in hooks:

@@ -8,6 +8,7 @@ gradients out.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,8 +100,18 @@ class Network:
             raise ValueError(f"outputs must be positive, got {self.outputs}")
 
     def layer_names(self) -> list[str]:
+        return list(self._layer_names)
+
+    @functools.cached_property
+    def _layer_names(self) -> tuple[str, ...]:
         names = [f"{self.scope}/hiddenlayer_{i}" for i in range(len(self.hidden_units))]
-        return [*names, f"{self.scope}/logits"]
+        return (*names, f"{self.scope}/logits")
+
+    @functools.cached_property
+    def _param_keys(self) -> tuple[tuple[str, str], ...]:
+        """(kernel, bias) names of each layer, built once: the step loop looks them up
+        every step."""
+        return tuple((f"{layer}/kernel", f"{layer}/bias") for layer in self._layer_names)
 
     def shapes(self, input_dim: int) -> dict[str, tuple[int, ...]]:
         """Parameter names and shapes for inputs of ``input_dim`` features, in layer order."""
@@ -126,10 +137,10 @@ class Network:
     def logits(self, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
         """Forward pass without dropout (evaluation and prediction)."""
         h = x
-        for layer in self.layer_names()[:-1]:
-            h = _activate(self.activation, h @ params[f"{layer}/kernel"] + params[f"{layer}/bias"])
-        last = self.layer_names()[-1]
-        return h @ params[f"{last}/kernel"] + params[f"{last}/bias"]
+        *hidden, (kernel, bias) = self._param_keys
+        for layer_kernel, layer_bias in hidden:
+            h = _activate(self.activation, h @ params[layer_kernel] + params[layer_bias])
+        return h @ params[kernel] + params[bias]
 
     def loss_and_grads(
         self,
@@ -142,14 +153,27 @@ class Network:
 
         Dropout is applied when ``self.dropout`` is set and ``rng`` is given.
         """
-        layers = self.layer_names()
+        keys = self._param_keys
+        if len(keys) == 1 and not self.l2:
+            # A linear model: the same math as below without the per-layer bookkeeping,
+            # which would cost as much as the math on small batches.
+            kernel, bias = keys[0]
+            logits = x @ params[kernel] + params[bias]
+            if self.head == REGRESSION and y.shape == logits.shape:  # head_loss, inlined
+                delta = logits - y
+                flat = delta.ravel()
+                loss = float(flat @ flat) / flat.size
+                delta *= 2.0 / flat.size
+            else:
+                loss, delta = head_loss(self.head, logits, y)
+            return float(loss), {kernel: x.T @ delta, bias: delta.sum(axis=0)}
         inputs = [x]  # what each layer consumes (after dropout)
         pre: list[np.ndarray] = []
         post: list[np.ndarray] = []
         masks: list[np.ndarray | None] = []
         h = x
-        for layer in layers[:-1]:
-            z = h @ params[f"{layer}/kernel"] + params[f"{layer}/bias"]
+        for kernel, bias in keys[:-1]:
+            z = h @ params[kernel] + params[bias]
             a = _activate(self.activation, z)
             mask = None
             if self.dropout and rng is not None:
@@ -160,23 +184,24 @@ class Network:
             post.append(a)
             masks.append(mask)
             inputs.append(h)
-        logits = h @ params[f"{layers[-1]}/kernel"] + params[f"{layers[-1]}/bias"]
+        kernel, bias = keys[-1]
+        logits = h @ params[kernel] + params[bias]
         loss, delta = head_loss(self.head, logits, y)
         grads: dict[str, np.ndarray] = {}
-        for i in range(len(layers) - 1, -1, -1):
-            layer = layers[i]
-            grads[f"{layer}/kernel"] = inputs[i].T @ delta
-            grads[f"{layer}/bias"] = delta.sum(axis=0)
+        for i in range(len(keys) - 1, -1, -1):
+            kernel, bias = keys[i]
+            grads[kernel] = inputs[i].T @ delta
+            grads[bias] = delta.sum(axis=0)
             if i > 0:
-                back = delta @ params[f"{layer}/kernel"].T
+                back = delta @ params[kernel].T
                 if masks[i - 1] is not None:
                     back = back * masks[i - 1]
                 delta = back * _activation_grad(self.activation, pre[i - 1], post[i - 1])
         if self.l2:
-            for layer in layers:
-                kernel = params[f"{layer}/kernel"]
-                loss += float(self.l2 * np.sum(kernel * kernel))
-                grads[f"{layer}/kernel"] = grads[f"{layer}/kernel"] + 2.0 * self.l2 * kernel
+            for kernel, _ in keys:
+                value = params[kernel]
+                loss += float(self.l2 * np.sum(value * value))
+                grads[kernel] = grads[kernel] + 2.0 * self.l2 * value
         return float(loss), grads
 
 

@@ -50,6 +50,17 @@ _CHUNK = 1 << 16  # elements per block of an in-place update: stays in cache
 class GradientDescent(Optimizer):
     name = "SGD"
 
+    def apply(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
+        """``update`` for each variable, with the small-variable case inlined: it runs
+        for every variable at every step."""
+        rate = self.learning_rate
+        for name, grad in grads.items():
+            param = params[name]
+            if param.size <= _CHUNK:
+                param -= rate * grad
+            else:
+                self.update(name, param, grad)
+
     def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
         if param.size <= _CHUNK:
             param -= self.learning_rate * grad

@@ -122,7 +122,7 @@ class SaveTimer:
         return bool(self.every_steps or self.every_secs)
 
     def due(self, step: int) -> bool:
-        if not self.enabled or step == self.last_step:
+        if step == self.last_step or not (self.every_steps or self.every_secs):
             return False
         if self.last_step is None:
             return True
