@@ -419,11 +419,9 @@ def prepare_directory(directory: str, manifest: str, fresh: bool) -> None:
     trial's checkpoints.
 
     Raises:
-      ValueError: a URL, trials already there without ``fresh``, or a directory --fresh
-        must not delete.
+      ValueError: trials already there without ``fresh``, or a directory --fresh must not
+        delete.
     """
-    if fs.is_url(directory):
-        raise ValueError(f"--dir {directory}: the sweep directory must be a local path")
     local_launcher.prepare_model_dir(directory, manifest, fresh)
     leftovers = sorted(set(os.listdir(directory)) - {local_launcher.MARKER_NAME})
     if leftovers:
@@ -447,6 +445,8 @@ def sweep_local_command(args: argparse.Namespace) -> int:
     except ImportError:
         return _error("the hyper-parameter search needs optuna: pip install 'kubelearn[sweep]'")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    if args.dir and fs.is_url(args.dir):
+        return _error(f"--dir {args.dir}: the sweep directory must be a local path")
     directory = os.path.abspath(args.dir or os.path.join("output", spec.name))
     try:
         prepare_directory(directory, args.manifest, args.fresh)
