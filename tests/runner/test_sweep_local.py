@@ -126,6 +126,25 @@ def test_a_diverging_trial_fails_and_the_others_decide(tmp_path: Path) -> None:
     _assert_no_processes(tmp_path / "d")
 
 
+def test_a_trial_far_behind_at_its_first_evaluation_is_pruned(tmp_path: Path) -> None:
+    # One at a time: the good trial finishes first, then the slow one is compared with it
+    # at step 1 (the first evaluation) and stopped long before its 40000 steps.
+    path = _manifest(tmp_path, parameters=[{**LR, "values": [0.05, 0.00001]}],
+                     algorithm="grid", maxTrials=2, parallelism=1, earlyStopping={
+                         "algorithm": "median", "startupTrials": 1, "warmupSteps": 0})
+    manifest = yaml.safe_load(path.read_text())
+    manifest["spec"]["experiment"]["hparams"]["train_steps"] = 40_000
+    path.write_text(yaml.safe_dump(manifest))
+    proc = _sweep([str(path), "--dir", str(tmp_path / "p")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    trials = {t["hparams"]["learning_rate"]: t for t in _facts(tmp_path / "p")["trials"]}
+    assert trials[0.05]["state"] == "succeeded"
+    assert trials[0.00001]["state"] == "pruned"
+    assert "at step 1 (median pruner)" in trials[0.00001]["reason"]
+    assert trials[0.00001]["steps"] < 40_000
+    _assert_no_processes(tmp_path / "p")
+
+
 def test_too_many_failures_end_the_sweep_with_exit_code_1(tmp_path: Path) -> None:
     path = _manifest(tmp_path, parameters=[{**LR, "values": [100.0, 200.0]}],
                      algorithm="grid", maxTrials=2, parallelism=1, maxFailedTrials=0)
