@@ -27,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     from kubelearn import local, run_cli
     from kubelearn.em import cli as em_cli
+    from kubelearn.sweep import cli as sweep_cli
 
     run_cli.add_parser(subparsers)
     local.add_parser(subparsers)
+    sweep_cli.add_parser(subparsers)
     em_cli.add_parser(subparsers)
     return parser
 
