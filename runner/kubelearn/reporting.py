@@ -1,7 +1,8 @@
 """What the chief of an experiment reports, and where.
 
 * A run (``kubelearn.em``) named after the experiment, with its hparams, the training loss
-  every ``save_summary_steps`` and every evaluation; TensorBoard event files in model_dir.
+  at the first step and every ``save_summary_steps``, and every evaluation; TensorBoard
+  event files in model_dir.
 * While training, ``GET /progress`` on the progress port (``KUBELEARN_PROGRESS_PORT``: 2223
   by default in a cluster, off on a single machine; 0 turns it off): global step, loss,
   steps/s and the latest evaluation as JSON. The operator polls it into the Experiment's

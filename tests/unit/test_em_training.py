@@ -42,7 +42,7 @@ def test_training_and_evaluation_are_recorded(runs_dir: Path, tmp_path: Path) ->
     assert set(recorded) >= {"loss", "rmse"} and "global_step" not in recorded
     stored = em.load_run(run.path)
     steps, losses = stored.series("train", "loss")
-    assert steps == [10, 20, 30, 35]  # every 10 steps, and the last one
+    assert steps == [1, 10, 20, 30, 35]  # the first step, every 10 steps, and the last one
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert stored.series("val", "loss") == ([35], [pytest.approx(results["loss"])])
     assert stored.last("val")["rmse"] == pytest.approx(results["rmse"])
@@ -84,4 +84,4 @@ def test_recorder_records_when_the_global_step_jumps_past_a_multiple() -> None:
         context.step, context.loss = step, 0.5
         hook.after_step(context)
     hook.end(context)
-    assert sink.steps == [12, 25, 26]
+    assert sink.steps == [7, 12, 25, 26]  # this session's first step, then each crossing

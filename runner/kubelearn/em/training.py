@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class TrainingRecorder(Hook):
-    """Records the training loss every ``every_n_steps`` global steps and at the last one."""
+    """Records the training loss at the first step of the session, every ``every_n_steps``
+    global steps and at the last one. The first step is where TensorFlow's summary saver
+    starts too: without it a curve begins only after a fast model has converged."""
 
     def __init__(
         self,
@@ -39,7 +41,6 @@ class TrainingRecorder(Hook):
             raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
         self.run, self.writer, self.every_n_steps = run, writer, every_n_steps
         self._last_recorded: int | None = None
-        self._start = 0
 
     def _record(self, step: int, loss: float) -> None:
         if self.run is not None:
@@ -50,13 +51,15 @@ class TrainingRecorder(Hook):
 
     def begin(self, context: StepContext) -> None:
         self._last_recorded = None
-        self._start = context.step
 
     def after_step(self, context: StepContext) -> None:
         # The global step can jump by more than one (other workers train too): record when
         # it crosses a multiple of every_n_steps, not only when it lands on one.
-        last = self._last_recorded if self._last_recorded is not None else self._start
-        if context.step // self.every_n_steps > last // self.every_n_steps:
+        if self._last_recorded is None:
+            if as_number(context.loss) is not None:
+                self._record(context.step, context.loss)
+            return
+        if context.step // self.every_n_steps > self._last_recorded // self.every_n_steps:
             self._record(context.step, context.loss)
 
     def end(self, context: StepContext) -> None:
