@@ -23,7 +23,7 @@ from .schema import (
     is_url,
     role_count,
 )
-from .validate import SpecError, check_experiment
+from .validate import check_experiment, manifest_namespace
 
 
 @dataclass(frozen=True)
@@ -211,16 +211,5 @@ def parse_manifest(manifest: Any) -> ExperimentSpec:
     Raises:
         SpecError: naming the offending field.
     """
-    if not isinstance(manifest, Mapping):
-        raise SpecError("manifest", "must be a YAML mapping (an Experiment object)")
-    for key, want in (("apiVersion", names.API_VERSION), ("kind", names.KIND)):
-        if manifest.get(key) != want:
-            raise SpecError(key, f"must be {want}, got {manifest.get(key)!r}")
-    metadata = manifest.get("metadata")
-    if not isinstance(metadata, Mapping):
-        raise SpecError("metadata", "must be a mapping with a name")
-    if "name" not in metadata:
-        raise SpecError("metadata.name", "Required value")
-    body = check_experiment(manifest)
-    namespace = metadata.get("namespace") or "default"
-    return _build(body, str(namespace))
+    namespace = manifest_namespace(manifest, names.KIND)
+    return _build(check_experiment(manifest), namespace)

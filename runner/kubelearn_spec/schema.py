@@ -480,19 +480,25 @@ STATUS: dict[str, Any] = {
     },
 }
 
-ROOT: dict[str, Any] = {
-    "type": "object",
-    "description": "A distributed ML experiment run as one pod and one headless service per "
-                   "replica.",
-    "required": ["spec"],
-    "_open": True,  # the API server owns apiVersion, kind and the rest of metadata
-    "_rules": ROOT_RULES,
-    "properties": {
-        "apiVersion": {"type": "string"},
-        "kind": {"type": "string"},
-        "metadata": {"type": "object", "_open": True,
-                     "properties": {"name": {"type": "string"}}},
-        "spec": SPEC,
-        "status": STATUS,
-    },
-}
+def resource_root(description: str, rules: tuple[Rule, ...], spec: dict[str, Any],
+                  status: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a whole kubelearn object around its spec and status."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "_open": True,  # the API server owns apiVersion, kind and the rest of metadata
+        "_rules": rules,
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object", "_open": True,
+                         "properties": {"name": {"type": "string"}}},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+ROOT = resource_root("A distributed ML experiment run as one pod and one headless service "
+                     "per replica.", ROOT_RULES, SPEC, STATUS)

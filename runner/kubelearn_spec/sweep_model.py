@@ -26,7 +26,7 @@ from .sweep_schema import (
     DEFAULT_STARTUP_TRIALS,
     DEFAULT_WARMUP_STEPS,
 )
-from .validate import SpecError, check_sweep
+from .validate import check_sweep, manifest_namespace
 
 Value = str | int | float
 
@@ -237,16 +237,5 @@ def parse_sweep(manifest: Any) -> SweepSpec:
     Raises:
         SpecError: naming the offending field.
     """
-    if not isinstance(manifest, Mapping):
-        raise SpecError("manifest", "must be a YAML mapping (a Sweep object)")
-    for key, want in (("apiVersion", names.API_VERSION), ("kind", names.SWEEP_KIND)):
-        if manifest.get(key) != want:
-            raise SpecError(key, f"must be {want}, got {manifest.get(key)!r}")
-    metadata = manifest.get("metadata")
-    if not isinstance(metadata, Mapping):
-        raise SpecError("metadata", "must be a mapping with a name")
-    if "name" not in metadata:
-        raise SpecError("metadata.name", "Required value")
-    body = check_sweep(manifest)
-    namespace = metadata.get("namespace") or "default"
-    return _build(body, str(namespace))
+    namespace = manifest_namespace(manifest, names.SWEEP_KIND)
+    return _build(check_sweep(manifest), namespace)

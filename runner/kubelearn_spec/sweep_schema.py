@@ -380,19 +380,5 @@ STATUS: dict[str, Any] = {
     },
 }
 
-ROOT: dict[str, Any] = {
-    "type": "object",
-    "description": "A hyper-parameter search: trials that are Experiments, suggested by "
-                   "Optuna.",
-    "required": ["spec"],
-    "_open": True,  # the API server owns apiVersion, kind and the rest of metadata
-    "_rules": ROOT_RULES,
-    "properties": {
-        "apiVersion": {"type": "string"},
-        "kind": {"type": "string"},
-        "metadata": {"type": "object", "_open": True,
-                     "properties": {"name": {"type": "string"}}},
-        "spec": SPEC,
-        "status": STATUS,
-    },
-}
+ROOT = experiment.resource_root("A hyper-parameter search: trials that are Experiments, "
+                                 "suggested by Optuna.", ROOT_RULES, SPEC, STATUS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import names
 from .schema import ROOT, Rule
 from .sweep_schema import ROOT as SWEEP_ROOT
 
@@ -159,3 +160,25 @@ def check_sweep(body: Mapping[str, Any]) -> dict[str, Any]:
     pruned = prune(SWEEP_ROOT, body)
     check(SWEEP_ROOT, pruned, "")
     return pruned
+
+
+def manifest_namespace(manifest: Any, kind: str) -> str:
+    """Checks what a whole manifest (the YAML a user would ``kubectl apply``) must have
+    before its schema: a mapping of ``kind`` with a name; returns its namespace.
+
+    Raises:
+        SpecError: naming the offending field.
+    """
+    if not isinstance(manifest, Mapping):
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise SpecError("manifest", f"must be a YAML mapping ({article} {kind} object)")
+    for key, want in (("apiVersion", names.API_VERSION), ("kind", kind)):
+        if manifest.get(key) != want:
+            raise SpecError(key, f"must be {want}, got {manifest.get(key)!r}")
+    metadata = manifest.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise SpecError("metadata", "must be a mapping with a name")
+    if "name" not in metadata:
+        raise SpecError("metadata.name", "Required value")
+    return str(metadata.get("namespace") or "default")
+
