@@ -101,6 +101,27 @@ def test_example_runs_four_trials_two_at_a_time_and_prints_the_best(example) -> 
     _assert_no_processes(directory)
 
 
+def test_a_finished_sweep_plots_its_objective_and_parallel_coordinates(example) -> None:
+    pytest.importorskip("matplotlib")
+    _, directory = example
+    facts = _facts(directory)
+    proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "sweep", "plot",
+                           str(directory), "-o", str(directory / "plots")],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "axes: learning_rate, optimizer, loss" in proc.stdout
+    from tests.unit.test_runs_cli import plotted_series
+
+    drawn = plotted_series(directory / "plots-objective.png")
+    assert drawn["numbers"] == [0, 1, 2, 3]
+    assert drawn["best_so_far"][-1] == min(t["objective"] for t in facts["trials"])
+    parallel = plotted_series(directory / "plots-parallel.png")
+    (learning_rate, optimizer, _) = parallel["axes"]
+    assert learning_rate["log"] is True and optimizer["categories"]
+    assert parallel["lines"][-1] == {**parallel["lines"][-1], "trial": facts["best"],
+                                     "best": True}
+
+
 def test_the_same_seed_gives_the_same_hparams(example, tmp_path: Path) -> None:
     _, first = example
     proc = _sweep([str(_manifest(tmp_path, name="sweep-linear")), "--dir", str(tmp_path / "b"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubelearn.sweep import local
+from kubelearn.sweep import local, plot
 
 
 def add_parser(subparsers: Any) -> None:
@@ -18,3 +18,4 @@ def add_parser(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="sweep_command", metavar="ACTION")
     actions.required = True
     local.add_action(actions)
+    plot.add_action(actions)

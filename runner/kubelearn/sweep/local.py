@@ -367,6 +367,8 @@ class SweepRunner:
         return {"sweep": self.spec.name, "seed": self.search.seed, "dir": self.directory,
                 "objective": {"metric": self.spec.objective.metric,
                               "direction": self.spec.objective.direction},
+                "parameters": [{"name": p.name, "type": p.type, "log": p.log}
+                               for p in self.spec.parameters],
                 "stop_reason": self.stop_reason,
                 "best": None if best is None else best.number,
                 "succeeded": sum(t["state"] == "succeeded" for t in trials),
