@@ -122,6 +122,29 @@ def test_a_finished_sweep_plots_its_objective_and_parallel_coordinates(example) 
                                      "best": True}
 
 
+def test_runs_compare_puts_a_sweeps_trials_side_by_side(example) -> None:
+    _, directory = example
+    facts = _facts(directory)
+    proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "compare", "--sweep",
+                           str(directory), "--json"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [r["name"] for r in data["runs"]] == [t["name"] for t in facts["trials"]]
+    assert set(data["differing_hparams"]) >= {"learning_rate"}
+    rates = data["hparams"]["learning_rate"]
+    assert sorted(rates.values()) == sorted(t["hparams"]["learning_rate"]
+                                            for t in facts["trials"])
+    table = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "compare",
+                            "--sweep", str(directory)],
+                           capture_output=True, text=True, env=_env(), timeout=120)
+    assert table.returncode == 0 and "hparams.learning_rate *" in table.stdout, table.stderr
+    both = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "compare", "x",
+                           "--sweep", str(directory)],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert both.returncode == 2
+
+
 def test_the_same_seed_gives_the_same_hparams(example, tmp_path: Path) -> None:
     _, first = example
     proc = _sweep([str(_manifest(tmp_path, name="sweep-linear")), "--dir", str(tmp_path / "b"),

@@ -184,8 +184,38 @@ def compare_data(runs: list[RunRecord]) -> dict[str, Any]:
     }
 
 
+def sweep_runs(directory: str) -> list[RunRecord]:
+    """The run of each trial of a sweep directory, in trial order (the latest when a trial
+    holds several).
+
+    Raises:
+      KeyError: when ``directory`` holds no sweep, or no trial has a run.
+    """
+    facts_path = os.path.join(directory, "sweep.json")
+    try:
+        with open(facts_path, encoding="utf-8") as handle:
+            trials = json.load(handle).get("trials")
+    except (OSError, ValueError, AttributeError):
+        raise KeyError(f"{directory}: no sweep.json of kubelearn sweep local") from None
+    runs = []
+    for trial in sorted((t for t in trials or [] if isinstance(t, dict)
+                         and isinstance(t.get("name"), str) and isinstance(t.get("number"), int)),
+                        key=lambda t: t["number"]):
+        name = os.path.basename(trial["name"])  # never a path out of the sweep directory
+        found = list_runs(os.path.join(directory, name, "runs"), warn=_warn)
+        if found:
+            runs.append(found[-1])
+    if not runs:
+        raise KeyError(f"{directory}: no trial of the sweep has a run")
+    return runs
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    runs = [find_run(ref, args.dir) for ref in args.runs]
+    if bool(args.runs) == bool(args.sweep):
+        print("kubelearn runs compare: give runs to compare, or --sweep DIR", file=sys.stderr)
+        return 2
+    runs = (sweep_runs(args.sweep) if args.sweep
+            else [find_run(ref, args.dir) for ref in args.runs])
     data = compare_data(runs)
     series = None
     if args.output:
@@ -339,7 +369,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = actions.add_parser(
         "compare", parents=[common], help="hyper-parameters and final metrics of runs side by side"
     )
-    p.add_argument("runs", metavar="NAME", nargs="+")
+    p.add_argument("runs", metavar="NAME", nargs="*")
+    p.add_argument(
+        "--sweep", metavar="DIR",
+        help="compare the trials of a sweep (kubelearn sweep local --dir): each trial's run",
+    )
     p.add_argument(
         "-o", "--output", metavar="FILE.png", help="also write a PNG overlaying the runs' metrics"
     )
