@@ -182,3 +182,18 @@ def test_the_example_is_a_valid_sweep_shipped_in_the_package() -> None:
     assert (spec.parallelism, spec.max_trials) == (2, 4)
     assert [p.name for p in spec.parameters] == ["learning_rate", "optimizer"]
     assert spec.parameter("learning_rate").log
+
+
+def test_the_digits_sweep_example_is_valid_and_its_layer_shapes_parse() -> None:
+    from kubelearn.examples.digits import hidden_units
+
+    spec = local.load_sweep(str(Path(__file__).resolve().parents[2] / "examples"
+                                / "sweep-digits.yaml"))
+    shapes = spec.parameter("hidden_units").values
+    assert [hidden_units(s) for s in shapes] == [[32], [64, 32], [128, 64]]
+    assert spec.parameter("learning_rate").log and spec.algorithm == "tpe"
+    assert (spec.max_trials, spec.parallelism) == (8, 2)
+    assert hidden_units([64, 32]) == [64, 32]
+    for bad in ("", "64,x", "0", [], [-1]):
+        with pytest.raises(ValueError, match="hidden_units"):
+            hidden_units(bad)

@@ -4,7 +4,8 @@ The data set ships inside the package (``data/digits.npz``; the UCI optical digi
 bundled by scikit-learn). Hyper-parameters: ``train_steps`` (1500), ``learning_rate``
 (0.01), ``batch_size`` (64), ``hidden_units`` ([64, 32]), ``dropout`` (0.0 = none),
 ``optimizer`` (Adam), ``activation`` (relu), ``save_checkpoints_steps`` (250),
-``eval_throttle_secs`` (1), ``seed`` (0), ``sync_replicas`` (0).
+``eval_throttle_secs`` (1), ``seed`` (0), ``sync_replicas`` (0). ``hidden_units`` may also
+be a string of comma-separated sizes (``"128,64"``), as a sweep's categorical values are.
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
         return data["images"].astype(np.float32) / 16.0, data["labels"].astype(np.int64)
 
 
+def hidden_units(value: Any) -> list[int]:
+    """Layer sizes from a list or a comma-separated string.
+
+    Raises:
+      ValueError: naming the value, when a size is not a positive integer.
+    """
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        units = [int(str(u).strip()) for u in parts]
+    except (TypeError, ValueError):
+        units = []
+    if not units or any(u < 1 for u in units):
+        raise ValueError(f"hidden_units {value!r}: give positive layer sizes, e.g. [64, 32] "
+                         f"or '64,32'")
+    return units
+
+
 def experiment_fn(run_config: RunConfig | None = None, hparams: Any = None,
                   output_dir: str | None = None) -> Experiment:
     hp = hparam_values(hparams, DEFAULTS)
@@ -50,7 +68,7 @@ def experiment_fn(run_config: RunConfig | None = None, hparams: Any = None,
     x, y = x[order], y[order]
     split = len(x) - 300
     estimator = DNNClassifier(
-        hidden_units=[int(u) for u in hp["hidden_units"]], n_classes=10, config=run_config,
+        hidden_units=hidden_units(hp["hidden_units"]), n_classes=10, config=run_config,
         optimizer=make_optimizer(hp), activation=hp["activation"],
         dropout=float(hp["dropout"]) or None)
     return make_experiment(estimator, (x[:split], y[:split]), (x[split:], y[split:]), hp)
