@@ -33,6 +33,7 @@ from .builders import (
 from .netpol import NetworkPolicyConfig, build_network_policy
 from .pods import PodState
 from .progress import progress_from_pods
+from .settings import DEFAULT_IMAGE, DEFAULT_TENSORBOARD_IMAGE
 from .spec import parse_spec
 from .status import (
     clear_condition,
@@ -82,9 +83,9 @@ class Observed:
 class Options:
     """The operator's settings that a plan depends on."""
 
-    default_image: str = "kubelearn/runner:0.1.0"
+    default_image: str = DEFAULT_IMAGE
     image_pull_policy: str | None = None
-    tensorboard_image: str = "kubelearn/tensorboard:0.1.0"
+    tensorboard_image: str = DEFAULT_TENSORBOARD_IMAGE
     cluster_domain: str | None = None
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
     network_policy: NetworkPolicyConfig | None = None
