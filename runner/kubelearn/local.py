@@ -158,6 +158,8 @@ class Launcher:
                  python: str = sys.executable):
         self.spec = spec
         self.model_dir = model_dir
+        self._remote = fs.is_remote(model_dir)
+        self._next_progress = 0.0
         self.console = console
         self.python = python
         self.token = secrets.token_hex(16)
@@ -259,7 +261,12 @@ class Launcher:
     def request_stop(self, signum: int) -> None:
         self._signal = signum
 
-    def progress(self) -> dict[str, Any] | None:
+    def progress(self, now: bool = False) -> dict[str, Any] | None:
+        """The chief's progress report, read at most every second from an object store
+        (each read is a GET) and every loop from a path; ``now`` reads it regardless."""
+        if not now and time.monotonic() < self._next_progress:
+            return None
+        self._next_progress = time.monotonic() + (1.0 if self._remote else 0.0)
         try:
             return json.loads(fs.read_bytes(fs.join(self.model_dir, PROGRESS_FILE)))
         except (OSError, ValueError):
@@ -314,7 +321,7 @@ class Launcher:
             lines.append("final evaluation: " + ", ".join(
                 f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
                 for k, v in sorted(final.items())))
-        report = self.progress()
+        report = self.progress(now=True)
         elapsed = time.monotonic() - self.started
         if report:
             lines.append(f"global step {report.get('global_step')} in {elapsed:.1f}s "
