@@ -2,7 +2,8 @@
 training-operator creating the equivalent TFJob, on the same API server in the same run, with
 both operators' API clients held to the same client-side rate limits.
 
-    python bench/operator_scale.py [--sizes 10,100,1000] [--repeats 5] [--no-peer]
+    python bench/operator_scale.py [--sizes 10,100,1000] [--repeats 5]
+        [--modes equal-500,equal-20] [--no-peer] [--json FILE]
 
 The control plane comes from tests/cluster (built once into ~/.cache/kubelearn). The peer is
 `go install github.com/kubeflow/training-operator/cmd/training-operator.v1@v1.9.2` into
