@@ -1,23 +1,50 @@
 """Time from creating an Experiment to all its pods and services existing, beside Kubeflow's
-training-operator creating the equivalent TFJob, on the same API server in the same run.
+training-operator creating the equivalent TFJob, on the same API server in the same run, with
+both operators' API clients held to the same client-side rate limits.
 
-    python bench/operator_scale.py [--sizes 10,100,1000] [--repeats 1] [--no-peer]
+    python bench/operator_scale.py [--sizes 10,100,1000] [--repeats 5]
+        [--modes equal-500,equal-20] [--no-peer] [--json FILE]
 
 The control plane comes from tests/cluster (built once into ~/.cache/kubelearn). The peer is
-`go install github.com/kubeflow/training-operator/cmd/training-operator.v1@v1.7.0` into
-~/.cache/kubelearn/training-operator-v1.7.0 (run with --enable-scheme=tfjob), and its TFJob CRD
+`go install github.com/kubeflow/training-operator/cmd/training-operator.v1@v1.9.2` into
+~/.cache/kubelearn/training-operator-v1.9.2 (run with --enable-scheme=tfjob), and its TFJob CRD
 is read from that module's source in the Go module cache, never copied into this repository.
-Both operators run the whole time, each watching its own namespaces; sizes alternate which
-operator goes first. Every replica is a worker (N workers, one pod and one service each).
-Pods are never started (there is no kubelet), so what is measured is the operators' creation
-path and the API server, the same for both.
+
+Modes, one after the other against the same API server (both operators restarted per mode):
+  equal-500   both at QPS 500 / burst 1000 (kubelearn's defaults, passed explicitly to both)
+  equal-20    both at QPS 20 / burst 30 (training-operator's and controller-runtime's defaults)
+  defaults    each at its own defaults: no extra run when kubelearn's defaults are 500/1000
+              and the peer's 20/30, it is read off the two modes above
+kubelearn takes its limits from KUBELEARN_API_QPS / KUBELEARN_API_BURST, the peer from
+--kube-api-qps / --kube-api-burst.
+
+Both operators run the whole time of a mode, each watching its own namespaces; sizes and
+repeats alternate which operator goes first. Every replica is a worker (N workers, one pod and
+one service each). Pods are never started (there is no kubelet), so what is measured is the
+operators' creation path and the API server, the same for both.
+
+What the peer needs outside a cluster (its webhook certificate machinery; see start_peer):
+namespace kubeflow holding an empty Secret training-operator-webhook-cert, which its cert
+rotator fills; a ValidatingWebhookConfiguration validator.training-operator.kubeflow.org whose
+caBundle the rotator injects (failurePolicy Fail, so every TFJob create is validated, as in a
+cluster); the certificate files on disk, where a pod would have the Secret mounted; and a way for
+the API server to reach https://training-operator.kubeflow.svc:<port>, the certificate's DNS
+name. For the last the API server gets an egress selector whose "controlplane" traffic (where
+it sends webhooks given by URL) goes through a small HTTP CONNECT proxy in this process, which
+sends that one host name to 127.0.0.1 and any other to where it names. The rotator only looks
+for its files in /tmp/k8s-webhook-server/serving-certs (a constant in the binary), so they are
+written there and removed at the end; the webhook server reads its own copy under a temporary
+TMPDIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -26,24 +53,47 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "operator"))
+for _path in (ROOT / "operator", ROOT / "runner", ROOT):
+    sys.path.insert(0, str(_path))
 
 from kubernetes import client, config  # noqa: E402
 
+from kubelearn_operator.settings import Settings  # noqa: E402
 from tests.cluster.build import ensure_built  # noqa: E402
 from tests.cluster.controlplane import start_control_plane  # noqa: E402
 
 PEER_MODULE = "github.com/kubeflow/training-operator"
-PEER_VERSION = "v1.7.0"
+PEER_VERSION = "v1.9.2"
 PEER_PACKAGE = f"{PEER_MODULE}/cmd/training-operator.v1@{PEER_VERSION}"
+#: training-operator's --kube-api-qps / --kube-api-burst defaults (controller-runtime's too).
+PEER_DEFAULTS = (20.0, 30)
+PEER_NAMESPACE = "kubeflow"
+PEER_SECRET = "training-operator-webhook-cert"
+PEER_WEBHOOK_CONFIG = "validator.training-operator.kubeflow.org"
+PEER_HOST = f"training-operator.{PEER_NAMESPACE}.svc"
+#: Hard-coded in the binary (pkg/cert): where its rotator waits for tls.crt.
+PEER_ROTATOR_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 CACHE = Path(os.environ.get("KUBELEARN_CACHE") or Path.home() / ".cache" / "kubelearn")
 PEER_DIR = CACHE / f"training-operator-{PEER_VERSION}"
 IMAGE = "kubelearn/runner:0.1.0"
+OURS_DEFAULTS = (Settings.api_qps, Settings.api_burst)
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    ours: tuple[float, int]
+    peer: tuple[float, int]
+
+
+MODES = [Mode("equal-500", (500.0, 1000), (500.0, 1000)),
+         Mode("equal-20", PEER_DEFAULTS, PEER_DEFAULTS)]
 
 
 def say(msg: str) -> None:
@@ -54,6 +104,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def limits(pair: tuple[float, int]) -> str:
+    return f"{pair[0]:g}/{pair[1]}"
 
 
 # -- the peer --------------------------------------------------------------------------------
@@ -85,12 +139,162 @@ def peer_crd() -> Path:
     return path
 
 
+class ConnectProxy(threading.Thread):
+    """HTTP CONNECT over a Unix socket, for the API server's egress selector: the peer's
+    webhook host name goes to 127.0.0.1 (same port), anything else where it names."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(64)
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        upstream = None
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            head, rest = head.split(b"\r\n\r\n", 1)
+            method, target, *_ = head.split(b"\r\n")[0].decode().split()
+            host, _, port = target.rpartition(":")
+            if method != "CONNECT":
+                conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                return
+            host = "127.0.0.1" if host == PEER_HOST else host.strip("[]")
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=10)
+            except OSError:
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                return
+            upstream.settimeout(None)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                upstream.sendall(rest)
+            pump = threading.Thread(target=self.pump, args=(upstream, conn), daemon=True)
+            pump.start()
+            self.pump(conn, upstream)
+            pump.join()
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            if upstream is not None:
+                upstream.close()
+
+    @staticmethod
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(1 << 16):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def egress_config(work: Path, proxy_socket: Path) -> Path:
+    path = work / "egress-selector.json"
+    path.write_text(json.dumps({
+        "apiVersion": "apiserver.k8s.io/v1beta1", "kind": "EgressSelectorConfiguration",
+        "egressSelections": [{"name": "controlplane", "connection": {
+            "proxyProtocol": "HTTPConnect",
+            "transport": {"uds": {"udsName": str(proxy_socket)}}}}]}))
+    return path
+
+
+def prepare_peer(api: client.ApiClient, kubectl: list[str], webhook_port: int) -> None:
+    """The CRD, and the objects the peer's cert rotator fills in."""
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(peer_crd())], check=True,
+                   stdout=subprocess.DEVNULL)
+    core = client.CoreV1Api(api)
+    make_namespace(core, PEER_NAMESPACE)
+    core.create_namespaced_secret(PEER_NAMESPACE, client.V1Secret(
+        metadata=client.V1ObjectMeta(name=PEER_SECRET)))
+    # As upstream's manifests/base/webhook/manifests.yaml has it for TFJobs, with a URL in place
+    # of the Service (there are no Services' endpoints to route to outside a cluster).
+    client.AdmissionregistrationV1Api(api).create_validating_webhook_configuration({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": PEER_WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "validator.tfjob.training-operator.kubeflow.org",
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "clientConfig": {"url": f"https://{PEER_HOST}:{webhook_port}"
+                                    "/validate-kubeflow-org-v1-tfjob"},
+            "rules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"],
+                       "operations": ["CREATE", "UPDATE"], "resources": ["tfjobs"]}]}]})
+
+
+def write_peer_certs(core: client.CoreV1Api, dirs: list[Path], timeout: float = 60) -> None:
+    """Once the rotator has filled the Secret, put its files where a mount would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = core.read_namespaced_secret(PEER_SECRET, PEER_NAMESPACE).data or {}
+        if all(data.get(k) for k in ("tls.crt", "tls.key", "ca.crt")):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"secret {PEER_SECRET} not filled after {timeout:.0f}s")
+        time.sleep(0.2)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        for key in ("tls.crt", "tls.key", "ca.crt"):
+            (d / key).write_bytes(base64.b64decode(data[key]))
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"training-operator exited ({proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"training-operator not listening on :{port} after {timeout:.0f}s")
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited ({proc.returncode})")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
+
+
 # -- manifests -------------------------------------------------------------------------------
 def experiment(name: str, replicas: int) -> dict[str, Any]:
     return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
             "metadata": {"name": name},
             "spec": {"experimentFn": "kubelearn.examples.linear:experiment_fn",
-                     "image": IMAGE, "replicas": {"worker": replicas}}}
+                     "image": IMAGE, "replicas": {"worker": replicas},
+                     # No model directory claim: a TFJob has none either.
+                     "storage": {"ephemeral": True}}}
 
 
 def tfjob(name: str, replicas: int) -> dict[str, Any]:
@@ -189,17 +393,94 @@ def drop_namespace(core: client.CoreV1Api, name: str) -> None:
     say(f"namespace {name} still terminating after 300s")
 
 
+# -- operators -------------------------------------------------------------------------------
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    procs.clear()
+
+
+def start_ours(cp: Any, mode: Mode, namespaces: list[str],
+               log: Path) -> subprocess.Popen[bytes]:
+    pythonpath = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "runner"), str(ROOT),
+                                  *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, **cp.env, "KUBELEARN_METRICS_PORT": "0",
+           "KUBELEARN_RESYNC_SECONDS": "30", "PYTHONPATH": pythonpath,
+           "KUBELEARN_API_QPS": f"{mode.ours[0]:g}", "KUBELEARN_API_BURST": str(mode.ours[1])}
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    # As the image starts it (Dockerfile: python -m kubelearn_operator).
+    argv = [sys.executable, "-m", "kubelearn_operator", f"--liveness={liveness}"]
+    argv += [f"--namespace={ns}" for ns in namespaces]
+    proc = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_ready(liveness, proc, 60)
+    except BaseException:
+        stop([proc])
+        raise
+    return proc
+
+
+def start_peer(peer: Path, cp: Any, core: client.CoreV1Api, mode: Mode, webhook_port: int,
+               peer_tmp: Path, log: Path) -> subprocess.Popen[bytes]:
+    """The peer with mode's limits, once its webhook server listens and its controller runs.
+    v1.9 serves one namespace or all of them: give it all, it only finds TFJobs."""
+    probe = free_port()
+    proc = subprocess.Popen(
+        [str(peer), "--enable-scheme=tfjob", "--leader-elect=false",
+         f"--kube-api-qps={mode.peer[0]:g}", f"--kube-api-burst={mode.peer[1]}",
+         f"--kubeconfig={cp.kubeconfig}", f"--webhook-server-port={webhook_port}",
+         f"--metrics-bind-address=127.0.0.1:{free_port()}",
+         f"--health-probe-bind-address=127.0.0.1:{probe}"],
+        env={**os.environ, "KUBECONFIG": str(cp.kubeconfig), "MY_POD_NAMESPACE": PEER_NAMESPACE,
+             "TMPDIR": str(peer_tmp)},
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        write_peer_certs(core, [PEER_ROTATOR_CERT_DIR,
+                                peer_tmp / "k8s-webhook-server" / "serving-certs"])
+        wait_port(webhook_port, proc, 120)
+        wait_ready(f"http://127.0.0.1:{probe}/readyz", proc, 60)
+        deadline = time.monotonic() + 60
+        while b"Starting workers" not in log.read_bytes():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"training-operator's controller did not start; see {log}")
+            time.sleep(0.2)
+    except BaseException:
+        stop([proc])
+        raise
+    return proc
+
+
 # -- main ------------------------------------------------------------------------------------
+def spread(runs: list[float]) -> str:
+    return (f"{min(runs):6.2f} {statistics.median(runs):6.2f} {max(runs):6.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,100,1000")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--modes", default=",".join(m.name for m in MODES),
+                        help=f"any of {', '.join(m.name for m in MODES)}")
     parser.add_argument("--timeout", type=float, default=900.0,
-                        help="seconds one creation may take (the peer is rate-limited)")
+                        help="seconds one creation may take (at 20 QPS 1000 replicas take "
+                             "minutes)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = [m for m in MODES if m.name in args.modes.split(",")]
+    defaults = Mode("defaults", OURS_DEFAULTS, PEER_DEFAULTS)
+    # Each at its own defaults costs no run when the modes above already measured both.
+    if not args.no_peer and (not any(m.ours == OURS_DEFAULTS for m in modes)
+                             or not any(m.peer == PEER_DEFAULTS for m in modes)):
+        modes.append(defaults)
     # A plain SIGTERM still stops both operators and the control plane (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -210,94 +491,115 @@ def main() -> int:
 
     binaries = ensure_built(progress=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="operator-scale-"))
-    cp = start_control_plane(binaries.kubecp, binaries.helm, work / "cp", progress=sys.stderr)
+    proxy = ConnectProxy(work / "egress.sock") if peer else None
+    apiserver_args = ([f"--egress-selector-config-file={egress_config(work, proxy.path)}"]
+                      if proxy else [])
+    if proxy:
+        proxy.start()
+    made_cert_dir = peer is not None and not PEER_ROTATOR_CERT_DIR.exists()
+    if peer and not made_cert_dir:
+        say(f"{PEER_ROTATOR_CERT_DIR} exists already: its files will be overwritten")
+    cp = start_control_plane(binaries.kubecp, binaries.helm, work / "cp", progress=sys.stderr,
+                             apiserver_args=apiserver_args)
     procs: list[subprocess.Popen[bytes]] = []
+    # results[mode][operator][replicas] = seconds of each repeat
+    results: dict[str, dict[str, dict[int, list[float]]]] = {}
     try:
         api = config.new_client_from_config(config_file=str(cp.kubeconfig))
         core = client.CoreV1Api(api)
         subprocess.run([*cp.kubectl, "apply", "--server-side", "-f",
                         str(ROOT / "crds" / "experiments.kubelearn.dev.yaml")], check=True,
                        stdout=subprocess.DEVNULL)
-        ours_ns = [f"ours-{n}-{r}" for n in sizes for r in range(args.repeats)]
-        peer_ns = [f"peer-{n}-{r}" for n in sizes for r in range(args.repeats)]
-        for ns in ours_ns + (peer_ns if peer else []):
-            make_namespace(core, ns)
-
-        env = {**os.environ, **cp.env, "KUBELEARN_METRICS_PORT": "0",
-               "KUBELEARN_RESYNC_SECONDS": "30", "PYTHONPATH": str(ROOT / "operator")}
-        # As the image starts it (Dockerfile: python -m kubelearn_operator).
-        ours_args = [sys.executable, "-m", "kubelearn_operator",
-                     f"--liveness=http://127.0.0.1:{free_port()}/healthz"]
-        ours_args += [f"--namespace={ns}" for ns in ours_ns]
-        procs.append(subprocess.Popen(ours_args, env=env, stdout=(work / "ours.log").open("wb"),
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        webhook_port = free_port()
         if peer:
-            subprocess.run([*cp.kubectl, "apply", "--server-side", "-f", str(peer_crd())],
-                           check=True, stdout=subprocess.DEVNULL)
-            # v1.7 serves one namespace or all of them: give it all, it only finds TFJobs.
-            procs.append(subprocess.Popen(
-                [str(peer), "--enable-scheme=tfjob", "--leader-elect=false",
-                 f"--kubeconfig={cp.kubeconfig}",
-                 f"--metrics-bind-address=127.0.0.1:{free_port()}",
-                 f"--health-probe-bind-address=127.0.0.1:{free_port()}"],
-                env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
-                stdout=(work / "peer.log").open("wb"), stderr=subprocess.STDOUT,
-                start_new_session=True))
-        time.sleep(5)  # both operators list and start watching
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"an operator exited early; see {work}")
+            prepare_peer(api, cp.kubectl, webhook_port)
 
-        results: dict[str, dict[int, list[float]]] = {"kubelearn": {}, "training-operator": {}}
-        for i, n in enumerate(sizes):
-            for r in range(args.repeats):
-                runs = [("kubelearn", f"ours-{n}-{r}",
-                         experiment(f"exp{n}", n), "experiments", "kubelearn.dev", "v1alpha1")]
-                if peer:
-                    runs.append(("training-operator", f"peer-{n}-{r}", tfjob(f"tfjob{n}", n),
-                                 "tfjobs", "kubeflow.org", "v1"))
-                if (i + r) % 2:
-                    runs.reverse()
-                for who, ns, body, plural, group, version in runs:
-                    seconds = measure(api, ns, body, plural, group, version, n, args.timeout)
-                    results[who].setdefault(n, []).append(seconds)
-                    say(f"{who:18s} {n:5d} replicas: {seconds:7.2f} s")
-                    drop_namespace(core, ns)
+        for m, mode in enumerate(modes):
+            say(f"mode {mode.name}: kubelearn at {limits(mode.ours)}, training-operator at "
+                f"{limits(mode.peer)} (QPS/burst)")
+            ours_ns = [f"ours-{mode.name}-{n}-{r}" for n in sizes for r in range(args.repeats)]
+            peer_ns = [f"peer-{mode.name}-{n}-{r}" for n in sizes for r in range(args.repeats)]
+            for ns in ours_ns + (peer_ns if peer else []):
+                make_namespace(core, ns)
+            procs.append(start_ours(cp, mode, ours_ns, work / f"ours-{mode.name}.log"))
+            if peer:
+                procs.append(start_peer(peer, cp, core, mode, webhook_port, work / "peer-tmp",
+                                        work / f"peer-{mode.name}.log"))
+            time.sleep(3)  # both list and start watching
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"an operator exited early; see {work}")
 
-        print(f"\n{'replicas':>8} {'kubelearn s':>12} {'training-operator s':>20} "
-              f"{'peer/kubelearn':>15}")
-        summary = []
-        for n in sizes:
-            ours = statistics.median(results["kubelearn"][n])
-            theirs = (statistics.median(results["training-operator"][n])
-                      if n in results["training-operator"] else None)
-            ratio = theirs / ours if theirs else None
-            summary.append({"replicas": n, "kubelearn_s": ours, "training_operator_s": theirs,
-                            "ratio": ratio})
-            print(f"{n:>8} {ours:>12.2f} {theirs if theirs is not None else float('nan'):>20.2f}"
-                  f" {ratio if ratio is not None else float('nan'):>14.1f}x")
-            runs = results["kubelearn"][n]
-            summary[-1]["kubelearn_runs"] = runs
-            print(f"{'':>8} kubelearn over {len(runs)} runs: min {min(runs):.2f} s, "
-                  f"median {ours:.2f} s, max {max(runs):.2f} s")
-        goal = next((s for s in summary if s["replicas"] == 1000), None)
-        if goal:
-            print(f"\n1000 replicas under 5 s: {'yes' if goal['kubelearn_s'] < 5 else 'NO'} "
-                  f"({goal['kubelearn_s']:.2f} s)")
+            res = results[mode.name] = {"kubelearn": {}, "training-operator": {}}
+            for i, n in enumerate(sizes):
+                for r in range(args.repeats):
+                    runs = [("kubelearn", f"ours-{mode.name}-{n}-{r}",
+                             experiment(f"exp{n}", n), "experiments", "kubelearn.dev",
+                             "v1alpha1")]
+                    if peer:
+                        runs.append(("training-operator", f"peer-{mode.name}-{n}-{r}",
+                                     tfjob(f"tfjob{n}", n), "tfjobs", "kubeflow.org", "v1"))
+                    if (m + i + r) % 2:
+                        runs.reverse()
+                    for who, ns, body, plural, group, version in runs:
+                        seconds = measure(api, ns, body, plural, group, version, n,
+                                          args.timeout)
+                        res[who].setdefault(n, []).append(seconds)
+                        say(f"{mode.name:9s} {who:18s} {n:5d} replicas: {seconds:7.2f} s")
+                        drop_namespace(core, ns)
+            stop(procs)
+
+        report(modes, sizes, results, defaults, bool(peer))
         if not peer:
             print(f"peer not measured: {peer_error.splitlines()[0] if peer_error else ''}")
         if args.json:
-            args.json.write_text(json.dumps({"results": summary, "peer": bool(peer)}, indent=2))
+            args.json.write_text(json.dumps({
+                "peer": f"training-operator {PEER_VERSION}" if peer else None,
+                "modes": {m.name: {"kubelearn_qps_burst": m.ours,
+                                   "training_operator_qps_burst": m.peer} for m in modes},
+                "results": results}, indent=2))
         return 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+        stop(procs)
         cp.stop()
+        if proxy:
+            proxy.close()
+        if made_cert_dir:
+            shutil.rmtree(PEER_ROTATOR_CERT_DIR.parent, ignore_errors=True)
+        shutil.rmtree(work / "peer-tmp", ignore_errors=True)
+
+
+def report(modes: list[Mode], sizes: list[int], results: dict[str, dict[str, dict[int,
+           list[float]]]], defaults: Mode, peer: bool) -> None:
+    """Per mode and size: min, median and max seconds of each operator, and the ratio of
+    medians (training-operator / kubelearn: above 1, kubelearn is faster)."""
+    rows: list[tuple[str, int, list[float], list[float] | None]] = []
+    for mode in modes:
+        for n in sizes:
+            res = results[mode.name]
+            rows.append((f"{mode.name} ({limits(mode.ours)} vs {limits(mode.peer)})", n,
+                         res["kubelearn"][n], res["training-operator"].get(n)))
+    if defaults not in modes and peer:
+        ours_mode = next(m for m in modes if m.ours == OURS_DEFAULTS)
+        peer_mode = next(m for m in modes if m.peer == PEER_DEFAULTS)
+        for n in sizes:
+            rows.append((f"defaults ({limits(OURS_DEFAULTS)} vs {limits(PEER_DEFAULTS)})*", n,
+                         results[ours_mode.name]["kubelearn"][n],
+                         results[peer_mode.name]["training-operator"][n]))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'mode (kubelearn vs peer QPS/burst)':<{width}} {'replicas':>8}  "
+          f"{'kubelearn min/med/max s':>22}  {'training-operator min/med/max s':>31}  "
+          f"{'ratio':>6}")
+    for label, n, ours, theirs in rows:
+        ratio = statistics.median(theirs) / statistics.median(ours) if theirs else None
+        print(f"{label:<{width}} {n:>8}  {spread(ours):>22}  "
+              f"{spread(theirs) if theirs else '-':>31}  "
+              f"{f'{ratio:.1f}x' if ratio else '-':>6}")
+    if defaults not in modes and peer:
+        print("* read off the modes above, not a run of its own")
+    repeats = {len(r[2]) for r in rows}
+    print(f"runs per cell: {', '.join(map(str, sorted(repeats)))}; ratio: median of "
+          f"training-operator over median of kubelearn")
 
 
 if __name__ == "__main__":
