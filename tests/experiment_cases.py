@@ -29,20 +29,27 @@ class Case:
     field: str | None = None
     expect: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    kind = "Experiment"
+
     def manifest(self) -> dict[str, Any]:
-        return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+        return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": self.kind,
                 "metadata": {"name": self.name}, "spec": copy.deepcopy(self.spec)}
 
 
-def spec(**changes: Any) -> dict[str, Any]:
-    """MINIMAL with top-level fields replaced (None removes one)."""
-    result = copy.deepcopy(MINIMAL)
+def replaced(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of ``base`` with top-level fields replaced (None removes one)."""
+    result = copy.deepcopy(base)
     for key, value in changes.items():
         if value is None:
             result.pop(key, None)
         else:
             result[key] = value
     return result
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    """MINIMAL with top-level fields replaced (None removes one)."""
+    return replaced(MINIMAL, **changes)
 
 
 def only(**replica_specs: Any) -> dict[str, Any]:

@@ -8,12 +8,12 @@ valid case, values the parsed :class:`kubelearn_spec.sweep_model.SweepSpec` must
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from tests.experiment_cases import MINIMAL as EXPERIMENT
+from tests.experiment_cases import Case as ExperimentCase
+from tests.experiment_cases import replaced
 
 LR = {"name": "learning_rate", "type": "double", "min": 0.001, "max": 0.1,
       "distribution": "logUniform"}
@@ -29,38 +29,18 @@ MINIMAL: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class Case:
-    id: str
-    name: str
-    spec: dict[str, Any]
-    field: str | None = None
-    expect: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def manifest(self) -> dict[str, Any]:
-        return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": "Sweep",
-                "metadata": {"name": self.name}, "spec": copy.deepcopy(self.spec)}
+class Case(ExperimentCase):
+    kind = "Sweep"
 
 
 def spec(**changes: Any) -> dict[str, Any]:
     """MINIMAL with top-level fields replaced (None removes one)."""
-    result = copy.deepcopy(MINIMAL)
-    for key, value in changes.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    return result
+    return replaced(MINIMAL, **changes)
 
 
 def param(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A parameter with fields replaced (None removes one)."""
-    result = copy.deepcopy(base)
-    for key, value in changes.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    return result
+    return replaced(base, **changes)
 
 
 def with_params(*parameters: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -69,13 +49,7 @@ def with_params(*parameters: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 def experiment(**changes: Any) -> dict[str, Any]:
     """The template Experiment spec with top-level fields replaced (None removes one)."""
-    result = copy.deepcopy(EXPERIMENT)
-    for key, value in changes.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    return result
+    return replaced(EXPERIMENT, **changes)
 
 
 FULL = {
