@@ -26,10 +26,11 @@ COPY operator/ operator/
 # runner: the kubelearn wheel (numpy, pyyaml, fsspec) with its [distributed] (pyzmq),
 # [tensorboard] (tensorboardX) and [s3] (s3fs: a model directory s3://bucket/prefix) extras.
 # operator: the kubelearn wheel alone plus its [operator] extra (kopf, kubernetes_asyncio,
-# prometheus-client), read from pyproject.toml so the two never drift; no numpy.
+# prometheus-client) and its [sweep] extra (optuna, for Sweeps' search, which brings numpy),
+# read from pyproject.toml so the two never drift.
 RUN pip wheel --wheel-dir /wheels/runner ".[distributed,tensorboard,s3]" \
  && pip wheel --no-deps --wheel-dir /wheels/operator . \
- && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['operator']))" > /tmp/operator.txt \
+ && python -c "import tomllib; extras = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print('\n'.join(extras['operator'] + extras['sweep']))" > /tmp/operator.txt \
  && pip wheel --wheel-dir /wheels/operator --requirement /tmp/operator.txt \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['s3']))" > /tmp/s3.txt \
  && pip wheel --wheel-dir /wheels/tensorboard "tensorboard==${TENSORBOARD_VERSION}" \
@@ -70,8 +71,9 @@ CMD ["--help"]
 FROM base AS operator
 LABEL org.opencontainers.image.title="kubelearn-operator" \
       org.opencontainers.image.description="The kubelearn operator: runs Experiments as pods"
-# --no-deps: exactly the builder's wheels, so not numpy, which the kubelearn wheel asks for
-# but the operator never imports; the import below proves nothing it does import is missing.
+# --no-deps: exactly the builder's wheels, not the runner's (pyzmq, fsspec), which the
+# kubelearn wheel asks for but the operator never imports; the import below proves nothing
+# it does import is missing.
 RUN --mount=type=bind,from=builder,source=/wheels/operator,target=/wheels \
     pip install --no-index --no-deps /wheels/*.whl \
  && python -c "import kubelearn_operator.handlers"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Writes the Experiment and Sweep CRDs from the model (runner/kubelearn_spec) into crds/, and
-# the Experiment's into the chart. The chart ships the Sweep CRD once the operator serves it.
+# Writes the Experiment and Sweep CRDs from the model (runner/kubelearn_spec) into crds/ and
+# the chart.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 for plural in experiments sweeps; do
   PYTHONPATH="$root/runner${PYTHONPATH:+:$PYTHONPATH}" python -m kubelearn_spec.crd "$plural" \
     > "$root/crds/$plural.kubelearn.dev.yaml"
+  cp "$root/crds/$plural.kubelearn.dev.yaml" "$root/charts/kubelearn/crds/"
 done
-cp "$root/crds/experiments.kubelearn.dev.yaml" "$root/charts/kubelearn/crds/experiments.kubelearn.dev.yaml"

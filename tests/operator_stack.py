@@ -28,6 +28,7 @@ from tests.cluster.helpers import apply_crd, apply_yaml, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "experiments.kubelearn.dev.yaml"
+SWEEP_CRD = ROOT / "crds" / "sweeps.kubelearn.dev.yaml"
 #: The one example manifest, as a user would apply it.
 EXAMPLE = ROOT / "examples" / "experiment.yaml"
 
@@ -212,6 +213,13 @@ def experiment_crd(kube_api: client.ApiClient) -> Path:
     return CRD
 
 
+@pytest.fixture(scope="session")
+def sweep_crd(kube_api: client.ApiClient) -> Path:
+    """The Sweep CRD from crds/, applied and established."""
+    apply_crd(kube_api, SWEEP_CRD)
+    return SWEEP_CRD
+
+
 @pytest.fixture
 def podgroup_crd(kube_api: client.ApiClient) -> Iterator[Callable[[], None]]:
     """Installs the PodGroup CRD when called (a test may first run without it); removed after
@@ -228,7 +236,7 @@ def podgroup_crd(kube_api: client.ApiClient) -> Iterator[Callable[[], None]]:
 
 
 @pytest.fixture
-def start_operator(control_plane: Any, experiment_crd: Path,
+def start_operator(control_plane: Any, experiment_crd: Path, sweep_crd: Path,
                    tmp_path: Path) -> Iterator[Callable[..., Operator]]:
     """Start the operator for some namespaces (all when none are named); every one started is
     stopped after the test."""

@@ -97,14 +97,16 @@ def _secure(pod_spec: dict[str, Any], main: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class ExperimentRef:
-    """Identity of the Experiment that owns the objects being built."""
+    """Identity of the resource that owns the objects being built and that events are
+    about: an Experiment, or a Sweep (``kind``) for its trial Experiments."""
 
     name: str
     namespace: str
     uid: str
+    kind: str = names.KIND
 
     def owner_reference(self) -> dict[str, Any]:
-        return {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": self.name,
+        return {"apiVersion": names.API_VERSION, "kind": self.kind, "name": self.name,
                 "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
 
     def metadata(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:

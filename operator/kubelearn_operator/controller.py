@@ -74,6 +74,8 @@ class Controller:
         self._failures: dict[Key, int] = {}
         self._progress: dict[str, dict[str, Any]] = {}  # uid -> last polled chief progress
         self._progress_tokens: dict[str, str] = {}  # uid -> its token, for the poll
+        #: Told of every Experiment event (the Sweep controller follows its trials).
+        self.on_experiment: Callable[[Mapping[str, Any]], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,10 +113,12 @@ class Controller:
             self.bodies.pop(key, None)
             self._forget(meta.get("uid", ""))
             asyncio.get_running_loop().create_task(self._delete_owned(key, meta.get("uid", "")))
-            return
-        self._store(key, body)
-        self._watch_namespace(key[0])
-        self.queue.add(key)
+        else:
+            self._store(key, body)
+            self._watch_namespace(key[0])
+            self.queue.add(key)
+        if self.on_experiment is not None:
+            self.on_experiment(body)
 
     def _watch_namespace(self, namespace: str) -> None:
         """Start the pod and service caches of a namespace when its first Experiment shows."""

@@ -49,7 +49,7 @@ class EventRecorder:
         self._queue.put_nowait({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
-            "involvedObject": {"apiVersion": names.API_VERSION, "kind": names.KIND,
+            "involvedObject": {"apiVersion": names.API_VERSION, "kind": ref.kind,
                                "name": ref.name, "namespace": ref.namespace, "uid": ref.uid},
             "type": event.type, "reason": event.reason, "message": event.message[:1024],
             "source": {"component": "kubelearn-operator"},

@@ -1,4 +1,5 @@
-"""kopf handlers: thin adapters from Experiment events to the controller's work queue.
+"""kopf handlers: thin adapters from Experiment and Sweep events to the controllers' work
+queues.
 
 Pods and services are watched by the controller's own label-filtered caches (informer.py).
 
@@ -22,12 +23,17 @@ from . import metrics
 from .controller import Controller
 from .kube import KubeClient
 from .settings import Settings
+from .sweeps import SweepController
 
-_state: dict[str, Controller] = {}
+_state: dict[str, Any] = {}
 
 
 def _controller() -> Controller:
     return _state["controller"]
+
+
+def _sweeps() -> SweepController:
+    return _state["sweeps"]
 
 
 @kopf.on.startup()
@@ -43,8 +49,10 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     client = await KubeClient.connect(qps=config.api_qps, burst=config.api_burst,
                                       concurrency=config.create_concurrency)
     controller = Controller(config, client)
-    _state["controller"] = controller
+    sweeps = SweepController(controller)
+    _state.update(controller=controller, sweeps=sweeps)
     await controller.start()
+    await sweeps.start()
     logger.info("kubelearn operator started: image %s, %s QPS (burst %s), %s concurrent "
                 "requests, resync every %ss", config.image, config.api_qps, config.api_burst,
                 config.create_concurrency, config.resync_seconds)
@@ -52,6 +60,9 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    sweeps = _state.pop("sweeps", None)
+    if sweeps is not None:
+        await sweeps.stop()
     controller = _state.pop("controller", None)
     if controller is not None:
         await controller.stop()
@@ -65,3 +76,8 @@ async def probe(**_: Any) -> dict[str, Any]:
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
 async def experiment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     _controller().observe_experiment(event.get("type"), copy.deepcopy(dict(body)))
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.SWEEP_PLURAL)
+async def sweep_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    _sweeps().observe_sweep(event.get("type"), copy.deepcopy(dict(body)))

@@ -41,6 +41,11 @@ ANNOTATION_RESTARTS = f"{GROUP}/restarts"
 #: which the search state is rebuilt.
 LABEL_SWEEP = f"{GROUP}/sweep"
 LABEL_TRIAL = f"{GROUP}/trial"
+#: Set by the Sweep's controller on a trial it stops (with spec.runPolicy.suspend): why,
+#: "pruned" (early stopping) or "stopped" (the sweep ended first), and the reason in words.
+#: Kept on the Experiment, so the trial's state survives an operator restart.
+ANNOTATION_TRIAL_STOPPED = f"{GROUP}/trial-stopped"
+ANNOTATION_TRIAL_STOP_REASON = f"{GROUP}/trial-stop-reason"
 #: StorageClass annotation that makes a class the cluster's default.
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 

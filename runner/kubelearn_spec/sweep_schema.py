@@ -41,7 +41,8 @@ EARLY_STOPPING_ALGORITHMS = ("median", "hyperband")
 #: The knobs of each early-stopping algorithm (the others' are refused with it).
 EARLY_STOPPING_KNOBS = {"median": ("startupTrials", "warmupSteps"),
                         "hyperband": ("minResource", "maxResource", "reductionFactor")}
-TRIAL_STATES = ("running", "succeeded", "failed", "pruned")
+#: A trial's states: "stopped" is one the sweep stopped because it ended first.
+TRIAL_STATES = ("running", "succeeded", "failed", "pruned", "stopped")
 
 DEFAULT_PARALLELISM = 1
 DEFAULT_MAX_TRIALS = 10

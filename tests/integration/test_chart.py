@@ -382,9 +382,11 @@ def test_values_schema_names_the_bad_value(control_plane: ControlPlane, value, m
     assert message in out.stderr, out.stderr
 
 
-def test_chart_crd_is_the_crds_file(control_plane: ControlPlane):
+def test_chart_crds_are_the_crds_files(control_plane: ControlPlane):
     out = helm(control_plane, "show", "crds", str(CHART))
-    assert out.strip() == (REPO / "crds" / "experiments.kubelearn.dev.yaml").read_text().strip()
+    files = [(REPO / "crds" / name).read_text().strip()
+             for name in ("experiments.kubelearn.dev.yaml", "sweeps.kubelearn.dev.yaml")]
+    assert out.strip() == "\n\n".join(files)
 
 
 def test_namespace_scope_passes_server_side_dry_run(

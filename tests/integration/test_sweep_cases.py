@@ -11,20 +11,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import apply_crd
 from tests.sweep_cases import INVALID, VALID, Case, ids
 
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "kubelearn.dev", "v1alpha1", "sweeps"
-CRD = Path(__file__).resolve().parents[2] / "crds" / "sweeps.kubelearn.dev.yaml"
-
-
-@pytest.fixture(scope="module")
-def sweep_crd(kube_api: client.ApiClient) -> Path:
-    """The Sweep CRD from crds/, applied and established."""
-    apply_crd(kube_api, CRD)
-    return CRD
 
 
 def _create(api: client.ApiClient, namespace: str, case: Case) -> dict[str, Any]:

@@ -173,8 +173,9 @@ def test_builder_reads_the_operator_extra_from_pyproject(stages):
                          cwd=ROOT, check=True).stdout.split()
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
-    assert out == extras["operator"]
+    assert out == extras["operator"] + extras["sweep"]
     assert any(name.startswith("kopf") for name in out)
+    assert any(name.startswith("optuna") for name in out)
     runs = " ".join(stages["builder"].all("RUN"))
     # The runner: kubelearn with pyzmq, tensorboardX for the event files and s3fs for a
     # model directory on S3.
@@ -217,13 +218,16 @@ def test_dockerignore_lets_in_only_what_is_copied(stages):
     # The Experiment model, which the operator imports: the standard library alone.
     ("runner/kubelearn_spec", set()),
     ("operator/kubelearn_operator",
-     {"kubelearn_spec", "kopf", "aiohttp", "kubernetes_asyncio", "prometheus_client"}),
+     {"kubelearn_spec", "kubelearn_search", "kopf", "aiohttp", "kubernetes_asyncio",
+      "prometheus_client"}),
+    # The Sweep's search, which the operator imports: the model and the [sweep] extra.
+    ("runner/kubelearn_search", {"kubelearn_spec", "optuna"}),
 ])
 def test_operator_image_leaves_out_what_the_operator_never_imports(stages, package,
                                                                    third_party):
-    # The operator image installs its wheels with --no-deps and without numpy: the operator
-    # package may import only the standard library, the model and the [operator] extra's
-    # packages.
+    # The operator image installs its wheels with --no-deps and without the runner's: the
+    # operator package may import only the standard library, the model, the search and the
+    # [operator] and [sweep] extras' packages.
     run = " ".join(stages["operator"].all("RUN"))
     assert "--no-deps" in run and 'python -c "import kubelearn_operator.handlers"' in run
     allowed = set(sys.stdlib_module_names) | third_party

@@ -25,7 +25,7 @@ from kubelearn.sweep.local import (
     objective_of,
     read_evaluations,
 )
-from kubelearn.sweep.search import Search
+from kubelearn_search import Search
 from kubelearn_spec.sweep_model import parse_sweep
 from tests.sweep_cases import LR, MINIMAL, OPTIMIZER, Case
 
@@ -153,7 +153,7 @@ def test_without_optuna_the_command_says_which_extra(tmp_path: Path, monkeypatch
     path.write_text(yaml.safe_dump(Case("lr", "lr", {**MINIMAL, "parameters": [LR, OPTIMIZER]}
                                         ).manifest()))
     monkeypatch.setitem(sys.modules, "optuna", None)
-    monkeypatch.delitem(sys.modules, "kubelearn.sweep.search")
+    monkeypatch.delitem(sys.modules, "kubelearn_search")
     assert cli.main(["sweep", "local", str(path), "--dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["kubelearn sweep local: error: the hyper-parameter search needs optuna: "

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubelearn.sweep.search import (
+from kubelearn_search import (
     GOAL_REACHED,
     GRID_EXHAUSTED,
     MAX_FAILED_TRIALS_EXCEEDED,

@@ -35,11 +35,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Rules for the objects of Experiments, the same in a ClusterRole or a Role. */}}
 {{- define "kubelearn.namespacedRules" -}}
 # Experiments: watched (list, watch), deleted when their TTL runs out, status written.
+# A Sweep's trials are Experiments the operator creates, suspends with a patch when it stops
+# one, and reads singly while its cache may not hold them yet (just after a restart).
 - apiGroups: ["kubelearn.dev"]
   resources: ["experiments"]
-  verbs: ["list", "watch", "delete"]
+  verbs: ["list", "watch", "get", "create", "patch", "delete"]
 - apiGroups: ["kubelearn.dev"]
   resources: ["experiments/status"]
+  verbs: ["patch"]
+# Sweeps: watched, status written; their trials go with them by owner reference.
+- apiGroups: ["kubelearn.dev"]
+  resources: ["sweeps"]
+  verbs: ["list", "watch"]
+- apiGroups: ["kubelearn.dev"]
+  resources: ["sweeps/status"]
   verbs: ["patch"]
 # One pod and one headless service per replica: cached by list and watch, never read singly.
 - apiGroups: [""]

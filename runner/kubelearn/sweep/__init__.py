@@ -1,2 +1,3 @@
-"""Hyper-parameter search for Sweeps: :mod:`kubelearn.sweep.search` (needs the ``sweep``
-extra, Optuna)."""
+"""Sweeps without a cluster: ``kubelearn sweep local`` and ``kubelearn sweep plot``. The
+search itself is :mod:`kubelearn_search` (the ``sweep`` extra, Optuna), which the operator
+shares."""

@@ -3,7 +3,7 @@
 Each trial is the template Experiment with its hparams merged (``SweepSpec.trial_manifest``),
 written next to its model directory and run by ``kubelearn local`` in a child process, so a
 trial runs exactly as ``kubelearn local <trial>.yaml`` would, and can be re-run so by hand.
-Up to ``parallelism`` trials run at once; :class:`kubelearn.sweep.search.Search` picks each
+Up to ``parallelism`` trials run at once; :class:`kubelearn_search.Search` picks each
 trial's hparams, prunes (early stopping) and says when the sweep is over, as the operator's
 controller will. A trial's objective is its chief's final evaluation (the last line of
 ``<model dir>/eval/results.jsonl``), whose earlier lines are its intermediate values.
@@ -35,7 +35,7 @@ from kubelearn_spec.sweep_model import SweepSpec, parse_sweep
 from kubelearn_spec.validate import SpecError
 
 if TYPE_CHECKING:
-    from kubelearn.sweep.search import Search, TrialRecord
+    from kubelearn_search import Search, TrialRecord
 
 PROG = "kubelearn sweep local"
 EXIT_OK = 0
@@ -137,7 +137,7 @@ class Trial:
     stop_sent: float | None = None
 
     def record(self) -> TrialRecord:
-        from kubelearn.sweep.search import TrialRecord
+        from kubelearn_search import TrialRecord
 
         # A stopped trial is recorded only once the sweep is over; as failed, it cannot be
         # taken for the best.
@@ -443,7 +443,7 @@ def sweep_local_command(args: argparse.Namespace) -> int:
     except SpecError as exc:
         return _error(local_launcher.one_line(exc))
     try:
-        from kubelearn.sweep.search import SUCCEEDED, Search
+        from kubelearn_search import SUCCEEDED, Search
     except ImportError:
         return _error("the hyper-parameter search needs optuna: pip install 'kubelearn[sweep]'")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)

@@ -1,0 +1,106 @@
+"""End to end: ``kubectl apply`` a Sweep; the operator runs its trials as Experiments whose
+pods the node agent runs as real runner processes, compares their final evaluations, and stops
+a trial early whose first evaluation is clearly worse than a finished trial's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.cluster.helpers import wait_for
+from tests.e2e.conftest import Cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def sweep(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "kubelearn.dev/v1alpha1", "kind": "Sweep",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def template(**hparams: Any) -> dict[str, Any]:
+    """The linear example as one master (the cheapest trial that trains and evaluates)."""
+    return {"experimentFn": "kubelearn.examples.linear:experiment_fn",
+            "hparams": hparams, "replicas": {"master": 1}}
+
+
+def sweep_status(cluster: Cluster, name: str) -> dict[str, Any]:
+    return cluster.custom.get_namespaced_custom_object(
+        "kubelearn.dev", "v1alpha1", cluster.ns, "sweeps", name).get("status") or {}
+
+
+def wait_sweep(cluster: Cluster, name: str, timeout: float) -> dict[str, Any]:
+    def ended() -> dict[str, Any] | None:
+        cluster.agent.check_alive()
+        cluster.operator.check_alive()
+        status = sweep_status(cluster, name)
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    try:
+        return wait_for(ended, timeout, f"sweep {name} to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{sweep_status(cluster, name)}\n"
+                             f"{cluster.logs(name)}") from None
+
+
+def test_six_trials_two_at_a_time_end_with_the_best_and_the_failed_counted(cluster: Cluster):
+    # A learning rate of 100 diverges: the master fails, and the trial with it.
+    rates = [0.05, 0.1, 100.0, 0.01, 0.2, 0.02]
+    cluster.apply(sweep("lr", {
+        "experiment": template(train_steps=300),
+        "parameters": [{"name": "learning_rate", "type": "discrete", "values": rates}],
+        "objective": {"metric": "loss", "direction": "minimize"},
+        "algorithm": "grid", "parallelism": 2, "maxTrials": 6, "seed": 3}))
+    status = wait_sweep(cluster, "lr", timeout=420)
+
+    assert status["phase"] == "Succeeded", status
+    assert status["counts"] == {"running": 0, "succeeded": 5, "failed": 1, "pruned": 0,
+                                "stopped": 0}
+    history = {h["hparams"]["learning_rate"]: h for h in status["history"]}
+    assert sorted(history) == sorted(rates)
+    assert history[100.0]["state"] == "failed"
+    assert "master-0" in history[100.0]["reason"], history[100.0]
+    # The best is the trial whose Experiment ended with the lowest final loss.
+    finals = {h["name"]: cluster.status(h["name"])["metrics"]["loss"]
+              for h in status["history"] if h["state"] == "succeeded"}
+    best = min(finals, key=finals.get)
+    assert status["best"]["name"] == best
+    assert status["best"]["objective"] == pytest.approx(finals[best])
+    # Never more than two trials at once: each started after an earlier one ended.
+    spans = sorted((h["startTime"], h["completionTime"]) for h in status["history"])
+    for i, (start, _) in enumerate(spans):
+        assert sum(1 for s, end in spans[:i] if end > start) <= 1, spans
+    out = cluster.kubectl("get", "sweep", "lr").stdout
+    assert "Succeeded" in out and "6/6" in out and best in out, out
+
+
+def test_a_trial_clearly_behind_at_its_first_evaluation_is_pruned(cluster: Cluster):
+    # The operator polls the chiefs every second, so it sees each first evaluation.
+    cluster.operator.stop()
+    cluster.start_operator({"KUBELEARN_PROGRESS_SECONDS": "1"})
+    # One at a time, in the grid's order for seed 7: 0.05 first, which finishes; then
+    # 1e-05, whose loss at step 1 is far above it, is stopped long before its 40000 steps.
+    cluster.apply(sweep("slow", {
+        "experiment": template(train_steps=40_000, eval_throttle_secs=3),
+        "parameters": [{"name": "learning_rate", "type": "discrete",
+                        "values": [0.05, 0.00001]}],
+        "objective": {"metric": "loss", "direction": "minimize"},
+        "algorithm": "grid", "parallelism": 1, "maxTrials": 2, "seed": 7,
+        "earlyStopping": {"algorithm": "median", "startupTrials": 1}}))
+    status = wait_sweep(cluster, "slow", timeout=420)
+
+    history = {h["hparams"]["learning_rate"]: h for h in status["history"]}
+    assert history[0.05]["state"] == "succeeded", status
+    assert history[0.00001]["state"] == "pruned", status
+    assert "at step 1 (median pruner)" in history[0.00001]["reason"]
+    assert status["counts"]["pruned"] == 1 and status["phase"] == "Succeeded"
+    pruned = cluster.experiment(history[0.00001]["name"])
+    assert pruned["metadata"]["annotations"]["kubelearn.dev/trial-stopped"] == "pruned"
+    assert pruned["spec"]["runPolicy"]["suspend"] is True
+    # Stopped: its pods are gone, well before its last step.
+    wait_for(lambda: not cluster.pods(history[0.00001]["name"]), 60, "the pruned trial's pods")
+    assert (pruned.get("status") or {}).get("step", 0) < 40_000
+    reasons = {e.reason for e in cluster.core.list_namespaced_event(cluster.ns).items
+               if e.involved_object.kind == "Sweep"}
+    assert {"TrialStarted", "TrialSucceeded", "TrialPruned", "SweepSucceeded"} <= reasons
