@@ -4,6 +4,7 @@ a trial early whose first evaluation is clearly worse than a finished trial's.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ from tests.cluster.helpers import wait_for
 from tests.e2e.conftest import Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sweep(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -104,3 +107,15 @@ def test_a_trial_clearly_behind_at_its_first_evaluation_is_pruned(cluster: Clust
     reasons = {e.reason for e in cluster.core.list_namespaced_event(cluster.ns).items
                if e.involved_object.kind == "Sweep"}
     assert {"TrialStarted", "TrialSucceeded", "TrialPruned", "SweepSucceeded"} <= reasons
+
+
+def test_the_digits_sweep_example_finds_an_accurate_model(cluster: Cluster):
+    cluster.kubectl("apply", "-f", str(ROOT / "examples" / "sweep-digits.yaml"))
+    status = wait_sweep(cluster, "sweep-digits", timeout=600)
+    assert status["phase"] == "Succeeded" and status["trials"] == "8/8", status
+    assert status["counts"]["succeeded"] == 8
+    best = status["best"]
+    assert best["objective"] > 0.9, best
+    assert best["hparams"]["hidden_units"] in ("32", "64,32", "128,64")
+    assert cluster.status(best["name"])["metrics"]["accuracy"] == best["objective"]
+    print(cluster.kubectl("get", "sweep").stdout)
