@@ -119,3 +119,29 @@ def test_the_digits_sweep_example_finds_an_accurate_model(cluster: Cluster):
     assert best["hparams"]["hidden_units"] in ("32", "64,32", "128,64")
     assert cluster.status(best["name"])["metrics"]["accuracy"] == best["objective"]
     print(cluster.kubectl("get", "sweep").stdout)
+
+
+def test_an_operator_killed_mid_sweep_resumes_it_with_exactly_max_trials(cluster: Cluster):
+    cluster.apply(sweep("resume", {
+        "experiment": template(train_steps=3000),
+        "parameters": [{"name": "learning_rate", "type": "double", "min": 0.01, "max": 0.1,
+                        "distribution": "logUniform"}],
+        "objective": {"metric": "loss", "direction": "minimize"},
+        "parallelism": 2, "maxTrials": 4, "seed": 5}))
+
+    def trials() -> list[str]:
+        items = cluster.custom.list_namespaced_custom_object(
+            "kubelearn.dev", "v1alpha1", cluster.ns, "experiments",
+            label_selector="kubelearn.dev/sweep=resume")["items"]
+        return sorted(i["metadata"]["name"] for i in items)
+
+    wait_for(lambda: len(trials()) == 2, 60, "the first two trials")
+    cluster.operator.kill()  # SIGKILL: no clean-up of any kind
+    # While it is down the trials go on training (their pods are the node's).
+    wait_for(lambda: all(cluster.pods(t) for t in trials()), 60, "the trials' pods")
+    cluster.start_operator()
+    status = wait_sweep(cluster, "resume", timeout=300)
+    assert trials() == ["resume-0", "resume-1", "resume-2", "resume-3"]
+    assert status["phase"] == "Succeeded" and status["trials"] == "4/4", status
+    assert status["counts"]["succeeded"] == 4
+    assert [h["number"] for h in status["history"]] == [0, 1, 2, 3]

@@ -43,8 +43,10 @@ CHART = REPO / "charts" / "kubelearn"
 
 # What the operator does with each resource: the chart grants exactly these.
 NAMESPACED_RULES = {
-    ("kubelearn.dev", "experiments"): {"list", "watch", "delete"},
+    ("kubelearn.dev", "experiments"): {"list", "watch", "get", "create", "patch", "delete"},
     ("kubelearn.dev", "experiments/status"): {"patch"},
+    ("kubelearn.dev", "sweeps"): {"list", "watch"},
+    ("kubelearn.dev", "sweeps/status"): {"patch"},
     ("", "pods"): {"list", "watch", "create", "delete"},
     ("", "services"): {"list", "watch", "get", "create", "delete"},
     ("", "secrets"): {"create", "get"},
