@@ -155,6 +155,40 @@ def test_example_succeeds_and_users_see_its_progress_and_logs(cluster: Cluster) 
     assert master["imagePullPolicy"] == "Never"
 
 
+def test_a_sweep_runs_its_trials_as_pods_and_keeps_the_best(cluster: Cluster) -> None:
+    """The operator image's search, the chart's Sweep CRD and RBAC: two trials at once, each
+    an Experiment whose master runs in a container."""
+    cluster.apply({
+        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Sweep", "metadata": {"name": "lr"},
+        "spec": {"experiment": {"experimentFn": "kubelearn.examples.linear:experiment_fn",
+                                "hparams": {"train_steps": 300},
+                                "replicas": {"master": 1}},
+                 "parameters": [{"name": "learning_rate", "type": "discrete",
+                                 "values": [0.05, 100.0, 0.01]}],
+                 "objective": {"metric": "loss", "direction": "minimize"},
+                 "algorithm": "grid", "parallelism": 2, "maxTrials": 3, "seed": 1}})
+
+    def ended() -> dict[str, Any] | None:
+        status = cluster.get("sweep", "lr").get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_for(ended, timeout=600, description="sweep lr to end")
+    assert status["phase"] == "Succeeded", status
+    assert status["counts"]["succeeded"] == 2 and status["counts"]["failed"] == 1, status
+    history = {h["hparams"]["learning_rate"]: h for h in status["history"]}
+    assert history[100.0]["state"] == "failed"
+    best = status["best"]
+    assert best["hparams"]["learning_rate"] in (0.05, 0.01)
+    finals = {h["name"]: cluster.get("experiment", h["name"])["status"]["metrics"]["loss"]
+              for h in status["history"] if h["state"] == "succeeded"}
+    assert best["name"] == min(finals, key=finals.get)
+    header, row = cluster.kubectl("get", "sweep", "lr").stdout.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "PHASE", "TRIALS", "BEST", "OBJECTIVE"]
+    assert row.split()[:4] == ["lr", "Succeeded", "3/3", best["name"]]
+    assert "Loss for final step" in cluster.kubectl("logs", f"{best['name']}-master-0").stdout
+    cluster.kubectl("delete", "sweep", "lr", "--wait=false")
+
+
 def test_pods_run_as_65532_read_only_without_capabilities(cluster: Cluster) -> None:
     """Both images, checked from inside: the operator's pod and an experiment's ps."""
     cluster.apply(linear("whoami", 40000))
