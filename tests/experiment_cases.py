@@ -167,7 +167,11 @@ CASES = [
     Case("unknown-role", "badrole", spec(replicas={"Worker": 1}), "spec.replicas.Worker"),
     Case("unknown-role-in-full-form", "badrole", only(driver={}),
          "spec.replicaSpecs.driver"),
-    Case("count-given-twice", "twice", spec(replicaSpecs={"worker": {"replicas": 3}}),
+    Case("count-given-twice", "twice", spec(replicaSpecs={"ps": {"replicas": 3}}),
+         "spec.replicas.ps"),
+    # The worker count too, in a manifest; once stored, kubectl scale may add
+    # spec.replicas.worker to it (tests/unit/test_scale_rules.py).
+    Case("worker-count-given-twice", "twice", spec(replicaSpecs={"worker": {"replicas": 3}}),
          "spec.replicas.worker"),
     Case("name-too-long", "a" * 55, spec(), "metadata.name"),
     Case("name-too-long-for-1000-workers", "w" * 53, spec(replicas={"worker": 1000}),

@@ -9,6 +9,7 @@ plan twice is harmless: names are deterministic and restarts are keyed by the fa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from .status import (
 )
 
 STORAGE_CONDITION = "StorageReady"
+#: True while a change of the worker count is refused (synchronous training).
+SCALE_REFUSED = "ScaleRefused"
 PODGROUP_MISSING = (f"PodGroup CRD {names.PODGROUP_GROUP}/{names.PODGROUP_VERSION} is not "
                     "installed: pods are scheduled without gang scheduling")
 
@@ -282,8 +285,54 @@ class _Planner:
         # The deadline counts active time: it starts again on resume.
         self.status["startTime"] = None
 
+    def scaling(self, spec: ExperimentSpec) -> ExperimentSpec:
+        """The spec to run, with the worker count it may run: the spec's, unless the change
+        is refused. Each accepted change of the count gets an event; ``status.workers`` holds
+        the count run (the scale subresource's view).
+
+        Synchronous training refuses a change (:func:`kubelearn_spec.policy.scale_refusal`),
+        known from its chief's report of ``sync_replicas``: until the chief has reported, a
+        change is taken."""
+        wanted = spec.count(names.SCALED_ROLE)
+        applied = (self.old.get("workers") or {}).get("desired")
+        reported = self.observed.progress or self.old.get("metrics") or {}
+        sync = reported.get("sync_replicas") if isinstance(reported, Mapping) else None
+        if isinstance(applied, int) and applied != wanted and names.SCALED_ROLE in spec.replicas:
+            if message := policy.scale_refusal(wanted, applied, sync):
+                old = get_condition(self.conditions, SCALE_REFUSED) or {}
+                if old.get("status") != "True" or old.get("message") != message:
+                    self.plan.events.append(Event("Warning", "ScaleRefused", message))
+                self.conditions = set_condition(self.conditions, SCALE_REFUSED, True,
+                                                "SynchronousTraining", message, self.now)
+                replica = dataclasses.replace(spec.replicas[names.SCALED_ROLE], replicas=applied)
+                return dataclasses.replace(spec, replicas={**spec.replicas,
+                                                           names.SCALED_ROLE: replica})
+            if wanted > applied:
+                self.plan.events.append(Event("Normal", "ScaledUp",
+                                              f"Workers scaled from {applied} to {wanted}."))
+            else:
+                leaving = ", ".join(names.replica_name(self.ref.name, names.SCALED_ROLE, i)
+                                    for i in range(wanted, min(applied, wanted + 10)))
+                if applied - wanted > 10:
+                    leaving += f" and {applied - wanted - 10} more"
+                self.plan.events.append(Event(
+                    "Normal", "ScaledDown",
+                    f"Workers scaled from {applied} to {wanted}: {leaving} stop."))
+        self.clear(SCALE_REFUSED, "ScaleAccepted",
+                   f"spec.replicas.{names.SCALED_ROLE} is the worker count run.")
+        return spec
+
+    def workers_status(self, spec: ExperimentSpec,
+                       statuses: Mapping[str, Mapping[str, int]]) -> None:
+        self.status["workers"] = {
+            "desired": spec.count(names.SCALED_ROLE),
+            "active": int((statuses.get(names.SCALED_ROLE) or {}).get("active", 0)),
+            "selector": f"{names.LABEL_EXPERIMENT}={self.ref.name},"
+                        f"{names.LABEL_ROLE}={names.SCALED_ROLE}"}
+
     def active(self, spec: ExperimentSpec) -> None:
         """An experiment that runs: create what is missing, then decide its outcome."""
+        spec = self.scaling(spec)
         start = self.start_time()
         self.plan.ensure_secret = True
         self.network_policy()
@@ -309,6 +358,7 @@ class _Planner:
             spec.counts(), [p for n, p in self.observed.pods.items() if n in desired_names],
             self.pod_restarts)
         self.status["replicaStatuses"] = statuses
+        self.workers_status(spec, statuses)
         self.progress(spec)
         if self.decide(spec, replicas, total_restarts(statuses) + len(new_restarts), start):
             self.plan.create_pods.clear()

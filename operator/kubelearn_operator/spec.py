@@ -29,6 +29,6 @@ def parse_spec(spec: Any, *, name: str, namespace: str, default_image: str) -> E
     Raises:
         SpecError: naming the offending field.
     """
-    parsed = model.parse_spec(spec, name=name, namespace=namespace)
+    parsed = model.parse_spec(spec, name=name, namespace=namespace, stored=True)
     return dataclasses.replace(parsed, image=parsed.image or default_image,
                                model_dir=parsed.model_dir or model_dir(namespace, name))

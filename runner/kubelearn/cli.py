@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_cli.add_parser(subparsers)
     local.add_parser(subparsers)
+    local.add_scale_parser(subparsers)
     sweep_cli.add_parser(subparsers)
     em_cli.add_parser(subparsers)
     return parser

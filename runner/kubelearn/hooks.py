@@ -168,11 +168,17 @@ PROGRESS_FILE = "progress.json"
 
 class ProgressHook(Hook):
     """Keeps ``model_dir/progress.json`` current (global step, loss, steps/sec, at most once a
-    second): what ``kubelearn local`` shows and what the operator reads into status."""
+    second): what ``kubelearn local`` shows and what the operator reads into status.
 
-    def __init__(self, model_dir: str, every_secs: float = 1.0):
+    ``sync_replicas`` (synchronous training: the gradients averaged per step) is reported
+    too, as both refuse to change the worker count of such an experiment."""
+
+    def __init__(self, model_dir: str, every_secs: float = 1.0,
+                 sync_replicas: int | None = None):
         self.path = fs.join(model_dir, PROGRESS_FILE)
         self.every_secs = every_secs
+        self.sync_replicas = (sync_replicas if isinstance(sync_replicas, int)
+                              and sync_replicas > 1 else None)
         self._last = 0.0
         self._rate_from: tuple[float, int] | None = None
 
@@ -193,6 +199,8 @@ class ProgressHook(Hook):
         record = {"global_step": context.step,
                   "loss": context.loss if math.isfinite(context.loss) else None,
                   "steps_per_sec": round(rate, 3), "time": time.time()}
+        if self.sync_replicas:
+            record["sync_replicas"] = self.sync_replicas
         try:
             # Replaced atomically but not fsynced: it is rewritten every second, readers
             # take a missing or stale one in their stride, and two fsyncs per write would

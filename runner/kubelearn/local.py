@@ -28,9 +28,9 @@ from typing import Any, TextIO
 
 from kubelearn import checkpoints, fs
 from kubelearn.hooks import PROGRESS_FILE
-from kubelearn.manifest import load_spec
+from kubelearn.manifest import load_manifest
 from kubelearn_spec import contract, names, policy
-from kubelearn_spec.model import ExperimentSpec
+from kubelearn_spec.model import ExperimentSpec, parse_manifest, scaled_manifest
 from kubelearn_spec.tfconfig import cluster_spec, tf_config
 from kubelearn_spec.validate import SpecError
 
@@ -42,6 +42,9 @@ START_ORDER = ("ps", "master", "chief", "worker", "evaluator")
 # After the experiment succeeded, how long the other replicas get to finish by themselves.
 FINISH_GRACE_SECS = 60.0
 TERMINATE_GRACE_SECS = 5.0
+#: ``kubelearn scale DIR --replicas N`` writes the worker count here, in the model dir of the
+#: running ``kubelearn local``, which reads it as the operator reads ``spec.replicas.worker``.
+SCALE_FILE = "scale.json"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -155,8 +158,11 @@ class Launcher:
     """Starts, watches and restarts the replicas of one experiment."""
 
     def __init__(self, spec: ExperimentSpec, model_dir: str, console: Console,
-                 python: str = sys.executable):
+                 python: str = sys.executable, manifest: Any = None):
         self.spec = spec
+        self.manifest = manifest  # as written: a scale is checked as an update of it
+        self.leaving: list[tuple[Replica, float]] = []  # scaled down, given SIGTERM at
+        self._scale_seen: Any = None
         self.model_dir = model_dir
         self._remote = fs.is_remote(model_dir)
         self._next_progress = 0.0
@@ -173,6 +179,7 @@ class Launcher:
             for role in START_ORDER for i in range(spec.count(role))
         ]
         self.total_restarts = 0
+        self._last_report: dict[str, Any] | None = None
         self.failure: str | None = None
         self.started = time.monotonic()
         self._signal: int | None = None
@@ -208,7 +215,8 @@ class Launcher:
 
     def terminate(self) -> None:
         """SIGTERM every live replica, SIGKILL whoever is still there after a grace."""
-        live = [r.process for r in self.replicas if r.process and r.process.poll() is None]
+        everyone = self.replicas + [r for r, _ in self.leaving]
+        live = [r.process for r in everyone if r.process and r.process.poll() is None]
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
@@ -220,9 +228,78 @@ class Launcher:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
-        for replica in self.replicas:
+        for replica in everyone:
             for thread in replica.threads:
                 thread.join(timeout=2)
+
+    # -- scaling ---------------------------------------------------------------------
+    def scale_request(self) -> int | None:
+        """The worker count ``kubelearn scale`` asked for, if it changed since last read."""
+        try:
+            request = json.loads(fs.read_bytes(fs.join(self.model_dir, SCALE_FILE), 4096))
+        except (OSError, ValueError):
+            return None
+        if request == self._scale_seen:
+            return None
+        self._scale_seen = request
+        workers = request.get("replicas") if isinstance(request, dict) else None
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            self.console.line(f"Scale refused: {SCALE_FILE} must hold {{\"replicas\": N}}")
+            return None
+        return workers
+
+    def scale(self, workers: int, report: dict[str, Any] | None) -> None:
+        """Runs ``workers`` workers from now on, as the operator does after ``kubectl
+        scale``: new ones get the current cluster, the highest-index ones get SIGTERM, no
+        other replica is restarted; refused (one line) as the API server or the operator
+        would refuse it."""
+        running = self.spec.count(names.SCALED_ROLE)
+        if workers == running:
+            return
+        try:
+            manifest = scaled_manifest(self.manifest, workers)
+            spec = parse_manifest(manifest, old=self.manifest)
+        except (SpecError, TypeError) as exc:
+            self.console.line(f"Scale refused: {one_line(exc)}")
+            return
+        if why := policy.scale_refusal(workers, running, (report or {}).get("sync_replicas")):
+            self.console.line(f"Scale refused: {why}")
+            return
+        self.manifest, self.spec = manifest, spec
+        role = names.SCALED_ROLE
+        if workers > running:
+            self.cluster.setdefault(role, [])
+            self.cluster[role] += [f"127.0.0.1:{free_port()}" for _ in range(running, workers)]
+            for index in range(running, workers):
+                replica = Replica(role, index, task_env(spec, self.cluster, role, index,
+                                                        self.model_dir, self.token,
+                                                        self.curve_key),
+                                  spec.replicas[role].restart_policy)
+                self.replicas.append(replica)
+                self._spawn(replica)
+            self.console.line(f"Workers scaled from {running} to {workers}")
+            return
+        leaving = [r for r in self.replicas if r.role == role and r.index >= workers]
+        self.replicas = [r for r in self.replicas if r not in leaving]
+        del self.cluster[role][workers:]
+        for replica in leaving:
+            replica.finished = True
+            if replica.process is not None and replica.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    replica.process.send_signal(signal.SIGTERM)
+            self.leaving.append((replica, time.monotonic()))
+        self.console.line(f"Workers scaled from {running} to {workers}: "
+                          + ", ".join(r.name for r in leaving) + " stop")
+
+    def _reap_leaving(self) -> None:
+        """Scaled-down workers: SIGKILL after the grace; their exit decides nothing."""
+        for replica, since in list(self.leaving):
+            proc = replica.process
+            if proc is None or proc.poll() is not None:
+                self.leaving.remove((replica, since))
+            elif time.monotonic() - since > TERMINATE_GRACE_SECS:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
 
     # -- policies --------------------------------------------------------------------
     def _reap(self) -> None:
@@ -287,7 +364,12 @@ class Launcher:
                     self.terminate()
                     return 128 + self._signal
                 self._reap()
+                self._reap_leaving()
                 report = self.progress()
+                if report is not None:
+                    self._last_report = report
+                if success_at is None and (workers := self.scale_request()) is not None:
+                    self.scale(workers, self._last_report)
                 if report and success_at is None:
                     self.console.progress(int(report.get("global_step", 0)), total,
                                           report.get("loss"),
@@ -420,7 +502,7 @@ def prepare_model_dir(model_dir: str, manifest: str, fresh: bool) -> None:
 def local_command(args: argparse.Namespace) -> int:
     """The ``kubelearn local`` command."""
     try:
-        spec = load_spec(args.manifest)
+        manifest, spec = load_manifest(args.manifest)
     except SpecError as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -453,7 +535,7 @@ def local_command(args: argparse.Namespace) -> int:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     console = Console(sys.stdout, progress_tty=sys.stdout.isatty() and not args.no_progress)
-    launcher = Launcher(spec, model_dir, console)
+    launcher = Launcher(spec, model_dir, console, manifest=manifest)
     previous = {s: signal.signal(s, lambda signum, _frame: launcher.request_stop(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -491,3 +573,44 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="plain progress lines even on a terminal")
     parser.set_defaults(func=local_command)
+
+
+def scale_command(args: argparse.Namespace) -> int:
+    """The ``kubelearn scale`` command: asks the ``kubelearn local`` running on a model dir
+    for another worker count (``kubectl scale exp/NAME --replicas=N`` without a cluster)."""
+    model_dir = args.model_dir
+    if args.replicas < 0:
+        print(f"kubelearn scale: error: --replicas must be >= 0, got {args.replicas}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not fs.is_url(model_dir):
+        model_dir = os.path.abspath(model_dir)
+        if not os.path.isfile(os.path.join(model_dir, MARKER_NAME)):
+            print(f"kubelearn scale: error: {model_dir} is not the model dir of a kubelearn "
+                  f"local run (no {MARKER_NAME} in it)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    request = {"replicas": args.replicas, "time": time.time()}
+    try:
+        fs.write_text(fs.join(model_dir, SCALE_FILE), json.dumps(request), durable=False)
+    except OSError as exc:
+        print(f"kubelearn scale: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"Asked the kubelearn local running on {model_dir} for {args.replicas} workers; "
+          "its log says whether they run (or why not).")
+    return EXIT_OK
+
+
+def add_scale_parser(subparsers: Any) -> None:
+    """Registers ``kubelearn scale`` with the CLI."""
+    parser = subparsers.add_parser(
+        "scale", help="change the worker count of a running kubelearn local",
+        description="Asks the kubelearn local running on MODEL_DIR (printed when it starts) "
+                    "to run N workers, as kubectl scale exp/NAME --replicas=N does on a "
+                    "cluster: new workers join the training, the highest-index ones stop, "
+                    "nothing else restarts. Refused (in its log) for synchronous training "
+                    "and for counts the manifest's rules refuse. Exit codes: 0 asked, "
+                    "2 invalid arguments.")
+    parser.add_argument("model_dir", metavar="MODEL_DIR",
+                        help="the model dir of the running kubelearn local")
+    parser.add_argument("--replicas", type=int, required=True, help="worker count")
+    parser.set_defaults(func=scale_command)

@@ -31,8 +31,8 @@ def parse(manifest: Any) -> ExperimentSpec:
     return parse_manifest(manifest)
 
 
-def load_spec(path: str) -> ExperimentSpec:
-    """Reads and validates a manifest file.
+def load_manifest(path: str) -> tuple[Any, ExperimentSpec]:
+    """Reads and validates a manifest file: the Experiment as written, and its spec.
 
     Raises:
       SpecError: for a missing file, invalid YAML (a :class:`ManifestError`), or an
@@ -44,7 +44,12 @@ def load_spec(path: str) -> ExperimentSpec:
         raise ManifestError("", str(exc)) from None
     experiments = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == KIND]
     if len(documents) == 1:
-        return parse(documents[0])
+        return documents[0], parse(documents[0])
     if len(experiments) != 1:
         raise ManifestError(path, f"must hold exactly one Experiment, found {len(experiments)}")
-    return parse(experiments[0])
+    return experiments[0], parse(experiments[0])
+
+
+def load_spec(path: str) -> ExperimentSpec:
+    """Reads and validates a manifest file (see :func:`load_manifest`)."""
+    return load_manifest(path)[1]

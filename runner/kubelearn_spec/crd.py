@@ -49,6 +49,8 @@ SWEEP_PRINTER_COLUMNS = [
 
 def _validation(rule: Rule, at: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"rule": rule.cel, "message": rule.message}
+    if rule.transition:
+        entry["optionalOldSelf"] = True
     relative = rule_field(rule, at)
     if relative:
         entry["fieldPath"] = relative
@@ -76,8 +78,18 @@ def openapi(node: Mapping[str, Any], at: str = "") -> dict[str, Any]:
     return result
 
 
+#: ``kubectl scale exp/NAME --replicas=N`` (and an HPA) sets the worker count.
+#: ``spec.replicas.worker`` wins over ``spec.replicaSpecs.worker.replicas``
+#: (:func:`~.schema.role_count`), so it works whichever form the spec uses; the selector is
+#: the workers' pods, for an HPA's metrics.
+SCALE = {"specReplicasPath": ".spec.replicas.worker",
+         "statusReplicasPath": ".status.workers.active",
+         "labelSelectorPath": ".status.workers.selector"}
+
+
 def _definition(crd_name: str, crd_names: dict[str, Any], columns: list[dict[str, Any]],
-                root: Mapping[str, Any]) -> dict[str, Any]:
+                root: Mapping[str, Any], scale: Mapping[str, str] | None = None
+                ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -88,7 +100,7 @@ def _definition(crd_name: str, crd_names: dict[str, Any], columns: list[dict[str
             "names": crd_names,
             "versions": [{
                 "name": names.VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
+                "subresources": {"status": {}, **({"scale": dict(scale)} if scale else {})},
                 "additionalPrinterColumns": columns,
                 "schema": {"openAPIV3Schema": openapi(root)},
             }],
@@ -101,7 +113,7 @@ def definition() -> dict[str, Any]:
     return _definition(names.CRD_NAME, {
         "plural": names.PLURAL, "singular": names.SINGULAR, "kind": names.KIND,
         "listKind": names.LIST_KIND, "shortNames": ["exp"], "categories": ["kubelearn"]},
-        PRINTER_COLUMNS, ROOT)
+        PRINTER_COLUMNS, ROOT, SCALE)
 
 
 def sweep_definition() -> dict[str, Any]:

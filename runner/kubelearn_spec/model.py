@@ -8,6 +8,7 @@ places or is refused in both, with the same field named.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from .schema import (
     is_url,
     role_count,
 )
-from .validate import check_experiment, manifest_namespace
+from .validate import UNKNOWN, check_experiment, manifest_namespace
 
 
 @dataclass(frozen=True)
@@ -195,21 +196,36 @@ def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
         tensorboard=bool(spec.get("tensorboard", False)))
 
 
-def parse_spec(spec: Any, *, name: str, namespace: str) -> ExperimentSpec:
+def parse_spec(spec: Any, *, name: str, namespace: str, stored: bool = False
+               ) -> ExperimentSpec:
     """The spec of the Experiment ``namespace/name``, checked and with its defaults.
+
+    ``stored``: the spec is read back from the API server, which checked the rules that
+    compare it with the one it replaced (a scaled spec may give a count twice).
 
     Raises:
         SpecError: naming the offending field.
     """
-    body = check_experiment({"metadata": {"name": name}, "spec": spec})
+    body = check_experiment({"metadata": {"name": name}, "spec": spec},
+                            UNKNOWN if stored else None)
     return _build(body, namespace)
 
 
-def parse_manifest(manifest: Any) -> ExperimentSpec:
-    """A whole manifest (the YAML a user would ``kubectl apply``), checked.
+def parse_manifest(manifest: Any, old: Mapping[str, Any] | None = None) -> ExperimentSpec:
+    """A whole manifest (the YAML a user would ``kubectl apply``), checked; as an update of
+    ``old`` when given (the rules that compare with the stored object see it).
 
     Raises:
         SpecError: naming the offending field.
     """
     namespace = manifest_namespace(manifest, names.KIND)
-    return _build(check_experiment(manifest), namespace)
+    return _build(check_experiment(manifest, old), namespace)
+
+
+def scaled_manifest(manifest: Mapping[str, Any], workers: int) -> dict[str, Any]:
+    """The manifest as the scale subresource (``kubectl scale``) leaves it: the worker
+    count in ``spec.replicas.worker``, which wins over ``replicaSpecs.worker.replicas``."""
+    result = copy.deepcopy(dict(manifest))
+    spec = result.setdefault("spec", {})
+    spec["replicas"] = {**(spec.get("replicas") or {}), names.SCALED_ROLE: workers}
+    return result

@@ -41,6 +41,8 @@ ANNOTATION_RESTARTS = f"{GROUP}/restarts"
 #: which the search state is rebuilt.
 LABEL_SWEEP = f"{GROUP}/sweep"
 LABEL_TRIAL = f"{GROUP}/trial"
+#: The role whose count the scale subresource sets (``kubectl scale exp/NAME``).
+SCALED_ROLE = "worker"
 #: Set by the Sweep's controller on a trial it stops (with spec.runPolicy.suspend): why,
 #: "pruned" (early stopping) or "stopped" (the sweep ended first), and the reason in words.
 #: Kept on the Experiment, so the trial's state survives an operator restart.

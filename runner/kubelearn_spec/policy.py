@@ -67,3 +67,17 @@ def succeeded(spec: ExperimentSpec, replica_succeeded: Callable[[str, int], bool
     if spec.success_policy == "AllWorkers":
         return workers > 0 and all(replica_succeeded("worker", i) for i in range(workers))
     return workers > 0 and replica_succeeded("worker", 0)
+
+
+def scale_refusal(wanted: int, running: int, sync_replicas: object) -> str | None:
+    """Why a change of the worker count from ``running`` to ``wanted`` is refused, or None.
+
+    Synchronous training averages ``sync_replicas`` gradients per step, fixed when the ps
+    tasks were initialized; a different worker count would change what a step means without
+    a word, so the count stays. Asynchronous training takes any count: a worker that joins
+    pulls and pushes, one that leaves stops pushing."""
+    if wanted == running or not isinstance(sync_replicas, int) or sync_replicas <= 1:
+        return None
+    return (f"spec.replicas.worker: {wanted} refused: the experiment trains synchronously "
+            f"(each step averages {sync_replicas} gradients), so it keeps {running} "
+            f"workers; set the count back to {running}")

@@ -57,28 +57,37 @@ class Rule:
     path: str
     message: str
     cel: str
-    holds: Callable[[Mapping[str, Any]], bool]
+    holds: Callable[..., bool]
+    #: A rule that also sees the stored object, as CEL's ``oldSelf`` with
+    #: ``optionalOldSelf``: ``holds(value, old)``, ``old`` None on create (and where the
+    #: stored object has no such field). The API server checks it on every write; in Python
+    #: it is checked for a manifest (a create) and skipped for an object already stored,
+    #: whose previous value is not known.
+    transition: bool = False
 
 
 def role_count(spec: Mapping[str, Any], role: str) -> int:
-    """A role's replica count: ``replicaSpecs.<role>.replicas``, else ``replicas.<role>``, else
-    1 when the role has a replica spec, else 0."""
+    """A role's replica count: ``replicas.<role>``, else ``replicaSpecs.<role>.replicas``, else
+    1 when the role has a replica spec, else 0.
+
+    ``replicas.<role>`` comes first because it is where ``kubectl scale`` writes the worker
+    count (the scale subresource), whichever form the rest of the spec uses."""
+    counts = spec.get("replicas") or {}
+    if role in counts:
+        return int(counts[role])
     full = spec.get("replicaSpecs") or {}
     entry = full.get(role)
     if isinstance(entry, Mapping) and "replicas" in entry:
         return int(entry["replicas"])
-    counts = spec.get("replicas") or {}
-    if role in counts:
-        return int(counts[role])
     return 1 if role in full else 0
 
 
 def _count_cel(spec: str, role: str) -> str:
     """:func:`role_count` in CEL, for the spec at ``spec`` (``self`` or ``self.spec``)."""
     full, counts = f"{spec}.replicaSpecs", f"{spec}.replicas"
-    return (f"((has({full}) && has({full}.{role}) && has({full}.{role}.replicas)) "
-            f"? {full}.{role}.replicas : ((has({counts}) && has({counts}.{role})) "
-            f"? {counts}.{role} : ((has({full}) && has({full}.{role})) ? 1 : 0)))")
+    return (f"((has({counts}) && has({counts}.{role})) ? {counts}.{role} : "
+            f"((has({full}) && has({full}.{role}) && has({full}.{role}.replicas)) "
+            f"? {full}.{role}.replicas : ((has({full}) && has({full}.{role})) ? 1 : 0)))")
 
 
 def _cel_string(text: str) -> str:
@@ -98,14 +107,46 @@ def _pattern_rule(path: str, pattern: str, message: str) -> Rule:
     return Rule(path, message, _matches(pattern), lambda value: _fullmatch(pattern, value))
 
 
+def _both_given(spec: Mapping[str, Any], role: str) -> bool:
+    return (role in (spec.get("replicas") or {})
+            and "replicas" in ((spec.get("replicaSpecs") or {}).get(role) or {}))
+
+
+def _full_count(spec: Mapping[str, Any] | None, role: str) -> Any:
+    return ((spec or {}).get("replicaSpecs") or {}).get(role, {}).get("replicas")
+
+
 def _given_once(role: str) -> Rule:
+    """A manifest gives a role's count once. Once stored, ``kubectl scale`` may add
+    ``replicas.worker`` to a spec whose worker count is in ``replicaSpecs`` (and then wins
+    over it): an update may keep both, as long as ``replicaSpecs.worker.replicas`` does not
+    change (a change there would do nothing)."""
+    both = (f"has(self.replicas) && has(self.replicas.{role}) && has(self.replicaSpecs) && "
+            f"has(self.replicaSpecs.{role}) && has(self.replicaSpecs.{role}.replicas)")
+    if role != names.SCALED_ROLE:
+        return Rule(f"spec.replicas.{role}",
+                    f"is also given as spec.replicaSpecs.{role}.replicas; give the count once",
+                    f"!({both})", lambda spec: not _both_given(spec, role))
+    old = "oldSelf.value()"
+    unchanged = (f"has({old}.replicaSpecs) && has({old}.replicaSpecs.{role}) && "
+                 f"has({old}.replicaSpecs.{role}.replicas) && "
+                 f"{old}.replicaSpecs.{role}.replicas == self.replicaSpecs.{role}.replicas")
     return Rule(
         f"spec.replicas.{role}",
-        f"is also given as spec.replicaSpecs.{role}.replicas; give the count once",
-        f"!(has(self.replicas) && has(self.replicas.{role}) && has(self.replicaSpecs) && "
-        f"has(self.replicaSpecs.{role}) && has(self.replicaSpecs.{role}.replicas))",
-        lambda spec: not (role in (spec.get("replicas") or {})
-                          and "replicas" in ((spec.get("replicaSpecs") or {}).get(role) or {})))
+        f"is also given as spec.replicaSpecs.{role}.replicas; give the count once "
+        f"(spec.replicas.{role}, which kubectl scale sets, wins: change that one)",
+        f"!({both}) || (oldSelf.hasValue() && {unchanged})",
+        lambda spec, old: not _both_given(spec, role) or (
+            old is not None and _full_count(old, role) is not None
+            and _full_count(old, role) == _full_count(spec, role)),
+        transition=True)
+
+
+def _scaled_after_finishing(body: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    phase = ((old or {}).get("status") or {}).get("phase")
+    return phase in ("Succeeded", "Failed") and (
+        role_count(body.get("spec") or {}, "worker")
+        != role_count((old or {}).get("spec") or {}, "worker"))
 
 
 def _name_is_a_label(body: Mapping[str, Any]) -> bool:
@@ -157,6 +198,14 @@ def _name_fits_tensorboard(body: Mapping[str, Any]) -> bool:
 
 
 ROOT_RULES = (
+    Rule("spec.replicas.worker",
+         "cannot change: the Experiment has finished, and a finished Experiment is not scaled",
+         "!oldSelf.hasValue() || !has(oldSelf.value().status) || "
+         "!has(oldSelf.value().status.phase) || "
+         "!(oldSelf.value().status.phase in ['Succeeded', 'Failed']) || "
+         f"{_count_cel('self.spec', 'worker')} == "
+         f"{_count_cel('oldSelf.value().spec', 'worker')}",
+         lambda body, old: not _scaled_after_finishing(body, old), transition=True),
     Rule("metadata.name",
          "must be a DNS-1035 label (lower-case letters, digits and '-', "
          "starting with a letter): it names the experiment's services",
@@ -446,6 +495,13 @@ STATUS: dict[str, Any] = {
     "properties": {
         "phase": {"type": "string"},
         "replicas": {"type": "string", "description": "active/total replicas."},
+        "workers": {
+            "type": "object",
+            "description": "The scale subresource's view of the workers: the count the "
+                           "operator runs (desired), the workers running (active) and their "
+                           "label selector.",
+            "properties": {"desired": {"type": "integer"}, "active": {"type": "integer"},
+                           "selector": {"type": "string"}}},
         "step": {"type": "integer"},
         "loss": {"type": "number"},
         "metrics": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},

@@ -39,11 +39,38 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _rule(rule: Rule, value: Mapping[str, Any] | Any, path: str, at: str) -> None:
+class _Unknown:
+    """The previous value of an object already stored, which the caller does not know."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+#: ``old`` for an object read back from the API server: its transition rules were checked
+#: by the server when it was written, against the value it replaced.
+UNKNOWN: Any = _Unknown()
+
+
+def _old_child(old: Any, key: str | int) -> Any:
+    if old is UNKNOWN:
+        return UNKNOWN
+    if isinstance(key, str) and isinstance(old, Mapping):
+        return old.get(key)
+    return None
+
+
+def _rule(rule: Rule, value: Mapping[str, Any] | Any, path: str, at: str,
+          old: Any = None) -> None:
     """A rule names its field relative to the node it is attached to (``at``, in the
     schema's own coordinates), as the CRD's ``fieldPath`` does: the error's path is that
     field under the value's ``path``, e.g. ``spec.parameters[1].max``."""
-    if not rule.holds(value):
+    if rule.transition:
+        if old is UNKNOWN:
+            return
+        holds = rule.holds(value, old)
+    else:
+        holds = rule.holds(value)
+    if not holds:
         relative = rule_field(rule, at)
         raise SpecError(path + relative if path else relative.lstrip("."), rule.message)
 
@@ -59,8 +86,12 @@ def rule_field(rule: Rule, at: str) -> str:
     return relative if at else "." + relative
 
 
-def check(node: Mapping[str, Any], value: Any, path: str, at: str | None = None) -> None:
+def check(node: Mapping[str, Any], value: Any, path: str, at: str | None = None,
+          old: Any = None) -> None:
     """Raises :class:`SpecError` for the first field of ``value`` that ``node`` refuses.
+
+    ``old`` is the stored value it replaces, for transition rules: None on create,
+    :data:`UNKNOWN` for an object read back from the API server.
 
     ``path`` is where ``value`` is (``spec.parameters[0]``), ``at`` where ``node`` is in
     the schema its rules were written for (``spec.parameters[*]``; default: ``path``). A
@@ -85,14 +116,15 @@ def check(node: Mapping[str, Any], value: Any, path: str, at: str | None = None)
     if "maxLength" in node and len(value) > node["maxLength"]:
         raise SpecError(path, f"must be at most {node['maxLength']} characters long")
     if kind == "object":
-        _check_object(node, value, path, at)
+        _check_object(node, value, path, at, old)
     if kind == "array":
-        _check_array(node, value, path, at)
+        _check_array(node, value, path, at, old)
     for rule in node.get("_rules", ()):
-        _rule(rule, value, path, at)
+        _rule(rule, value, path, at, old)
 
 
-def _check_array(node: Mapping[str, Any], value: list[Any], path: str, at: str) -> None:
+def _check_array(node: Mapping[str, Any], value: list[Any], path: str, at: str,
+                 old: Any) -> None:
     if "minItems" in node and len(value) < node["minItems"]:
         raise SpecError(path, f"must have at least {node['minItems']} item(s)")
     if "maxItems" in node and len(value) > node["maxItems"]:
@@ -100,7 +132,8 @@ def _check_array(node: Mapping[str, Any], value: list[Any], path: str, at: str) 
     list_type = node.get("x-kubernetes-list-type")
     keys = node.get("x-kubernetes-list-map-keys", ())
     for index, item in enumerate(value):
-        check(node.get("items", {}), item, f"{path}[{index}]", f"{at}[*]")
+        check(node.get("items", {}), item, f"{path}[{index}]", f"{at}[*]",
+              _old_child(old, index))
         if list_type == "set" and item in value[:index]:
             raise SpecError(f"{path}[{index}]", f"Duplicate value: {item!r}")
         if list_type == "map" and any(all(other.get(k) == item.get(k) for k in keys)
@@ -110,7 +143,7 @@ def _check_array(node: Mapping[str, Any], value: list[Any], path: str, at: str) 
 
 
 def _check_object(node: Mapping[str, Any], value: Mapping[str, Any], path: str,
-                  at: str) -> None:
+                  at: str, old: Any) -> None:
     if "maxProperties" in node and len(value) > node["maxProperties"]:
         raise SpecError(path, f"must have at most {node['maxProperties']} entries")
     for key in node.get("required", ()):
@@ -123,12 +156,12 @@ def _check_object(node: Mapping[str, Any], value: Mapping[str, Any], path: str,
         if sub is None:
             if "additionalProperties" in node:
                 check(node["additionalProperties"], item, _join(path, str(key)),
-                      _join(at, "*"))
+                      _join(at, "*"), _old_child(old, key))
             elif not open_:
                 known = ", ".join(properties)
                 raise SpecError(_join(path, str(key)), f"unknown field (known: {known})")
             continue
-        check(sub, item, _join(path, key), _join(at, key))
+        check(sub, item, _join(path, key), _join(at, key), _old_child(old, key))
 
 
 def prune(node: Mapping[str, Any], value: Any) -> Any:
@@ -148,10 +181,13 @@ def prune(node: Mapping[str, Any], value: Any) -> Any:
     return result
 
 
-def check_experiment(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Checks an Experiment object (its ``metadata.name`` and ``spec``); returns it pruned."""
+def check_experiment(body: Mapping[str, Any], old: Any = None) -> dict[str, Any]:
+    """Checks an Experiment object (its ``metadata.name`` and ``spec``); returns it pruned.
+
+    ``old``: the stored Experiment it replaces (None: a create; :data:`UNKNOWN`: the object
+    is read back from the API server, which checked its transition rules)."""
     pruned = prune(ROOT, body)
-    check(ROOT, pruned, "")
+    check(ROOT, pruned, "", old=old)
     return pruned
 
 

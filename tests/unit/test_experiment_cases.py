@@ -30,7 +30,13 @@ def test_valid_cases_parse_alike_in_the_operator_and_locally(case: Case) -> None
     assert on_cluster.replicas == local.replicas and on_cluster.run_policy == local.run_policy
 
 
-@pytest.mark.parametrize("case", INVALID, ids=ids(INVALID))
+#: Refused when written, by rules that compare with the stored object (create included);
+#: the operator reads objects the API server already accepted, so it does not refuse them.
+ON_WRITE_ONLY = {"worker-count-given-twice"}
+STORED = [c for c in INVALID if c.id not in ON_WRITE_ONLY]
+
+
+@pytest.mark.parametrize("case", STORED, ids=ids(STORED))
 def test_invalid_cases_name_the_field_in_the_operator(case: Case) -> None:
     with pytest.raises(SpecError) as raised:
         _operator(case)

@@ -129,6 +129,78 @@ def test_scaled_down_replicas_are_removed() -> None:
     assert result.delete_services == ["exp-worker-1"]
 
 
+def scaled(workers: int) -> dict[str, Any]:
+    spec = copy.deepcopy(MINIMAL)
+    spec["replicas"]["worker"] = workers
+    return spec
+
+
+def test_status_shows_the_workers_for_the_scale_subresource() -> None:
+    b = body()
+    result = step(b, observe(*running()))
+    assert result.status["workers"] == {
+        "desired": 2, "active": 2,
+        "selector": "kubelearn.dev/experiment=exp,kubelearn.dev/role=worker"}
+    assert "ScaledUp" not in reasons(result) and "ScaledDown" not in reasons(result)
+
+
+def test_a_scale_up_adds_workers_and_restarts_nothing() -> None:
+    b = body()
+    step(b, observe(*running()))
+    b["spec"] = scaled(4)
+    result = step(b, observe(*running()))
+    assert sorted(p["metadata"]["name"] for p in result.create_pods) == [
+        "exp-worker-2", "exp-worker-3"]
+    assert result.delete_pods == []
+    assert [e.message for e in result.events if e.reason == "ScaledUp"] == [
+        "Workers scaled from 2 to 4."]
+    # The new workers are told the whole current cluster.
+    tf_config = json.loads(next(e["value"] for e in result.create_pods[0]["spec"][
+        "containers"][0]["env"] if e["name"] == "TF_CONFIG"))
+    assert len(tf_config["cluster"]["worker"]) == 4
+    assert tf_config["task"] == {"type": "worker", "index": 2}
+    assert b["status"]["workers"]["desired"] == 4
+    again = step(b, observe(*running(), pod("worker", 2), pod("worker", 3)))
+    assert "ScaledUp" not in reasons(again) and again.create_pods == []
+
+
+def test_a_scale_down_stops_the_highest_workers_and_keeps_worker_0() -> None:
+    b = body(scaled(4))
+    pods = {p.name: p for p in [*running(), pod("worker", 2), pod("worker", 3)]}
+    observed = Observed(pods=pods, services=frozenset(pods))
+    step(b, observed)
+    b["spec"] = scaled(1)
+    result = step(b, observed)
+    assert sorted(n for n, _ in result.delete_pods) == [
+        "exp-worker-1", "exp-worker-2", "exp-worker-3"]
+    assert sorted(result.delete_services) == ["exp-worker-1", "exp-worker-2", "exp-worker-3"]
+    assert [e.message for e in result.events if e.reason == "ScaledDown"] == [
+        "Workers scaled from 4 to 1: exp-worker-1, exp-worker-2, exp-worker-3 stop."]
+    assert conditions(result).get("Failed") is None
+
+
+def test_synchronous_training_refuses_a_scale_with_a_condition() -> None:
+    b = body()
+    report = {"global_step": 10, "sync_replicas": 2}
+    step(b, Observed(pods={p.name: p for p in running()}, services=observe().services,
+                     progress=report))
+    b["spec"] = scaled(4)
+    observed = Observed(pods={p.name: p for p in running()}, services=observe().services,
+                        progress=report)
+    result = step(b, observed)
+    assert result.create_pods == [] and result.delete_pods == []
+    refused = next(c for c in result.status["conditions"] if c["type"] == "ScaleRefused")
+    assert refused["status"] == "True" and refused["reason"] == "SynchronousTraining"
+    assert refused["message"].startswith("spec.replicas.worker: 4 refused: the experiment "
+                                         "trains synchronously (each step averages 2")
+    assert reasons(result).count("ScaleRefused") == 1
+    assert b["status"]["workers"]["desired"] == 2
+    assert "ScaleRefused" not in reasons(step(b, observed))  # said once
+    b["spec"] = scaled(2)  # set back: the condition clears
+    back = step(b, observed)
+    assert conditions(back)["ScaleRefused"] == "False"
+
+
 def test_deleted_experiment_is_left_to_the_garbage_collector() -> None:
     result = plan(body(deletionTimestamp=format_time(NOW)), observe(*running()), NOW)
     assert result.status is None and not result.create_pods and not result.delete_pods

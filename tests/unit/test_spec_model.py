@@ -42,7 +42,7 @@ def test_the_crd_holds_no_key_of_the_model_alone() -> None:
 def test_every_rule_names_its_field_for_the_server() -> None:
     schema = crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     name_rules = schema["x-kubernetes-validations"]
-    assert {r["fieldPath"] for r in name_rules} == {".metadata.name"}
+    assert {r["fieldPath"] for r in name_rules} == {".metadata.name", ".spec.replicas.worker"}
     spec_rules = schema["properties"]["spec"]["x-kubernetes-validations"]
     assert {r["fieldPath"] for r in spec_rules} == {
         ".replicas", ".tensorboard", ".storage", ".storage.secretName",

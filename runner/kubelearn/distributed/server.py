@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -138,6 +139,11 @@ class ShardState:
         return {**self.variables, **slots}
 
 
+#: A task as a push names it, and how many are remembered.
+TASK_NAME = re.compile(r"[a-z]{1,16}:[0-9]{1,6}")
+MAX_PUSHERS = 4096
+
+
 class ParameterServer:
     """Serves a :class:`ShardState` on a ZeroMQ ROUTER socket."""
 
@@ -160,6 +166,7 @@ class ParameterServer:
         self.endpoint = bind_address(address)
         self._socket.bind(self.endpoint)
         self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self._pushers: set[str] = set()  # tasks that pushed: a new one is logged once
         self.refused_count = 0
         self._stopping_since: float | None = None
         self._last_request = time.monotonic()
@@ -221,6 +228,15 @@ class ParameterServer:
         if len(self._refused) > MAX_REFUSED_PEERS:
             self._refused.popitem(last=False)
         log.warning("Refused a peer without the experiment token (%s)", ident[:16].hex())
+
+    def _note_pusher(self, task: Any) -> None:
+        """Logs the first push of each task (``worker:3``): how a worker that joined a
+        running experiment shows in the ps's log. The name is the peer's word, so only a
+        short ``<type>:<index>`` is taken, and at most MAX_PUSHERS are remembered."""
+        if (isinstance(task, str) and TASK_NAME.fullmatch(task)
+                and task not in self._pushers and len(self._pushers) < MAX_PUSHERS):
+            self._pushers.add(task)
+            log.info("First push from %s at global step %d", task, self.state.global_step)
 
     def handle(self, frames: list[Any]) -> None:
         """Answers one request; whatever the peer sent, the server keeps serving."""
@@ -297,6 +313,7 @@ class ParameterServer:
               body: list[Any]) -> None:
         state = self.state
         _, grads = wire.decode(body, state.expected, header=dict(header))
+        self._note_pusher(header.get("task"))
         sync = state.sync_replicas and state.sync_replicas > 1
         if sync:
             pulled = header.get("pulled_step")

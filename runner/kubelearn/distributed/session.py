@@ -46,6 +46,8 @@ class ParameterServerSession:
             give_up=lambda: checkpoints.training_done(model_dir, self.target_step),
             curve_key=curve.key_from_env())
         self._is_chief = config.is_chief
+        # Named in each push, so a ps can say when a worker (one a scale-up added) joins.
+        self._task = f"{config.task_type}:{config.task_id}"
         self._params: dict[str, np.ndarray] = {}
         self._placement: dict[str, int] = {}
         self._shards: list[list[str]] = []
@@ -194,7 +196,7 @@ class ParameterServerSession:
     def apply(self, grads: Mapping[str, np.ndarray]) -> int:
         requests = {}
         for task, names in enumerate(self._shards):
-            header = {"step": task == 0, "pulled_step": self._step}
+            header = {"step": task == 0, "pulled_step": self._step, "task": self._task}
             requests[task] = ("push", header, {n: grads[n] for n in names})
         try:
             self._absorb(self._client.call_many(requests))

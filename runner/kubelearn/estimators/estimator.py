@@ -245,7 +245,8 @@ class Estimator:
         if self._config.log_step_count_steps:
             hooks.append(LoggingHook(self._config.log_step_count_steps))
         if self._config.is_chief:
-            hooks.append(ProgressHook(self._model_dir))
+            sync = getattr(self._optimizer_arg, "replicas_to_aggregate", None)
+            hooks.append(ProgressHook(self._model_dir, sync_replicas=sync))
         self._train(inputs_lib.batches(input_fn), steps, max_steps, hooks, listeners)
         return self
 
