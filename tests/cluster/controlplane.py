@@ -32,7 +32,8 @@ import yaml
 # Controllers the tests rely on: owner references (garbage collector), namespace deletion,
 # default ServiceAccounts and the kube-root-ca.crt ConfigMap (needed by the ServiceAccount
 # admission plugin for pods), and the workload controllers so a Deployment or Job behaves
-# as it does in a cluster (pods stay Pending: there is no scheduler or kubelet).
+# as it does in a cluster (pods stay Pending: there is no scheduler or kubelet), and the
+# HorizontalPodAutoscaler's.
 DEFAULT_CONTROLLERS = (
     "garbagecollector",
     "namespace",
@@ -41,6 +42,9 @@ DEFAULT_CONTROLLERS = (
     "deployment",
     "replicaset",
     "job",
+    # An HPA can target an Experiment (its scale subresource); with no metrics API it finds
+    # the target and stops there.
+    "horizontalpodautoscaling",
 )
 
 ADMIN_USER = "kubelearn-admin"

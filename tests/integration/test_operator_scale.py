@@ -126,3 +126,39 @@ def test_a_finished_experiment_is_not_scaled(experiments: Experiments, namespace
     assert ("spec.replicas.worker: Invalid value: \"object\": cannot change: the Experiment "
             "has finished, and a finished Experiment is not scaled") in out.stderr, out.stderr
     assert experiments.get("done")["spec"]["replicas"]["worker"] == 2
+
+
+def test_a_horizontal_pod_autoscaler_can_target_an_experiment(
+        experiments: Experiments, namespace: str, start_operator, kube_api) -> None:
+    from kubernetes import client
+
+    start_operator(namespace)
+    experiments.create("auto", MINIMAL)
+    experiments.wait_pods("auto", {"auto-ps-0", "auto-master-0", "auto-worker-0",
+                                   "auto-worker-1"})
+    experiments.run_all("auto")
+    wait_for(lambda: experiments.status("auto").get("workers", {}).get("active") == 2, 30,
+             "two active workers")
+    autoscaling = client.AutoscalingV2Api(kube_api)
+    autoscaling.create_namespaced_horizontal_pod_autoscaler(namespace, {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "auto"},
+        "spec": {"scaleTargetRef": {"apiVersion": "kubelearn.dev/v1alpha1",
+                                    "kind": "Experiment", "name": "auto"},
+                 "minReplicas": 1, "maxReplicas": 4,
+                 "metrics": [{"type": "Resource", "resource": {
+                     "name": "cpu", "target": {"type": "Utilization",
+                                               "averageUtilization": 50}}}]}})
+
+    def able() -> Any:
+        hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("auto", namespace)
+        conditions = {c.type: c for c in hpa.status.conditions or []}
+        able = conditions.get("AbleToScale")
+        return hpa if able is not None and able.status == "True" else None
+
+    hpa = wait_for(able, 60, "the HPA to read the Experiment's scale")
+    conditions = {c.type: c for c in hpa.status.conditions}
+    assert conditions["AbleToScale"].reason == "SucceededGetScale"
+    assert hpa.status.current_replicas == 2
+    # No metrics API here: it goes no further, and says why.
+    assert conditions["ScalingActive"].status == "False"
