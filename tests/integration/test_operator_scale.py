@@ -162,3 +162,13 @@ def test_a_horizontal_pod_autoscaler_can_target_an_experiment(
     assert hpa.status.current_replicas == 2
     # No metrics API here: it goes no further, and says why.
     assert conditions["ScalingActive"].status == "False"
+
+
+def test_the_last_worker_of_a_cluster_without_a_chief_is_never_removed(
+        experiments: Experiments, namespace: str, control_plane) -> None:
+    experiments.create("lead", {**MINIMAL, "replicas": {"ps": 1, "worker": 2}})
+    out = kubectl(control_plane, namespace, "scale", "exp/lead", "--replicas=0", check=False)
+    assert out.returncode != 0
+    assert "spec.replicas: Invalid value" in out.stderr
+    assert "needs at least one worker or master (or chief)" in out.stderr
+    assert experiments.get("lead")["spec"]["replicas"]["worker"] == 2

@@ -189,7 +189,9 @@ def test_tensorboard_is_served_from_the_claim_and_goes_with_the_experiment(
     assert (volume.persistent_volume_claim.claim_name,
             volume.persistent_volume_claim.read_only) == ("board-model", True)
     assert pod.containers[0].image == "kubelearn/tensorboard:0.1.0"
-    service = core.read_namespaced_service("board-tensorboard", namespace)
+    # Created right after the Deployment, not with it.
+    service = wait_for(lambda: core.read_namespaced_service("board-tensorboard", namespace),
+                       30, "the TensorBoard Service")
     assert service.spec.ports[0].port == 6006
     assert experiments.status("board")["tensorboard"] == {
         "service": "board-tensorboard", "url": f"http://board-tensorboard.{namespace}.svc:6006"}

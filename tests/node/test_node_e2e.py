@@ -258,6 +258,37 @@ def test_operator_pod_deleted_mid_run_its_replacement_finishes(cluster: Cluster)
     cluster.kubectl("delete", "experiment", "survivor", "--wait=false")
 
 
+def test_kubectl_scale_adds_and_removes_workers_while_it_trains(cluster: Cluster) -> None:
+    """The full form (replicaSpecs) scaled through the scale subresource: new workers' pods
+    reach the ps by its Service name and push; removed ones stop; nothing else restarts."""
+    cluster.apply(linear("elastic", 100000))
+    cluster.running_pod("elastic-master-0")
+    wait_for(lambda: cluster.get("experiment", "elastic").get("status", {}).get("step", 0)
+             > 1000, timeout=300, description="training under way")
+
+    def uids() -> dict[str, str]:
+        pods = json.loads(cluster.kubectl("get", "pods", "-l",
+                                          "kubelearn.dev/experiment=elastic", "-o",
+                                          "json").stdout)["items"]
+        return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+
+    before = uids()
+    cluster.kubectl("scale", "exp/elastic", "--replicas=4")
+    # Worker i starts training min(60, 5 i) s after it starts, as in TensorFlow.
+    wait_for(lambda: "First push from worker:3" in cluster.kubectl(
+        "logs", "elastic-ps-0").stdout, timeout=300, description="worker 3's first push")
+    cluster.kubectl("scale", "exp/elastic", "--replicas=1")
+    kept = ("elastic-ps-0", "elastic-master-0", "elastic-worker-0")
+    wait_for(lambda: sorted(uids()) == sorted(kept), timeout=120,
+             description="the scaled-down workers gone")
+    exp = cluster.wait_phase("elastic", "Succeeded", timeout=900)
+    assert exp["status"]["metrics"]["global_step"] >= 100000
+    assert {n: before[n] for n in kept} == {n: u for n, u in uids().items() if n in kept}
+    assert all(s["restarts"] == 0 for s in exp["status"]["replicaStatuses"].values())
+    assert exp["status"]["workers"]["desired"] == 1
+    cluster.kubectl("delete", "experiment", "elastic", "--wait=false")
+
+
 PROBE = r"""
 import errno, json, socket, ssl, urllib.request
 out = {}
