@@ -31,7 +31,7 @@ from .progress import reporter
 from .reconcile import Observed, Options, Plan, StorageClasses, claim_to_check, plan
 from .settings import Settings
 from .spec import SpecError, parse_spec
-from .workqueue import Key, WorkQueue
+from .workqueue import Key, WorkQueue, work
 
 logger = logging.getLogger("kubelearn_operator")
 
@@ -71,7 +71,6 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._podgroup: tuple[float, bool] = (0.0, False)
         self._classes: tuple[float, StorageClasses] = (-STORAGE_CLASSES_SECONDS, StorageClasses())
-        self._failures: dict[Key, int] = {}
         self._progress: dict[str, dict[str, Any]] = {}  # uid -> last polled chief progress
         self._progress_tokens: dict[str, str] = {}  # uid -> its token, for the poll
         #: Told of every Experiment event (the Sweep controller follows its trials).
@@ -81,7 +80,8 @@ class Controller:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for i in range(max(self.settings.workers, 1)):
-            self._tasks.append(loop.create_task(self._worker(), name=f"kubelearn-worker-{i}"))
+            self._tasks.append(loop.create_task(work(self.queue, self.reconcile, "experiment"),
+                                                name=f"kubelearn-worker-{i}"))
         self.events.start()
         self._tasks.append(loop.create_task(self._resync(), name="kubelearn-resync"))
         self._tasks.append(loop.create_task(self._warm_up(), name="kubelearn-warm-up"))
@@ -187,23 +187,6 @@ class Controller:
             await asyncio.sleep(self.settings.resync_seconds)
             for key in list(self.bodies):
                 self.queue.add(key)
-
-    async def _worker(self) -> None:
-        while True:
-            key = await self.queue.get()
-            try:
-                await self.reconcile(key)
-                self._failures.pop(key, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # retried with backoff: the next try sees fresh state
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(1.0 * 2 ** (failures - 1), 60.0)
-                logger.warning("reconcile of %s/%s failed (retry in %.0fs): %s",
-                               key[0], key[1], delay, error)
-                self.queue.add_after(key, delay)
-            finally:
-                self.queue.done(key)
 
     async def _poll_progress(self) -> None:
         """Every few seconds, ask each running chief for its progress (``GET /progress`` on

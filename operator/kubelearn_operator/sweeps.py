@@ -9,7 +9,6 @@ through the pure :func:`~.sweep_plan.plan_sweep`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -24,9 +23,7 @@ from .controller import Controller, _resource_version
 from .kube import ApiError
 from .reconcile import status_patch
 from .sweep_plan import RUNNING, SweepPlan, plan_sweep, trial_number
-from .workqueue import Key, WorkQueue
-
-logger = logging.getLogger("kubelearn_operator")
+from .workqueue import Key, WorkQueue, work
 
 #: Sweeps reconciled at once: each reconcile is a few requests and a search.
 WORKERS = 2
@@ -61,14 +58,13 @@ class SweepController:
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._seeds: dict[str, int] = {}  # uid -> seed drawn when the spec gives none
         self._conflicts: dict[str, dict[int, str]] = {}  # uid -> trial names taken by others
-        self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         experiments.on_experiment = self.experiment_changed
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._worker(), name=f"kubelearn-sweeps-{i}")
-                       for i in range(WORKERS)]
+        self._tasks = [loop.create_task(work(self.queue, self.reconcile, "sweep"),
+                                        name=f"kubelearn-sweeps-{i}") for i in range(WORKERS)]
         self._tasks.append(loop.create_task(self._resync(), name="kubelearn-sweeps-resync"))
 
     async def stop(self) -> None:
@@ -118,23 +114,6 @@ class SweepController:
             await asyncio.sleep(self.resync_seconds)
             for key in list(self.bodies):
                 self.queue.add(key)
-
-    async def _worker(self) -> None:
-        while True:
-            key = await self.queue.get()
-            try:
-                await self.reconcile(key)
-                self._failures.pop(key, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # retried with backoff: the next try sees fresh state
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(1.0 * 2 ** (failures - 1), 60.0)
-                logger.warning("reconcile of sweep %s/%s failed (retry in %.0fs): %s",
-                               key[0], key[1], delay, error)
-                self.queue.add_after(key, delay)
-            finally:
-                self.queue.done(key)
 
     async def _confirm_missing(self, key: Key, uid: str,
                                children: dict[int, dict[str, Any]]) -> None:

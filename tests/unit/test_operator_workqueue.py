@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from kubelearn_operator import workqueue
 from kubelearn_operator.kube import RateLimiter
-from kubelearn_operator.workqueue import WorkQueue
+from kubelearn_operator.workqueue import WorkQueue, work
 
 
 def test_a_key_is_queued_once_and_requeued_when_dirty() -> None:
@@ -23,6 +24,34 @@ def test_a_key_is_queued_once_and_requeued_when_dirty() -> None:
         return [got, await queue.get()]
 
     assert asyncio.run(scenario()) == [("ns", "a"), ("ns", "a")]
+
+
+def test_a_failed_reconcile_is_retried_with_back_off_and_forgotten_on_success(
+        monkeypatch) -> None:
+    delays: list[float] = []
+    attempts: list[int] = []
+
+    async def scenario() -> None:
+        queue = WorkQueue()
+        monkeypatch.setattr(queue, "add_after", lambda key, delay: (delays.append(delay),
+                                                                    queue.add(key)))
+
+        async def reconcile(key: tuple[str, str]) -> None:
+            attempts.append(len(attempts))
+            if len(attempts) <= 3:
+                raise RuntimeError("the API server said no")
+
+        queue.add(("ns", "a"))
+        task = asyncio.ensure_future(work(queue, reconcile, "experiment"))
+        while len(attempts) < 4:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        task.cancel()
+        assert queue.failures == {}
+
+    asyncio.run(scenario())
+    assert delays == [1.0, 2.0, 4.0]
+    assert workqueue.MAX_RETRY_SECONDS == 60.0
 
 
 class FakeClock:
