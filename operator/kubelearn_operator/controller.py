@@ -328,7 +328,9 @@ class Controller:
         return result
 
     async def _delete_owned(self, key: Key, uid: str) -> None:
-        """After an Experiment is deleted, remove what the garbage collector has not yet."""
+        """After an Experiment is deleted, remove what the garbage collector has not yet; in
+        the background (kube.RateLimiter): the collector does it anyway, and the next
+        experiment's creates go first."""
         namespace, experiment = key
         pods = self._pods.get(namespace)
         services = self._services.get(namespace)
@@ -336,9 +338,11 @@ class Controller:
             return
         try:
             await gather(
-                [self.client.delete(f"/api/v1/namespaces/{namespace}/pods/{p.name}", p.uid)
+                [self.client.delete(f"/api/v1/namespaces/{namespace}/pods/{p.name}", p.uid,
+                                    background=True)
                  for p in list(pods.get(experiment).values()) if p.owner_uid == uid]
-                + [self.client.delete(f"/api/v1/namespaces/{namespace}/services/{name}")
+                + [self.client.delete(f"/api/v1/namespaces/{namespace}/services/{name}",
+                                      background=True)
                    for name, owner in list(services.get(experiment).items()) if owner == uid])
         except Exception as error:
             logger.warning("clean-up after %s/%s was deleted failed: %s", *key, error)
