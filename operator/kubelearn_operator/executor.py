@@ -50,7 +50,7 @@ class Expectations:
         #: (uid, object, reason): a rejected create, told once as an event
         self.reported: set[tuple[str, str, str]] = set()
         #: uids of experiments whose namespace is being deleted (a create there was refused
-        #: with NamespaceTerminating): nothing is created for them any more, as the namespace
+        #: with NamespaceTerminating): nothing is done for them any more, as the namespace
         #: and the Experiment with it are going
         self.doomed: set[str] = set()
 
@@ -99,6 +99,10 @@ class Executor:
     async def execute(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
         namespace, name = key
         ref = ExperimentRef(name, namespace, body["metadata"].get("uid", ""))
+        if ref.uid in self.expectations.doomed:
+            # Its namespace is being deleted, the Experiment with it: the namespace
+            # controller removes everything, and no status or event of it will be read.
+            return
         # Creating needs no ordering, so it starts at once, beside the status write;
         # deletions wait for the status: a restart is recorded before its pod goes.
         # TensorBoard's removal is the exception: it goes before the status stops naming it,

@@ -33,11 +33,11 @@ class ApiError(Exception):
         self.body = body
 
     def has_cause(self, cause: str) -> bool:
-        """Whether the server's Status names this cause (details.causes[].type), as
-        client-go's HasStatusCause reads it."""
+        """Whether the server's Status names this cause, as client-go's HasStatusCause reads
+        it (a StatusCause's type is ``reason`` in JSON)."""
         details = self.body.get("details") if isinstance(self.body, dict) else None
         causes = details.get("causes") if isinstance(details, dict) else None
-        return any(isinstance(c, dict) and c.get("type") == cause for c in causes or [])
+        return any(isinstance(c, dict) and c.get("reason") == cause for c in causes or [])
 
     @property
     def namespace_terminating(self) -> bool:

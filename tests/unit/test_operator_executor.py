@@ -10,7 +10,7 @@ from kubelearn_operator.builders import ExperimentRef
 from kubelearn_operator.events import EventRecorder
 from kubelearn_operator.executor import Executor
 from kubelearn_operator.kube import ApiError
-from kubelearn_operator.reconcile import Plan
+from kubelearn_operator.reconcile import Event, Plan
 
 #: What the API server answers a create in a namespace being deleted (the namespace
 #: lifecycle admission plugin).
@@ -19,7 +19,7 @@ TERMINATING = {
     "message": 'pods "exp-worker-0" is forbidden: unable to create new content in namespace '
                "ns because it is being terminated",
     "details": {"name": "exp-worker-0", "kind": "pods", "causes": [{
-        "type": "NamespaceTerminating", "field": "metadata.namespace",
+        "reason": "NamespaceTerminating", "field": "metadata.namespace",
         "message": "namespace ns is being terminated"}]}}
 QUOTA = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
          "code": 403, "message": "exceeded quota"}
@@ -77,12 +77,18 @@ def test_a_namespace_being_deleted_stops_the_creates_quietly() -> None:
     assert not executor.expectations.reported
 
 
-def test_nothing_more_is_created_for_an_experiment_in_a_going_namespace() -> None:
+def test_nothing_more_is_done_for_an_experiment_in_a_going_namespace() -> None:
     client, executor, _, _ = run(TERMINATING)
     started = len(client.started)
     asyncio.run(executor._create_all(ExperimentRef("exp", "ns", "uid"),
                                      Plan(create_pods=[manifest("exp-worker-0")])))
     assert len(client.started) == started
+    # Nor is its status written (the stub has no merge_patch), its pods deleted or told of.
+    body = {"metadata": {"name": "exp", "namespace": "ns", "uid": "uid"}, "status": {}}
+    asyncio.run(executor.execute(("ns", "exp"), body, Plan(
+        status={"phase": "Running"}, create_pods=[manifest("exp-worker-0")],
+        delete_pods=[("exp-worker-1", "pod-uid")], events=[Event("Normal", "X", "x")])))
+    assert len(client.started) == started and executor.events._queue.empty()
     executor.expectations.forget("uid")  # the Experiment is gone: a namesake starts afresh
     assert "uid" not in executor.expectations.doomed
 
