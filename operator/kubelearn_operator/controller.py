@@ -9,6 +9,7 @@ and the executor carries the plan out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -66,6 +67,7 @@ class Controller:
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._pods: dict[str, Informer[PodState]] = {}
         self._services: dict[str, Informer[str]] = {}
+        self._informer_tasks: dict[str, list[asyncio.Task[None]]] = {}
         self.events = EventRecorder(client, self.clock)
         self.executor = Executor(client, self.events, self.clock, self._store)
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,8 +148,23 @@ class Controller:
             informer: Informer[Any] = Informer(self.client, namespace, plural, selector, parse,
                                                changed, self.settings.resync_seconds / 2)
             store[namespace] = informer
-            self._tasks.append(loop.create_task(informer.run(),
-                                                name=f"kubelearn-{plural}-{namespace}"))
+            task = loop.create_task(informer.run(), name=f"kubelearn-{plural}-{namespace}")
+            self._tasks.append(task)
+            self._informer_tasks.setdefault(namespace, []).append(task)
+
+    def _unwatch_namespace(self, namespace: str) -> None:
+        """Stop the pod and service caches of a namespace that holds no Experiment any more
+        (its last one was deleted, or the namespace is going): their watches would otherwise
+        be opened again every half resync period for good, each a request of the budget.
+        The next Experiment there starts them again."""
+        if any(ns == namespace for ns, _ in self.bodies):
+            return
+        self._pods.pop(namespace, None)
+        self._services.pop(namespace, None)
+        for task in self._informer_tasks.pop(namespace, []):
+            task.cancel()
+            with contextlib.suppress(ValueError):
+                self._tasks.remove(task)
 
     async def synced(self, namespace: str, timeout: float = 30.0) -> None:
         """Wait for the namespace's caches to be filled; a timeout fails the reconcile, which
@@ -330,7 +347,8 @@ class Controller:
     async def _delete_owned(self, key: Key, uid: str) -> None:
         """After an Experiment is deleted, remove what the garbage collector has not yet; in
         the background (kube.RateLimiter): the collector does it anyway, and the next
-        experiment's creates go first."""
+        experiment's creates go first. Then the namespace's caches stop if it holds no other
+        Experiment."""
         namespace, experiment = key
         pods = self._pods.get(namespace)
         services = self._services.get(namespace)
@@ -346,3 +364,5 @@ class Controller:
                    for name, owner in list(services.get(experiment).items()) if owner == uid])
         except Exception as error:
             logger.warning("clean-up after %s/%s was deleted failed: %s", *key, error)
+        finally:
+            self._unwatch_namespace(namespace)
