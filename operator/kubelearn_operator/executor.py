@@ -150,8 +150,12 @@ class Executor:
         return True
 
     async def _create_all(self, ref: ExperimentRef, result: Plan) -> None:
-        """The model directory's claim first, then Secret, PodGroup, services and pods, all at
-        once: pods may exist before the Secret they refer to (the kubelet waits for it)."""
+        """The model directory's claim first, then Secret, PodGroup and pods all at once, then
+        the services: pods may exist before the Secret they refer to (the kubelet waits for
+        it) and before their services (a replica retries a ps it cannot reach yet, for
+        minutes). Pods go first, as training-operator orders them: they take longest to
+        start, and neither a busy API server nor a tight rate limit holds them behind the
+        services."""
         if ref.uid in self.expectations.doomed:
             return
         ensured = self.expectations.ensured
@@ -189,15 +193,18 @@ class Executor:
                 "PodGroup"))
         if result.tensorboard is not None and (ref.uid, "tensorboard") not in ensured:
             calls.append(self._ensure_tensorboard(ref, result))
-        services = [self._create(ref, "services", "Service", s) for s in result.create_services]
         pods = [self._create(ref, "pods", "Pod", p) for p in result.create_pods]
-        outcomes = await self._settle(ref, [*calls, *services, *pods])
+        outcomes = await self._settle(ref, [*calls, *pods])
         if ref.uid in self.expectations.doomed:
             return  # the namespace is going: no more to create, nothing to retry or tell
-        made_services = outcomes[len(calls):len(calls) + len(services)]
-        made_pods = outcomes[len(calls) + len(services):]
-        for kind, manifests, made in (("Service", result.create_services, made_services),
-                                      ("Pod", result.create_pods, made_pods)):
+        made_services = await self._settle(ref, [self._create(ref, "services", "Service", s)
+                                                 for s in result.create_services])
+        if ref.uid in self.expectations.doomed:
+            return
+        made_pods = outcomes[len(calls):]
+        outcomes += made_services
+        for kind, manifests, made in (("Pod", result.create_pods, made_pods),
+                                      ("Service", result.create_services, made_services)):
             self.events.created(ref, kind, [m["metadata"]["name"] for m, ok
                                             in zip(manifests, made, strict=True) if ok is True])
         for outcome in outcomes:

@@ -101,7 +101,8 @@ def test_any_other_refusal_is_told_and_retried_and_the_rest_are_made() -> None:
     reasons = set()
     while not events._queue.empty():
         reasons.add(events._queue.get_nowait()["reason"])
-    assert reasons == {"FailedCreateService", "SuccessfulCreateService", "SuccessfulCreatePod"}
+    # Pods go first: the refused one is a pod.
+    assert reasons == {"FailedCreatePod", "SuccessfulCreatePod", "SuccessfulCreateService"}
 
 
 def test_namespace_terminating_is_read_from_the_status_causes() -> None:
