@@ -115,7 +115,11 @@ class Controller:
             asyncio.get_running_loop().create_task(self._delete_owned(key, meta.get("uid", "")))
             return
         self._store(key, body)
-        self._watch_namespace(key[0])
+        if (body.get("status") or {}).get("conditions"):
+            self._watch_namespace(key[0])
+        # else they start once it has a status, which its first reconcile writes beside its
+        # creates (or when that reconcile ends): the caches' list and watch requests do not
+        # reach the API server ahead of the first pods (that reconcile needs no cache)
         self.queue.add(key)
 
     def _watch_namespace(self, namespace: str) -> None:
@@ -169,6 +173,7 @@ class Controller:
     async def synced(self, namespace: str, timeout: float = 30.0) -> None:
         """Wait for the namespace's caches to be filled; a timeout fails the reconcile, which
         is retried, so a cache that cannot list never holds a worker for good."""
+        self._watch_namespace(namespace)
         for store in (self._pods, self._services):
             await asyncio.wait_for(store[namespace].synced.wait(), timeout)
 
@@ -187,8 +192,10 @@ class Controller:
     def observed(self, key: Key, uid: str) -> Observed:
         """Pods and services of the experiment with this uid (not of a deleted namesake)."""
         namespace, name = key
-        pods = {n: p for n, p in self._pods[namespace].get(name).items() if p.owner_uid == uid}
-        services = {n for n, owner in self._services[namespace].get(name).items()
+        pod_cache, service_cache = self._pods.get(namespace), self._services.get(namespace)
+        pods = {n: p for n, p in (pod_cache.get(name) if pod_cache else {}).items()
+                if p.owner_uid == uid}
+        services = {n for n, owner in (service_cache.get(name) if service_cache else {}).items()
                     if owner == uid}
         self.executor.expectations.add_pending(uid, name, pods, services)
         return Observed(pods=pods, services=frozenset(services), podgroup_available=False,
@@ -338,7 +345,11 @@ class Controller:
                                            podgroup_available=await self.podgroup_available())
         observed = await self.observe_storage(body, observed)
         result = plan(body, observed, self.clock(), self.options)
-        await self.executor.execute(key, body, result)
+        try:
+            await self.executor.execute(key, body, result)
+        finally:
+            if key in self.bodies:
+                self._watch_namespace(key[0])
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after + 0.05)

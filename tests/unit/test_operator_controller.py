@@ -64,8 +64,24 @@ class IdleClient:
         return True
 
 
-def experiment(name: str, uid: str) -> dict[str, object]:
-    return {"metadata": {"namespace": "ns", "name": name, "uid": uid, "resourceVersion": "1"}}
+def experiment(name: str, uid: str, reconciled: bool = True) -> dict[str, object]:
+    status = {"conditions": [{"type": "Created", "status": "True"}]} if reconciled else {}
+    return {"metadata": {"namespace": "ns", "name": name, "uid": uid, "resourceVersion": "1"},
+            "status": status}
+
+
+def test_a_namespace_caches_start_once_an_experiment_there_has_a_status() -> None:
+    async def scenario() -> None:
+        controller = Controller(Settings(), client=IdleClient())  # type: ignore[arg-type]
+        # A new experiment's first reconcile needs no cache: its creates go first.
+        controller.observe_experiment("ADDED", experiment("a", "uid-a", reconciled=False))
+        assert "ns" not in controller._pods
+        assert controller.observed(("ns", "a"), "uid-a").pods == {}
+        controller.observe_experiment("MODIFIED", experiment("a", "uid-a"))
+        assert "ns" in controller._pods and "ns" in controller._services
+        await cancel(controller._tasks)
+
+    asyncio.run(scenario())
 
 
 def test_a_namespace_caches_stop_with_its_last_experiment() -> None:
