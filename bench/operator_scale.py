@@ -3,7 +3,7 @@ training-operator creating the equivalent TFJob, on the same API server in the s
 both operators' API clients held to the same client-side rate limits.
 
     python bench/operator_scale.py [--sizes 10,100,1000] [--repeats 5]
-        [--modes equal-500,equal-20] [--no-peer] [--json FILE]
+        [--modes equal-500,equal-20] [--small-job RUNS] [--no-peer] [--json FILE]
 
 The control plane comes from tests/cluster (built once into ~/.cache/kubelearn). The peer is
 `go install github.com/kubeflow/training-operator/cmd/training-operator.v1@v1.9.2` into
@@ -22,6 +22,11 @@ Both operators run the whole time of a mode, each watching its own namespaces; s
 repeats alternate which operator goes first. Every replica is a worker (N workers, one pod and
 one service each). Pods are never started (there is no kubelet), so what is measured is the
 operators' creation path and the API server, the same for both.
+
+--small-job RUNS adds, in each mode whose limits are equal, the latency of a small job: the time
+from creating a 4-worker experiment to all its pods existing (services are not waited for),
+RUNS times per operator (alternating which goes first), reported as p50 and p95. Give
+--sizes "" to measure only that.
 
 What the peer needs outside a cluster (its webhook certificate machinery; see start_peer):
 namespace kubeflow holding an empty Secret training-operator-webhook-cert, which its cert
@@ -82,6 +87,8 @@ PEER_ROTATOR_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 CACHE = Path(os.environ.get("KUBELEARN_CACHE") or Path.home() / ".cache" / "kubelearn")
 PEER_DIR = CACHE / f"training-operator-{PEER_VERSION}"
 IMAGE = "kubelearn/runner:0.1.0"
+#: Workers of the small job (--small-job).
+SMALL_JOB = 4
 OURS_DEFAULTS = (Settings.api_qps, Settings.api_burst)
 
 
@@ -352,8 +359,9 @@ class Counter(threading.Thread):
 
 
 def measure(api: client.ApiClient, namespace: str, body: dict[str, Any], plural: str,
-            group: str, version: str, replicas: int, timeout: float) -> float:
-    counters = [Counter(api, kind, namespace, replicas) for kind in ("pods", "services")]
+            group: str, version: str, replicas: int, timeout: float,
+            kinds: tuple[str, ...] = ("pods", "services")) -> float:
+    counters = [Counter(api, kind, namespace, replicas) for kind in kinds]
     for c in counters:
         c.start()
         c.ready.wait(30)
@@ -462,23 +470,45 @@ def spread(runs: list[float]) -> str:
     return (f"{min(runs):6.2f} {statistics.median(runs):6.2f} {max(runs):6.2f}")
 
 
+def percentile(runs: list[float], pct: float) -> float:
+    """Linear between the closest ranks (numpy's default)."""
+    ordered = sorted(runs)
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def kubelearn_run(namespace: str, replicas: int) -> tuple[Any, ...]:
+    return ("kubelearn", namespace, experiment(f"exp{replicas}", replicas), "experiments",
+            "kubelearn.dev", "v1alpha1")
+
+
+def peer_run(namespace: str, replicas: int) -> tuple[Any, ...]:
+    return ("training-operator", namespace, tfjob(f"tfjob{replicas}", replicas), "tfjobs",
+            "kubeflow.org", "v1")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--sizes", default="10,100,1000", help='"" for none')
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--modes", default=",".join(m.name for m in MODES),
                         help=f"any of {', '.join(m.name for m in MODES)}")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds one creation may take (at 20 QPS 1000 replicas take "
                              "minutes)")
+    parser.add_argument("--small-job", type=int, default=0, metavar="RUNS",
+                        help=f"also the latency of a {SMALL_JOB}-worker job, RUNS times per "
+                             "operator, in modes of equal limits (p50 and p95)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     modes = [m for m in MODES if m.name in args.modes.split(",")]
     defaults = Mode("defaults", OURS_DEFAULTS, PEER_DEFAULTS)
     # Each at its own defaults costs no run when the modes above already measured both.
-    if not args.no_peer and (not any(m.ours == OURS_DEFAULTS for m in modes)
+    if not args.no_peer and sizes and (not any(m.ours == OURS_DEFAULTS for m in modes)
                              or not any(m.peer == PEER_DEFAULTS for m in modes)):
         modes.append(defaults)
     # A plain SIGTERM still stops both operators and the control plane (the finally below).
@@ -504,6 +534,8 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     # results[mode][operator][replicas] = seconds of each repeat
     results: dict[str, dict[str, dict[int, list[float]]]] = {}
+    # small[mode][operator] = seconds of each small job
+    small: dict[str, dict[str, list[float]]] = {}
     try:
         api = config.new_client_from_config(config_file=str(cp.kubeconfig))
         core = client.CoreV1Api(api)
@@ -517,8 +549,11 @@ def main() -> int:
         for m, mode in enumerate(modes):
             say(f"mode {mode.name}: kubelearn at {limits(mode.ours)}, training-operator at "
                 f"{limits(mode.peer)} (QPS/burst)")
+            small_runs = args.small_job if mode.ours == mode.peer else 0
             ours_ns = [f"ours-{mode.name}-{n}-{r}" for n in sizes for r in range(args.repeats)]
             peer_ns = [f"peer-{mode.name}-{n}-{r}" for n in sizes for r in range(args.repeats)]
+            ours_ns += [f"ours-{mode.name}-small-{r}" for r in range(small_runs)]
+            peer_ns += [f"peer-{mode.name}-small-{r}" for r in range(small_runs)]
             for ns in ours_ns + (peer_ns if peer else []):
                 make_namespace(core, ns)
             procs.append(start_ours(cp, mode, ours_ns, work / f"ours-{mode.name}.log"))
@@ -533,12 +568,9 @@ def main() -> int:
             res = results[mode.name] = {"kubelearn": {}, "training-operator": {}}
             for i, n in enumerate(sizes):
                 for r in range(args.repeats):
-                    runs = [("kubelearn", f"ours-{mode.name}-{n}-{r}",
-                             experiment(f"exp{n}", n), "experiments", "kubelearn.dev",
-                             "v1alpha1")]
+                    runs = [kubelearn_run(f"ours-{mode.name}-{n}-{r}", n)]
                     if peer:
-                        runs.append(("training-operator", f"peer-{mode.name}-{n}-{r}",
-                                     tfjob(f"tfjob{n}", n), "tfjobs", "kubeflow.org", "v1"))
+                        runs.append(peer_run(f"peer-{mode.name}-{n}-{r}", n))
                     if (m + i + r) % 2:
                         runs.reverse()
                     for who, ns, body, plural, group, version in runs:
@@ -547,9 +579,26 @@ def main() -> int:
                         res[who].setdefault(n, []).append(seconds)
                         say(f"{mode.name:9s} {who:18s} {n:5d} replicas: {seconds:7.2f} s")
                         drop_namespace(core, ns)
+            if small_runs:
+                lat = small[mode.name] = {"kubelearn": [], "training-operator": []}
+            for r in range(small_runs):
+                runs = [kubelearn_run(f"ours-{mode.name}-small-{r}", SMALL_JOB)]
+                if peer:
+                    runs.append(peer_run(f"peer-{mode.name}-small-{r}", SMALL_JOB))
+                if (m + r) % 2:
+                    runs.reverse()
+                for who, ns, body, plural, group, version in runs:
+                    seconds = measure(api, ns, body, plural, group, version, SMALL_JOB,
+                                      args.timeout, kinds=("pods",))
+                    lat[who].append(seconds)
+                    say(f"{mode.name:9s} {who:18s} small job {r + 1:2d}: {seconds * 1000:7.1f} ms")
+                    drop_namespace(core, ns)
             stop(procs)
 
-        report(modes, sizes, results, defaults, bool(peer))
+        if sizes:
+            report(modes, sizes, results, defaults, bool(peer))
+        if small:
+            report_small(small)
         if not peer:
             print(f"peer not measured: {peer_error.splitlines()[0] if peer_error else ''}")
         if args.json:
@@ -557,7 +606,9 @@ def main() -> int:
                 "peer": f"training-operator {PEER_VERSION}" if peer else None,
                 "modes": {m.name: {"kubelearn_qps_burst": m.ours,
                                    "training_operator_qps_burst": m.peer} for m in modes},
-                "results": results}, indent=2))
+                "results": results,
+                "small_job": {"workers": SMALL_JOB, "seconds": small} if small else None},
+                indent=2))
         return 0
     finally:
         stop(procs)
@@ -600,6 +651,26 @@ def report(modes: list[Mode], sizes: list[int], results: dict[str, dict[str, dic
     repeats = {len(r[2]) for r in rows}
     print(f"runs per cell: {', '.join(map(str, sorted(repeats)))}; ratio: median of "
           f"training-operator over median of kubelearn")
+
+
+
+def report_small(small: dict[str, dict[str, list[float]]]) -> None:
+    """Per mode: p50 and p95 milliseconds of each operator's small job, and the ratio of
+    p50s (training-operator / kubelearn)."""
+    print(f"\nsmall job ({SMALL_JOB} workers, create to all pods existing), ms")
+    print(f"{'mode':<10} {'runs':>5}  {'kubelearn p50/p95':>18}  "
+          f"{'training-operator p50/p95':>26}  {'ratio p50':>9}  {'ratio p95':>9}")
+    for mode, lat in small.items():
+        ours, theirs = lat["kubelearn"], lat["training-operator"]
+        cells = [f"{percentile(ours, 50) * 1000:.1f} / {percentile(ours, 95) * 1000:.1f}"]
+        cells.append(f"{percentile(theirs, 50) * 1000:.1f} / {percentile(theirs, 95) * 1000:.1f}"
+                     if theirs else "-")
+        ratios = [f"{percentile(theirs, p) / percentile(ours, p):.1f}x" if theirs else "-"
+                  for p in (50, 95)]
+        print(f"{mode:<10} {len(ours):>5}  {cells[0]:>18}  {cells[1]:>26}  {ratios[0]:>9}  "
+              f"{ratios[1]:>9}")
+    print("ratio: training-operator's percentile over kubelearn's (above 1, kubelearn is "
+          "faster)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and the executor carries the plan out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -66,6 +67,7 @@ class Controller:
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._pods: dict[str, Informer[PodState]] = {}
         self._services: dict[str, Informer[str]] = {}
+        self._informer_tasks: dict[str, list[asyncio.Task[None]]] = {}
         self.events = EventRecorder(client, self.clock)
         self.executor = Executor(client, self.events, self.clock, self._store)
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,7 +117,12 @@ class Controller:
             asyncio.get_running_loop().create_task(self._delete_owned(key, meta.get("uid", "")))
         else:
             self._store(key, body)
-            self._watch_namespace(key[0])
+            if (body.get("status") or {}).get("conditions"):
+                self._watch_namespace(key[0])
+            # else they start once it has a status, which its first reconcile writes beside
+            # its creates (or when that reconcile ends): the caches' list and watch requests
+            # do not reach the API server ahead of the first pods (that reconcile needs no
+            # cache)
             self.queue.add(key)
         if self.on_experiment is not None:
             self.on_experiment(body)
@@ -150,12 +157,28 @@ class Controller:
             informer: Informer[Any] = Informer(self.client, namespace, plural, selector, parse,
                                                changed, self.settings.resync_seconds / 2)
             store[namespace] = informer
-            self._tasks.append(loop.create_task(informer.run(),
-                                                name=f"kubelearn-{plural}-{namespace}"))
+            task = loop.create_task(informer.run(), name=f"kubelearn-{plural}-{namespace}")
+            self._tasks.append(task)
+            self._informer_tasks.setdefault(namespace, []).append(task)
+
+    def _unwatch_namespace(self, namespace: str) -> None:
+        """Stop the pod and service caches of a namespace that holds no Experiment any more
+        (its last one was deleted, or the namespace is going): their watches would otherwise
+        be opened again every half resync period for good, each a request of the budget.
+        The next Experiment there starts them again."""
+        if any(ns == namespace for ns, _ in self.bodies):
+            return
+        self._pods.pop(namespace, None)
+        self._services.pop(namespace, None)
+        for task in self._informer_tasks.pop(namespace, []):
+            task.cancel()
+            with contextlib.suppress(ValueError):
+                self._tasks.remove(task)
 
     async def synced(self, namespace: str, timeout: float = 30.0) -> None:
         """Wait for the namespace's caches to be filled; a timeout fails the reconcile, which
         is retried, so a cache that cannot list never holds a worker for good."""
+        self._watch_namespace(namespace)
         for store in (self._pods, self._services):
             await asyncio.wait_for(store[namespace].synced.wait(), timeout)
 
@@ -174,8 +197,10 @@ class Controller:
     def observed(self, key: Key, uid: str) -> Observed:
         """Pods and services of the experiment with this uid (not of a deleted namesake)."""
         namespace, name = key
-        pods = {n: p for n, p in self._pods[namespace].get(name).items() if p.owner_uid == uid}
-        services = {n for n, owner in self._services[namespace].get(name).items()
+        pod_cache, service_cache = self._pods.get(namespace), self._services.get(namespace)
+        pods = {n: p for n, p in (pod_cache.get(name) if pod_cache else {}).items()
+                if p.owner_uid == uid}
+        services = {n for n, owner in (service_cache.get(name) if service_cache else {}).items()
                     if owner == uid}
         self.executor.expectations.add_pending(uid, name, pods, services)
         return Observed(pods=pods, services=frozenset(services), podgroup_available=False,
@@ -308,14 +333,21 @@ class Controller:
                                            podgroup_available=await self.podgroup_available())
         observed = await self.observe_storage(body, observed)
         result = plan(body, observed, self.clock(), self.options)
-        await self.executor.execute(key, body, result)
+        try:
+            await self.executor.execute(key, body, result)
+        finally:
+            if key in self.bodies:
+                self._watch_namespace(key[0])
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after + 0.05)
         return result
 
     async def _delete_owned(self, key: Key, uid: str) -> None:
-        """After an Experiment is deleted, remove what the garbage collector has not yet."""
+        """After an Experiment is deleted, remove what the garbage collector has not yet; in
+        the background (kube.RateLimiter): the collector does it anyway, and the next
+        experiment's creates go first. Then the namespace's caches stop if it holds no other
+        Experiment."""
         namespace, experiment = key
         pods = self._pods.get(namespace)
         services = self._services.get(namespace)
@@ -323,9 +355,13 @@ class Controller:
             return
         try:
             await gather(
-                [self.client.delete(f"/api/v1/namespaces/{namespace}/pods/{p.name}", p.uid)
+                [self.client.delete(f"/api/v1/namespaces/{namespace}/pods/{p.name}", p.uid,
+                                    background=True)
                  for p in list(pods.get(experiment).values()) if p.owner_uid == uid]
-                + [self.client.delete(f"/api/v1/namespaces/{namespace}/services/{name}")
+                + [self.client.delete(f"/api/v1/namespaces/{namespace}/services/{name}",
+                                      background=True)
                    for name, owner in list(services.get(experiment).items()) if owner == uid])
         except Exception as error:
             logger.warning("clean-up after %s/%s was deleted failed: %s", *key, error)
+        finally:
+            self._unwatch_namespace(namespace)

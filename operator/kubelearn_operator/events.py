@@ -1,6 +1,10 @@
 """The event recorder: Kubernetes Events on an Experiment, posted in the background.
 
 Events are best effort: a failed post is logged, never retried, and never fails a reconcile.
+They are background requests (kube.RateLimiter): they share the client's QPS and burst with
+everything else, but go only when no create, update or read waits for the budget, so a burst
+of events never delays the pods and services they tell of. As in client-go's broadcaster, at
+most MAX_QUEUED wait; more are dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ logger = logging.getLogger("kubelearn_operator")
 EVENTS_PER_KIND = 10
 #: Concurrent posters: a burst of events must not wait behind one slow request.
 POSTERS = 4
+#: Events waiting to be posted, at most (client-go's broadcaster queues 1000 too).
+MAX_QUEUED = 1000
 
 
 class EventRecorder:
@@ -33,7 +39,8 @@ class EventRecorder:
         self.client = client
         self.clock = clock
         self.instance = socket.gethostname()
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_QUEUED)
+        self.dropped = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -45,6 +52,10 @@ class EventRecorder:
         await cancel(self._tasks)
 
     def post(self, ref: ExperimentRef, event: Event) -> None:
+        if self._queue.full():
+            self.dropped += 1
+            logger.debug("event queue full, dropped: %s %s", event.reason, event.message)
+            return
         stamp = format_time(self.clock())
         self._queue.put_nowait({
             "apiVersion": "v1", "kind": "Event",
@@ -76,7 +87,7 @@ class EventRecorder:
             try:
                 await self.client.request(
                     "POST", f"/api/v1/namespaces/{event['metadata']['namespace']}/events",
-                    body=event)
+                    body=event, background=True)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # events are best effort

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,8 @@ from .pods import PodState
 from .reconcile import Event, Plan, status_patch
 from .status import format_time
 from .workqueue import Key
+
+logger = logging.getLogger("kubelearn_operator")
 
 #: How long an object this process created counts as existing before the cache shows it.
 EXPECT_SECONDS = 30.0
@@ -46,6 +49,10 @@ class Expectations:
         self.ensured: set[tuple[str, str]] = set()
         #: (uid, object, reason): a rejected create, told once as an event
         self.reported: set[tuple[str, str, str]] = set()
+        #: uids of experiments whose namespace is being deleted (a create there was refused
+        #: with NamespaceTerminating): nothing is done for them any more, as the namespace
+        #: and the Experiment with it are going
+        self.doomed: set[str] = set()
 
     def expect(self, uid: str, plural: str, manifest: Mapping[str, Any]) -> None:
         labels = manifest["metadata"].get("labels") or {}
@@ -76,6 +83,7 @@ class Expectations:
         self.created.pop(uid, None)
         self.ensured = {e for e in self.ensured if e[0] != uid}
         self.reported = {e for e in self.reported if e[0] != uid}
+        self.doomed.discard(uid)
 
 
 class Executor:
@@ -91,6 +99,10 @@ class Executor:
     async def execute(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
         namespace, name = key
         ref = ExperimentRef(name, namespace, body["metadata"].get("uid", ""))
+        if ref.uid in self.expectations.doomed:
+            # Its namespace is being deleted, the Experiment with it: the namespace
+            # controller removes everything, and no status or event of it will be read.
+            return
         # Creating needs no ordering, so it starts at once, beside the status write;
         # deletions wait for the status: a restart is recorded before its pod goes.
         # TensorBoard's removal is the exception: it goes before the status stops naming it,
@@ -138,14 +150,28 @@ class Executor:
         return True
 
     async def _create_all(self, ref: ExperimentRef, result: Plan) -> None:
-        """The model directory's claim first, then Secret, PodGroup, services and pods, all at
-        once: pods may exist before the Secret they refer to (the kubelet waits for it)."""
+        """The model directory's claim first, then Secret, PodGroup and pods all at once, then
+        the services: pods may exist before the Secret they refer to (the kubelet waits for
+        it) and before their services (a replica retries a ps it cannot reach yet, for
+        minutes). Pods go first, as training-operator orders them: they take longest to
+        start, and neither a busy API server nor a tight rate limit holds them behind the
+        services."""
+        if ref.uid in self.expectations.doomed:
+            return
         ensured = self.expectations.ensured
         namespaced = f"/api/v1/namespaces/{ref.namespace}"
         # The claim goes before the pods that mount it (a 409 when it exists already).
         claims = f"{namespaced}/persistentvolumeclaims"
-        if result.claim is not None and await self.client.create(claims, result.claim):
-            self.events.created(ref, "PersistentVolumeClaim", [result.claim["metadata"]["name"]])
+        if result.claim is not None:
+            try:
+                made = await self.client.create(claims, result.claim)
+            except ApiError as error:
+                if self._doomed_by(ref, error):
+                    return
+                raise
+            if made:
+                self.events.created(ref, "PersistentVolumeClaim",
+                                    [result.claim["metadata"]["name"]])
         calls: list[Any] = []
         if result.ensure_secret and (ref.uid, "secret") not in ensured:
             calls.append(self._ensure(ref, "secret", f"{namespaced}/secrets",
@@ -167,18 +193,54 @@ class Executor:
                 "PodGroup"))
         if result.tensorboard is not None and (ref.uid, "tensorboard") not in ensured:
             calls.append(self._ensure_tensorboard(ref, result))
-        services = [self._create(ref, "services", "Service", s) for s in result.create_services]
         pods = [self._create(ref, "pods", "Pod", p) for p in result.create_pods]
-        outcomes = await asyncio.gather(*calls, *services, *pods, return_exceptions=True)
-        made_services = outcomes[len(calls):len(calls) + len(services)]
-        made_pods = outcomes[len(calls) + len(services):]
-        for kind, manifests, made in (("Service", result.create_services, made_services),
-                                      ("Pod", result.create_pods, made_pods)):
+        outcomes = await self._settle(ref, [*calls, *pods])
+        if ref.uid in self.expectations.doomed:
+            return  # the namespace is going: no more to create, nothing to retry or tell
+        made_services = await self._settle(ref, [self._create(ref, "services", "Service", s)
+                                                 for s in result.create_services])
+        if ref.uid in self.expectations.doomed:
+            return
+        made_pods = outcomes[len(calls):]
+        outcomes += made_services
+        for kind, manifests, made in (("Pod", result.create_pods, made_pods),
+                                      ("Service", result.create_services, made_services)):
             self.events.created(ref, kind, [m["metadata"]["name"] for m, ok
                                             in zip(manifests, made, strict=True) if ok is True])
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    def _doomed_by(self, ref: ExperimentRef, error: ApiError) -> bool:
+        """Whether this refusal says the experiment's namespace is being deleted; if so,
+        nothing more is created for it."""
+        if not error.namespace_terminating:
+            return False
+        if ref.uid not in self.expectations.doomed:
+            logger.info("namespace %s is being deleted: creating nothing more for %s",
+                        ref.namespace, ref.name)
+        self.expectations.doomed.add(ref.uid)
+        return True
+
+    async def _settle(self, ref: ExperimentRef, calls: list[Awaitable[Any]]) -> list[Any]:
+        """Every call's result or exception, as gather(return_exceptions=True) gives them;
+        but once one finds the namespace being deleted the others are cancelled, mostly while
+        they still wait for the rate limiter: each would be refused the same way (client-go's
+        controllers stop their slow-start batches there too)."""
+        jobs = [asyncio.ensure_future(c) for c in calls]
+        pending: set[asyncio.Future[Any]] = set(jobs)
+        try:
+            while pending:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                if ref.uid in self.expectations.doomed:
+                    break
+        finally:
+            for job in pending:
+                job.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return [asyncio.CancelledError() if job.cancelled() else job.exception() or job.result()
+                for job in jobs]
 
     async def _ensure_tensorboard(self, ref: ExperimentRef, result: Plan) -> None:
         board = result.tensorboard
@@ -220,7 +282,12 @@ class Executor:
         """Create once per operator process; with ``replace``, an existing object's data is
         brought up to date (a ConfigMap after the spec was scaled)."""
         name = manifest["metadata"]["name"]
-        if await self.client.create(path, manifest):
+        try:
+            made = await self.client.create(path, manifest)
+        except ApiError as error:
+            self._doomed_by(ref, error)
+            raise
+        if made:
             self.events.created(ref, kind, [name])
         elif replace:
             await self.client.merge_patch(f"{path}/{name}", {"data": manifest["data"]})
@@ -233,6 +300,8 @@ class Executor:
             created = await self.client.create(f"/api/v1/namespaces/{ref.namespace}/{plural}",
                                                manifest)
         except ApiError as error:
+            if self._doomed_by(ref, error):
+                raise  # no event: as client-go's pod control, say nothing of a going namespace
             # Rejected (quota, admission, a missing PriorityClass...): say so once, on the
             # Experiment, where users look; the reconcile is retried with backoff.
             reason = error.body.get("message") if isinstance(error.body, dict) else str(error)

@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
+#: The Status cause of a create in a namespace that is being deleted (core/v1).
+NAMESPACE_TERMINATING = "NamespaceTerminating"
 #: Seconds one request may take, from sending it to the last byte of its answer.
 REQUEST_TIMEOUT = 60.0
 
@@ -30,9 +32,31 @@ class ApiError(Exception):
         self.status = status
         self.body = body
 
+    def has_cause(self, cause: str) -> bool:
+        """Whether the server's Status names this cause, as client-go's HasStatusCause reads
+        it (a StatusCause's type is ``reason`` in JSON)."""
+        details = self.body.get("details") if isinstance(self.body, dict) else None
+        causes = details.get("causes") if isinstance(details, dict) else None
+        return any(isinstance(c, dict) and c.get("reason") == cause for c in causes or [])
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """A create refused because its namespace is being deleted: nothing more can be
+        made there (the namespace lifecycle admission plugin's answer)."""
+        return self.has_cause(NAMESPACE_TERMINATING)
+
 
 class RateLimiter:
-    """Token bucket: ``qps`` tokens a second, at most ``burst`` saved up."""
+    """Token bucket: ``qps`` tokens a second, at most ``burst`` saved up, shared by two kinds
+    of request: essential ones (the default) and background ones (Events, clean-up the
+    garbage collector also does).
+
+    A background request waits while any essential one waits, and takes a token only from a
+    full bucket, so it leaves ``burst - 1`` saved for the next essential burst: background
+    traffic delays essential requests by at most one token, yet still flows at ``qps`` while
+    nothing else needs the budget. All requests draw on the one bucket, so together they stay
+    within ``qps`` and ``burst``.
+    """
 
     def __init__(self, qps: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -42,21 +66,51 @@ class RateLimiter:
         self.sleep = sleep
         self._tokens = float(self.burst)
         self._last = clock()
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # essential requests, first come first served
+        self._background = asyncio.Lock()  # background requests, one contending at a time
+        self._essential = 0  # essential requests waiting for (or taking) a token
+        self._idle = asyncio.Event()  # set while no essential request waits
+        self._idle.set()
 
-    async def acquire(self) -> None:
+    def _refill(self) -> None:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.qps)
+        self._last = now
+
+    async def acquire(self, *, background: bool = False) -> None:
         if self.qps <= 0:
             return
-        async with self._lock:
-            now = self.clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.qps)
-            self._last = now
-            if self._tokens < 1:
-                await self.sleep((1 - self._tokens) / self.qps)
-                self._last = self.clock()
-                self._tokens = 0.0
-            else:
-                self._tokens -= 1
+        if background:
+            await self._acquire_background()
+            return
+        self._essential += 1
+        self._idle.clear()
+        try:
+            async with self._lock:
+                self._refill()
+                if self._tokens < 1:
+                    await self.sleep((1 - self._tokens) / self.qps)
+                    self._last = self.clock()
+                    self._tokens = 0.0
+                else:
+                    self._tokens -= 1
+        finally:
+            self._essential -= 1
+            if not self._essential:
+                self._idle.set()
+
+    async def _acquire_background(self) -> None:
+        async with self._background:
+            while True:
+                if self._essential:
+                    await self._idle.wait()
+                    continue
+                self._refill()
+                # A full bucket, give or take rounding in the refill.
+                if self._tokens >= self.burst - 1e-6:
+                    self._tokens -= 1
+                    return
+                await self.sleep((self.burst - self._tokens) / self.qps)
 
 
 async def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
@@ -153,14 +207,26 @@ class KubeClient:
 
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: Mapping[str, str] | None = None,
-                      content_type: str = "application/json") -> Any:
+                      content_type: str = "application/json", background: bool = False) -> Any:
+        """One request within the rate limit; ``background`` ones (Events, clean-up) go only
+        when no other request waits (RateLimiter)."""
+        if background:
+            # Waiting for the budget outside the concurrency bound: a queue of background
+            # requests never holds the slots essential ones need.
+            await self.limiter.acquire(background=True)
+            async with self.semaphore:
+                return await self._request(method, path, body, params, content_type)
         async with self.semaphore:
             await self.limiter.acquire()
-            response = await self._send(method, path, body=body, params=params,
-                                        content_type=content_type,
-                                        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
-            async with response:
-                return _decode(await response.read())
+            return await self._request(method, path, body, params, content_type)
+
+    async def _request(self, method: str, path: str, body: Any,
+                       params: Mapping[str, str] | None, content_type: str) -> Any:
+        response = await self._send(method, path, body=body, params=params,
+                                    content_type=content_type,
+                                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        async with response:
+            return _decode(await response.read())
 
     async def stream(self, path: str, params: Mapping[str, str],
                      read_timeout: float) -> AsyncIterator[dict[str, Any]]:
@@ -190,14 +256,16 @@ class KubeClient:
             raise
         return True
 
-    async def delete(self, path: str, uid: str | None = None) -> bool:
-        """DELETE (background propagation); False when already gone or replaced."""
+    async def delete(self, path: str, uid: str | None = None, *,
+                     background: bool = False) -> bool:
+        """DELETE (background propagation); False when already gone or replaced.
+        ``background``: at the rate limiter's low priority (RateLimiter)."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1",
                                    "propagationPolicy": "Background"}
         if uid:
             options["preconditions"] = {"uid": uid}
         try:
-            await self.request("DELETE", path, body=options)
+            await self.request("DELETE", path, body=options, background=background)
         except ApiError as error:
             if error.status in (404, 409):
                 return False

@@ -6,7 +6,8 @@ KUBELEARN_RUNNER_IMAGE_PULL_POLICY  its imagePullPolicy (Always, IfNotPresent, N
 KUBELEARN_TENSORBOARD_IMAGE   image of an experiment's TensorBoard (kubelearn/tensorboard:0.1.0),
                               pulled per KUBELEARN_RUNNER_IMAGE_PULL_POLICY too
 KUBELEARN_CLUSTER_DOMAIN      appended to replica addresses in TF_CONFIG (none: <svc>.<ns>.svc)
-KUBELEARN_API_QPS, _BURST     client-side rate limit of API requests (500/s, burst 1000)
+KUBELEARN_API_QPS, _BURST     client-side rate limit of all API requests (500/s, burst 1000);
+                              Events and clean-up go only when nothing else waits
 KUBELEARN_CREATE_CONCURRENCY  API requests in flight at once (64)
 KUBELEARN_WORKERS             experiments reconciled at once (8)
 KUBELEARN_RESYNC_SECONDS      every experiment is reconciled at least this often (10)

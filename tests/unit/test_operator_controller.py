@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+from kubelearn_operator.aio import cancel
 from kubelearn_operator.controller import Controller
 from kubelearn_operator.informer import Informer
 from kubelearn_operator.pods import PodState
@@ -47,3 +49,61 @@ def test_just_created_objects_count_until_the_cache_shows_them() -> None:
     observed = controller.observed(("ns", "exp"), "uid")
     assert observed.pods["exp-worker-1"].phase == "Running"
     assert set(controller.executor.expectations.created["uid"]) == {"services/exp-worker-1"}
+
+
+class IdleClient:
+    """A client whose requests never answer: the caches just wait."""
+
+    async def request(self, *args: object, **kwargs: object) -> object:
+        await asyncio.Event().wait()
+
+    async def stream(self, *args: object, **kwargs: object) -> object:
+        await asyncio.Event().wait()
+
+    async def delete(self, *args: object, **kwargs: object) -> bool:
+        return True
+
+
+def experiment(name: str, uid: str, reconciled: bool = True) -> dict[str, object]:
+    status = {"conditions": [{"type": "Created", "status": "True"}]} if reconciled else {}
+    return {"metadata": {"namespace": "ns", "name": name, "uid": uid, "resourceVersion": "1"},
+            "status": status}
+
+
+def test_a_namespace_caches_start_once_an_experiment_there_has_a_status() -> None:
+    async def scenario() -> None:
+        controller = Controller(Settings(), client=IdleClient())  # type: ignore[arg-type]
+        # A new experiment's first reconcile needs no cache: its creates go first.
+        controller.observe_experiment("ADDED", experiment("a", "uid-a", reconciled=False))
+        assert "ns" not in controller._pods
+        assert controller.observed(("ns", "a"), "uid-a").pods == {}
+        controller.observe_experiment("MODIFIED", experiment("a", "uid-a"))
+        assert "ns" in controller._pods and "ns" in controller._services
+        await cancel(controller._tasks)
+
+    asyncio.run(scenario())
+
+
+def test_a_namespace_caches_stop_with_its_last_experiment() -> None:
+    async def scenario() -> None:
+        controller = Controller(Settings(), client=IdleClient())  # type: ignore[arg-type]
+        controller.observe_experiment("ADDED", experiment("a", "uid-a"))
+        controller.observe_experiment("ADDED", experiment("b", "uid-b"))
+        tasks = list(controller._informer_tasks["ns"])
+        assert len(tasks) == 2 and "ns" in controller._pods
+
+        controller.observe_experiment("DELETED", experiment("a", "uid-a"))
+        await asyncio.sleep(0.01)  # its clean-up runs: "b" still needs the caches
+        assert "ns" in controller._pods and not any(t.done() for t in tasks)
+
+        controller.observe_experiment("DELETED", experiment("b", "uid-b"))
+        await asyncio.sleep(0.01)
+        assert "ns" not in controller._pods and "ns" not in controller._services
+        assert all(t.cancelled() for t in tasks)
+        assert not set(tasks) & set(controller._tasks)
+
+        controller.observe_experiment("ADDED", experiment("c", "uid-c"))  # they start again
+        assert len(controller._informer_tasks["ns"]) == 2
+        await cancel(controller._tasks)
+
+    asyncio.run(scenario())
