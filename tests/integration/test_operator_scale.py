@@ -95,7 +95,14 @@ def test_a_full_form_experiment_scales_too_and_keeps_one_count(
     experiments.create("full", FULL)
     experiments.wait_pods("full", {"full-ps-0", "full-master-0", "full-worker-0",
                                    "full-worker-1"})
+    # Until the count is in spec.replicas.worker, the scale cannot be read (an autoscaler
+    # needs it there); kubectl scale writes it all the same.
+    raw = kubectl(control_plane, namespace, "get", "--raw", "/apis/kubelearn.dev/v1alpha1/"
+                  f"namespaces/{namespace}/experiments/full/scale", check=False)
+    assert raw.returncode != 0
+    assert 'the spec replicas field ".spec.replicas.worker" does not exist' in raw.stderr
     kubectl(control_plane, namespace, "scale", "exp/full", "--replicas=3")
+    assert scale_of(control_plane, namespace, "full")["spec"]["replicas"] == 3
     wait_for(lambda: workers(experiments, "full") == [f"full-worker-{i}" for i in range(3)],
              30, "three workers")
     # After a scale, the count lives in spec.replicas.worker; the full form's own count can
