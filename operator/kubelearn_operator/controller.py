@@ -50,6 +50,15 @@ def _resource_version(body: Mapping[str, Any]) -> int:
         return 0
 
 
+def store_newest(bodies: dict[Key, dict[str, Any]], key: Key, body: Mapping[str, Any]) -> None:
+    """Keep the newest version of an object in a cache: a watch event may lag behind the
+    body our own write returned."""
+    cached = bodies.get(key)
+    if (cached is None or cached["metadata"].get("uid") != body["metadata"].get("uid")
+            or _resource_version(body) >= _resource_version(cached)):
+        bodies[key] = dict(body)
+
+
 class Controller:
     def __init__(self, settings: Settings, client: KubeClient,
                  clock: Callable[[], datetime] | None = None) -> None:
@@ -183,11 +192,7 @@ class Controller:
             await asyncio.wait_for(store[namespace].synced.wait(), timeout)
 
     def _store(self, key: Key, body: Mapping[str, Any]) -> None:
-        """Keep the newest version: a watch event may lag behind our own status patch."""
-        cached = self.bodies.get(key)
-        if (cached is None or cached["metadata"].get("uid") != body["metadata"].get("uid")
-                or _resource_version(body) >= _resource_version(cached)):
-            self.bodies[key] = dict(body)
+        store_newest(self.bodies, key, body)
 
     def _forget(self, uid: str) -> None:
         self.executor.expectations.forget(uid)

@@ -19,7 +19,7 @@ from kubelearn_spec import names
 from . import metrics
 from .aio import cancel
 from .builders import ExperimentRef
-from .controller import Controller, _resource_version
+from .controller import Controller, store_newest
 from .kube import ApiError
 from .reconcile import status_patch
 from .sweep_plan import RUNNING, SweepPlan, plan_sweep, trial_number
@@ -92,10 +92,7 @@ class SweepController:
             self.queue.add(key)
 
     def _store(self, key: Key, body: Mapping[str, Any]) -> None:
-        cached = self.bodies.get(key)
-        if (cached is None or cached["metadata"].get("uid") != body["metadata"].get("uid")
-                or _resource_version(body) >= _resource_version(cached)):
-            self.bodies[key] = dict(body)
+        store_newest(self.bodies, key, body)
 
     def children(self, key: Key, uid: str) -> dict[int, dict[str, Any]]:
         """The cached trial Experiments this Sweep owns, by trial number."""

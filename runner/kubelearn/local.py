@@ -163,6 +163,7 @@ class Launcher:
         self.manifest = manifest  # as written: a scale is checked as an update of it
         self.leaving: list[tuple[Replica, float]] = []  # scaled down, given SIGTERM at
         self._scale_seen: Any = None
+        self._next_scale = 0.0
         self.model_dir = model_dir
         self._remote = fs.is_remote(model_dir)
         self._next_progress = 0.0
@@ -234,7 +235,13 @@ class Launcher:
 
     # -- scaling ---------------------------------------------------------------------
     def scale_request(self) -> int | None:
-        """The worker count ``kubelearn scale`` asked for, if it changed since last read."""
+        """The worker count ``kubelearn scale`` asked for, if it changed since last read
+        (read every loop from a path, at most once a second from an object store, where each
+        read is a GET)."""
+        if self._remote:
+            if time.monotonic() < self._next_scale:
+                return None
+            self._next_scale = time.monotonic() + 1.0
         try:
             request = json.loads(fs.read_bytes(fs.join(self.model_dir, SCALE_FILE), 4096))
         except (OSError, ValueError):

@@ -107,3 +107,17 @@ def test_a_namespace_caches_stop_with_its_last_experiment() -> None:
         await cancel(controller._tasks)
 
     asyncio.run(scenario())
+
+
+def test_a_cache_keeps_the_newest_version_of_an_object() -> None:
+    from kubelearn_operator.controller import store_newest
+
+    def version(rv: str, uid: str = "u1") -> dict:
+        return {"metadata": {"uid": uid, "resourceVersion": rv}}
+
+    bodies: dict = {}
+    store_newest(bodies, ("ns", "a"), version("5"))
+    store_newest(bodies, ("ns", "a"), version("4"))  # a lagging watch event
+    assert bodies[("ns", "a")]["metadata"]["resourceVersion"] == "5"
+    store_newest(bodies, ("ns", "a"), version("3", uid="u2"))  # a new object of that name
+    assert bodies[("ns", "a")]["metadata"]["uid"] == "u2"
