@@ -252,3 +252,14 @@ def start_operator(control_plane: Any, experiment_crd: Path, sweep_crd: Path,
     yield start
     for op in started:
         op.stop()
+        # Captured, so shown only when the test fails: what the operator said besides routine.
+        print(f"-- {op.log.name}, its last warnings and errors:")
+        print(*notable_lines(op.log), sep="\n")
+
+
+def notable_lines(log: Path, limit: int = 30) -> list[str]:
+    """The last `limit` lines of an operator's log at WARNING or above (kopf's and ours)."""
+    if not log.exists():
+        return []
+    lines = log.read_text(errors="replace").splitlines()
+    return [line[:400] for line in lines if "[WARNING" in line or "[ERROR" in line][-limit:]

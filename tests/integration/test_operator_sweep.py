@@ -66,10 +66,11 @@ def loss_of(learning_rate: float) -> float:
 
 
 def finish_pending(experiments: Experiments, trials: dict[str, dict[str, Any]],
-                   done: set[str]) -> None:
-    """Ends every trial whose pod exists: success with its loss, or failure (lr >= 1)."""
+                   done: set[str], only: set[str] | None = None) -> None:
+    """Ends every trial (of `only`, if given) whose pod exists: success with its loss, or
+    failure (lr >= 1)."""
     for name, trial in sorted(trials.items()):
-        if name in done:
+        if name in done or (only is not None and name not in only):
             continue
         pod = f"{name}-worker-0"
         if pod not in experiments.live_pods(name):
@@ -81,6 +82,20 @@ def finish_pending(experiments: Experiments, trials: dict[str, dict[str, Any]],
             report = json.dumps({"global_step": 100, "loss": loss_of(lr)})
             experiments.set_pod(pod, "Succeeded", exit_code=0, message=report)
         done.add(name)
+
+
+def finished(experiments: Experiments, sweeps: Sweeps, name: str, done: set[str],
+             only: set[str]) -> bool:
+    """Finishes the trials named in `only` as their pods appear, and no other (a next trial
+    the Sweep starts meanwhile is left running); True once they all are. If not, says what it
+    saw (wait_for reports the last exception on timeout)."""
+    trials = sweeps.trials(name)
+    finish_pending(experiments, trials, done, only)
+    if only <= done:
+        return True
+    seen = {n: ((t.get("status") or {}).get("phase"), sorted(experiments.live_pods(n)))
+            for n, t in sorted(trials.items())}
+    raise LookupError(f"{len(done)} finished ({sorted(done)}); trials (phase, pods): {seen}")
 
 
 def run_to_the_end(experiments: Experiments, sweeps: Sweeps, name: str,
@@ -180,13 +195,13 @@ def test_a_killed_operator_resumes_the_sweep_without_duplicates(
     done: set[str] = set()
     # Two trials running, then two more after the first two end.
     wait_for(lambda: len(sweeps.trials("lr")) == 2, 30, "the first two trials")
-    wait_for(lambda: finish_pending(experiments, sweeps.trials("lr"), done) or len(done) == 2,
-             30, "their pods")
+    wait_for(lambda: finished(experiments, sweeps, "lr", done, {"lr-0", "lr-1"}), 30,
+             "their pods")
     wait_for(lambda: len(sweeps.trials("lr")) == 4, 30, "the next two trials")
     first.kill()
     # While it is down, the running trials' pods finish.
-    wait_for(lambda: finish_pending(experiments, sweeps.trials("lr"), done) or len(done) == 4,
-             30, "the running trials' pods")
+    wait_for(lambda: finished(experiments, sweeps, "lr", done, {"lr-2", "lr-3"}), 30,
+             "the running trials' pods")
     start_operator(namespace)
     status, _ = run_to_the_end(experiments, sweeps, "lr")
     trials = sweeps.trials("lr")
