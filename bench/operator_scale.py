@@ -3,7 +3,8 @@ training-operator creating the equivalent TFJob, on the same API server in the s
 both operators' API clients held to the same client-side rate limits.
 
     python bench/operator_scale.py [--sizes 10,100,1000] [--repeats 5]
-        [--modes equal-500,equal-20] [--small-job RUNS] [--no-peer] [--json FILE]
+        [--modes equal-500,equal-20] [--small-job RUNS] [--many COUNTS] [--no-floor]
+        [--no-peer] [--json FILE]
 
 The control plane comes from tests/cluster (built once into ~/.cache/kubelearn). The peer is
 `go install github.com/kubeflow/training-operator/cmd/training-operator.v1@v1.9.2` into
@@ -27,6 +28,19 @@ operators' creation path and the API server, the same for both.
 from creating a 4-worker experiment to all its pods existing (services are not waited for),
 RUNS times per operator (alternating which goes first), reported as p50 and p95. Give
 --sizes "" to measure only that.
+
+The floor (unless --no-floor), in the first mode: for each size and repeat, the objects
+kubelearn makes for that Experiment (its own plan, from its pure builders) created by a bare
+client (bench/bare_create.py: one aiohttp session, no rate limit, the operator's concurrency,
+nothing else), in a namespace no operator serves, timed the same way; reported as each
+operator's median over the floor's. Beside every operator run: the operator's CPU seconds from
+the create to all objects seen, and its peak RSS once a size is done.
+
+--many COUNTS (e.g. 1,10,100,500), in the first mode of equal limits: COUNTS experiments of 4
+workers created at once (16 creates in flight from this process), per operator: the seconds
+until every pod exists, the reconcile p95 over that time (the bucket bound of each operator's
+reconcile-time histogram: kubelearn_reconcile_duration_seconds, controller-runtime's
+controller_runtime_reconcile_time_seconds for tfjob-controller), its CPU seconds and memory.
 
 What the peer needs outside a cluster (its webhook certificate machinery; see start_peer):
 namespace kubeflow holding an empty Secret training-operator-webhook-cert, which its cert
@@ -59,6 +73,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,6 +390,69 @@ def measure(api: client.ApiClient, namespace: str, body: dict[str, Any], plural:
     return max(c.done_at for c in counters if c.done_at) - start
 
 
+def measure_floor(api: client.ApiClient, cp: Any, namespace: str, replicas: int,
+                  timeout: float) -> float:
+    """The same objects as kubelearn makes for an Experiment of `replicas` workers, created
+    by a bare client (bare_create.py) in a namespace no operator serves, timed the same way:
+    from the go to the watches seeing all pods and services."""
+    body = experiment(f"exp{replicas}", replicas)
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "kubelearn.dev", "v1alpha1", namespace, "experiments", body)
+    creator = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "bare_create.py"), cp.server, str(cp.ca_file),
+         cp.admin_token, namespace, body["metadata"]["name"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert creator.stdin is not None and creator.stdout is not None
+    try:
+        if creator.stdout.readline().strip() != "ready":
+            raise RuntimeError("bare_create.py did not get ready")
+        counters = [Counter(api, kind, namespace, replicas) for kind in ("pods", "services")]
+        for c in counters:
+            c.start()
+            c.ready.wait(30)
+        start = time.monotonic()
+        creator.stdin.write("go\n")
+        creator.stdin.flush()
+        for c in counters:
+            if not c.finished.wait(max(timeout - (time.monotonic() - start), 0)):
+                raise TimeoutError(f"floor: only {len(c.names)}/{replicas} {c.kind}")
+        creator.wait(60)
+        if creator.returncode:
+            raise RuntimeError(f"bare_create.py exited with {creator.returncode}")
+        return max(c.done_at for c in counters if c.done_at) - start
+    finally:
+        if creator.poll() is None:
+            creator.kill()
+            creator.wait()
+
+
+def measure_many(api: client.ApiClient, who: str, namespace: str, count: int,
+                 running: Running, timeout: float) -> dict[str, Any]:
+    """`count` Experiments (or TFJobs) of SMALL_JOB workers created at once (16 at a time from
+    this process): the seconds until every pod exists, the operator's reconcile p95 over that
+    time (the bucket bound) and its memory after."""
+    make = kubelearn_run if who == "kubelearn" else peer_run
+    jobs = [make(namespace, SMALL_JOB, f"-{i}") for i in range(count)]
+    custom = client.CustomObjectsApi(api)
+    counter = Counter(api, "pods", namespace, SMALL_JOB * count)
+    counter.start()
+    counter.ready.wait(30)
+    before = reconcile_buckets(who, running.metrics)
+    cpu = cpu_seconds(running.proc.pid)
+    start = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda job: custom.create_namespaced_custom_object(
+            job[4], job[5], namespace, job[3], job[2]), jobs))
+    if not counter.finished.wait(timeout):
+        raise TimeoutError(f"{who}: only {len(counter.names)}/{SMALL_JOB * count} pods")
+    seconds = (counter.done_at or time.monotonic()) - start
+    time.sleep(1)  # the reconciles that wrote the last pods' status have ended
+    p95 = bucket_percentile(before, reconcile_buckets(who, running.metrics), 95)
+    return {"seconds": seconds, "reconcile_p95_le": p95,
+            "cpu_seconds": cpu_seconds(running.proc.pid) - cpu,
+            **memory_mib(running.proc.pid)}
+
+
 def make_namespace(core: client.CoreV1Api, name: str) -> None:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     deadline = time.monotonic() + 30
@@ -414,11 +492,67 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     procs.clear()
 
 
-def start_ours(cp: Any, mode: Mode, namespaces: list[str],
-               log: Path) -> subprocess.Popen[bytes]:
+@dataclass
+class Running:
+    """A started operator: its process and where its Prometheus metrics are."""
+    proc: subprocess.Popen[bytes]
+    metrics: str
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident (VmRSS) and peak resident (VmHWM) memory of a process, MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+#: The reconcile-time histogram of each operator: (metric, a label it must carry).
+RECONCILE_HISTOGRAMS = {
+    "kubelearn": ("kubelearn_reconcile_duration_seconds_bucket", ""),
+    "training-operator": ("controller_runtime_reconcile_time_seconds_bucket",
+                          'controller="tfjob-controller"')}
+
+
+def reconcile_buckets(who: str, url: str) -> dict[float, float]:
+    """Cumulative counts of the operator's reconcile-time histogram, by upper bound."""
+    metric, label = RECONCILE_HISTOGRAMS[who]
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and label in line:
+            labels, _, value = line.rpartition(" ")
+            bound = labels.split('le="', 1)[1].split('"', 1)[0]
+            key = float("inf") if bound == "+Inf" else float(bound)
+            buckets[key] = buckets.get(key, 0.0) + float(value)
+    return buckets
+
+
+def bucket_percentile(before: dict[float, float], after: dict[float, float],
+                      pct: float) -> float | None:
+    """The upper bound of the bucket holding the percentile of the reconciles between two
+    readings of a histogram (None when there were none)."""
+    delta = {b: after[b] - before.get(b, 0.0) for b in sorted(after)}
+    total = delta.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    return next(b for b, count in delta.items() if count >= total * pct / 100)
+
+
+def start_ours(cp: Any, mode: Mode, namespaces: list[str], log: Path) -> Running:
     pythonpath = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "runner"), str(ROOT),
                                   *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, **cp.env, "KUBELEARN_METRICS_PORT": "0",
+    metrics_port = free_port()
+    env = {**os.environ, **cp.env, "KUBELEARN_METRICS_PORT": str(metrics_port),
            "KUBELEARN_RESYNC_SECONDS": "30", "PYTHONPATH": pythonpath,
            "KUBELEARN_API_QPS": f"{mode.ours[0]:g}", "KUBELEARN_API_BURST": str(mode.ours[1])}
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
@@ -432,19 +566,19 @@ def start_ours(cp: Any, mode: Mode, namespaces: list[str],
     except BaseException:
         stop([proc])
         raise
-    return proc
+    return Running(proc, f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 def start_peer(peer: Path, cp: Any, core: client.CoreV1Api, mode: Mode, webhook_port: int,
-               peer_tmp: Path, log: Path) -> subprocess.Popen[bytes]:
+               peer_tmp: Path, log: Path) -> Running:
     """The peer with mode's limits, once its webhook server listens and its controller runs.
     v1.9 serves one namespace or all of them: give it all, it only finds TFJobs."""
-    probe = free_port()
+    probe, metrics_port = free_port(), free_port()
     proc = subprocess.Popen(
         [str(peer), "--enable-scheme=tfjob", "--leader-elect=false",
          f"--kube-api-qps={mode.peer[0]:g}", f"--kube-api-burst={mode.peer[1]}",
          f"--kubeconfig={cp.kubeconfig}", f"--webhook-server-port={webhook_port}",
-         f"--metrics-bind-address=127.0.0.1:{free_port()}",
+         f"--metrics-bind-address=127.0.0.1:{metrics_port}",
          f"--health-probe-bind-address=127.0.0.1:{probe}"],
         env={**os.environ, "KUBECONFIG": str(cp.kubeconfig), "MY_POD_NAMESPACE": PEER_NAMESPACE,
              "TMPDIR": str(peer_tmp)},
@@ -462,7 +596,7 @@ def start_peer(peer: Path, cp: Any, core: client.CoreV1Api, mode: Mode, webhook_
     except BaseException:
         stop([proc])
         raise
-    return proc
+    return Running(proc, f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -479,14 +613,14 @@ def percentile(runs: list[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def kubelearn_run(namespace: str, replicas: int) -> tuple[Any, ...]:
-    return ("kubelearn", namespace, experiment(f"exp{replicas}", replicas), "experiments",
-            "kubelearn.dev", "v1alpha1")
+def kubelearn_run(namespace: str, replicas: int, suffix: str = "") -> tuple[Any, ...]:
+    return ("kubelearn", namespace, experiment(f"exp{replicas}{suffix}", replicas),
+            "experiments", "kubelearn.dev", "v1alpha1")
 
 
-def peer_run(namespace: str, replicas: int) -> tuple[Any, ...]:
-    return ("training-operator", namespace, tfjob(f"tfjob{replicas}", replicas), "tfjobs",
-            "kubeflow.org", "v1")
+def peer_run(namespace: str, replicas: int, suffix: str = "") -> tuple[Any, ...]:
+    return ("training-operator", namespace, tfjob(f"tfjob{replicas}{suffix}", replicas),
+            "tfjobs", "kubeflow.org", "v1")
 
 
 def main() -> int:
@@ -501,10 +635,16 @@ def main() -> int:
     parser.add_argument("--small-job", type=int, default=0, metavar="RUNS",
                         help=f"also the latency of a {SMALL_JOB}-worker job, RUNS times per "
                              "operator, in modes of equal limits (p50 and p95)")
+    parser.add_argument("--many", default="", metavar="COUNTS",
+                        help=f"also COUNTS (e.g. 1,10,100,500) experiments of {SMALL_JOB} workers "
+                             "created at once, in the first mode of equal limits")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the bare client's creation of the same objects")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    many = [int(s) for s in args.many.split(",") if s.strip()]
     modes = [m for m in MODES if m.name in args.modes.split(",")]
     defaults = Mode("defaults", OURS_DEFAULTS, PEER_DEFAULTS)
     # Each at its own defaults costs no run when the modes above already measured both.
@@ -534,8 +674,13 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     # results[mode][operator][replicas] = seconds of each repeat
     results: dict[str, dict[str, dict[int, list[float]]]] = {}
+    # cpu[mode][operator][replicas] = CPU seconds of each repeat; peak[...][replicas] = MiB
+    cpu: dict[str, dict[str, dict[int, list[float]]]] = {}
+    peak: dict[str, dict[str, dict[int, float]]] = {}
     # small[mode][operator] = seconds of each small job
     small: dict[str, dict[str, list[float]]] = {}
+    # crowd[operator][count] = measure_many's figures
+    crowd: dict[str, dict[int, dict[str, Any]]] = {}
     try:
         api = config.new_client_from_config(config_file=str(cp.kubeconfig))
         core = client.CoreV1Api(api)
@@ -550,35 +695,54 @@ def main() -> int:
             say(f"mode {mode.name}: kubelearn at {limits(mode.ours)}, training-operator at "
                 f"{limits(mode.peer)} (QPS/burst)")
             small_runs = args.small_job if mode.ours == mode.peer else 0
+            floor = m == 0 and not args.no_floor
+            counts = many if mode.ours == mode.peer and not crowd else []
             ours_ns = [f"ours-{mode.name}-{n}-{r}" for n in sizes for r in range(args.repeats)]
             peer_ns = [f"peer-{mode.name}-{n}-{r}" for n in sizes for r in range(args.repeats)]
             ours_ns += [f"ours-{mode.name}-small-{r}" for r in range(small_runs)]
             peer_ns += [f"peer-{mode.name}-small-{r}" for r in range(small_runs)]
-            for ns in ours_ns + (peer_ns if peer else []):
+            ours_ns += [f"ours-many-{c}" for c in counts]
+            peer_ns += [f"peer-many-{c}" for c in counts]
+            floor_ns = [f"floor-{n}-{r}" for n in sizes for r in range(args.repeats)] * floor
+            for ns in ours_ns + (peer_ns if peer else []) + floor_ns:
                 make_namespace(core, ns)
-            procs.append(start_ours(cp, mode, ours_ns, work / f"ours-{mode.name}.log"))
+            running = {"kubelearn": start_ours(cp, mode, ours_ns,
+                                               work / f"ours-{mode.name}.log")}
             if peer:
-                procs.append(start_peer(peer, cp, core, mode, webhook_port, work / "peer-tmp",
-                                        work / f"peer-{mode.name}.log"))
+                running["training-operator"] = start_peer(
+                    peer, cp, core, mode, webhook_port, work / "peer-tmp",
+                    work / f"peer-{mode.name}.log")
+            procs.extend(r.proc for r in running.values())
             time.sleep(3)  # both list and start watching
             for proc in procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"an operator exited early; see {work}")
 
-            res = results[mode.name] = {"kubelearn": {}, "training-operator": {}}
+            res = results[mode.name] = {"kubelearn": {}, "training-operator": {}, "floor": {}}
+            used = cpu[mode.name] = {who: {} for who in running}
+            peaks = peak[mode.name] = {who: {} for who in running}
             for i, n in enumerate(sizes):
                 for r in range(args.repeats):
                     runs = [kubelearn_run(f"ours-{mode.name}-{n}-{r}", n)]
                     if peer:
                         runs.append(peer_run(f"peer-{mode.name}-{n}-{r}", n))
+                    if floor:
+                        runs.append(("floor", f"floor-{n}-{r}"))
                     if (m + i + r) % 2:
                         runs.reverse()
-                    for who, ns, body, plural, group, version in runs:
-                        seconds = measure(api, ns, body, plural, group, version, n,
-                                          args.timeout)
+                    for who, ns, *job in runs:
+                        if who == "floor":
+                            seconds = measure_floor(api, cp, ns, n, args.timeout)
+                        else:
+                            before = cpu_seconds(running[who].proc.pid)
+                            seconds = measure(api, ns, *job, n, args.timeout)
+                            used[who].setdefault(n, []).append(
+                                cpu_seconds(running[who].proc.pid) - before)
                         res[who].setdefault(n, []).append(seconds)
                         say(f"{mode.name:9s} {who:18s} {n:5d} replicas: {seconds:7.2f} s")
                         drop_namespace(core, ns)
+                for who, one in running.items():
+                    peaks[who][n] = memory_mib(one.proc.pid)["VmHWM"]
             if small_runs:
                 lat = small[mode.name] = {"kubelearn": [], "training-operator": []}
             for r in range(small_runs):
@@ -593,10 +757,23 @@ def main() -> int:
                     lat[who].append(seconds)
                     say(f"{mode.name:9s} {who:18s} small job {r + 1:2d}: {seconds * 1000:7.1f} ms")
                     drop_namespace(core, ns)
+            for count in counts:
+                for who in sorted(running, reverse=bool(count % 2)):
+                    ns = f"{'ours' if who == 'kubelearn' else 'peer'}-many-{count}"
+                    figures = measure_many(api, who, ns, count, running[who], args.timeout)
+                    crowd.setdefault(who, {})[count] = figures
+                    say(f"{mode.name:9s} {who:18s} {count:4d} experiments: "
+                        f"{figures['seconds']:7.2f} s")
+                    drop_namespace(core, ns)
             stop(procs)
 
         if sizes:
             report(modes, sizes, results, defaults, bool(peer))
+            report_cost(cpu, peak)
+        if floor_of(results):
+            report_floor(results)
+        if crowd:
+            report_many(crowd)
         if small:
             report_small(small)
         if not peer:
@@ -606,7 +783,8 @@ def main() -> int:
                 "peer": f"training-operator {PEER_VERSION}" if peer else None,
                 "modes": {m.name: {"kubelearn_qps_burst": m.ours,
                                    "training_operator_qps_burst": m.peer} for m in modes},
-                "results": results,
+                "results": results, "cpu_seconds": cpu, "peak_rss_mib": peak,
+                "many": crowd,
                 "small_job": {"workers": SMALL_JOB, "seconds": small} if small else None},
                 indent=2))
         return 0
@@ -671,6 +849,61 @@ def report_small(small: dict[str, dict[str, list[float]]]) -> None:
               f"{ratios[1]:>9}")
     print("ratio: training-operator's percentile over kubelearn's (above 1, kubelearn is "
           "faster)")
+
+
+def report_cost(cpu: dict[str, dict[str, dict[int, list[float]]]],
+                peak: dict[str, dict[str, dict[int, float]]]) -> None:
+    """Per mode and size: each operator's CPU seconds for one creation (median of the
+    repeats, from the create to all objects seen) and its peak RSS once the size was done."""
+    print("\noperator cost: CPU seconds per creation (median), peak RSS MiB after the size")
+    print(f"{'mode':<10} {'replicas':>8}  {'kubelearn CPU s':>15}  {'peer CPU s':>10}  "
+          f"{'kubelearn peak MiB':>18}  {'peer peak MiB':>13}")
+    for mode, used in cpu.items():
+        ours, theirs = used.get("kubelearn", {}), used.get("training-operator", {})
+        for n in sorted(ours):
+            cells = [f"{statistics.median(ours[n]):.2f}",
+                     f"{statistics.median(theirs[n]):.2f}" if n in theirs else "-",
+                     f"{peak[mode]['kubelearn'][n]:.0f}",
+                     f"{peak[mode]['training-operator'][n]:.0f}"
+                     if "training-operator" in peak[mode] else "-"]
+            print(f"{mode:<10} {n:>8}  {cells[0]:>15}  {cells[1]:>10}  {cells[2]:>18}  "
+                  f"{cells[3]:>13}")
+
+
+def floor_of(results: dict[str, dict[str, dict[int, list[float]]]]) -> str | None:
+    """The mode whose repeats include the bare client's."""
+    return next((mode for mode, res in results.items() if res.get("floor")), None)
+
+
+def report_floor(results: dict[str, dict[str, dict[int, list[float]]]]) -> None:
+    """Per size: the bare client's min/median/max and each operator's median over it."""
+    mode = floor_of(results)
+    assert mode is not None
+    res = results[mode]
+    print(f"\nthe floor ({mode}): the same objects by a bare client, no rate limit, "
+          f"{Settings.create_concurrency} in flight")
+    print(f"{'replicas':>8}  {'floor min/med/max s':>20}  {'kubelearn / floor':>17}  "
+          f"{'peer / floor':>12}")
+    for n, runs in sorted(res["floor"].items()):
+        base = statistics.median(runs)
+        ours = statistics.median(res["kubelearn"][n]) / base
+        theirs = (f"{statistics.median(res['training-operator'][n]) / base:.2f}x"
+                  if res["training-operator"].get(n) else "-")
+        print(f"{n:>8}  {spread(runs):>20}  {f'{ours:.2f}x':>17}  {theirs:>12}")
+
+
+def report_many(crowd: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """Per count of small experiments created at once: seconds to all pods, reconcile p95
+    (the histogram's bucket bound), CPU seconds and memory, each operator."""
+    print(f"\nmany experiments of {SMALL_JOB} workers created at once")
+    print(f"{'operator':<18} {'count':>5}  {'all pods s':>10}  {'reconcile p95 <=':>16}  "
+          f"{'CPU s':>6}  {'RSS MiB':>7}  {'peak MiB':>8}")
+    for who, figures in crowd.items():
+        for count, f in sorted(figures.items()):
+            p95 = f["reconcile_p95_le"]
+            print(f"{who:<18} {count:>5}  {f['seconds']:>10.2f}  "
+                  f"{f'{p95:g} s' if p95 is not None else '-':>16}  {f['cpu_seconds']:>6.2f}  "
+                  f"{f['VmRSS']:>7.0f}  {f['VmHWM']:>8.0f}")
 
 
 if __name__ == "__main__":

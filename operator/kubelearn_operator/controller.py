@@ -59,19 +59,22 @@ def store_newest(bodies: dict[Key, dict[str, Any]], key: Key, body: Mapping[str,
         bodies[key] = dict(body)
 
 
+def plan_options(settings: Settings) -> Options:
+    """The settings a plan depends on."""
+    return Options(default_image=settings.image, image_pull_policy=settings.image_pull_policy,
+                   tensorboard_image=settings.tensorboard_image,
+                   cluster_domain=settings.cluster_domain,
+                   inline_cluster_max=settings.inline_cluster_max,
+                   network_policy=settings.network_policy, encrypt_wire=settings.encrypt_wire)
+
+
 class Controller:
     def __init__(self, settings: Settings, client: KubeClient,
                  clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
         self.client = client
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self.options = Options(default_image=settings.image,
-                               image_pull_policy=settings.image_pull_policy,
-                               tensorboard_image=settings.tensorboard_image,
-                               cluster_domain=settings.cluster_domain,
-                               inline_cluster_max=settings.inline_cluster_max,
-                               network_policy=settings.network_policy,
-                               encrypt_wire=settings.encrypt_wire)
+        self.options = plan_options(settings)
         self.queue = WorkQueue()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._pods: dict[str, Informer[PodState]] = {}
