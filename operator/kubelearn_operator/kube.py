@@ -207,26 +207,30 @@ class KubeClient:
 
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: Mapping[str, str] | None = None,
-                      content_type: str = "application/json", background: bool = False) -> Any:
+                      content_type: str = "application/json", background: bool = False,
+                      decode: bool = True) -> Any:
         """One request within the rate limit; ``background`` ones (Events, clean-up) go only
-        when no other request waits (RateLimiter)."""
+        when no other request waits (RateLimiter). Without ``decode`` the answer of a
+        successful request is read and dropped (None)."""
         if background:
             # Waiting for the budget outside the concurrency bound: a queue of background
             # requests never holds the slots essential ones need.
             await self.limiter.acquire(background=True)
             async with self.semaphore:
-                return await self._request(method, path, body, params, content_type)
+                return await self._request(method, path, body, params, content_type, decode)
         async with self.semaphore:
             await self.limiter.acquire()
-            return await self._request(method, path, body, params, content_type)
+            return await self._request(method, path, body, params, content_type, decode)
 
     async def _request(self, method: str, path: str, body: Any,
-                       params: Mapping[str, str] | None, content_type: str) -> Any:
+                       params: Mapping[str, str] | None, content_type: str,
+                       decode: bool) -> Any:
         response = await self._send(method, path, body=body, params=params,
                                     content_type=content_type,
                                     timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         async with response:
-            return _decode(await response.read())
+            data = await response.read()
+        return _decode(data) if decode else None
 
     async def stream(self, path: str, params: Mapping[str, str],
                      read_timeout: float) -> AsyncIterator[dict[str, Any]]:
@@ -247,9 +251,11 @@ class KubeClient:
 
     # -- helpers ---------------------------------------------------------------------------
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
-        """POST; False when it already exists (409), which with deterministic names is success."""
+        """POST; False when it already exists (409), which with deterministic names is success.
+        The created object that the server sends back is not decoded: a pod's is kilobytes of
+        JSON, and the caches see it anyway."""
         try:
-            await self.request("POST", path, body=body)
+            await self.request("POST", path, body=body, decode=False)
         except ApiError as error:
             if error.status == 409:
                 return False
