@@ -40,8 +40,7 @@ def tune_gc() -> None:
     never scanned again; and the young generations are collected far less often."""
     gc.collect()
     gc.freeze()
-    thresholds = os.environ.get("KUBELEARN_GC_THRESHOLDS")
-    gc.set_threshold(*(map(int, thresholds.split(",")) if thresholds else GC_THRESHOLDS))
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(argv: list[str] | None = None) -> None:
