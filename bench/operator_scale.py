@@ -16,6 +16,7 @@ Modes, one after the other against the same API server (both operators restarted
   equal-20    both at QPS 20 / burst 30 (training-operator's and controller-runtime's defaults)
   defaults    each at its own defaults: no extra run when kubelearn's defaults are 500/1000
               and the peer's 20/30, it is read off the two modes above
+--modes runs exactly the modes it names; without it, all of them.
 kubelearn takes its limits from KUBELEARN_API_QPS / KUBELEARN_API_BURST, the peer from
 --kube-api-qps / --kube-api-burst.
 
@@ -630,8 +631,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,100,1000", help='"" for none')
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--modes", default=",".join(m.name for m in MODES),
-                        help=f"any of {', '.join(m.name for m in MODES)}")
+    parser.add_argument("--modes", help=f"any of {', '.join(m.name for m in MODES)}, defaults "
+                                         "(exactly these; by default all, and defaults when "
+                                         "they do not already measure it)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds one creation may take (at 20 QPS 1000 replicas take "
                              "minutes)")
@@ -648,12 +650,15 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     many = [int(s) for s in args.many.split(",") if s.strip()]
-    modes = [m for m in MODES if m.name in args.modes.split(",")]
     defaults = Mode("defaults", OURS_DEFAULTS, PEER_DEFAULTS)
-    # Each at its own defaults costs no run when the modes above already measured both.
-    if not args.no_peer and sizes and (not any(m.ours == OURS_DEFAULTS for m in modes)
-                             or not any(m.peer == PEER_DEFAULTS for m in modes)):
-        modes.append(defaults)
+    if args.modes is not None:
+        modes = [m for m in [*MODES, defaults] if m.name in args.modes.split(",")]
+    else:
+        modes = list(MODES)
+        # Each at its own defaults costs no run when the modes above already measured both.
+        if not args.no_peer and sizes and (not any(m.ours == OURS_DEFAULTS for m in modes)
+                                           or not any(m.peer == PEER_DEFAULTS for m in modes)):
+            modes.append(defaults)
     # A plain SIGTERM still stops both operators and the control plane (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -818,9 +823,11 @@ def report(modes: list[Mode], sizes: list[int], results: dict[str, dict[str, dic
             res = results[mode.name]
             rows.append((f"{mode.name} ({limits(mode.ours)} vs {limits(mode.peer)})", n,
                          res["kubelearn"][n], res["training-operator"].get(n)))
-    if defaults not in modes and peer:
-        ours_mode = next(m for m in modes if m.ours == OURS_DEFAULTS)
-        peer_mode = next(m for m in modes if m.peer == PEER_DEFAULTS)
+    ours_mode = next((m for m in modes if m.ours == OURS_DEFAULTS), None)
+    peer_mode = next((m for m in modes if m.peer == PEER_DEFAULTS), None)
+    derived = defaults not in modes and peer and ours_mode and peer_mode
+    if derived:
+        assert ours_mode is not None and peer_mode is not None
         for n in sizes:
             rows.append((f"defaults ({limits(OURS_DEFAULTS)} vs {limits(PEER_DEFAULTS)})*", n,
                          results[ours_mode.name]["kubelearn"][n],
@@ -834,7 +841,7 @@ def report(modes: list[Mode], sizes: list[int], results: dict[str, dict[str, dic
         print(f"{label:<{width}} {n:>8}  {spread(ours):>22}  "
               f"{spread(theirs) if theirs else '-':>31}  "
               f"{f'{ratio:.1f}x' if ratio else '-':>6}")
-    if defaults not in modes and peer:
+    if derived:
         print("* read off the modes above, not a run of its own")
     repeats = {len(r[2]) for r in rows}
     print(f"runs per cell: {', '.join(map(str, sorted(repeats)))}; ratio: median of "
