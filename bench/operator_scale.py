@@ -42,7 +42,8 @@ the create to all objects seen, and its peak RSS once a size is done.
 
 --many COUNTS (e.g. 1,10,100,500), in the first mode of equal limits: COUNTS experiments of 4
 workers created at once (16 creates in flight from this process), per operator: the seconds
-until every pod exists, the reconcile p95 over that time (the bucket bound of each operator's
+until every pod exists, its requests to the API server (its own counter of them), the reconcile
+p95 over that time (the bucket bound of each operator's
 reconcile-time histogram: kubelearn_reconcile_duration_seconds, controller-runtime's
 controller_runtime_reconcile_time_seconds for tfjob-controller), its CPU seconds and memory.
 
@@ -441,7 +442,7 @@ def measure_many(api: client.ApiClient, who: str, namespace: str, count: int,
     counter = Counter(api, "pods", namespace, SMALL_JOB * count)
     counter.start()
     counter.ready.wait(30)
-    before = reconcile_buckets(who, running.metrics)
+    before = scrape(running.metrics)
     cpu = cpu_seconds(running.proc.pid)
     start = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
@@ -451,8 +452,10 @@ def measure_many(api: client.ApiClient, who: str, namespace: str, count: int,
         raise TimeoutError(f"{who}: only {len(counter.names)}/{SMALL_JOB * count} pods")
     seconds = (counter.done_at or time.monotonic()) - start
     time.sleep(1)  # the reconciles that wrote the last pods' status have ended
-    p95 = bucket_percentile(before, reconcile_buckets(who, running.metrics), 95)
+    after = scrape(running.metrics)
+    p95 = bucket_percentile(reconcile_buckets(who, before), reconcile_buckets(who, after), 95)
     return {"seconds": seconds, "reconcile_p95_le": p95,
+            "requests": requests_made(who, after) - requests_made(who, before),
             "cpu_seconds": cpu_seconds(running.proc.pid) - cpu,
             **memory_mib(running.proc.pid)}
 
@@ -526,11 +529,26 @@ RECONCILE_HISTOGRAMS = {
                           'controller="tfjob-controller"')}
 
 
-def reconcile_buckets(who: str, url: str) -> dict[float, float]:
+#: Each operator's count of its requests to the API server (all methods and answers).
+REQUEST_COUNTERS = {"kubelearn": "kubelearn_api_requests_total",
+                    "training-operator": "rest_client_requests_total"}
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def requests_made(who: str, text: str) -> float:
+    """The operator's requests to the API server so far, from its metrics."""
+    metric = REQUEST_COUNTERS[who]
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith(metric + "{"))
+
+
+def reconcile_buckets(who: str, text: str) -> dict[float, float]:
     """Cumulative counts of the operator's reconcile-time histogram, by upper bound."""
     metric, label = RECONCILE_HISTOGRAMS[who]
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
     buckets: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(metric + "{") and label in line:
@@ -914,13 +932,14 @@ def report_many(crowd: dict[str, dict[int, dict[str, Any]]]) -> None:
     (the histogram's bucket bound), CPU seconds and memory, each operator."""
     print(f"\nmany experiments of {SMALL_JOB} workers created at once")
     print(f"{'operator':<18} {'count':>5}  {'all pods s':>10}  {'reconcile p95 <=':>16}  "
-          f"{'CPU s':>6}  {'RSS MiB':>7}  {'peak MiB':>8}")
+          f"{'requests':>8}  {'CPU s':>6}  {'RSS MiB':>7}  {'peak MiB':>8}")
     for who, figures in crowd.items():
         for count, f in sorted(figures.items()):
             p95 = f["reconcile_p95_le"]
             print(f"{who:<18} {count:>5}  {f['seconds']:>10.2f}  "
-                  f"{f'{p95:g} s' if p95 is not None else '-':>16}  {f['cpu_seconds']:>6.2f}  "
-                  f"{f['VmRSS']:>7.0f}  {f['VmHWM']:>8.0f}")
+                  f"{f'{p95:g} s' if p95 is not None else '-':>16}  {f['requests']:>8.0f}  "
+                  f"{f['cpu_seconds']:>6.2f}  {f['VmRSS']:>7.0f}  {f['VmHWM']:>8.0f}")
+    print("requests: to the API server while the count was measured (and 1 s after)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from . import metrics
+
 #: The Status cause of a create in a namespace that is being deleted (core/v1).
 NAMESPACE_TERMINATING = "NamespaceTerminating"
 #: Seconds one request may take, from sending it to the last byte of its answer.
@@ -198,11 +200,16 @@ class KubeClient:
         the caller reads (and releases) a successful response, errors raise ApiError."""
         for attempt in (1, 2):
             token = self._token()
-            response = await self.api.call_api(
-                path, method, query_params=list((params or {}).items()),
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=timeout)
+            try:
+                response = await self.api.call_api(
+                    path, method, query_params=list((params or {}).items()),
+                    header_params={"Content-Type": content_type, "Accept": "application/json"},
+                    body=body, auth_settings=["BearerToken"], _preload_content=False,
+                    _request_timeout=timeout)
+            except Exception:
+                metrics.API_REQUESTS.labels(method=method, code="<error>").inc()
+                raise
+            metrics.API_REQUESTS.labels(method=method, code=str(response.status)).inc()
             if response.status < 400:
                 return response
             async with response:

@@ -16,6 +16,11 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY)
 
+#: Requests to the API server by method and answer, as client-go's rest_client_requests_total
+#: counts them (code "<error>" when no answer came).
+API_REQUESTS = Counter("kubelearn_api_requests_total", "Requests to the Kubernetes API server.",
+                       ["method", "code"], registry=REGISTRY)
+
 
 def count(name: str, namespace: str) -> None:
     _COUNTERS[name].labels(namespace=namespace).inc()
