@@ -10,6 +10,7 @@ callbacks around every save.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,23 +117,24 @@ class SaveTimer:
         self._clock = clock
         self.last_step: int | None = None
         self._last_time = clock()
+        # The first step at which a save is due by count; checked before the clock, as it
+        # is asked after every step.
+        self._next_step: float = 0 if self.enabled else math.inf
 
     @property
     def enabled(self) -> bool:
         return bool(self.every_steps or self.every_secs)
 
     def due(self, step: int) -> bool:
-        if step == self.last_step or not (self.every_steps or self.every_secs):
-            return False
-        if self.last_step is None:
-            return True
-        if self.every_steps and step >= self.last_step + self.every_steps:
-            return True
-        return bool(self.every_secs and self._clock() - self._last_time >= self.every_secs)
+        if step >= self._next_step:
+            return step != self.last_step
+        return bool(self.every_secs and step != self.last_step
+                    and self._clock() - self._last_time >= self.every_secs)
 
     def saved(self, step: int) -> None:
         self.last_step = step
         self._last_time = self._clock()
+        self._next_step = step + self.every_steps if self.every_steps else math.inf
 
 
 class SavingListeners:
