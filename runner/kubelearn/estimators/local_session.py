@@ -25,6 +25,7 @@ class LocalSession:
         self._save_due = self._timer.due  # asked after every step
         self._listeners = SavingListeners(model.saving_listeners)
         self._optimizer = model.new_optimizer()
+        self._apply = self._optimizer.apply  # called at every step
         self._params: dict[str, np.ndarray] = {}
         self._step = 0
         self._saved_step = -1
@@ -53,7 +54,7 @@ class LocalSession:
         return self._step
 
     def apply(self, grads: Mapping[str, np.ndarray]) -> int:
-        self._optimizer.apply(self._params, grads)
+        self._apply(self._params, grads)
         self._step += 1
         return self._step
 

@@ -116,10 +116,10 @@ class SaveTimer:
         self.every_secs = every_secs or None
         self._clock = clock
         self.last_step: int | None = None
-        self._last_time = clock()
-        # The first step at which a save is due by count; checked before the clock, as it
-        # is asked after every step.
+        # When a save is next due, by count and by time: asked after every step, they are
+        # compared with, not recomputed.
         self._next_step: float = 0 if self.enabled else math.inf
+        self._deadline = clock() + self.every_secs if self.every_secs else math.inf
 
     @property
     def enabled(self) -> bool:
@@ -128,13 +128,14 @@ class SaveTimer:
     def due(self, step: int) -> bool:
         if step >= self._next_step:
             return step != self.last_step
-        return bool(self.every_secs and step != self.last_step
-                    and self._clock() - self._last_time >= self.every_secs)
+        return bool(self.every_secs and self._clock() >= self._deadline
+                    and step != self.last_step)
 
     def saved(self, step: int) -> None:
         self.last_step = step
-        self._last_time = self._clock()
         self._next_step = step + self.every_steps if self.every_steps else math.inf
+        if self.every_secs:
+            self._deadline = self._clock() + self.every_secs
 
 
 class SavingListeners:
