@@ -227,3 +227,25 @@ def test_regression_labels_take_the_short_path_only_when_no_conversion_is_needed
     classifier = LinearClassifier(n_classes=3, config=RunConfig(model_dir=str(tmp_path / "c")))
     with pytest.raises(ValueError, match="Labels must be in"):
         classifier._labels(np.array([0.0, 5.0], np.float32))
+
+
+def test_a_batch_is_converted_as_features_and_labels_are_one_by_one(tmp_path):
+    from kubelearn.estimators import LinearClassifier
+
+    regressor = LinearRegressor(config=RunConfig(model_dir=str(tmp_path / "r")))
+    classifier = LinearClassifier(n_classes=3, config=RunConfig(model_dir=str(tmp_path / "c")))
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    cases = [(regressor, x, np.arange(4, dtype=np.float32)),
+             (regressor, x, np.ones((4, 1), np.float32)),
+             (regressor, x.astype(np.float64), np.arange(4)),
+             (regressor, {"a": x[:, 0], "b": x[:, 1:]}, np.arange(4, dtype=np.float32)),
+             (classifier, x, np.array([0, 2, 1, 0]))]
+    for estimator, features, labels in cases:
+        xb, yb = estimator._batch(features, labels)
+        want_x, want_y = estimator._features(features), estimator._labels(labels)
+        assert xb.dtype == want_x.dtype and yb.dtype == want_y.dtype
+        np.testing.assert_array_equal(xb, want_x)
+        np.testing.assert_array_equal(yb, want_y)
+        assert yb.shape == want_y.shape
+    with pytest.raises(ValueError, match="Labels must be in"):
+        classifier._batch(x, np.array([0, 3, 1, 0]))

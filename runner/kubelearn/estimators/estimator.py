@@ -191,6 +191,16 @@ class Estimator:
                              f"{y.min()} to {y.max()}")
         return y.astype(np.int64)
 
+    def _batch(self, features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(self._features(features), self._labels(labels))`` in one call, with what a
+        regressor gets at every step (arrays of its dtype, labels of one column) checked
+        first."""
+        if (type(features) is np.ndarray and type(labels) is np.ndarray
+                and features.ndim == 2 and labels.ndim == 1
+                and features.dtype is self._dtype and labels.dtype is self._regression_dtype):
+            return features, labels[:, None]
+        return self._features(features), self._labels(labels)
+
     @functools.cached_property
     def _regression_dtype(self) -> np.dtype | None:
         """The dtype that regression labels need no conversion from; None for a
@@ -276,8 +286,7 @@ class Estimator:
         except StopIteration:
             log.warning("input_fn produced no data; nothing to train")
             return
-        x = self._features(features)
-        y = self._labels(labels)
+        x, y = self._batch(features, labels)
         session = self._training_session(saving_listeners)
         session.target_step = max_steps
         step = session.start(x.shape[1])
@@ -298,7 +307,7 @@ class Estimator:
         # as much as the math. Hooks that keep Hook's empty after_step are not called.
         loss_and_grads = self._network.loss_and_grads_function()
         params, apply, after_step = session.params, session.apply, session.after_step
-        features_of, labels_of, isfinite = self._features, self._labels, math.isfinite
+        batch_of, isfinite = self._batch, math.isfinite
         step_hooks = [hook.after_step for hook in hooks
                       if getattr(type(hook), "after_step", None) is not Hook.after_step]
         while target is None or step < target:
@@ -317,8 +326,7 @@ class Estimator:
             except StopIteration:
                 log.info("Input exhausted at global step %d", step)
                 break
-            x = features_of(features)
-            y = labels_of(labels)
+            x, y = batch_of(features, labels)
         done = session.finished or (max_steps is not None and step >= max_steps)
         session.close(done=done)
         for hook in hooks:
