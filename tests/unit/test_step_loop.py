@@ -249,3 +249,24 @@ def test_a_batch_is_converted_as_features_and_labels_are_one_by_one(tmp_path):
         assert yb.shape == want_y.shape
     with pytest.raises(ValueError, match="Labels must be in"):
         classifier._batch(x, np.array([0, 3, 1, 0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_sgd_apply_is_bitwise_the_python_float_formula(dtype):
+    rng = np.random.default_rng(5)
+    param = rng.normal(size=(7, 3)).astype(dtype)
+    grad = rng.normal(size=(7, 3)).astype(dtype)
+    optimizer = optimizers.GradientDescent(0.037)
+    for rate in (0.037, 0.5):  # a new rate takes effect at once
+        optimizer.learning_rate = rate
+        expected = param - rate * grad
+        optimizer.apply({"w": param}, {"w": grad})
+        np.testing.assert_array_equal(param, expected)
+        assert param.dtype == dtype
+
+
+def test_sgd_rate_for_a_non_float_gradient_stays_the_float():
+    optimizer = optimizers.GradientDescent(0.25)
+    assert optimizer._rate_as(np.dtype(np.int64)) == 0.25
+    rate = optimizer._rate_as(np.dtype(np.float32))
+    assert rate.dtype == np.float32 and rate.shape == () and not rate.flags.writeable
