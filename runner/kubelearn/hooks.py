@@ -72,17 +72,22 @@ class LoggingHook(Hook):
         self.every_n_steps = every_n_steps
         self._last_step = 0
         self._last_time = 0.0
+        self._next_step: float = every_n_steps or math.inf  # the step of the next line
 
     def begin(self, context: StepContext) -> None:
         self._last_step, self._last_time = context.step, time.monotonic()
+        self._next_step = context.step + self.every_n_steps if self.every_n_steps else math.inf
 
     def after_step(self, context: StepContext) -> None:
-        if self.every_n_steps and context.step - self._last_step >= self.every_n_steps:
-            now = time.monotonic()
-            rate = (context.step - self._last_step) / max(now - self._last_time, 1e-9)
-            log.info("global_step = %d, loss = %.6g (%.1f steps/sec)", context.step,
-                     context.loss, rate)
-            self._last_step, self._last_time = context.step, now
+        if context.step >= self._next_step:
+            self._log(context.step, context.loss)
+
+    def _log(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        log.info("global_step = %d, loss = %.6g (%.1f steps/sec)", step, loss, rate)
+        self._last_step, self._last_time = step, now
+        self._next_step = step + self.every_n_steps
 
 
 class GlobalStepWaiterHook(Hook):
@@ -179,7 +184,7 @@ class ProgressHook(Hook):
         self.every_secs = every_secs
         self.sync_replicas = (sync_replicas if isinstance(sync_replicas, int)
                               and sync_replicas > 1 else None)
-        self._last = 0.0
+        self._next = -math.inf  # when the next write is due (monotonic seconds)
         self._rate_from: tuple[float, int] | None = None
 
     def begin(self, context: StepContext) -> None:
@@ -187,7 +192,7 @@ class ProgressHook(Hook):
 
     def after_step(self, context: StepContext) -> None:
         now = time.monotonic()
-        if now - self._last >= self.every_secs:
+        if now >= self._next:
             self._write(context, now)
 
     def end(self, context: StepContext) -> None:
@@ -208,4 +213,4 @@ class ProgressHook(Hook):
             fs.write_text(self.path, json.dumps(record), durable=False)
         except OSError as exc:  # progress is best effort; training goes on
             log.debug("Could not write %s: %s", self.path, exc)
-        self._last = now
+        self._next = now + self.every_secs

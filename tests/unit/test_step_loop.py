@@ -157,3 +157,116 @@ def test_progress_is_replaced_without_fsync_and_written_at_the_end(tmp_path, mon
     record = json.loads((tmp_path / PROGRESS_FILE).read_text())
     assert record["global_step"] == 9 and record["loss"] is None
     assert calls == []
+
+
+def test_logging_hook_logs_every_n_steps_from_where_training_starts(caplog):
+    from kubelearn.hooks import LoggingHook
+
+    hook = LoggingHook(every_n_steps=100)
+    context = StepContext(None, None)
+    context.step = 250  # restored from a checkpoint
+    hook.begin(context)
+    with caplog.at_level("INFO", logger="kubelearn"):
+        for step in range(251, 600):
+            context.step, context.loss = step, 0.5
+            hook.after_step(context)
+    logged = [r.getMessage().split(",")[0] for r in caplog.records]
+    assert logged == ["global_step = 350", "global_step = 450", "global_step = 550"]
+
+
+def test_logging_hook_with_no_interval_stays_quiet(caplog):
+    from kubelearn.hooks import LoggingHook
+
+    hook = LoggingHook(every_n_steps=0)
+    context = StepContext(None, None)
+    hook.begin(context)
+    with caplog.at_level("INFO", logger="kubelearn"):
+        for step in range(1, 50):
+            context.step = step
+            hook.after_step(context)
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(("hidden", "l2", "linear"), [((), 0.0, True), ((), 0.1, False),
+                                                      ((4,), 0.0, False)])
+def test_the_step_function_is_the_shortcut_only_where_it_applies(hidden, l2, linear):
+    rng = np.random.default_rng(3)
+    network = net.Network("linear" if linear else "dnn", net.REGRESSION, 1, hidden, l2=l2)
+    params = network.init_params(5, rng)
+    x = rng.normal(size=(16, 5)).astype(np.float32)
+    y = rng.normal(size=(16, 1)).astype(np.float32)
+    step_fn = network.loss_and_grads_function()
+    assert (step_fn == network._linear_loss_and_grads) is linear
+    loss, grads = step_fn(params, x, y, None)
+    want_loss, want_grads = network.loss_and_grads(params, x, y)
+    assert loss == want_loss and list(grads) == list(want_grads)
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], want_grads[name])
+
+
+@pytest.mark.parametrize("shape", [(256, 1), (7, 3), (1, 5), (33, 128)])
+def test_bias_gradient_is_bitwise_the_row_sum(shape):
+    delta = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    np.testing.assert_array_equal(net._sum_rows(delta), delta.sum(axis=0))
+    assert net._sum_rows(delta).shape == (shape[1],)
+
+
+def test_regression_labels_take_the_short_path_only_when_no_conversion_is_needed(tmp_path):
+    from kubelearn.estimators import LinearClassifier
+
+    est = LinearRegressor(config=RunConfig(model_dir=str(tmp_path / "r")))
+    y = np.arange(6, dtype=np.float32)
+    labels = est._labels(y)
+    assert labels.shape == (6, 1) and np.shares_memory(labels, y)
+    two = y.reshape(6, 1)
+    assert est._labels(two) is two
+    assert est._labels(np.ones((2, 3, 2), np.float32)).shape == (2, 6)
+    converted = est._labels(np.arange(6, dtype=np.float64))
+    assert converted.dtype == np.float32 and converted.shape == (6, 1)
+    assert est._labels([1.0, 2.0]).dtype == np.float32
+    classifier = LinearClassifier(n_classes=3, config=RunConfig(model_dir=str(tmp_path / "c")))
+    with pytest.raises(ValueError, match="Labels must be in"):
+        classifier._labels(np.array([0.0, 5.0], np.float32))
+
+
+def test_a_batch_is_converted_as_features_and_labels_are_one_by_one(tmp_path):
+    from kubelearn.estimators import LinearClassifier
+
+    regressor = LinearRegressor(config=RunConfig(model_dir=str(tmp_path / "r")))
+    classifier = LinearClassifier(n_classes=3, config=RunConfig(model_dir=str(tmp_path / "c")))
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    cases = [(regressor, x, np.arange(4, dtype=np.float32)),
+             (regressor, x, np.ones((4, 1), np.float32)),
+             (regressor, x.astype(np.float64), np.arange(4)),
+             (regressor, {"a": x[:, 0], "b": x[:, 1:]}, np.arange(4, dtype=np.float32)),
+             (classifier, x, np.array([0, 2, 1, 0]))]
+    for estimator, features, labels in cases:
+        xb, yb = estimator._batch(features, labels)
+        want_x, want_y = estimator._features(features), estimator._labels(labels)
+        assert xb.dtype == want_x.dtype and yb.dtype == want_y.dtype
+        np.testing.assert_array_equal(xb, want_x)
+        np.testing.assert_array_equal(yb, want_y)
+        assert yb.shape == want_y.shape
+    with pytest.raises(ValueError, match="Labels must be in"):
+        classifier._batch(x, np.array([0, 3, 1, 0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_sgd_apply_is_bitwise_the_python_float_formula(dtype):
+    rng = np.random.default_rng(5)
+    param = rng.normal(size=(7, 3)).astype(dtype)
+    grad = rng.normal(size=(7, 3)).astype(dtype)
+    optimizer = optimizers.GradientDescent(0.037)
+    for rate in (0.037, 0.5):  # a new rate takes effect at once
+        optimizer.learning_rate = rate
+        expected = param - rate * grad
+        optimizer.apply({"w": param}, {"w": grad})
+        np.testing.assert_array_equal(param, expected)
+        assert param.dtype == dtype
+
+
+def test_sgd_rate_for_a_non_float_gradient_stays_the_float():
+    optimizer = optimizers.GradientDescent(0.25)
+    assert optimizer._rate_as(np.dtype(np.int64)) == 0.25
+    rate = optimizer._rate_as(np.dtype(np.float32))
+    assert rate.dtype == np.float32 and rate.shape == () and not rate.flags.writeable

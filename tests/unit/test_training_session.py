@@ -126,3 +126,38 @@ def test_listener_defaults_do_nothing():
     listener.before_save(None, 1)
     assert not listener.after_save(None, 1)
     listener.end(None, 1)
+
+
+def test_save_timer_counts_from_a_save_outside_the_schedule():
+    timer = SaveTimer(10, None)
+    assert _due_steps(timer, [1, 5]) == [1]
+    timer.saved(7)  # e.g. an explicit save
+    assert not timer.due(7) and not timer.due(16)
+    assert _due_steps(timer, [17, 20, 27]) == [17, 27]
+
+
+def test_save_timer_by_seconds_never_saves_the_same_step_twice():
+    clock = FakeClock()
+    timer = SaveTimer(None, 10, clock=clock)
+    assert timer.due(3)
+    timer.saved(3)
+    clock.now += 60
+    assert not timer.due(3) and timer.due(4)
+
+
+def test_local_session_stops_when_a_listener_asks(tmp_path, monkeypatch):
+    from kubelearn.estimators.local_session import LocalSession
+
+    class Stopper(CheckpointSaverListener):
+        def after_save(self, session, global_step_value):
+            return global_step_value >= 3
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = RunConfig(model_dir=str(tmp_path), save_checkpoints_steps=2)
+    session = LocalSession(dataclasses.replace(_model(config), saving_listeners=[Stopper()]))
+    session.start(3)
+    requested = []
+    for _ in range(4):
+        session.after_step(session.apply({"w": np.ones((3, 1))}))
+        requested.append(session.stop_requested)
+    assert requested == [False, False, True, True]

@@ -8,6 +8,7 @@ gradients to the ps tasks of the cluster. The step loop is the same for both.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -143,10 +144,17 @@ class Estimator:
         log.info("Restored %s at global step %d", path, step)
         return params, slots, step
 
+    @functools.cached_property
+    def _dtype(self) -> np.dtype:
+        """The network's dtype as a dtype instance: the per-step checks compare against it
+        by identity first, which costs less than converting a type to compare."""
+        return np.dtype(self._network.dtype)
+
     def _features(self, features: Any) -> np.ndarray:
-        dtype = self._network.dtype
-        if type(features) is np.ndarray and features.ndim == 2 and features.dtype == dtype:
+        if (type(features) is np.ndarray and features.ndim == 2
+                and features.dtype is self._dtype):
             return features  # the common case, checked first: it runs every step
+        dtype = self._network.dtype
         if isinstance(features, Mapping):
             keys = self._feature_columns or sorted(features)
             missing = [k for k in keys if k not in features]
@@ -165,6 +173,11 @@ class Estimator:
         return x
 
     def _labels(self, labels: Any) -> np.ndarray:
+        if type(labels) is np.ndarray and labels.dtype is self._regression_dtype:
+            # The common case, checked first: it runs every step.
+            if labels.ndim == 1:
+                return labels[:, None]
+            return labels if labels.ndim == 2 else labels.reshape(len(labels), -1)
         if labels is None:
             raise ValueError("Training and evaluation need labels; the input_fn gave None")
         y = labels if type(labels) is np.ndarray else np.asarray(labels)
@@ -177,6 +190,22 @@ class Estimator:
             raise ValueError(f"Labels must be in [0, {self._n_classes()}), got values from "
                              f"{y.min()} to {y.max()}")
         return y.astype(np.int64)
+
+    def _batch(self, features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(self._features(features), self._labels(labels))`` in one call, with what a
+        regressor gets at every step (arrays of its dtype, labels of one column) checked
+        first."""
+        if (type(features) is np.ndarray and type(labels) is np.ndarray
+                and features.ndim == 2 and labels.ndim == 1
+                and features.dtype is self._dtype and labels.dtype is self._regression_dtype):
+            return features, labels[:, None]
+        return self._features(features), self._labels(labels)
+
+    @functools.cached_property
+    def _regression_dtype(self) -> np.dtype | None:
+        """The dtype that regression labels need no conversion from; None for a
+        classifier, whose labels are checked and converted every time."""
+        return self._dtype if self._network.head == net.REGRESSION else None
 
     def _n_classes(self) -> int:
         return 2 if self._network.head == net.BINARY else self._network.outputs
@@ -257,8 +286,7 @@ class Estimator:
         except StopIteration:
             log.warning("input_fn produced no data; nothing to train")
             return
-        x = self._features(features)
-        y = self._labels(labels)
+        x, y = self._batch(features, labels)
         session = self._training_session(saving_listeners)
         session.target_step = max_steps
         step = session.start(x.shape[1])
@@ -277,9 +305,9 @@ class Estimator:
         rng = self._rng("dropout") if self._network.dropout else None
         # Everything the loop calls, looked up once: on a small model these lookups cost
         # as much as the math. Hooks that keep Hook's empty after_step are not called.
-        loss_and_grads = self._network.loss_and_grads
+        loss_and_grads = self._network.loss_and_grads_function()
         params, apply, after_step = session.params, session.apply, session.after_step
-        features_of, labels_of, isfinite = self._features, self._labels, math.isfinite
+        batch_of, isfinite = self._batch, math.isfinite
         step_hooks = [hook.after_step for hook in hooks
                       if getattr(type(hook), "after_step", None) is not Hook.after_step]
         while target is None or step < target:
@@ -298,8 +326,7 @@ class Estimator:
             except StopIteration:
                 log.info("Input exhausted at global step %d", step)
                 break
-            x = features_of(features)
-            y = labels_of(labels)
+            x, y = batch_of(features, labels)
         done = session.finished or (max_steps is not None and step >= max_steps)
         session.close(done=done)
         for hook in hooks:

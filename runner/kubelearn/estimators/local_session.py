@@ -22,18 +22,18 @@ class LocalSession:
         self._model = model
         config = model.config
         self._timer = SaveTimer(config.save_checkpoints_steps, config.save_checkpoints_secs)
+        self._save_due = self._timer.due  # asked after every step
         self._listeners = SavingListeners(model.saving_listeners)
         self._optimizer = model.new_optimizer()
+        self._apply = self._optimizer.apply  # called at every step
         self._params: dict[str, np.ndarray] = {}
         self._step = 0
         self._saved_step = -1
         self.finished = False
         self.target_step: int | None = None
         self.last_checkpoint: str | None = checkpoints.latest_checkpoint(model.model_dir)
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._listeners.stop_requested
+        # A plain attribute, read after every step; only a save (its listeners) sets it.
+        self.stop_requested = False
 
     def start(self, input_dim: int) -> int:
         restored = self._model.restore(self.last_checkpoint, input_dim)
@@ -54,12 +54,12 @@ class LocalSession:
         return self._step
 
     def apply(self, grads: Mapping[str, np.ndarray]) -> int:
-        self._optimizer.apply(self._params, grads)
+        self._apply(self._params, grads)
         self._step += 1
         return self._step
 
     def after_step(self, step: int) -> None:
-        if self._timer.due(step):
+        if self._save_due(step):
             self.save()
 
     def save(self) -> None:
@@ -73,6 +73,7 @@ class LocalSession:
                 self._model.model_dir, variables, step, self._model.config.keep_checkpoint_max)
 
         self._listeners.save(self, step, write)
+        self.stop_requested = self._listeners.stop_requested
         self._saved_step = step
         self._timer.saved(step)
 

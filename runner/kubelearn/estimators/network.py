@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,8 +50,10 @@ def _activate(name: str, z: np.ndarray) -> np.ndarray:
 
 
 def _activation_grad(name: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """The activation's derivative, as a factor of the gradient; relu's is a boolean mask,
+    which multiplies as 0 and 1 without a pass to convert it."""
     if name == "relu":
-        return (z > 0).astype(z.dtype)
+        return z > 0
     if name == "tanh":
         return 1.0 - a * a
     if name == "sigmoid":
@@ -113,6 +115,11 @@ class Network:
         every step."""
         return tuple((f"{layer}/kernel", f"{layer}/bias") for layer in self._layer_names)
 
+    @functools.cached_property
+    def _regression(self) -> bool:
+        """Whether the head is regression, asked at every linear step."""
+        return self.head == REGRESSION
+
     def shapes(self, input_dim: int) -> dict[str, tuple[int, ...]]:
         """Parameter names and shapes for inputs of ``input_dim`` features, in layer order."""
         sizes = [input_dim, *[int(u) for u in self.hidden_units], self.outputs]
@@ -153,27 +160,17 @@ class Network:
 
         Dropout is applied when ``self.dropout`` is set and ``rng`` is given.
         """
+        if self._is_linear:
+            return self._linear_loss_and_grads(params, x, y, rng)
         keys = self._param_keys
-        if len(keys) == 1 and not self.l2:
-            # A linear model: the same math as below without the per-layer bookkeeping,
-            # which would cost as much as the math on small batches.
-            kernel, bias = keys[0]
-            logits = x @ params[kernel] + params[bias]
-            if self.head == REGRESSION and y.shape == logits.shape:  # head_loss, inlined
-                delta = logits - y
-                flat = delta.ravel()
-                loss = float(flat @ flat) / flat.size
-                delta *= 2.0 / flat.size
-            else:
-                loss, delta = head_loss(self.head, logits, y)
-            return float(loss), {kernel: x.T @ delta, bias: delta.sum(axis=0)}
         inputs = [x]  # what each layer consumes (after dropout)
         pre: list[np.ndarray] = []
         post: list[np.ndarray] = []
         masks: list[np.ndarray | None] = []
         h = x
         for kernel, bias in keys[:-1]:
-            z = h @ params[kernel] + params[bias]
+            z = h @ params[kernel]
+            z += params[bias]
             a = _activate(self.activation, z)
             mask = None
             if self.dropout and rng is not None:
@@ -185,24 +182,67 @@ class Network:
             masks.append(mask)
             inputs.append(h)
         kernel, bias = keys[-1]
-        logits = h @ params[kernel] + params[bias]
+        logits = h @ params[kernel]
+        logits += params[bias]
         loss, delta = head_loss(self.head, logits, y)
         grads: dict[str, np.ndarray] = {}
         for i in range(len(keys) - 1, -1, -1):
             kernel, bias = keys[i]
             grads[kernel] = inputs[i].T @ delta
-            grads[bias] = delta.sum(axis=0)
+            grads[bias] = _sum_rows(delta)
             if i > 0:
-                back = delta @ params[kernel].T
+                delta = delta @ params[kernel].T  # a new array: scaled in place below
                 if masks[i - 1] is not None:
-                    back = back * masks[i - 1]
-                delta = back * _activation_grad(self.activation, pre[i - 1], post[i - 1])
+                    delta *= masks[i - 1]
+                delta *= _activation_grad(self.activation, pre[i - 1], post[i - 1])
         if self.l2:
             for kernel, _ in keys:
                 value = params[kernel]
                 loss += float(self.l2 * np.sum(value * value))
                 grads[kernel] = grads[kernel] + 2.0 * self.l2 * value
         return float(loss), grads
+
+    @functools.cached_property
+    def _is_linear(self) -> bool:
+        """Whether the step takes the linear shortcut: no hidden layers and no L2."""
+        return len(self._param_keys) == 1 and not self.l2
+
+    def loss_and_grads_function(
+        self,
+    ) -> Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray, np.random.Generator | None],
+                  tuple[float, dict[str, np.ndarray]]]:
+        """:meth:`loss_and_grads`, or the linear shortcut it would take, chosen once for a
+        step loop rather than at every step."""
+        return self._linear_loss_and_grads if self._is_linear else self.loss_and_grads
+
+    def _linear_loss_and_grads(
+        self,
+        params: dict[str, np.ndarray],
+        x: np.ndarray,
+        y: np.ndarray,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """The same math as the general path for a network without hidden layers or L2,
+        without its per-layer bookkeeping, which would cost as much as the math on small
+        batches; the logits are turned into their gradient in place."""
+        kernel, bias = self._param_keys[0]
+        logits = x @ params[kernel]
+        logits += params[bias]
+        if self._regression and y.shape == logits.shape:  # head_loss, inlined
+            logits -= y
+            flat = logits.ravel()
+            loss = float(flat @ flat) / flat.size
+            logits *= 2.0 / flat.size
+            delta = logits
+        else:
+            loss, delta = head_loss(self.head, logits, y)
+        return loss, {kernel: x.T @ delta, bias: _sum_rows(delta)}
+
+
+def _sum_rows(delta: np.ndarray) -> np.ndarray:
+    """``delta.sum(axis=0)`` (the bias gradient) without the Python wrapper that
+    ``ndarray.sum`` goes through: the same reduction, bitwise."""
+    return np.add.reduce(delta, axis=0)
 
 
 def head_loss(head: str, logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

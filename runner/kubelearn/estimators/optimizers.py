@@ -22,6 +22,28 @@ class Optimizer:
         self.learning_rate = float(learning_rate)
         self.slots: dict[str, np.ndarray] = {}
 
+    @property
+    def learning_rate(self) -> float:
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self._learning_rate = value
+        self._rates: dict[np.dtype, np.ndarray | float] = {}  # made again from the new value
+
+    def _rate_as(self, dtype: np.dtype) -> np.ndarray | float:
+        """The learning rate as a 0-d array of a float ``dtype``: a ufunc takes it with
+        less work than a Python float, which it converts at every call, and computes the
+        same (the Python float would be cast to ``dtype`` too). Other dtypes get the float."""
+        rate = self._rates.get(dtype)
+        if rate is None:
+            rate = self._learning_rate
+            if dtype.kind == "f":
+                rate = np.array(rate, dtype=dtype)
+                rate.flags.writeable = False
+            self._rates[dtype] = rate
+        return rate
+
     def _slot(self, var: str, slot: str, like: np.ndarray, fill: float = 0.0) -> np.ndarray:
         key = f"{var}/{slot}"
         value = self.slots.get(key)
@@ -53,11 +75,12 @@ class GradientDescent(Optimizer):
     def apply(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
         """``update`` for each variable, with the small-variable case inlined: it runs
         for every variable at every step."""
-        rate = self.learning_rate
+        rates = self._rates
         for name, grad in grads.items():
             param = params[name]
             if param.size <= _CHUNK:
-                param -= rate * grad
+                rate = rates.get(grad.dtype)
+                param -= (rate if rate is not None else self._rate_as(grad.dtype)) * grad
             else:
                 self.update(name, param, grad)
 

@@ -10,6 +10,7 @@ callbacks around every save.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,24 +116,26 @@ class SaveTimer:
         self.every_secs = every_secs or None
         self._clock = clock
         self.last_step: int | None = None
-        self._last_time = clock()
+        # When a save is next due, by count and by time: asked after every step, they are
+        # compared with, not recomputed.
+        self._next_step: float = 0 if self.enabled else math.inf
+        self._deadline = clock() + self.every_secs if self.every_secs else math.inf
 
     @property
     def enabled(self) -> bool:
         return bool(self.every_steps or self.every_secs)
 
     def due(self, step: int) -> bool:
-        if step == self.last_step or not (self.every_steps or self.every_secs):
-            return False
-        if self.last_step is None:
-            return True
-        if self.every_steps and step >= self.last_step + self.every_steps:
-            return True
-        return bool(self.every_secs and self._clock() - self._last_time >= self.every_secs)
+        if step >= self._next_step:
+            return step != self.last_step
+        return bool(self.every_secs and self._clock() >= self._deadline
+                    and step != self.last_step)
 
     def saved(self, step: int) -> None:
         self.last_step = step
-        self._last_time = self._clock()
+        self._next_step = step + self.every_steps if self.every_steps else math.inf
+        if self.every_secs:
+            self._deadline = self._clock() + self.every_secs
 
 
 class SavingListeners:
