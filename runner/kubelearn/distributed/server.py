@@ -72,6 +72,8 @@ class ShardState:
         self.sync_replicas: int | None = None
         self._accum: dict[str, np.ndarray] = {}
         self._accum_count = 0
+        #: Whether some variable is a buffer that ``apply`` took from a gradient.
+        self.replaced = False
 
     def initialize(self, header: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         spec = header.get("optimizer")
@@ -105,12 +107,28 @@ class ShardState:
         self.global_step = step
         self.sync_replicas = sync
         self._accum, self._accum_count = {}, 0
+        self.replaced = False
         self.initialized = True
 
-    def apply(self, grads: Mapping[str, np.ndarray], count_step: bool) -> bool:
+    @property
+    def updates_in_place(self) -> bool:
+        """Whether :meth:`apply` writes into the variables' buffers; otherwise, given
+        ``reuse_grads``, it replaces each variable by its updated gradient buffer."""
+        if self.sync_replicas and self.sync_replicas > 1:
+            return True
+        into_grad = type(self.optimizer).update_into_grad
+        return into_grad is optimizers.Optimizer.update_into_grad
+
+    def apply(self, grads: Mapping[str, np.ndarray], count_step: bool,
+              reuse_grads: bool = False) -> bool:
         """Applies (or, with sync replicas, accumulates) gradients. Returns True when the
-        variables changed."""
+        variables changed. ``reuse_grads`` gives the gradients' buffers (writable, of the
+        variables' dtypes and shapes, held by no one else) to the update, which then leaves
+        the old buffers as they were when it can (:attr:`updates_in_place`)."""
         assert self.optimizer is not None
+        if reuse_grads and not self.updates_in_place:
+            self._replace(grads, count_step)
+            return True
         if self.sync_replicas and self.sync_replicas > 1:
             for name, grad in grads.items():
                 if name in self._accum:
@@ -130,6 +148,17 @@ class ShardState:
         for name, grad in grads.items():
             self.optimizer.update(name, self.variables[name], grad)
         return True
+
+    def _replace(self, grads: Mapping[str, np.ndarray], count_step: bool) -> None:
+        """Each variable becomes its updated gradient buffer; the old one is not written."""
+        assert self.optimizer is not None
+        if count_step:
+            self.global_step += 1
+        for name, grad in grads.items():
+            updated = self.optimizer.update_into_grad(name, self.variables[name], grad)
+            assert updated is not None
+            self.variables[name] = updated
+        self.replaced = True
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Variables and optimiser slots. The slots are copies: they are updated in place,
@@ -190,13 +219,16 @@ class ParameterServer:
 
     def _unlend(self) -> None:
         """Before the variables change in place: those still being sent are replaced by
-        copies (the replies keep the old buffers), so no reply is torn by an update."""
+        copies (the replies keep the old buffers), so no reply is torn by an update. A
+        variable that replaced its old buffer (:meth:`ShardState.apply`) may be a received
+        frame, shared with replies untracked, so it is copied too."""
         self._lent = [tracker for tracker in self._lent if not tracker.done]
-        if self._lent:
+        if self._lent or self.state.replaced:
             variables = self.state.variables
             for name in variables:
                 variables[name] = variables[name].copy()
-            self._lent = []
+            self.state.replaced = False
+        self._lent = []
 
     def _error(self, ident: bytes, request_id: Any, code: str, message: str) -> None:
         self._send(ident, {"id": request_id, "ok": False, "code": code, "error": message})
@@ -320,8 +352,13 @@ class ParameterServer:
             if isinstance(pulled, int) and pulled < state.global_step:
                 self._values_reply(ident, request_id)  # stale gradient: dropped, as TF does
                 return
-        self._unlend()
-        changed = state.apply(grads, count_step=bool(header.get("step")))
+        # Gradients decoded from this request are the server's own: SGD writes the new
+        # values over them and they become the variables, so replies still sending the old
+        # ones need neither a copy nor a wait.
+        reuse = all(grad.flags.writeable for grad in grads.values())
+        if state.updates_in_place or not reuse:
+            self._unlend()
+        changed = state.apply(grads, count_step=bool(header.get("step")), reuse_grads=reuse)
         if not sync:
             self._values_reply(ident, request_id)
             return
