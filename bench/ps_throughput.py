@@ -4,8 +4,9 @@ bytes both ways (a separate echo process), and the ps with CurveZMQ encryption (
 experiment's key) against the ps in plaintext. All run in the same invocation, in turns
 of a few round trips each (raw, ps, Curve ps, raw, ...), so that a busy spell on a shared
 machine falls on each of them alike. Each side of a comparison makes the same number of
-round trips: at least ``--repeats``, and for small tensors as many as move 64 MB each way,
-since the best of a few sub-millisecond round trips on a shared machine is mostly noise.
+round trips: at least ``--repeats``, and for small tensors as many as move ``--volume`` MB
+(256) each way, since the best of a few sub-millisecond round trips on a shared machine is
+mostly noise.
 
 The raw side is the least a request/response protocol over TCP must do, and no more: each
 message carries an 8-byte length header (sent with its body in one gathered write), the
@@ -15,7 +16,7 @@ advance, which no real protocol can; it costs one small read per message, nothin
 The ps side also applies SGD to the pushed tensor before it replies: that is part of what
 a push and pull through the ps costs.
 
-    python bench/ps_throughput.py [--repeats 7]
+    python bench/ps_throughput.py [--repeats 7] [--volume 256]
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def best_times(size: int, repeats: int, curve_key: str) -> tuple[float, float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--volume", type=int, default=256,
+                        help="MB each side moves each way, at least, per tensor size")
     args = parser.parse_args()
     from kubelearn.distributed import curve
 
@@ -176,7 +179,7 @@ def main() -> None:
     print(f"{'tensor':>7} {'raw MB/s':>9} {'ps MB/s':>9} {'ps/raw':>7} {'curve MB/s':>11} "
           f"{'plain/curve':>12}   (push + pull, best of N)")
     for mb in (1, 16, 64):
-        raw, ps, encrypted = best_times(mb * MB, max(args.repeats, 64 // mb), key)
+        raw, ps, encrypted = best_times(mb * MB, max(args.repeats, args.volume // mb), key)
         moved = 2 * mb
         print(f"{mb:>5}MB {moved / raw:9.0f} {moved / ps:9.0f} {raw / ps:7.2f} "
               f"{moved / encrypted:11.0f} {encrypted / ps:12.2f}", flush=True)

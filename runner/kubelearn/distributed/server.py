@@ -377,13 +377,17 @@ class ParameterServer:
                 or now - self._stopping_since >= STOP_MAX_SECS)
 
     def serve_forever(self) -> None:
-        poller = self._zmq.Poller()
-        poller.register(self._socket, self._zmq.POLLIN)
         log.info("Parameter server %d listening on %s (%s)", self.task_index, self.endpoint,
                  "CurveZMQ" if self._gate is not None else "plaintext")
+        # A receive that gives up after 200 ms (to look at finished()): one wait inside
+        # ZeroMQ per request, not a poll and then a receive.
+        self._socket.setsockopt(self._zmq.RCVTIMEO, 200)
         while not self.finished():
-            if poller.poll(200):
-                self.handle(self._socket.recv_multipart(copy=False))
+            try:
+                frames = self._socket.recv_multipart(copy=False)
+            except self._zmq.Again:
+                continue
+            self.handle(frames)
         log.info("Parameter server %d exiting", self.task_index)
 
     def close(self) -> None:
