@@ -143,21 +143,23 @@ class PSPush:
         self._proc.join(timeout=30)
 
 
-#: Round trips a side makes before the next one takes its turn: enough for a side to run
-#: warm (its processes awake, its buffers in cache), few enough to share busy spells.
-BURST = 8
+#: Bytes a side moves each way before the next one takes its turn: for small tensors
+#: enough round trips to run warm (processes awake, buffers in cache), few enough to share
+#: busy spells; a large tensor's round trip is long enough to take turns one by one.
+BURST_BYTES = 8 * MB
 
 
 def best_times(size: int, repeats: int, curve_key: str) -> tuple[float, float, float]:
     """Best round-trip times of the raw socket, the ps and the ps with Curve, measured in
-    turns of up to BURST round trips each, so that a busy spell on a shared machine falls
-    on all three alike."""
+    turns of BURST_BYTES each, so that a busy spell on a shared machine falls on all three
+    alike."""
     sides = [RawEcho(size), PSPush(size), PSPush(size, curve_key)]
     best = [float("inf")] * len(sides)
+    burst = max(1, BURST_BYTES // size)
     try:
-        for done in range(0, repeats, BURST):
+        for done in range(0, repeats, burst):
             for i, side in enumerate(sides):
-                for _ in range(min(BURST, repeats - done)):
+                for _ in range(min(burst, repeats - done)):
                     start = time.perf_counter()
                     side.round_trip()
                     best[i] = min(best[i], time.perf_counter() - start)

@@ -298,13 +298,18 @@ def _sgd_state(rate=0.5, **extra):
 
 def test_sgd_with_reused_gradients_replaces_the_variable_and_leaves_the_old_one():
     state = _sgd_state()
-    old = state.variables["w"]
+    state.variables["v"] = np.zeros(4, np.float32)
+    old, old_v = state.variables["w"], state.variables["v"]
     grad = np.full(4, 2.0, np.float32)
+    grads = {"w": grad, "v": np.ones(4, np.float32)}
     assert not state.updates_in_place
-    assert state.apply({"w": grad}, count_step=True, reuse_grads=True)
-    assert state.variables["w"] is grad and state.replaced
+    assert state.in_place(grads, {"w"}) == ["v"]
+    assert state.apply(grads, count_step=True, reuse={"w"})
+    assert state.variables["w"] is grad and state.replaced == {"w"}
     np.testing.assert_array_equal(grad, np.arange(4, dtype=np.float32) - 1.0)
     np.testing.assert_array_equal(old, np.arange(4, dtype=np.float32))  # untouched
+    assert state.variables["v"] is old_v  # not reused: updated in place
+    np.testing.assert_array_equal(old_v, -0.5)
     assert state.global_step == 1
     # The same values as an update in place.
     in_place = _sgd_state()
@@ -320,9 +325,10 @@ def test_other_updates_stay_in_place_even_with_reused_gradients(optimizer, sync)
                       "optimizer": {"name": optimizer, "learning_rate": 0.1}},
                      {"w": np.zeros(2, np.float32)})
     assert state.updates_in_place
+    assert state.in_place({"w": np.ones(2, np.float32)}, {"w"}) == ["w"]
     old = state.variables["w"]
     for _ in range(sync or 1):
-        state.apply({"w": np.ones(2, np.float32)}, count_step=True, reuse_grads=True)
+        state.apply({"w": np.ones(2, np.float32)}, count_step=True, reuse={"w"})
     assert state.variables["w"] is old and not state.replaced
     assert (old != 0).all()
 
@@ -357,12 +363,23 @@ def test_ps_replies_are_never_torn_by_the_next_push():
         np.testing.assert_array_equal(pulled["w"], -1.0)
         np.testing.assert_array_equal(held, -1.0)
         np.testing.assert_array_equal(second["w"], -2.0)
-        # An update in place (here: a gradient that cannot be reused) first copies a
-        # variable that replies may share.
+        # A gradient in several frames is joined, not reused: the variable is updated in
+        # place, after a copy if replies may share it.
+        assert server.state.replaced == {"w"}
+        server.state.initialize({"variables": ["w", "big"], "optimizer": {
+            "name": "SGD", "learning_rate": 1.0}}, {"w": second["w"], "big": np.zeros(
+                wire.FRAME_BYTES, np.float32)})
+        _, third = ask({"op": "push"}, {"w": np.ones(1 << 16, np.float32),
+                                        "big": np.ones(wire.FRAME_BYTES, np.float32)})
+        assert server.state.replaced == {"w"}
+        big = server.state.variables["big"]
+        assert wire.whole_frame(big) is None
+        np.testing.assert_array_equal(third["w"], -3.0)
+        np.testing.assert_array_equal(third["big"], -1.0)
         server.state.variables["w"] = held
-        server.state.replaced = True
-        server._unlend()
+        server._unlend(["w"])
         assert server.state.variables["w"] is not held and not server.state.replaced
+        assert server.state.variables["big"] is big
     finally:
         client.close(0)
         server.close()

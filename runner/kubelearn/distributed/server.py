@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -72,8 +72,8 @@ class ShardState:
         self.sync_replicas: int | None = None
         self._accum: dict[str, np.ndarray] = {}
         self._accum_count = 0
-        #: Whether some variable is a buffer that ``apply`` took from a gradient.
-        self.replaced = False
+        #: Variables whose buffers ``apply`` took from their gradients.
+        self.replaced: set[str] = set()
 
     def initialize(self, header: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         spec = header.get("optimizer")
@@ -107,28 +107,34 @@ class ShardState:
         self.global_step = step
         self.sync_replicas = sync
         self._accum, self._accum_count = {}, 0
-        self.replaced = False
+        self.replaced = set()
         self.initialized = True
 
     @property
     def updates_in_place(self) -> bool:
-        """Whether :meth:`apply` writes into the variables' buffers; otherwise, given
-        ``reuse_grads``, it replaces each variable by its updated gradient buffer."""
+        """Whether :meth:`apply` writes every update into the variables' buffers, whatever
+        gradient buffers it may reuse."""
         if self.sync_replicas and self.sync_replicas > 1:
             return True
         into_grad = type(self.optimizer).update_into_grad
         return into_grad is optimizers.Optimizer.update_into_grad
 
+    def in_place(self, grads: Mapping[str, np.ndarray], reuse: Collection[str]) -> list[str]:
+        """The variables that ``apply(grads, ..., reuse)`` updates in place."""
+        if self.updates_in_place:
+            return list(grads)
+        return [name for name in grads if name not in reuse]
+
     def apply(self, grads: Mapping[str, np.ndarray], count_step: bool,
-              reuse_grads: bool = False) -> bool:
+              reuse: Collection[str] = ()) -> bool:
         """Applies (or, with sync replicas, accumulates) gradients. Returns True when the
-        variables changed. ``reuse_grads`` gives the gradients' buffers (writable, of the
-        variables' dtypes and shapes, held by no one else) to the update, which then leaves
-        the old buffers as they were when it can (:attr:`updates_in_place`)."""
+        variables changed. ``reuse`` names gradients whose buffers (writable, of their
+        variables' dtypes and shapes, held by no one else) the update may write over; such
+        a variable is then replaced by its gradient's buffer, the old one left as it was
+        (see :meth:`in_place`)."""
         assert self.optimizer is not None
-        if reuse_grads and not self.updates_in_place:
-            self._replace(grads, count_step)
-            return True
+        if self.updates_in_place:
+            reuse = ()
         if self.sync_replicas and self.sync_replicas > 1:
             for name, grad in grads.items():
                 if name in self._accum:
@@ -146,19 +152,19 @@ class ShardState:
             if count_step:
                 self.global_step += 1
         for name, grad in grads.items():
-            self.optimizer.update(name, self.variables[name], grad)
+            if name in reuse:
+                self._replace(name, grad)
+            else:
+                self.optimizer.update(name, self.variables[name], grad)
         return True
 
-    def _replace(self, grads: Mapping[str, np.ndarray], count_step: bool) -> None:
-        """Each variable becomes its updated gradient buffer; the old one is not written."""
+    def _replace(self, name: str, grad: np.ndarray) -> None:
+        """The variable becomes its updated gradient buffer; the old one is not written."""
         assert self.optimizer is not None
-        if count_step:
-            self.global_step += 1
-        for name, grad in grads.items():
-            updated = self.optimizer.update_into_grad(name, self.variables[name], grad)
-            assert updated is not None
-            self.variables[name] = updated
-        self.replaced = True
+        updated = self.optimizer.update_into_grad(name, self.variables[name], grad)
+        assert updated is not None
+        self.variables[name] = updated
+        self.replaced.add(name)
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Variables and optimiser slots. The slots are copies: they are updated in place,
@@ -217,18 +223,24 @@ class ParameterServer:
         self._lent.append(wire.send(self._socket, [ident, *wire.encode(header, tensors)],
                                     lend=True, track=True))
 
-    def _unlend(self) -> None:
-        """Before the variables change in place: those still being sent are replaced by
-        copies (the replies keep the old buffers), so no reply is torn by an update. A
-        variable that replaced its old buffer (:meth:`ShardState.apply`) may be a received
-        frame, shared with replies untracked, so it is copied too."""
+    def _unlend(self, names: Collection[str] | None = None) -> None:
+        """Before variables (``names``, default all) change in place: if replies may still
+        be sending any variable, all are replaced by copies (the replies keep the old
+        buffers), so no reply is torn by an update. A variable that replaced its buffer
+        by its gradient's (:meth:`ShardState.apply`) may be a received frame that replies
+        share untracked, so it is copied before it changes in place."""
+        variables, replaced = self.state.variables, self.state.replaced
         self._lent = [tracker for tracker in self._lent if not tracker.done]
-        if self._lent or self.state.replaced:
-            variables = self.state.variables
+        if self._lent:
             for name in variables:
                 variables[name] = variables[name].copy()
-            self.state.replaced = False
-        self._lent = []
+            replaced.clear()
+            self._lent = []
+            return
+        for name in variables if names is None else names:
+            if name in replaced:
+                variables[name] = variables[name].copy()
+                replaced.discard(name)
 
     def _error(self, ident: bytes, request_id: Any, code: str, message: str) -> None:
         self._send(ident, {"id": request_id, "ok": False, "code": code, "error": message})
@@ -352,13 +364,14 @@ class ParameterServer:
             if isinstance(pulled, int) and pulled < state.global_step:
                 self._values_reply(ident, request_id)  # stale gradient: dropped, as TF does
                 return
-        # Gradients decoded from this request are the server's own: SGD writes the new
-        # values over them and they become the variables, so replies still sending the old
-        # ones need neither a copy nor a wait.
-        reuse = all(grad.flags.writeable for grad in grads.values())
-        if state.updates_in_place or not reuse:
-            self._unlend()
-        changed = state.apply(grads, count_step=bool(header.get("step")), reuse_grads=reuse)
+        # A gradient that came in one frame is the server's own: SGD writes the new values
+        # over it and it becomes the variable, going back as that same frame, so replies
+        # still sending the old values need neither a copy nor a wait.
+        reuse = {name for name, grad in grads.items() if wire.whole_frame(grad) is not None}
+        in_place = state.in_place(grads, reuse)
+        if in_place:
+            self._unlend(in_place)
+        changed = state.apply(grads, count_step=bool(header.get("step")), reuse=reuse)
         if not sync:
             self._values_reply(ident, request_id)
             return
