@@ -1,12 +1,22 @@
 """Parameter-server throughput: a push and a pull of 1, 16 and 64 MB float32 tensors through
 the ps (a separate process applying SGD) versus a raw loopback TCP socket moving the same
 bytes both ways (a separate echo process), and the ps with CurveZMQ encryption (the
-experiment's key) against the ps in plaintext. All run in the same invocation, alternately.
-Each side of a comparison makes the same number of round trips: at least ``--repeats``, and
-for small tensors as many as move 64 MB each way, since the best of a few sub-millisecond
-round trips on a shared machine is mostly noise.
+experiment's key) against the ps in plaintext. All run in the same invocation, in turns
+of a few round trips each (raw, ps, Curve ps, raw, ...), so that a busy spell on a shared
+machine falls on each of them alike. Each side of a comparison makes the same number of
+round trips: at least ``--repeats``, and for small tensors as many as move ``--volume`` MB
+(256) each way, since the best of a few sub-millisecond round trips on a shared machine is
+mostly noise.
 
-    python bench/ps_throughput.py [--repeats 7]
+The raw side is the least a request/response protocol over TCP must do, and no more: each
+message carries an 8-byte length header (sent with its body in one gathered write), the
+receiver reads the header and then exactly that many bytes, and a round trip ends only
+once the whole reply is in. Without the header the echo would rely on knowing the size in
+advance, which no real protocol can; it costs one small read per message, nothing more.
+The ps side also applies SGD to the pushed tensor before it replies: that is part of what
+a push and pull through the ps costs.
+
+    python bench/ps_throughput.py [--repeats 7] [--volume 256]
 """
 
 from __future__ import annotations
@@ -21,45 +31,73 @@ import numpy as np
 MB = 1 << 20
 
 
-def _echo_server(port_queue: mp.Queue, size: int, rounds: int) -> None:  # type: ignore[type-arg]
+def _recv_exactly(conn: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:], len(view) - got)
+        if not n:
+            raise ConnectionError("peer closed the connection")
+        got += n
+
+
+def _recv_message(conn: socket.socket, header: memoryview, body: memoryview) -> int:
+    """Reads one length-prefixed message into ``body``; returns its length."""
+    _recv_exactly(conn, header)
+    length = int.from_bytes(header, "little")
+    if length > len(body):
+        raise ValueError(f"message of {length} bytes exceeds the buffer")
+    _recv_exactly(conn, body[:length])
+    return length
+
+
+def _send_message(conn: socket.socket, body: memoryview) -> None:
+    """One length-prefixed message, header and body in one gathered write."""
+    header = len(body).to_bytes(8, "little")
+    sent = conn.sendmsg([header, body])
+    if sent < len(header):
+        conn.sendall(header[sent:])
+        sent = len(header)
+    if sent - len(header) < len(body):
+        conn.sendall(body[sent - len(header):])
+
+
+def _echo_server(port_queue: mp.Queue, size: int) -> None:  # type: ignore[type-arg]
+    """Echoes length-prefixed messages until the client closes the connection."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port_queue.put(server.getsockname()[1])
     conn, _ = server.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(size)
-    view = memoryview(buf)
-    for _ in range(rounds):
-        got = 0
-        while got < size:
-            got += conn.recv_into(view[got:], size - got)
-        conn.sendall(buf)
-    conn.close()
+    header, body = memoryview(bytearray(8)), memoryview(bytearray(size))
+    try:
+        while True:
+            _send_message(conn, body[:_recv_message(conn, header, body)])
+    except ConnectionError:
+        conn.close()
 
 
-def raw_round_trips(size: int, repeats: int) -> list[float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_echo_server, args=(queue, size, repeats + 1))
-    proc.start()
-    client = socket.create_connection(("127.0.0.1", queue.get()))
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    payload = np.ones(size // 4, np.float32).tobytes()
-    back = bytearray(size)
-    view = memoryview(back)
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        client.sendall(payload)
-        got = 0
-        while got < size:
-            got += client.recv_into(view[got:], size - got)
-        if i:  # the first round trip warms the connection up
-            times.append(time.perf_counter() - start)
-    client.close()
-    proc.join()
-    return times
+class RawEcho:
+    """A client of the echo process: one round trip moves ``size`` bytes each way."""
+
+    def __init__(self, size: int):
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        self._proc = ctx.Process(target=_echo_server, args=(queue, size))
+        self._proc.start()
+        self._client = socket.create_connection(("127.0.0.1", queue.get()))
+        self._client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._payload = memoryview(np.ones(size // 4, np.float32)).cast("B")
+        self._header, self._back = memoryview(bytearray(8)), memoryview(bytearray(size))
+        self.round_trip()  # warms the connection up
+
+    def round_trip(self) -> None:
+        _send_message(self._client, self._payload)
+        assert _recv_message(self._client, self._header, self._back) == len(self._payload)
+
+    def close(self) -> None:
+        self._client.close()
+        self._proc.join()
 
 
 def _ps_server(port: int, curve_key: str | None) -> None:
@@ -69,38 +107,73 @@ def _ps_server(port: int, curve_key: str | None) -> None:
     server.serve_forever()
 
 
-def ps_round_trips(size: int, repeats: int, curve_key: str | None = None) -> list[float]:
-    from kubelearn.distributed.client import PSClient
-    from kubelearn.estimators import optimizers
+class PSPush:
+    """A worker of a one-task ps: one round trip pushes ``size`` bytes of gradient and
+    gets the updated variable back."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = mp.get_context("spawn").Process(target=_ps_server, args=(port, curve_key))
-    proc.start()
-    client = PSClient([f"127.0.0.1:{port}"], "bench-token", request_timeout=60,
-                      curve_key=curve_key)
-    values = np.zeros(size // 4, np.float32)
-    grads = np.ones(size // 4, np.float32)
-    client.call(0, "init", {"variables": ["w"], "global_step": 0,
-                            "optimizer": optimizers.spec(optimizers.GradientDescent(0.01))},
-                {"w": values})
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        header, tensors = client.call(0, "push", {"step": True}, {"w": grads})
-        if i:
-            times.append(time.perf_counter() - start)
-    assert tensors["w"].nbytes == size and header["global_step"] == repeats + 1
-    client.call(0, "stop")
-    client.close()
-    proc.join(timeout=30)
-    return times
+    def __init__(self, size: int, curve_key: str | None = None):
+        from kubelearn.distributed.client import PSClient
+        from kubelearn.estimators import optimizers
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self._proc = mp.get_context("spawn").Process(target=_ps_server, args=(port, curve_key))
+        self._proc.start()
+        self._client = PSClient([f"127.0.0.1:{port}"], "bench-token", request_timeout=60,
+                                curve_key=curve_key)
+        self._size = size
+        self._grads = np.ones(size // 4, np.float32)
+        self._client.call(0, "init", {
+            "variables": ["w"], "global_step": 0,
+            "optimizer": optimizers.spec(optimizers.GradientDescent(0.01))},
+            {"w": np.zeros(size // 4, np.float32)})
+        self._steps = 0
+        self.round_trip()  # warms the connection up
+
+    def round_trip(self) -> None:
+        header, tensors = self._client.call(0, "push", {"step": True, "task": "worker:0"},
+                                            {"w": self._grads})
+        self._steps += 1
+        assert tensors["w"].nbytes == self._size and header["global_step"] == self._steps
+
+    def close(self) -> None:
+        self._client.call(0, "stop")
+        self._client.close()
+        self._proc.join(timeout=30)
+
+
+#: Bytes a side moves each way before the next one takes its turn: for small tensors
+#: enough round trips to run warm (processes awake, buffers in cache), few enough to share
+#: busy spells; a large tensor's round trip is long enough to take turns one by one.
+BURST_BYTES = 8 * MB
+
+
+def best_times(size: int, repeats: int, curve_key: str) -> tuple[float, float, float]:
+    """Best round-trip times of the raw socket, the ps and the ps with Curve, measured in
+    turns of BURST_BYTES each, so that a busy spell on a shared machine falls on all three
+    alike."""
+    sides = [RawEcho(size), PSPush(size), PSPush(size, curve_key)]
+    best = [float("inf")] * len(sides)
+    burst = max(1, BURST_BYTES // size)
+    try:
+        for done in range(0, repeats, burst):
+            for i, side in enumerate(sides):
+                for _ in range(min(burst, repeats - done)):
+                    start = time.perf_counter()
+                    side.round_trip()
+                    best[i] = min(best[i], time.perf_counter() - start)
+    finally:
+        for side in sides:
+            side.close()
+    return best[0], best[1], best[2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--volume", type=int, default=256,
+                        help="MB each side moves each way, at least, per tensor size")
     args = parser.parse_args()
     from kubelearn.distributed import curve
 
@@ -108,11 +181,7 @@ def main() -> None:
     print(f"{'tensor':>7} {'raw MB/s':>9} {'ps MB/s':>9} {'ps/raw':>7} {'curve MB/s':>11} "
           f"{'plain/curve':>12}   (push + pull, best of N)")
     for mb in (1, 16, 64):
-        size = mb * MB
-        repeats = max(args.repeats, 64 // mb)
-        raw = min(raw_round_trips(size, repeats))
-        ps = min(ps_round_trips(size, repeats))
-        encrypted = min(ps_round_trips(size, repeats, key))
+        raw, ps, encrypted = best_times(mb * MB, max(args.repeats, args.volume // mb), key)
         moved = 2 * mb
         print(f"{mb:>5}MB {moved / raw:9.0f} {moved / ps:9.0f} {raw / ps:7.2f} "
               f"{moved / encrypted:11.0f} {encrypted / ps:12.2f}", flush=True)

@@ -241,3 +241,145 @@ def test_snapshot_slots_are_copies():
     before = snapshot["w/Momentum"].copy()
     state.apply({"w": np.ones(2, np.float32)}, count_step=True)
     np.testing.assert_array_equal(snapshot["w/Momentum"], before)
+
+
+def test_a_tensor_that_is_a_whole_received_frame_is_sent_as_that_frame():
+    import zmq
+
+    context, sender, receiver = _pair()
+    try:
+        value = np.arange(1024, dtype=np.float32).reshape(32, 32)
+        wire.send(sender, wire.encode({"op": "x"}, {"v": value}), lend=True)
+        _, out = wire.decode(receiver.recv_multipart(copy=False))
+        frame = wire.whole_frame(out["v"])
+        assert isinstance(frame, zmq.Frame)
+        frames = wire.encode({"op": "y"}, {"v": out["v"]})
+        assert frames[1] is frame  # shared with ZeroMQ, not copied
+        # Part of a frame, or a tensor that was joined from several, goes out as views.
+        assert wire.whole_frame(out["v"][1:]) is None
+        assert wire.whole_frame(out["v"].reshape(-1)[:512]) is None
+        assert wire.whole_frame(value) is None
+        big = np.arange(3 * wire.FRAME_BYTES // 4, dtype=np.float32)
+        wire.send(sender, wire.encode({"op": "z"}, {"v": big}), lend=True)
+        _, out = wire.decode(receiver.recv_multipart(copy=False))
+        assert wire.whole_frame(out["v"]) is None
+        # A shared frame and lent buffers in one tracked send: the tracker covers the
+        # lent ones.
+        _, small = wire.decode([bytes(f) for f in wire.encode({}, {"v": value})])
+        tracker = wire.send(sender, [b"", *wire.encode({}, {"a": value, "b": small["v"]})],
+                            lend=True, track=True)
+        tracker.wait(10)
+        received = receiver.recv_multipart(copy=False)
+        _, back = wire.decode(received[1:])
+        np.testing.assert_array_equal(back["a"], value)
+        np.testing.assert_array_equal(back["b"], value)
+    finally:
+        sender.close(0)
+        receiver.close(0)
+        context.term()
+
+
+def test_other_byte_order_is_sent_in_native_order():
+    value = np.arange(5, dtype=">f4")
+    _, out = wire.decode(_frames({"v": value}))
+    assert out["v"].dtype == np.dtype("float32")
+    np.testing.assert_array_equal(out["v"], np.arange(5, dtype=np.float32))
+    with pytest.raises(wire.WireError, match="dtype int8"):
+        wire.encode({}, {"v": np.zeros(2, ">i1")})
+
+
+def _sgd_state(rate=0.5, **extra):
+    state = ShardState(holds_global_step=True)
+    state.initialize({"variables": ["w"], "global_step": 0,
+                      "optimizer": {"name": "SGD", "learning_rate": rate}, **extra},
+                     {"w": np.arange(4, dtype=np.float32)})
+    return state
+
+
+def test_sgd_with_reused_gradients_replaces_the_variable_and_leaves_the_old_one():
+    state = _sgd_state()
+    state.variables["v"] = np.zeros(4, np.float32)
+    old, old_v = state.variables["w"], state.variables["v"]
+    grad = np.full(4, 2.0, np.float32)
+    grads = {"w": grad, "v": np.ones(4, np.float32)}
+    assert not state.updates_in_place
+    assert state.in_place(grads, {"w"}) == ["v"]
+    assert state.apply(grads, count_step=True, reuse={"w"})
+    assert state.variables["w"] is grad and state.replaced == {"w"}
+    np.testing.assert_array_equal(grad, np.arange(4, dtype=np.float32) - 1.0)
+    np.testing.assert_array_equal(old, np.arange(4, dtype=np.float32))  # untouched
+    assert state.variables["v"] is old_v  # not reused: updated in place
+    np.testing.assert_array_equal(old_v, -0.5)
+    assert state.global_step == 1
+    # The same values as an update in place.
+    in_place = _sgd_state()
+    in_place.apply({"w": np.full(4, 2.0, np.float32)}, count_step=True)
+    np.testing.assert_array_equal(in_place.variables["w"], state.variables["w"])
+
+
+@pytest.mark.parametrize("optimizer, sync", [("Momentum", None), ("Adam", None),
+                                             ("SGD", 2)])
+def test_other_updates_stay_in_place_even_with_reused_gradients(optimizer, sync):
+    state = ShardState(holds_global_step=True)
+    state.initialize({"variables": ["w"], "sync_replicas": sync,
+                      "optimizer": {"name": optimizer, "learning_rate": 0.1}},
+                     {"w": np.zeros(2, np.float32)})
+    assert state.updates_in_place
+    assert state.in_place({"w": np.ones(2, np.float32)}, {"w"}) == ["w"]
+    old = state.variables["w"]
+    for _ in range(sync or 1):
+        state.apply({"w": np.ones(2, np.float32)}, count_step=True, reuse={"w"})
+    assert state.variables["w"] is old and not state.replaced
+    assert (old != 0).all()
+
+
+def test_ps_replies_are_never_torn_by_the_next_push():
+    import zmq
+
+    from kubelearn.distributed.server import ParameterServer
+
+    port = _free_port()
+    server = ParameterServer(f"127.0.0.1:{port}", 0, "t")
+    client = zmq.Context.instance().socket(zmq.DEALER)
+    client.connect(f"tcp://127.0.0.1:{port}")
+
+    def ask(header, tensors=None):
+        wire.send(client, wire.encode({"token": "t", "id": 1, **header}, tensors), lend=True)
+        server.handle(server._socket.recv_multipart(copy=False))
+        assert client.poll(10_000)
+        return wire.decode(client.recv_multipart(copy=False))
+
+    try:
+        ask({"op": "init", "variables": ["w"],
+             "optimizer": {"name": "SGD", "learning_rate": 1.0}},
+            {"w": np.zeros(1 << 16, np.float32)})
+        _, first = ask({"op": "push", "step": True, "task": "worker:0"},
+                       {"w": np.ones(1 << 16, np.float32)})
+        held = server.state.variables["w"]
+        assert wire.whole_frame(held) is not None  # the pushed frame, now the variable
+        _, pulled = ask({"op": "pull"})
+        _, second = ask({"op": "push", "step": True}, {"w": np.ones(1 << 16, np.float32)})
+        np.testing.assert_array_equal(first["w"], -1.0)
+        np.testing.assert_array_equal(pulled["w"], -1.0)
+        np.testing.assert_array_equal(held, -1.0)
+        np.testing.assert_array_equal(second["w"], -2.0)
+        # A gradient in several frames is joined, not reused: the variable is updated in
+        # place, after a copy if replies may share it.
+        assert server.state.replaced == {"w"}
+        server.state.initialize({"variables": ["w", "big"], "optimizer": {
+            "name": "SGD", "learning_rate": 1.0}}, {"w": second["w"], "big": np.zeros(
+                wire.FRAME_BYTES, np.float32)})
+        _, third = ask({"op": "push"}, {"w": np.ones(1 << 16, np.float32),
+                                        "big": np.ones(wire.FRAME_BYTES, np.float32)})
+        assert server.state.replaced == {"w"}
+        big = server.state.variables["big"]
+        assert wire.whole_frame(big) is None
+        np.testing.assert_array_equal(third["w"], -3.0)
+        np.testing.assert_array_equal(third["big"], -1.0)
+        server.state.variables["w"] = held
+        server._unlend(["w"])
+        assert server.state.variables["w"] is not held and not server.state.replaced
+        assert server.state.variables["big"] is big
+    finally:
+        client.close(0)
+        server.close()

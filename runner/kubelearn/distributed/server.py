@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,8 @@ class ShardState:
         self.sync_replicas: int | None = None
         self._accum: dict[str, np.ndarray] = {}
         self._accum_count = 0
+        #: Variables whose buffers ``apply`` took from their gradients.
+        self.replaced: set[str] = set()
 
     def initialize(self, header: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         spec = header.get("optimizer")
@@ -105,12 +107,34 @@ class ShardState:
         self.global_step = step
         self.sync_replicas = sync
         self._accum, self._accum_count = {}, 0
+        self.replaced = set()
         self.initialized = True
 
-    def apply(self, grads: Mapping[str, np.ndarray], count_step: bool) -> bool:
+    @property
+    def updates_in_place(self) -> bool:
+        """Whether :meth:`apply` writes every update into the variables' buffers, whatever
+        gradient buffers it may reuse."""
+        if self.sync_replicas and self.sync_replicas > 1:
+            return True
+        into_grad = type(self.optimizer).update_into_grad
+        return into_grad is optimizers.Optimizer.update_into_grad
+
+    def in_place(self, grads: Mapping[str, np.ndarray], reuse: Collection[str]) -> list[str]:
+        """The variables that ``apply(grads, ..., reuse)`` updates in place."""
+        if self.updates_in_place:
+            return list(grads)
+        return [name for name in grads if name not in reuse]
+
+    def apply(self, grads: Mapping[str, np.ndarray], count_step: bool,
+              reuse: Collection[str] = ()) -> bool:
         """Applies (or, with sync replicas, accumulates) gradients. Returns True when the
-        variables changed."""
+        variables changed. ``reuse`` names gradients whose buffers (writable, of their
+        variables' dtypes and shapes, held by no one else) the update may write over; such
+        a variable is then replaced by its gradient's buffer, the old one left as it was
+        (see :meth:`in_place`)."""
         assert self.optimizer is not None
+        if self.updates_in_place:
+            reuse = ()
         if self.sync_replicas and self.sync_replicas > 1:
             for name, grad in grads.items():
                 if name in self._accum:
@@ -128,8 +152,19 @@ class ShardState:
             if count_step:
                 self.global_step += 1
         for name, grad in grads.items():
-            self.optimizer.update(name, self.variables[name], grad)
+            if name in reuse:
+                self._replace(name, grad)
+            else:
+                self.optimizer.update(name, self.variables[name], grad)
         return True
+
+    def _replace(self, name: str, grad: np.ndarray) -> None:
+        """The variable becomes its updated gradient buffer; the old one is not written."""
+        assert self.optimizer is not None
+        updated = self.optimizer.update_into_grad(name, self.variables[name], grad)
+        assert updated is not None
+        self.variables[name] = updated
+        self.replaced.add(name)
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Variables and optimiser slots. The slots are copies: they are updated in place,
@@ -188,15 +223,24 @@ class ParameterServer:
         self._lent.append(wire.send(self._socket, [ident, *wire.encode(header, tensors)],
                                     lend=True, track=True))
 
-    def _unlend(self) -> None:
-        """Before the variables change in place: those still being sent are replaced by
-        copies (the replies keep the old buffers), so no reply is torn by an update."""
+    def _unlend(self, names: Collection[str] | None = None) -> None:
+        """Before variables (``names``, default all) change in place: if replies may still
+        be sending any variable, all are replaced by copies (the replies keep the old
+        buffers), so no reply is torn by an update. A variable that replaced its buffer
+        by its gradient's (:meth:`ShardState.apply`) may be a received frame that replies
+        share untracked, so it is copied before it changes in place."""
+        variables, replaced = self.state.variables, self.state.replaced
         self._lent = [tracker for tracker in self._lent if not tracker.done]
         if self._lent:
-            variables = self.state.variables
             for name in variables:
                 variables[name] = variables[name].copy()
+            replaced.clear()
             self._lent = []
+            return
+        for name in variables if names is None else names:
+            if name in replaced:
+                variables[name] = variables[name].copy()
+                replaced.discard(name)
 
     def _error(self, ident: bytes, request_id: Any, code: str, message: str) -> None:
         self._send(ident, {"id": request_id, "ok": False, "code": code, "error": message})
@@ -320,8 +364,14 @@ class ParameterServer:
             if isinstance(pulled, int) and pulled < state.global_step:
                 self._values_reply(ident, request_id)  # stale gradient: dropped, as TF does
                 return
-        self._unlend()
-        changed = state.apply(grads, count_step=bool(header.get("step")))
+        # A gradient that came in one frame is the server's own: SGD writes the new values
+        # over it and it becomes the variable, going back as that same frame, so replies
+        # still sending the old values need neither a copy nor a wait.
+        reuse = {name for name, grad in grads.items() if wire.whole_frame(grad) is not None}
+        in_place = state.in_place(grads, reuse)
+        if in_place:
+            self._unlend(in_place)
+        changed = state.apply(grads, count_step=bool(header.get("step")), reuse=reuse)
         if not sync:
             self._values_reply(ident, request_id)
             return
@@ -340,13 +390,17 @@ class ParameterServer:
                 or now - self._stopping_since >= STOP_MAX_SECS)
 
     def serve_forever(self) -> None:
-        poller = self._zmq.Poller()
-        poller.register(self._socket, self._zmq.POLLIN)
         log.info("Parameter server %d listening on %s (%s)", self.task_index, self.endpoint,
                  "CurveZMQ" if self._gate is not None else "plaintext")
+        # A receive that gives up after 200 ms (to look at finished()): one wait inside
+        # ZeroMQ per request, not a poll and then a receive.
+        self._socket.setsockopt(self._zmq.RCVTIMEO, 200)
         while not self.finished():
-            if poller.poll(200):
-                self.handle(self._socket.recv_multipart(copy=False))
+            try:
+                frames = self._socket.recv_multipart(copy=False)
+            except self._zmq.Again:
+                continue
+            self.handle(frames)
         log.info("Parameter server %d exiting", self.task_index)
 
     def close(self) -> None:

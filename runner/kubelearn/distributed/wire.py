@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 ALLOWED_DTYPES = frozenset({"float32", "float64", "int64"})
+#: The wire's dtypes by numpy dtype and by name (``dtype.name`` is slow on every tensor).
+_NAMES = {np.dtype(name): name for name in ALLOWED_DTYPES}
+_DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}
 # Large tensors travel as several frames of at most this many bytes: ZeroMQ moves many
 # 1 MiB frames several times faster than one 64 MiB frame (bench/ps_throughput.py).
 FRAME_BYTES = 1 << 20
@@ -42,20 +45,23 @@ def send(socket: Any, frames: list[Any], *, lend: bool | None = None,
     ``lend=True`` hands the buffers to ZeroMQ without a copy (pyzmq still copies frames
     under its ``copy_threshold``, 64 KiB): the sender must not change them until ZeroMQ is
     done, which ``track=True`` lets it know through the returned ``zmq.MessageTracker``
-    (one that covers every frame). ``lend=False`` copies; None copies small messages and
-    lends large ones.
+    (one that covers every lent buffer). ``zmq.Frame`` parts (see :func:`encode`) are
+    shared with ZeroMQ whatever ``lend`` says, and no tracker covers them: they must not be
+    changed at all once sent. ``lend=False`` copies; None copies small messages and lends
+    large ones.
     """
     if lend is None:
-        total = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
+        total = sum(_frame_length(f) for f in frames)
         lend = total >= COPY_BELOW_BYTES
     if not (lend and track):
         return socket.send_multipart(frames, copy=not lend)
     import zmq
 
-    trackers = [socket.send(frame, zmq.SNDMORE, copy=False, track=True)
-                for frame in frames[:-1]]
-    trackers.append(socket.send(frames[-1], copy=False, track=True))
-    return zmq.MessageTracker(*trackers)
+    last = len(frames) - 1
+    trackers = [socket.send(frame, 0 if i == last else zmq.SNDMORE, copy=False,
+                            track=not isinstance(frame, zmq.Frame))
+                for i, frame in enumerate(frames)]
+    return zmq.MessageTracker(*(t for t in trackers if isinstance(t, zmq.MessageTracker)))
 
 
 #: Messages a receiving socket queues per peer. A peer of the protocol has one request in
@@ -78,24 +84,64 @@ class WireError(ValueError):
 
 def encode(header: Mapping[str, Any], tensors: Mapping[str, np.ndarray] | None = None
            ) -> list[Any]:
-    """Frames for ``header`` plus ``tensors`` (C-contiguous buffers, sent without copies)."""
+    """Frames for ``header`` plus ``tensors`` (C-contiguous buffers, sent without copies).
+
+    A tensor that is the whole of a received ``zmq.Frame`` goes out as that frame, which
+    ZeroMQ shares by reference count: no copy, and no tracker to wait for.
+    """
     tensors = tensors or {}
     specs = []
     frames: list[Any] = [b""]
     for name, value in tensors.items():
-        array = np.asarray(value)
-        if not array.flags.c_contiguous:
-            array = array.copy(order="C")
-        if array.dtype.name not in ALLOWED_DTYPES:
-            raise WireError(f"tensor {name!r} has dtype {array.dtype.name}, which the wire "
-                            f"does not carry")
-        data = memoryview(array).cast("B") if array.size else memoryview(b"")
-        parts = [data[i:i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)] or [data]
-        specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape),
+        array, dtype = _wire_array(name, value)
+        parts = _parts(array)
+        specs.append({"name": name, "dtype": dtype, "shape": list(array.shape),
                       "frames": len(parts)})
         frames.extend(parts)
     frames[0] = json.dumps({**header, "tensors": specs}, separators=(",", ":")).encode()
     return frames
+
+
+def _wire_array(name: str, value: Any) -> tuple[np.ndarray, str]:
+    """``value`` as a C-contiguous array in native byte order, and its dtype's name."""
+    array = np.asarray(value)
+    dtype = _NAMES.get(array.dtype)
+    if dtype is None:
+        if array.dtype.name not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r} has dtype {array.dtype.name}, which the wire "
+                            f"does not carry")
+        dtype = array.dtype.name  # the other byte order: sent in the native one
+        array = array.astype(_DTYPES[dtype])
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    return array, dtype
+
+
+def _parts(array: np.ndarray) -> list[Any]:
+    """The buffers of one C-contiguous tensor: its frame when it is a whole received
+    frame, else views of at most FRAME_BYTES."""
+    frame = whole_frame(array)
+    if frame is not None:
+        return [frame]
+    data = memoryview(array).cast("B") if array.size else memoryview(b"")
+    return [data[i:i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)] or [data]
+
+
+def whole_frame(array: np.ndarray) -> Any:
+    """The ``zmq.Frame`` whose whole buffer the C-contiguous ``array`` views (as
+    :func:`decode` returns a tensor that came in one frame), or None."""
+    import zmq
+
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, memoryview) or not isinstance(base.obj, zmq.Frame):
+        return None
+    # A view of the buffer as long as the buffer, the buffer as long as the frame: the
+    # array covers the frame exactly.
+    if not array.nbytes == base.nbytes == len(base.obj) or not array.flags.c_contiguous:
+        return None
+    return base.obj
 
 
 def _frame_length(frame: Any) -> int:
@@ -217,7 +263,8 @@ def decode(frames: Sequence[Any],
                 raise WireError(f"tensor {name!r}: expected {want_dtype} {list(want_shape)}, "
                                 f"got {dtype} {shape}")
         buffers = [memoryview(getattr(part, "buffer", part)).cast("B") for part in parts]
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # exact: Python integers
+        itemsize = _DTYPES[dtype].itemsize
+        nbytes = math.prod(shape) * itemsize  # exact: Python integers
         got = sum(len(b) for b in buffers)
         if got != nbytes:
             raise WireError(f"tensor {name!r}: buffer has {got} bytes, {dtype} {shape} needs "
@@ -225,7 +272,7 @@ def decode(frames: Sequence[Any],
         if len(buffers) == 1:  # no copy: a view of the received frame
             flat = np.frombuffer(buffers[0], dtype=dtype)
         else:  # one copy, into place
-            flat = np.empty(nbytes // np.dtype(dtype).itemsize, dtype=dtype)
+            flat = np.empty(nbytes // itemsize, dtype=dtype)
             out = memoryview(flat).cast("B")
             offset = 0
             for buffer in buffers:

@@ -59,6 +59,13 @@ class Optimizer:
     def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
         raise NotImplementedError
 
+    def update_into_grad(self, name: str, param: np.ndarray, grad: np.ndarray
+                         ) -> np.ndarray | None:
+        """The updated ``param`` written over ``grad`` (which the caller gives up), or None
+        when this optimiser can only update in place. Leaving ``param`` untouched lets a
+        reply still sending it go on without a copy."""
+        return None
+
     def state(self) -> dict[str, np.ndarray]:
         return dict(self.slots)
 
@@ -97,6 +104,18 @@ class GradientDescent(Optimizer):
             out = scratch[: flat_p[block].size]
             np.multiply(flat_g[block], self.learning_rate, out=out)
             flat_p[block] -= out
+
+    def update_into_grad(self, name: str, param: np.ndarray, grad: np.ndarray
+                         ) -> np.ndarray:
+        """``param - rate * grad`` over ``grad``, block by block, so that it stays in
+        cache between the two passes."""
+        flat_p, flat_g = param.reshape(-1), grad.reshape(-1)
+        rate = -self.learning_rate
+        for start in range(0, flat_p.size, _CHUNK):
+            block = flat_g[start:start + _CHUNK]
+            np.multiply(block, rate, out=block)
+            np.add(block, flat_p[start:start + _CHUNK], out=block)
+        return grad
 
 
 class Momentum(Optimizer):
