@@ -197,7 +197,11 @@ def test_a_killed_operator_resumes_the_sweep_without_duplicates(
     wait_for(lambda: len(sweeps.trials("lr")) == 2, 30, "the first two trials")
     wait_for(lambda: finished(experiments, sweeps, "lr", done, {"lr-0", "lr-1"}), 30,
              "their pods")
-    wait_for(lambda: len(sweeps.trials("lr")) == 4, 30, "the next two trials")
+    # Killed with those two running: their pods made (the trials' Experiments alone may
+    # be created a moment before their pods are).
+    wait_for(lambda: len(sweeps.trials("lr")) == 4
+             and all(experiments.live_pods(f"lr-{n}") for n in (2, 3)), 30,
+             "the next two trials and their pods")
     first.kill()
     # While it is down, the running trials' pods finish.
     wait_for(lambda: finished(experiments, sweeps, "lr", done, {"lr-2", "lr-3"}), 30,
