@@ -297,6 +297,73 @@ def test_chief_evaluates_and_exports_after_every_checkpoint_it_saves(tmp_path):
     assert _pids_of(model_dir) == []
 
 
+DELAYED_WORKER_FN = '''
+import logging
+import time
+
+from kubelearn.examples import linear
+from kubelearn.hooks import GlobalStepWaiterHook, Hook
+
+log = logging.getLogger("kubelearn")
+
+
+class Pause(Hook):
+    """The master waits after initialising the variables, so the worker reads them first."""
+
+    def begin(self, context):
+        time.sleep(1.5)
+
+
+class FirstLoss(Hook):
+    def after_step(self, context):
+        if not getattr(self, "logged", False):
+            log.info("first loss %.9g at global step %d", context.loss, context.step)
+            self.logged = True
+
+
+def experiment_fn(run_config, hparams):
+    experiment = linear.experiment_fn(run_config, hparams)
+    if run_config.task_type == "worker":
+        experiment.extend_train_hooks([GlobalStepWaiterHook(300, poll_secs=0.01), FirstLoss()])
+    elif run_config.task_type == "master":
+        experiment.extend_train_hooks([Pause()])
+    return experiment
+'''
+
+
+def test_a_worker_that_waited_in_a_hook_trains_from_the_current_variables(tmp_path):
+    """A worker reads the variables when it starts, then its hooks may wait (here for
+    global step 300, as ``delay_workers_by_global_step`` does) while the master trains.
+    Its first gradient must come from the values of its first step, as in a TF session,
+    not from those it read at the start: that gradient, from the initial values, would
+    undo the master's training (a loss back near its initial 11)."""
+    (tmp_path / "delayed_worker.py").write_text(DELAYED_WORKER_FN)
+    model_dir = tmp_path / "model"
+    manifest = tmp_path / "delayed.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "delayed"},
+        "spec": {"experimentFn": "delayed_worker:experiment_fn",
+                 "hparams": {"train_steps": 3000, "n_features": 8, "batch_size": 64,
+                             "n_examples": 2048, "save_checkpoints_steps": 1000},
+                 "replicaSpecs": {role: {"replicas": 1, "restartPolicy": "Never"}
+                                  for role in ("ps", "worker", "master")}},
+    }))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
+         str(model_dir), "--no-progress"],
+        env=_env(PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = _finish(proc)
+    assert "[worker-0]" in out and "Waiting for global step 300" in out, out[-3000:]
+    first = re.search(r"\[worker-0\].* first loss (\S+) at global step (\d+)", out)
+    assert first, out[-3000:]
+    loss, step = float(first[1]), int(first[2])
+    assert step > 300 and loss < 0.01, out[-3000:]
+    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    assert final["loss"] < 0.01
+
+
 def test_local_storage_rules_match_the_cluster(tmp_path):
     """As on a cluster: the model directory is kept by default (a second run resumes from
     it), and ``storage: {ephemeral: true}`` gives a run a directory of its own that is

@@ -193,6 +193,15 @@ class ParameterServerSession:
             self._step = int(header.get("global_step", self._step))
         return self._step
 
+    def refresh(self) -> int:
+        """Pulls the variables and the global step: other tasks have trained since
+        ``start``, and a gradient from those old values would undo their steps."""
+        try:
+            self._pull()
+        except PSUnavailable:
+            return self._finish_if_done()
+        return self._step
+
     def apply(self, grads: Mapping[str, np.ndarray]) -> int:
         requests = {}
         for task, names in enumerate(self._shards):

@@ -301,7 +301,7 @@ class Estimator:
         context.step = step
         for hook in hooks:
             hook.begin(context)
-        step = context.step = session.global_step()
+        step = context.step = session.refresh()
         rng = self._rng("dropout") if self._network.dropout else None
         # Everything the loop calls, looked up once: on a small model these lookups cost
         # as much as the math. Hooks that keep Hook's empty after_step are not called.
@@ -310,7 +310,7 @@ class Estimator:
         batch_of, isfinite = self._batch, math.isfinite
         step_hooks = [hook.after_step for hook in hooks
                       if getattr(type(hook), "after_step", None) is not Hook.after_step]
-        while target is None or step < target:
+        while (target is None or step < target) and not session.finished:
             loss, grads = loss_and_grads(params(), x, y, rng)
             if not isfinite(loss):
                 raise NanLossDuringTrainingError(f"NaN loss during training at step {step}.")

@@ -53,6 +53,9 @@ class LocalSession:
     def global_step(self) -> int:
         return self._step
 
+    def refresh(self) -> int:
+        return self._step  # the variables are this process's own: nothing to read again
+
     def apply(self, grads: Mapping[str, np.ndarray]) -> int:
         self._apply(self._params, grads)
         self._step += 1

@@ -84,6 +84,12 @@ class TrainingSession(Protocol):
     def global_step(self) -> int:
         """The current global step."""
 
+    def refresh(self) -> int:
+        """Reads the variables and the global step again; returns the step. The step loop
+        calls it once, after the hooks' ``begin``: a hook may wait there (for a global
+        step, say), and the first gradient must come from the values of its own step, as
+        a TF session reads them when the step runs, not from those read at ``start``."""
+
     def apply(self, grads: Mapping[str, np.ndarray]) -> int:
         """Applies one step's gradients; returns the new global step."""
 
