@@ -5,7 +5,13 @@ ratio (runner time / bare time) is the runner's overhead. Each pair is run alter
 several times and the best times are compared: noise from other work on the machine only
 ever adds time, so the minimum is the steadiest estimate of each side.
 
-    python bench/runner_overhead.py [--steps 3000] [--repeats 5]
+Each pair also runs ``--long`` times as many steps, which splits the overhead in two: the
+cost of each step (the slope between the two lengths, runner over bare) and the cost paid
+once per ``fit`` (what is left at zero steps: building the Experiment, the checkpoints at
+the first step and at the end, ``training_done``). The durable writes among the latter are
+timed on their own too: one checkpoint of the linear model and one ``training_done``.
+
+    python bench/runner_overhead.py [--steps 3000] [--repeats 5] [--long 4]
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 
 import numpy as np
 
-from kubelearn import Experiment, RunConfig
+from kubelearn import Experiment, RunConfig, checkpoints
 from kubelearn.estimators import DNNRegressor, LinearRegressor
 from kubelearn.inputs import numpy_input_fn
 
@@ -113,34 +119,61 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def durable_writes(repeats: int) -> tuple[float, float]:
+    """Seconds of one checkpoint of the linear model (64 features) and of one
+    ``training_done`` marker, best of ``repeats``, in a fresh temporary directory."""
+    variables = {"linear/kernel": np.zeros((64, 1), np.float32),
+                 "linear/bias": np.zeros(1, np.float32)}
+    saves, marks = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as model_dir:
+            saves.append(timed(lambda d=model_dir: checkpoints.save(d, variables, 1)))
+            marks.append(timed(lambda d=model_dir: checkpoints.mark_training_done(d, 1)))
+    return min(saves), min(marks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--long", type=int, default=4,
+                        help="the second length, as a multiple of --steps")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     x, y = make_data(8192, 64)
-    cases = {
-        "linear (64 features, batch 256)": (
-            lambda: bare_linear(x, y, args.steps, 256, 0.01),
-            lambda: runner(lambda c: LinearRegressor(config=c, learning_rate=0.01), x, y,
-                           args.steps, 256)),
-        "dnn [128, 64] (batch 256)": (
-            lambda: bare_dnn(x, y, args.steps, 256, 0.01, [128, 64]),
-            lambda: runner(lambda c: DNNRegressor(hidden_units=[128, 64], config=c,
-                                                  optimizer="SGD", learning_rate=0.01),
-                           x, y, args.steps, 256)),
-    }
-    print(f"{'model':34} {'bare s':>8} {'runner s':>9} {'ratio':>6} {'+us/step':>9}")
-    for name, (bare_fn, runner_fn) in cases.items():
-        bare_times, runner_times = [], []
+
+    def linear(steps):
+        return (lambda: bare_linear(x, y, steps, 256, 0.01),
+                lambda: runner(lambda c: LinearRegressor(config=c, learning_rate=0.01), x, y,
+                               steps, 256))
+
+    def dnn(steps):
+        return (lambda: bare_dnn(x, y, steps, 256, 0.01, [128, 64]),
+                lambda: runner(lambda c: DNNRegressor(hidden_units=[128, 64], config=c,
+                                                      optimizer="SGD", learning_rate=0.01),
+                               x, y, steps, 256))
+
+    cases = {"linear (64 features, batch 256)": linear, "dnn [128, 64] (batch 256)": dnn}
+    short, long = args.steps, args.steps * args.long
+    print(f"{'model':34} {'bare s':>8} {'runner s':>9} {'ratio':>6} {'+us/step':>9} "
+          f"{'step ratio':>10} {'once ms':>8}")
+    for name, case in cases.items():
+        best: dict[tuple[str, int], float] = {}
         for _ in range(args.repeats):
-            bare_times.append(timed(bare_fn))
-            runner_times.append(runner_fn())
-        bare_s, runner_s = min(bare_times), min(runner_times)
-        extra_us = (runner_s - bare_s) / args.steps * 1e6
+            for steps in (short, long):
+                bare_fn, runner_fn = case(steps)
+                for side, seconds in (("bare", timed(bare_fn)), ("runner", runner_fn())):
+                    best[side, steps] = min(best.get((side, steps), np.inf), seconds)
+        bare_s, runner_s = best["bare", short], best["runner", short]
+        bare_step = (best["bare", long] - bare_s) / (long - short)
+        runner_step = (best["runner", long] - runner_s) / (long - short)
+        once = (runner_s - runner_step * short) - (bare_s - bare_step * short)
+        extra_us = (runner_s - bare_s) / short * 1e6
         print(f"{name:34} {bare_s:8.3f} {runner_s:9.3f} {runner_s / bare_s:6.3f} "
-              f"{extra_us:9.1f}")
+              f"{extra_us:9.1f} {runner_step / bare_step:10.3f} {once * 1e3:8.2f}")
+    save_s, mark_s = durable_writes(args.repeats)
+    print(f"durable writes: one checkpoint {save_s * 1e3:.2f} ms, training_done "
+          f"{mark_s * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 paths they stand in for."""
 
 import json
+import math
 import os
+import time
 
 import numpy as np
 import pytest
 
-from kubelearn import RunConfig, atomic, fs
+from kubelearn import RunConfig, atomic, checkpoints, fs, hooks
 from kubelearn.estimators import LinearRegressor, optimizers
 from kubelearn.estimators import network as net
-from kubelearn.hooks import PROGRESS_FILE, Hook, ProgressHook, StepContext
+from kubelearn.estimators.session import SaveTimer
+from kubelearn.hooks import PROGRESS_FILE, Hook, LoggingHook, ProgressHook, StepContext
 from kubelearn.inputs import numpy_input_fn
 
 
@@ -270,3 +273,92 @@ def test_sgd_rate_for_a_non_float_gradient_stays_the_float():
     assert optimizer._rate_as(np.dtype(np.int64)) == 0.25
     rate = optimizer._rate_as(np.dtype(np.float32))
     assert rate.dtype == np.float32 and rate.shape == () and not rate.flags.writeable
+
+
+class _EveryThird(Hook):
+    """Says when it is due; the loop must call it then, and may skip the steps between."""
+
+    def __init__(self):
+        self.seen = []
+        self._next = 3
+
+    def after_step(self, context):
+        if context.step >= self._next:
+            self.seen.append((context.step, context.loss))
+            self._next = context.step + 3
+
+    def next_due(self):
+        return self._next, math.inf
+
+
+class _LoudLogging(LoggingHook):
+    """Overrides after_step without next_due: LoggingHook's schedule no longer says when
+    it has work, so it is called at every step."""
+
+    def __init__(self):
+        super().__init__(every_n_steps=100)
+        self.steps = []
+
+    def after_step(self, context):
+        self.steps.append(context.step)
+
+
+def test_hooks_with_a_schedule_see_their_due_steps_and_the_rest_every_step(tmp_path, caplog):
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    y = x.sum(axis=1)
+    every_third, loud, counting = _EveryThird(), _LoudLogging(), _Counting()
+    estimator = LinearRegressor(config=RunConfig(model_dir=str(tmp_path / "a"),
+                                                 log_step_count_steps=4))
+    with caplog.at_level("INFO", logger="kubelearn"):
+        estimator.fit(input_fn=numpy_input_fn(x, y, batch_size=16, num_epochs=None,
+                                              shuffle=False),
+                      steps=10, monitors=[every_third, loud, counting])
+    assert [step for step, _ in every_third.seen] == [3, 6, 9]
+    assert all(np.isfinite(loss) and loss > 0 for _, loss in every_third.seen)
+    assert loud.steps == list(range(1, 11)) and counting.calls["after_step"] == 10
+    logged = [r.getMessage().split(",")[0] for r in caplog.records
+              if r.getMessage().startswith("global_step")]
+    assert logged == ["global_step = 4", "global_step = 8"]
+
+
+def test_next_due_trusts_only_a_schedule_defined_beside_after_step():
+    assert hooks.next_due(_EveryThird()) == (3, math.inf)
+    assert hooks.next_due(_LoudLogging()) == hooks.EVERY_STEP
+    assert hooks.next_due(_Counting()) == hooks.EVERY_STEP
+    assert hooks.next_due(_DuckTyped()) == hooks.EVERY_STEP
+    assert hooks.next_due(LoggingHook(every_n_steps=5)) == (5, math.inf)
+    assert hooks.next_due(hooks.StopAtStepHook(last_step=7)) == (7, math.inf)
+    assert hooks.next_due(ProgressHook("unused"))[0] == math.inf
+
+
+def test_a_stop_hook_still_stops_at_its_step(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    estimator = LinearRegressor(config=RunConfig(model_dir=str(tmp_path)))
+    estimator.fit(input_fn=numpy_input_fn(x, x.sum(axis=1), batch_size=16, num_epochs=None,
+                                          shuffle=False),
+                  steps=50, monitors=[hooks.StopAtStepHook(num_steps=6)])
+    assert checkpoints.latest_global_step(str(tmp_path)) == 6
+
+
+def test_checkpoints_by_time_are_saved_between_the_first_and_the_last(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    config = RunConfig(model_dir=str(tmp_path), save_checkpoints_secs=1e-4,
+                       save_checkpoints_steps=None, keep_checkpoint_max=None)
+    LinearRegressor(config=config).fit(
+        input_fn=numpy_input_fn(x, x.sum(axis=1), batch_size=16, num_epochs=None,
+                                shuffle=False), steps=40)
+    # Each save takes longer than the interval, so the step after a save is due again.
+    assert len(checkpoints.checkpoint_paths(str(tmp_path))) >= 10
+
+
+def test_save_timer_on_another_clock_is_asked_at_every_step():
+    now = [100.0]
+    timer = SaveTimer(None, 5.0, clock=lambda: now[0])
+    assert timer.next_due() == (0, -math.inf)
+    timer.saved(1)
+    assert timer.next_due() == (math.inf, -math.inf)
+    monotonic = SaveTimer(None, 5.0)
+    monotonic.saved(1)
+    due_step, due_time = monotonic.next_due()
+    assert due_step == math.inf and 0 < due_time - time.monotonic() <= 5.0
+    assert SaveTimer(10, None).next_due() == (0, math.inf)

@@ -10,6 +10,7 @@ training tells the ps tasks to stop.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -217,6 +218,11 @@ class ParameterServerSession:
         return self._step
 
     # -- checkpoints and the end -----------------------------------------------------
+    def next_due(self) -> tuple[float, float]:
+        if not self._is_chief or self.finished:
+            return math.inf, math.inf
+        return self._timer.next_due()
+
     def after_step(self, step: int) -> None:
         if not self._is_chief or self.finished:
             return

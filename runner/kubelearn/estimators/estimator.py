@@ -15,12 +15,14 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from kubelearn import checkpoints, fs
+from kubelearn import hooks as hooks_lib
 from kubelearn import inputs as inputs_lib
 from kubelearn.estimators import metrics as metrics_lib
 from kubelearn.estimators import network as net
@@ -304,29 +306,42 @@ class Estimator:
         step = context.step = session.refresh()
         rng = self._rng("dropout") if self._network.dropout else None
         # Everything the loop calls, looked up once: on a small model these lookups cost
-        # as much as the math. Hooks that keep Hook's empty after_step are not called.
+        # as much as the math. Hooks that keep Hook's empty after_step are not called;
+        # the others, and the session's after_step, only from the step or time the first
+        # of them is next due (hooks_lib.next_due), each checking its own schedule then.
         loss_and_grads = self._network.loss_and_grads_function()
         params, apply, after_step = session.params, session.apply, session.after_step
-        batch_of, isfinite = self._batch, math.isfinite
-        step_hooks = [hook.after_step for hook in hooks
-                      if getattr(type(hook), "after_step", None) is not Hook.after_step]
+        batch_of, isfinite, now = self._batch, math.isfinite, time.monotonic
+        step_hook_objects = [hook for hook in hooks if getattr(
+            type(hook), "after_step", None) is not Hook.after_step]
+        step_hooks = [hook.after_step for hook in step_hook_objects]
+
+        def next_due() -> tuple[float, float]:
+            dues = [session.next_due(), *(hooks_lib.next_due(h) for h in step_hook_objects)]
+            return min(d[0] for d in dues), min(d[1] for d in dues)
+
+        due_step, due_time = next_due()
+        loss = context.loss
         while (target is None or step < target) and not session.finished:
             loss, grads = loss_and_grads(params(), x, y, rng)
             if not isfinite(loss):
                 raise NanLossDuringTrainingError(f"NaN loss during training at step {step}.")
             step = apply(grads)
-            context.step, context.loss = step, loss
-            after_step(step)
-            for hook_after_step in step_hooks:
-                hook_after_step(context)
-            if context.stop_requested or session.stop_requested or session.finished:
-                break
+            if step >= due_step or now() >= due_time or session.finished:
+                context.step, context.loss = step, loss
+                after_step(step)
+                for hook_after_step in step_hooks:
+                    hook_after_step(context)
+                if context.stop_requested or session.stop_requested or session.finished:
+                    break
+                due_step, due_time = next_due()
             try:
                 features, labels = next(batch_iter)
             except StopIteration:
                 log.info("Input exhausted at global step %d", step)
                 break
             x, y = batch_of(features, labels)
+        context.step, context.loss = step, loss
         done = session.finished or (max_steps is not None and step >= max_steps)
         session.close(done=done)
         for hook in hooks:

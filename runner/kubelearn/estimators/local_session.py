@@ -61,6 +61,9 @@ class LocalSession:
         self._step += 1
         return self._step
 
+    def next_due(self) -> tuple[float, float]:
+        return self._timer.next_due()
+
     def after_step(self, step: int) -> None:
         if self._save_due(step):
             self.save()

@@ -96,6 +96,10 @@ class TrainingSession(Protocol):
     def after_step(self, step: int) -> None:
         """Saves a checkpoint when one is due."""
 
+    def next_due(self) -> tuple[float, float]:
+        """The global step and ``time.monotonic()`` time before which :meth:`after_step`
+        has nothing to do: the step loop does not call it before then."""
+
     def save(self) -> None:
         """Saves a checkpoint of the current step, unless it already has one."""
 
@@ -136,6 +140,13 @@ class SaveTimer:
             return step != self.last_step
         return bool(self.every_secs and self._clock() >= self._deadline
                     and step != self.last_step)
+
+    def next_due(self) -> tuple[float, float]:
+        """The step and the ``time.monotonic()`` time before which :meth:`due` is False. A
+        timer on another clock is asked at every step."""
+        if self.every_secs and self._clock is not time.monotonic:
+            return self._next_step, -math.inf
+        return self._next_step, self._deadline
 
     def saved(self, step: int) -> None:
         self.last_step = step
