@@ -14,7 +14,9 @@ receiver reads the header and then exactly that many bytes, and a round trip end
 once the whole reply is in. Without the header the echo would rely on knowing the size in
 advance, which no real protocol can; it costs one small read per message, nothing more.
 The ps side also applies SGD to the pushed tensor before it replies: that is part of what
-a push and pull through the ps costs.
+a push and pull through the ps costs. The ZeroMQ echo with the same SGD step and no
+protocol (``floor``) shows how much of the gap to the raw socket is ZeroMQ and the update,
+and how much is the ps's own request handling.
 
     python bench/ps_throughput.py [--repeats 7] [--volume 256]
 """
@@ -143,17 +145,68 @@ class PSPush:
         self._proc.join(timeout=30)
 
 
+def _zmq_sgd_server(port: int, size: int) -> None:
+    """Echoes each message on a ZeroMQ ROUTER after the SGD step the ps applies (the
+    gradient frame becomes ``variable - rate * gradient``), with nothing else: no header to
+    parse or check, no token, no tensor spec."""
+    import zmq
+
+    from kubelearn.estimators import optimizers
+
+    sgd = optimizers.GradientDescent(0.01)
+    variable = np.zeros(size // 4, np.float32)
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    while True:
+        ident, header, body = sock.recv_multipart(copy=False)
+        if header.bytes == b"stop":
+            break
+        grad = np.frombuffer(body.buffer, np.float32)
+        variable = sgd.update_into_grad("w", variable, grad)
+        sock.send_multipart([ident, header, body], copy=False)
+    sock.close()
+
+
+class ZmqSGDEcho:
+    """The ps's floor on this machine: a ZeroMQ round trip (zero-copy both ways, as the ps
+    and its client send) with the same SGD step in the middle, and no protocol."""
+
+    def __init__(self, size: int):
+        import zmq
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self._proc = mp.get_context("spawn").Process(target=_zmq_sgd_server, args=(port, size))
+        self._proc.start()
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.connect(f"tcp://127.0.0.1:{port}")
+        self._grads = np.ones(size // 4, np.float32)
+        self._size = size
+        self.round_trip()  # warms the connection up
+
+    def round_trip(self) -> None:
+        self._sock.send_multipart([b"push", self._grads], copy=False)
+        _, body = self._sock.recv_multipart(copy=False)
+        assert len(body) == self._size
+
+    def close(self) -> None:
+        self._sock.send_multipart([b"stop", b""])
+        self._proc.join(timeout=30)
+        self._sock.close()
+
+
 #: Bytes a side moves each way before the next one takes its turn: for small tensors
 #: enough round trips to run warm (processes awake, buffers in cache), few enough to share
 #: busy spells; a large tensor's round trip is long enough to take turns one by one.
 BURST_BYTES = 8 * MB
 
 
-def best_times(size: int, repeats: int, curve_key: str) -> tuple[float, float, float]:
-    """Best round-trip times of the raw socket, the ps and the ps with Curve, measured in
-    turns of BURST_BYTES each, so that a busy spell on a shared machine falls on all three
-    alike."""
-    sides = [RawEcho(size), PSPush(size), PSPush(size, curve_key)]
+def best_times(size: int, repeats: int, curve_key: str) -> list[float]:
+    """Best round-trip times of the raw socket, the ZeroMQ echo with SGD, the ps and the ps
+    with Curve, measured in turns of BURST_BYTES each, so that a busy spell on a shared
+    machine falls on all of them alike."""
+    sides = [RawEcho(size), ZmqSGDEcho(size), PSPush(size), PSPush(size, curve_key)]
     best = [float("inf")] * len(sides)
     burst = max(1, BURST_BYTES // size)
     try:
@@ -166,7 +219,7 @@ def best_times(size: int, repeats: int, curve_key: str) -> tuple[float, float, f
     finally:
         for side in sides:
             side.close()
-    return best[0], best[1], best[2]
+    return best
 
 
 def main() -> None:
@@ -178,13 +231,15 @@ def main() -> None:
     from kubelearn.distributed import curve
 
     key = curve.new_key()
-    print(f"{'tensor':>7} {'raw MB/s':>9} {'ps MB/s':>9} {'ps/raw':>7} {'curve MB/s':>11} "
-          f"{'plain/curve':>12}   (push + pull, best of N)")
+    print(f"{'tensor':>7} {'raw MB/s':>9} {'zmq+sgd MB/s':>13} {'ps MB/s':>9} {'ps/raw':>7} "
+          f"{'floor/raw':>10} {'curve MB/s':>11} {'plain/curve':>12}   (push + pull, best of N)")
     for mb in (1, 16, 64):
-        raw, ps, encrypted = best_times(mb * MB, max(args.repeats, args.volume // mb), key)
+        raw, floor, ps, encrypted = best_times(mb * MB, max(args.repeats, args.volume // mb),
+                                               key)
         moved = 2 * mb
-        print(f"{mb:>5}MB {moved / raw:9.0f} {moved / ps:9.0f} {raw / ps:7.2f} "
-              f"{moved / encrypted:11.0f} {encrypted / ps:12.2f}", flush=True)
+        print(f"{mb:>5}MB {moved / raw:9.0f} {moved / floor:13.0f} {moved / ps:9.0f} "
+              f"{raw / ps:7.2f} {raw / floor:10.2f} {moved / encrypted:11.0f} "
+              f"{encrypted / ps:12.2f}", flush=True)
 
 
 if __name__ == "__main__":
