@@ -197,6 +197,34 @@ def test_lent_frames_are_tracked_until_sent_and_copied_frames_are_not_lent():
         context.term()
 
 
+def test_a_tracked_message_copies_its_small_frames_and_tracks_its_large_ones():
+    import zmq
+
+    context, sender, receiver = _pair()
+    try:
+        identity = bytearray(b"peer-identity")
+        large = np.arange(zmq.COPY_THRESHOLD // 4, dtype=np.float32)  # lent, not copied
+        tracker = wire.send(sender, [identity, *wire.encode({"op": "x"}, {"v": large})],
+                            lend=True, track=True)
+        identity[:] = b"X" * len(identity)  # copied at once: the message keeps the old one
+        frames = receiver.recv_multipart(copy=False)
+        assert frames[0].bytes == b"peer-identity"
+        _, out = wire.decode(frames[1:])
+        np.testing.assert_array_equal(out["v"], large)
+        del frames, out  # inproc: the receiver's frames share the sender's buffer
+        tracker.wait(10)
+        assert tracker.done
+        # A message with nothing to lend has nothing to wait for.
+        small = wire.send(sender, wire.encode({"op": "y"}, {"v": np.ones(4, np.float32)}),
+                          lend=True, track=True)
+        receiver.recv_multipart()
+        assert small.done
+    finally:
+        sender.close(0)
+        receiver.close(0)
+        context.term()
+
+
 def _free_port():
     import socket
 

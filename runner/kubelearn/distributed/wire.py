@@ -23,8 +23,6 @@ FRAME_BYTES = 1 << 20
 # Below this many bytes a message is copied into ZeroMQ when its sender does not say
 # whether its buffers may be lent (:func:`send`).
 COPY_BELOW_BYTES = 4 << 20
-#: Frames shorter than this are copied even when lent: pyzmq's own copy threshold.
-LEND_FROM_BYTES = 64 << 10
 
 
 MAX_HEADER_BYTES = 1 << 20
@@ -60,17 +58,9 @@ def send(socket: Any, frames: list[Any], *, lend: bool | None = None,
     import zmq
 
     last = len(frames) - 1
-    trackers = []
-    for i, frame in enumerate(frames):
-        flags = 0 if i == last else zmq.SNDMORE
-        if isinstance(frame, zmq.Frame):  # shared by reference count: nothing to track
-            trackers.append(socket.send(frame, flags, copy=False))
-        elif _frame_length(frame) < LEND_FROM_BYTES:
-            # Copied (the peer's identity, the header): a tracked zero-copy frame costs a
-            # message to pyzmq's garbage-collector thread once ZeroMQ is done with it.
-            socket.send(frame, flags)
-        else:
-            trackers.append(socket.send(frame, flags, copy=False, track=True))
+    trackers = [socket.send(frame, 0 if i == last else zmq.SNDMORE, copy=False,
+                            track=not isinstance(frame, zmq.Frame))
+                for i, frame in enumerate(frames)]
     return zmq.MessageTracker(*(t for t in trackers if isinstance(t, zmq.MessageTracker)))
 
 
