@@ -1,6 +1,7 @@
 """Training hooks (tf.contrib.learn's monitors): code that runs around training steps.
 
-A hook sees a :class:`StepContext` after every step and may ask training to stop.
+A hook sees a :class:`StepContext` after every step (or, if it says when it is next due,
+after the steps it is due) and may ask training to stop.
 """
 
 from __future__ import annotations
