@@ -102,11 +102,15 @@ def _manifest(tmp_path: Path, name: str, hparams: dict, replicas: dict,
     return path
 
 
-def _launch(manifest: Path, model_dir: Path) -> subprocess.Popen[str]:
+def _launch(manifest: Path, model_dir: Path,
+            module_dir: Path | None = None) -> subprocess.Popen[str]:
+    """``kubelearn local`` on ``manifest``; ``module_dir`` holds the experiment's module."""
+    extra = {} if module_dir is None else {"PYTHONPATH": os.pathsep.join(
+        [str(module_dir), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
          str(model_dir), "--no-progress"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
 
 
@@ -281,12 +285,7 @@ def test_chief_evaluates_and_exports_after_every_checkpoint_it_saves(tmp_path):
                  "replicaSpecs": {role: {"replicas": 1, "restartPolicy": "Never"}
                                   for role in ("ps", "worker", "master")}},
     }))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
-         str(model_dir), "--no-progress"],
-        env=_env(PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out = _finish(proc)
+    out = _finish(_launch(manifest, model_dir, module_dir=tmp_path))
     lines = (model_dir / "eval_intermediate_export" / "results.jsonl").read_text().splitlines()
     evaluated = [json.loads(line)["global_step"] for line in lines]
     # One evaluation per checkpoint the master saved, the last one at the end of training.
@@ -349,12 +348,7 @@ def test_a_worker_that_waited_in_a_hook_trains_from_the_current_variables(tmp_pa
                  "replicaSpecs": {role: {"replicas": 1, "restartPolicy": "Never"}
                                   for role in ("ps", "worker", "master")}},
     }))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
-         str(model_dir), "--no-progress"],
-        env=_env(PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out = _finish(proc)
+    out = _finish(_launch(manifest, model_dir, module_dir=tmp_path))
     assert "[worker-0]" in out and "Waiting for global step 300" in out, out[-3000:]
     first = re.search(r"\[worker-0\].* first loss (\S+) at global step (\d+)", out)
     assert first, out[-3000:]
