@@ -22,6 +22,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runner/ runner/
+COPY common/ common/
 COPY operator/ operator/
 # runner: the kubelearn wheel (numpy, pyyaml, fsspec) with its [distributed] (pyzmq),
 # [tensorboard] (tensorboardX) and [s3] (s3fs: a model directory s3://bucket/prefix) extras.

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT / "operator", ROOT / "runner", ROOT):
     sys.path.insert(0, str(_path))
 
-from kubelearn_operator.controller import plan_options  # noqa: E402
-from kubelearn_operator.reconcile import Observed, plan  # noqa: E402
+from kubelearn_operator.experiment_controller import plan_options  # noqa: E402
+from kubelearn_operator.experiment_plan import Observed, plan  # noqa: E402
 from kubelearn_operator.settings import Settings  # noqa: E402
 
 

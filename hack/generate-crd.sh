@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Writes the Experiment and Sweep CRDs from the model (runner/kubelearn_spec) into crds/ and
+# Writes the Experiment and Sweep CRDs from the model (common/kubelearn_spec) into crds/ and
 # the chart.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -11,7 +11,6 @@ import base64
 import copy
 import json
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,8 @@ from kubelearn_spec.tfconfig import (
     tf_config,
     tf_config_reference,
 )
+
+from .objects import ExperimentRef
 
 #: Above this many replicas TF_CONFIG's cluster comes from a ConfigMap, not each pod.
 INLINE_CLUSTER_MAX_REPLICAS = 64
@@ -93,25 +94,6 @@ def _secure(pod_spec: dict[str, Any], main: dict[str, Any]) -> None:
             volumes.append({"name": SCRATCH_VOLUME, "emptyDir": {}})
         pod_spec["volumes"] = volumes
         main["volumeMounts"] = [*mounts, {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}]
-
-
-@dataclass(frozen=True)
-class ExperimentRef:
-    """Identity of the resource that owns the objects being built and that events are
-    about: an Experiment, or a Sweep (``kind``) for its trial Experiments."""
-
-    name: str
-    namespace: str
-    uid: str
-    kind: str = names.KIND
-
-    def owner_reference(self) -> dict[str, Any]:
-        return {"apiVersion": names.API_VERSION, "kind": self.kind, "name": self.name,
-                "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
-
-    def metadata(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-        return {"name": name, "namespace": self.namespace, "labels": dict(labels),
-                "ownerReferences": [self.owner_reference()]}
 
 
 def replica_env(ref: ExperimentRef, spec: ExperimentSpec, tf_config_value: str, *,

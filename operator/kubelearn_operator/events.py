@@ -19,9 +19,8 @@ from typing import Any
 from kubelearn_spec import names
 
 from .aio import cancel
-from .builders import ExperimentRef
 from .kube import KubeClient
-from .reconcile import Event
+from .objects import Event, ExperimentRef
 from .status import format_time
 
 logger = logging.getLogger("kubelearn_operator")

@@ -20,11 +20,12 @@ from kubelearn_spec import contract, names
 
 from . import metrics
 from .aio import gather
-from .builders import ExperimentRef, build_secret
+from .builders import build_secret
 from .events import EventRecorder
+from .experiment_plan import Plan, status_patch
 from .kube import ApiError, KubeClient
+from .objects import Event, ExperimentRef
 from .pods import PodState
-from .reconcile import Event, Plan, status_patch
 from .status import format_time
 from .workqueue import Key
 

@@ -20,10 +20,10 @@ import kopf
 from kubelearn_spec import names
 
 from . import metrics
-from .controller import Controller
+from .experiment_controller import Controller
 from .kube import KubeClient
 from .settings import Settings
-from .sweeps import SweepController
+from .sweep_controller import SweepController
 
 _state: dict[str, Any] = {}
 

@@ -34,8 +34,7 @@ from kubelearn_spec import names
 from kubelearn_spec.sweep_model import SweepSpec, parse_sweep_spec
 from kubelearn_spec.validate import SpecError
 
-from .builders import ExperimentRef
-from .reconcile import Event
+from .objects import Event, ExperimentRef
 from .status import format_time, get_condition, is_true, phase, set_condition
 
 #: A trial stopped because the sweep ended (goal reached, too many failures): it neither

@@ -1,6 +1,6 @@
 """kubelearn: tf.contrib.learn's learn_runner and Experiment, in numpy, for Kubernetes."""
 
-from kubelearn import estimators, inputs, learn_runner
+from kubelearn import estimators, inputs, learn_runner, sessions  # noqa: F401 (hands in)
 from kubelearn.experiment import Experiment
 from kubelearn.export import ExportStrategy, make_export_strategy
 from kubelearn.hparams import HParams

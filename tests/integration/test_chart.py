@@ -24,8 +24,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from kubelearn_operator.builders import ExperimentRef
 from kubelearn_operator.netpol import NetworkPolicyConfig, build_network_policy, parse_selector
+from kubelearn_operator.objects import ExperimentRef
 from kubelearn_operator.settings import Settings
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.helpers import (

@@ -49,7 +49,8 @@ BASE_ENV = ("PIP_BREAK_SYSTEM_PACKAGES=1",)
 VERSION = "0.1.0"
 TARGETS = ("runner", "operator", "tensorboard")
 # The files the Dockerfile copies (see .dockerignore) plus the Dockerfile itself.
-BUILD_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "runner", "operator")
+BUILD_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "runner", "common",
+                "operator")
 
 
 @dataclass(frozen=True)

@@ -216,12 +216,12 @@ def test_dockerignore_lets_in_only_what_is_copied(stages):
 
 @pytest.mark.parametrize(("package", "third_party"), [
     # The Experiment model, which the operator imports: the standard library alone.
-    ("runner/kubelearn_spec", set()),
+    ("common/kubelearn_spec", set()),
     ("operator/kubelearn_operator",
      {"kubelearn_spec", "kubelearn_search", "kopf", "aiohttp", "kubernetes_asyncio",
       "prometheus_client"}),
     # The Sweep's search, which the operator imports: the model and the [sweep] extra.
-    ("runner/kubelearn_search", {"kubelearn_spec", "optuna"}),
+    ("common/kubelearn_search", {"kubelearn_spec", "optuna"}),
 ])
 def test_operator_image_leaves_out_what_the_operator_never_imports(stages, package,
                                                                    third_party):

@@ -12,7 +12,7 @@ import yaml
 from kubelearn.cli import main
 from kubelearn.local import EXIT_BAD_INPUT
 from kubelearn.manifest import parse
-from kubelearn_operator.spec import SpecError, parse_spec
+from kubelearn_operator.experiment_plan import SpecError, parse_spec
 from tests.experiment_cases import INVALID, VALID, Case, attribute, ids
 
 

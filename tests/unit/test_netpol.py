@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kubelearn_operator.builders import ExperimentRef
 from kubelearn_operator.netpol import (
     NetworkPolicyConfig,
     build_network_policy,
     network_policy_config,
     parse_selector,
 )
+from kubelearn_operator.objects import ExperimentRef
 from kubelearn_spec import names
 
 REF = ExperimentRef("linear", "ml", "uid-1")

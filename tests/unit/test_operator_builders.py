@@ -6,7 +6,6 @@ import base64
 import json
 
 from kubelearn_operator.builders import (
-    ExperimentRef,
     PodBuilder,
     build_model_claim,
     build_pod,
@@ -14,7 +13,8 @@ from kubelearn_operator.builders import (
     build_secret,
     build_service,
 )
-from kubelearn_operator.spec import parse_spec
+from kubelearn_operator.experiment_plan import parse_spec
+from kubelearn_operator.objects import ExperimentRef
 from kubelearn_spec import contract, names
 from kubelearn_spec.tfconfig import cluster_spec, service_address, tf_config
 from tests.experiment_cases import MINIMAL

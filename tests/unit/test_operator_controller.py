@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from kubelearn_operator.aio import cancel
-from kubelearn_operator.controller import Controller
+from kubelearn_operator.experiment_controller import Controller
 from kubelearn_operator.informer import Informer
 from kubelearn_operator.pods import PodState
 from kubelearn_operator.settings import Settings
@@ -110,7 +110,7 @@ def test_a_namespace_caches_stop_with_its_last_experiment() -> None:
 
 
 def test_a_cache_keeps_the_newest_version_of_an_object() -> None:
-    from kubelearn_operator.controller import store_newest
+    from kubelearn_operator.experiment_controller import store_newest
 
     def version(rv: str, uid: str = "u1") -> dict:
         return {"metadata": {"uid": uid, "resourceVersion": rv}}

@@ -6,11 +6,11 @@ import asyncio
 from datetime import datetime, timezone
 from typing import Any
 
-from kubelearn_operator.builders import ExperimentRef
 from kubelearn_operator.events import EventRecorder
 from kubelearn_operator.executor import Executor
+from kubelearn_operator.experiment_plan import Plan
 from kubelearn_operator.kube import ApiError
-from kubelearn_operator.reconcile import Event, Plan
+from kubelearn_operator.objects import Event, ExperimentRef
 
 #: What the API server answers a create in a namespace being deleted (the namespace
 #: lifecycle admission plugin).

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubelearn_operator.pods import PodState, pod_state
-from kubelearn_operator.reconcile import (
+from kubelearn_operator.experiment_plan import (
     PODGROUP_MISSING,
     Observed,
     Options,
@@ -20,6 +19,7 @@ from kubelearn_operator.reconcile import (
     plan,
     status_patch,
 )
+from kubelearn_operator.pods import PodState, pod_state
 from kubelearn_operator.status import format_time
 from kubelearn_spec import names
 from tests.experiment_cases import MINIMAL

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubelearn_operator.spec import parse_spec as operator_parse
+from kubelearn_operator.experiment_plan import parse_spec as operator_parse
 from kubelearn_spec.model import parse_manifest
 from kubelearn_spec.schema import role_count
 from kubelearn_spec.validate import SpecError, check_experiment

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubelearn_operator.spec import parse_spec
+from kubelearn_operator.experiment_plan import parse_spec
 from kubelearn_spec import crd, names, policy
 from kubelearn_spec.model import parse_manifest
 from kubelearn_spec.schema import ROOT

@@ -2,8 +2,9 @@
 
 Training runs through a *training session* (:class:`~kubelearn.estimators.session.
 TrainingSession`), which owns the variables: the local session keeps them in this process;
-the parameter-server session (``kubelearn.distributed``) pulls them from and pushes
-gradients to the ps tasks of the cluster. The step loop is the same for both.
+the parameter-server session (``kubelearn.distributed``, handed in by ``kubelearn.sessions``)
+pulls them from and pushes gradients to the ps tasks of the cluster. The step loop is the same
+for both.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from kubelearn import inputs as inputs_lib
 from kubelearn.estimators import metrics as metrics_lib
 from kubelearn.estimators import network as net
 from kubelearn.estimators import optimizers
-from kubelearn.estimators.local_session import LocalSession
-from kubelearn.estimators.session import CheckpointSaverListener, SessionModel, TrainingSession
+from kubelearn.estimators.session import (
+    CheckpointSaverListener,
+    SessionModel,
+    TrainingSession,
+    training_session,
+)
 from kubelearn.hooks import Hook, LoggingHook, ProgressHook, StepContext
-from kubelearn.run_config import RunConfig, TaskType
+from kubelearn.run_config import RunConfig
 
 log = logging.getLogger("kubelearn")
 
@@ -227,15 +232,7 @@ class Estimator:
 
     def _training_session(self, saving_listeners: Sequence[CheckpointSaverListener]
                           ) -> TrainingSession:
-        config = self._config
-        model = self._session_model(saving_listeners)
-        if config.num_ps_replicas and config.task_type in (
-            TaskType.WORKER, TaskType.MASTER, TaskType.CHIEF
-        ):
-            from kubelearn.distributed.session import ParameterServerSession
-
-            return ParameterServerSession(model)
-        return LocalSession(model)
+        return training_session(self._session_model(saving_listeners), self._config)
 
     # -- the public API ----------------------------------------------------------------
     def fit(

@@ -61,6 +61,27 @@ class SessionModel:
     saving_listeners: Sequence[CheckpointSaverListener] = field(default_factory=tuple)
 
 
+#: Makes the session that trains a model under a RunConfig: handed in by the package that
+#: knows the cluster (``kubelearn.sessions``), so estimators never import the ps wire.
+SessionFactory = Callable[[SessionModel, RunConfig], "TrainingSession"]
+_session_factory: SessionFactory | None = None
+
+
+def hand_in_session_factory(factory: SessionFactory) -> None:
+    """Sets how every Estimator's ``fit`` gets its session (see :data:`SessionFactory`)."""
+    global _session_factory
+    _session_factory = factory
+
+
+def training_session(model: SessionModel, config: RunConfig) -> TrainingSession:
+    """The session for one ``fit``: the handed-in factory's, else a local one."""
+    if _session_factory is not None:
+        return _session_factory(model, config)
+    from kubelearn.estimators.local_session import LocalSession
+
+    return LocalSession(model)
+
+
 @runtime_checkable
 class TrainingSession(Protocol):
     """Owns the variables, the optimiser state and the global step for one ``fit``."""

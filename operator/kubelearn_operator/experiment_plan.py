@@ -2,8 +2,9 @@
 
 ``plan()`` reads an Experiment and what exists of it (pods, services) and returns what to do:
 objects to create or delete, the status to write, events to post. It performs no I/O, so every
-policy is tested without a cluster; ``controller.py`` carries the plan out. Running the same
-plan twice is harmless: names are deterministic and restarts are keyed by the failed pod's uid.
+policy is tested without a cluster; ``experiment_controller.py`` carries the plan out. Running
+the same plan twice is harmless: names are deterministic and restarts are keyed by the failed
+pod's uid.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubelearn_spec import names, policy
+from kubelearn_spec import model, names, policy
 from kubelearn_spec.model import ExperimentSpec
 from kubelearn_spec.validate import SpecError
 
 from .builders import (
     INLINE_CLUSTER_MAX_REPLICAS,
-    ExperimentRef,
     PodBuilder,
     TensorBoard,
     build_model_claim,
@@ -32,10 +32,10 @@ from .builders import (
     model_claim,
 )
 from .netpol import NetworkPolicyConfig, build_network_policy
+from .objects import Event, ExperimentRef
 from .pods import PodState
 from .progress import progress_from_pods
 from .settings import DEFAULT_IMAGE, DEFAULT_TENSORBOARD_IMAGE
-from .spec import parse_spec
 from .status import (
     clear_condition,
     format_time,
@@ -53,6 +53,22 @@ STORAGE_CONDITION = "StorageReady"
 SCALE_REFUSED = "ScaleRefused"
 PODGROUP_MISSING = (f"PodGroup CRD {names.PODGROUP_GROUP}/{names.PODGROUP_VERSION} is not "
                     "installed: pods are scheduled without gang scheduling")
+
+
+def model_dir(namespace: str, name: str) -> str:
+    """Where an experiment keeps its checkpoints when its spec does not say."""
+    return f"/tmp/kubelearn/{namespace}/{name}"
+
+
+def parse_spec(spec: Any, *, name: str, namespace: str, default_image: str) -> ExperimentSpec:
+    """Validate an Experiment's spec and fill in every default, the operator's included.
+
+    Raises:
+        SpecError: naming the offending field.
+    """
+    parsed = model.parse_spec(spec, name=name, namespace=namespace, stored=True)
+    return dataclasses.replace(parsed, image=parsed.image or default_image,
+                               model_dir=parsed.model_dir or model_dir(namespace, name))
 
 
 #: How often an experiment waiting for its storage looks again (claims and storage classes
@@ -93,15 +109,6 @@ class Options:
     inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
     network_policy: NetworkPolicyConfig | None = None
     encrypt_wire: bool = False
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post about the experiment."""
-
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass

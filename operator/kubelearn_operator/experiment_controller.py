@@ -25,13 +25,21 @@ from . import metrics, progress
 from .aio import cancel, gather
 from .events import EventRecorder
 from .executor import Executor
+from .experiment_plan import (
+    Observed,
+    Options,
+    Plan,
+    SpecError,
+    StorageClasses,
+    claim_to_check,
+    parse_spec,
+    plan,
+)
 from .informer import Informer
 from .kube import ApiError, KubeClient
 from .pods import PodState, controller_uid, pod_state
 from .progress import reporter
-from .reconcile import Observed, Options, Plan, StorageClasses, claim_to_check, plan
 from .settings import Settings
-from .spec import SpecError, parse_spec
 from .workqueue import Key, WorkQueue, work
 
 logger = logging.getLogger("kubelearn_operator")

@@ -18,10 +18,10 @@ from kubelearn_spec import names
 
 from . import metrics
 from .aio import cancel
-from .builders import ExperimentRef
-from .controller import Controller, store_newest
+from .experiment_controller import Controller, store_newest
+from .experiment_plan import status_patch
 from .kube import ApiError
-from .reconcile import status_patch
+from .objects import ExperimentRef
 from .sweep_plan import RUNNING, SweepPlan, plan_sweep, trial_number
 from .workqueue import Key, WorkQueue, work
 
