@@ -19,7 +19,7 @@ from typing import Any
 from kubelearn_spec import names
 
 from .aio import cancel
-from .kube import KubeClient
+from .kube import EVENTS, KubeClient
 from .objects import Event, ExperimentRef
 from .status import format_time
 
@@ -85,7 +85,7 @@ class EventRecorder:
             event = await self._queue.get()
             try:
                 await self.client.request(
-                    "POST", f"/api/v1/namespaces/{event['metadata']['namespace']}/events",
+                    "POST", EVENTS.path(event["metadata"]["namespace"]),
                     body=event, background=True)
             except asyncio.CancelledError:
                 raise

@@ -23,7 +23,20 @@ from .aio import gather
 from .builders import build_secret
 from .events import EventRecorder
 from .experiment_plan import Plan, status_patch
-from .kube import ApiError, KubeClient
+from .kube import (
+    CLAIMS,
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    EXPERIMENTS,
+    NETWORK_POLICIES,
+    PODGROUPS,
+    PODS,
+    RESOURCES,
+    SECRETS,
+    SERVICES,
+    ApiError,
+    KubeClient,
+)
 from .objects import Event, ExperimentRef
 from .pods import PodState
 from .status import format_time
@@ -33,11 +46,6 @@ logger = logging.getLogger("kubelearn_operator")
 
 #: How long an object this process created counts as existing before the cache shows it.
 EXPECT_SECONDS = 30.0
-
-
-def experiment_path(namespace: str, name: str = "") -> str:
-    path = f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{namespace}/{names.PLURAL}"
-    return f"{path}/{name}" if name else path
 
 
 class Expectations:
@@ -129,7 +137,7 @@ class Executor:
         await gather([creates, *deletes])
 
     async def _delete_experiment(self, ref: ExperimentRef) -> None:
-        if await self.client.delete(experiment_path(ref.namespace, ref.name), ref.uid):
+        if await self.client.delete(EXPERIMENTS.path(ref.namespace, ref.name), ref.uid):
             metrics.count("deleted", ref.namespace)
 
     async def _write_status(self, key: Key, body: Mapping[str, Any], result: Plan) -> bool:
@@ -142,7 +150,7 @@ class Executor:
         patch["lastReconcileTime"] = format_time(self.clock())
         try:
             updated = await self.client.merge_patch(
-                experiment_path(*key) + "/status", {"status": patch})
+                EXPERIMENTS.path(*key, subresource="status"), {"status": patch})
         except ApiError as error:
             if error.status == 404:
                 return False
@@ -160,9 +168,8 @@ class Executor:
         if ref.uid in self.expectations.doomed:
             return
         ensured = self.expectations.ensured
-        namespaced = f"/api/v1/namespaces/{ref.namespace}"
         # The claim goes before the pods that mount it (a 409 when it exists already).
-        claims = f"{namespaced}/persistentvolumeclaims"
+        claims = CLAIMS.path(ref.namespace)
         if result.claim is not None:
             try:
                 made = await self.client.create(claims, result.claim)
@@ -175,23 +182,21 @@ class Executor:
                                     [result.claim["metadata"]["name"]])
         calls: list[Any] = []
         if result.ensure_secret and (ref.uid, "secret") not in ensured:
-            calls.append(self._ensure(ref, "secret", f"{namespaced}/secrets",
+            calls.append(self._ensure(ref, "secret", SECRETS.path(ref.namespace),
                                       build_secret(ref, secrets.token_hex(32)), "Secret"))
         if result.configmap is not None:
             digest = hashlib.sha1(result.configmap["data"][contract.CLUSTER_KEY].encode())
             generation = f"configmap-{digest.hexdigest()}"
             if (ref.uid, generation) not in ensured:
-                calls.append(self._ensure(ref, generation, f"{namespaced}/configmaps",
+                calls.append(self._ensure(ref, generation, CONFIGMAPS.path(ref.namespace),
                                           result.configmap, "ConfigMap", replace=True))
         if result.network_policy is not None and (ref.uid, "netpol") not in ensured:
             calls.append(self._ensure(
-                ref, "netpol", f"/apis/networking.k8s.io/v1/namespaces/{ref.namespace}/"
-                "networkpolicies", result.network_policy, "NetworkPolicy"))
+                ref, "netpol", NETWORK_POLICIES.path(ref.namespace), result.network_policy,
+                "NetworkPolicy"))
         if result.podgroup is not None and (ref.uid, "podgroup") not in ensured:
             calls.append(self._ensure(
-                ref, "podgroup", f"/apis/{names.PODGROUP_GROUP}/{names.PODGROUP_VERSION}/"
-                f"namespaces/{ref.namespace}/{names.PODGROUP_PLURAL}", result.podgroup,
-                "PodGroup"))
+                ref, "podgroup", PODGROUPS.path(ref.namespace), result.podgroup, "PodGroup"))
         if result.tensorboard is not None and (ref.uid, "tensorboard") not in ensured:
             calls.append(self._ensure_tensorboard(ref, result))
         pods = [self._create(ref, "pods", "Pod", p) for p in result.create_pods]
@@ -247,10 +252,9 @@ class Executor:
         board = result.tensorboard
         assert board is not None
         await asyncio.gather(
-            self._ensure(ref, "tensorboard-deployment",
-                         f"/apis/apps/v1/namespaces/{ref.namespace}/deployments",
+            self._ensure(ref, "tensorboard-deployment", DEPLOYMENTS.path(ref.namespace),
                          board.deployment, "Deployment"),
-            self._ensure(ref, "tensorboard-service", f"/api/v1/namespaces/{ref.namespace}/services",
+            self._ensure(ref, "tensorboard-service", SERVICES.path(ref.namespace),
                          board.service, "Service"))
         self.expectations.ensured.add((ref.uid, "tensorboard"))
 
@@ -258,9 +262,8 @@ class Executor:
         """Deletes TensorBoard's Deployment and Service if this Experiment owns them (a
         same-named object of someone else's is left alone)."""
         name = names.tensorboard_name(ref.name)
-        for path, kind in ((f"/apis/apps/v1/namespaces/{ref.namespace}/deployments/{name}",
-                            "Deployment"),
-                           (f"/api/v1/namespaces/{ref.namespace}/services/{name}", "Service")):
+        for path, kind in ((DEPLOYMENTS.path(ref.namespace, name), "Deployment"),
+                           (SERVICES.path(ref.namespace, name), "Service")):
             try:
                 found = await self.client.request("GET", path)
             except ApiError as error:
@@ -298,7 +301,7 @@ class Executor:
                       manifest: Mapping[str, Any]) -> bool:
         name = manifest["metadata"]["name"]
         try:
-            created = await self.client.create(f"/api/v1/namespaces/{ref.namespace}/{plural}",
+            created = await self.client.create(RESOURCES[plural].path(ref.namespace),
                                                manifest)
         except ApiError as error:
             if self._doomed_by(ref, error):
@@ -317,10 +320,10 @@ class Executor:
         return created
 
     async def _delete_pod(self, ref: ExperimentRef, name: str, uid: str) -> None:
-        if await self.client.delete(f"/api/v1/namespaces/{ref.namespace}/pods/{name}", uid):
+        if await self.client.delete(PODS.path(ref.namespace, name), uid):
             self.events.post(ref, Event("Normal", "SuccessfulDeletePod", f"Deleted pod {name}"))
 
     async def _delete_service(self, ref: ExperimentRef, name: str) -> None:
-        if await self.client.delete(f"/api/v1/namespaces/{ref.namespace}/services/{name}"):
+        if await self.client.delete(SERVICES.path(ref.namespace, name)):
             self.events.post(ref, Event("Normal", "SuccessfulDeleteService",
                                         f"Deleted service {name}"))

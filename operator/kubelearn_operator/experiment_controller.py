@@ -36,7 +36,16 @@ from .experiment_plan import (
     plan,
 )
 from .informer import Informer
-from .kube import ApiError, KubeClient
+from .kube import (
+    CLAIMS,
+    PODGROUPS,
+    PODS,
+    SECRETS,
+    SERVICES,
+    STORAGE_CLASSES,
+    ApiError,
+    KubeClient,
+)
 from .pods import PodState, controller_uid, pod_state
 from .progress import reporter
 from .settings import Settings
@@ -265,7 +274,7 @@ class Controller:
             token = self._progress_tokens.get(uid)
             if not token:  # the chief asks for the experiment's token, kept in its Secret
                 token = progress.token_from_secret(await self.client.request(
-                    "GET", f"/api/v1/namespaces/{key[0]}/secrets/{names.secret_name(key[1])}"))
+                    "GET", SECRETS.path(key[0], names.secret_name(key[1]))))
                 if token:
                     self._progress_tokens[uid] = token
             report = await progress.fetch(session, url, token) if token else None
@@ -281,7 +290,7 @@ class Controller:
             return available
         try:
             group = await self.client.request(
-                "GET", f"/apis/{names.PODGROUP_GROUP}/{names.PODGROUP_VERSION}")
+                "GET", PODGROUPS.group_version)
             available = any(r.get("name") == names.PODGROUP_PLURAL
                             for r in group.get("resources") or [])
         except ApiError as error:
@@ -294,7 +303,7 @@ class Controller:
     async def claim_exists(self, namespace: str, claim: str) -> bool:
         try:
             await self.client.request(
-                "GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+                "GET", CLAIMS.path(namespace, claim))
         except ApiError as error:
             if error.status == 404:
                 return False
@@ -307,7 +316,7 @@ class Controller:
         checked, classes = self._classes
         if time.monotonic() - checked < STORAGE_CLASSES_SECONDS:
             return classes
-        listing = await self.client.request("GET", "/apis/storage.k8s.io/v1/storageclasses")
+        listing = await self.client.request("GET", STORAGE_CLASSES.path())
         found, default = set(), None
         for item in listing.get("items") or []:
             meta = item.get("metadata") or {}
@@ -371,10 +380,10 @@ class Controller:
             return
         try:
             await gather(
-                [self.client.delete(f"/api/v1/namespaces/{namespace}/pods/{p.name}", p.uid,
+                [self.client.delete(PODS.path(namespace, p.name), p.uid,
                                     background=True)
                  for p in list(pods.get(experiment).values()) if p.owner_uid == uid]
-                + [self.client.delete(f"/api/v1/namespaces/{namespace}/services/{name}",
+                + [self.client.delete(SERVICES.path(namespace, name),
                                       background=True)
                    for name, owner in list(services.get(experiment).items()) if owner == uid])
         except Exception as error:

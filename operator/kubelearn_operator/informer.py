@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from .kube import ApiError, KubeClient
+from .kube import RESOURCES, ApiError, KubeClient
 
 logger = logging.getLogger("kubelearn_operator")
 
@@ -39,7 +39,7 @@ class Informer(Generic[V]):
                  watch_seconds: float = 300) -> None:
         self.client = client
         self.namespace = namespace
-        self.path = f"/api/v1/namespaces/{namespace}/{plural}"
+        self.path = RESOURCES[plural].path(namespace)
         self.selector = selector
         self.parse = parse
         self.changed = changed

@@ -14,10 +14,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, config
+
+from kubelearn_spec import names
 
 from . import metrics
 
@@ -27,6 +30,59 @@ NAMESPACE_TERMINATING = "NamespaceTerminating"
 REQUEST_TIMEOUT = 60.0
 #: Seconds an idle connection to the API server is kept open (client-go's IdleConnTimeout).
 KEEPALIVE_SECONDS = 90.0
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where the API server keeps one kind of object: every request path is made here."""
+
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group_version(self) -> str:
+        """The discovery path of the kind's group and version."""
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    def path(self, namespace: str | None = None, name: str = "", subresource: str = "") -> str:
+        """The collection (no ``name``), one object, or one object's subresource."""
+        path = self.group_version
+        if self.namespaced:
+            if not namespace:
+                raise ValueError(f"{self.plural} are namespaced: a namespace is needed")
+            path += f"/namespaces/{namespace}"
+        path += f"/{self.plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+#: The kinds the operator reads or writes, by plural.
+RESOURCES: dict[str, Resource] = {r.plural: r for r in (
+    Resource("", "v1", "pods"),
+    Resource("", "v1", "services"),
+    Resource("", "v1", "secrets"),
+    Resource("", "v1", "configmaps"),
+    Resource("", "v1", "events"),
+    Resource("", "v1", "persistentvolumeclaims"),
+    Resource("apps", "v1", "deployments"),
+    Resource("networking.k8s.io", "v1", "networkpolicies"),
+    Resource("storage.k8s.io", "v1", "storageclasses", namespaced=False),
+    Resource(names.PODGROUP_GROUP, names.PODGROUP_VERSION, names.PODGROUP_PLURAL),
+    Resource(names.GROUP, names.VERSION, names.PLURAL),
+    Resource(names.GROUP, names.VERSION, names.SWEEP_PLURAL),
+)}
+PODS, SERVICES, SECRETS, CONFIGMAPS = (RESOURCES[p] for p in (
+    "pods", "services", "secrets", "configmaps"))
+EVENTS, CLAIMS, DEPLOYMENTS = (RESOURCES[p] for p in (
+    "events", "persistentvolumeclaims", "deployments"))
+NETWORK_POLICIES, STORAGE_CLASSES = RESOURCES["networkpolicies"], RESOURCES["storageclasses"]
+PODGROUPS = RESOURCES[names.PODGROUP_PLURAL]
+EXPERIMENTS, SWEEPS = RESOURCES[names.PLURAL], RESOURCES[names.SWEEP_PLURAL]
 
 
 class ApiError(Exception):

@@ -20,22 +20,13 @@ from . import metrics
 from .aio import cancel
 from .experiment_controller import Controller, store_newest
 from .experiment_plan import status_patch
-from .kube import ApiError
+from .kube import EXPERIMENTS, SWEEPS, ApiError
 from .objects import ExperimentRef
 from .sweep_plan import RUNNING, SweepPlan, plan_sweep, trial_number
 from .workqueue import Key, WorkQueue, work
 
 #: Sweeps reconciled at once: each reconcile is a few requests and a search.
 WORKERS = 2
-
-
-def experiments_path(namespace: str) -> str:
-    return f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{namespace}/{names.PLURAL}"
-
-
-def sweep_path(namespace: str, name: str) -> str:
-    return (f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{namespace}/"
-            f"{names.SWEEP_PLURAL}/{name}")
 
 
 def _owner_uid(body: Mapping[str, Any]) -> str | None:
@@ -124,7 +115,7 @@ class SweepController:
                 continue
             try:
                 body = await self.client.request(
-                    "GET", f"{experiments_path(key[0])}/{entry.get('name')}")
+                    "GET", EXPERIMENTS.path(key[0], entry.get("name", "")))
             except ApiError as error:
                 if error.status == 404:
                     continue
@@ -147,7 +138,7 @@ class SweepController:
         for stop in result.stops:
             try:
                 updated = await self.client.merge_patch(
-                    f"{experiments_path(key[0])}/{stop.name}", stop.patch())
+                    EXPERIMENTS.path(key[0], stop.name), stop.patch())
             except ApiError as error:
                 if error.status != 404:
                     raise
@@ -168,7 +159,7 @@ class SweepController:
         """Creates a trial's Experiment; False when one of that name exists. If it is this
         Sweep's (a create before a restart), it is taken into the cache; if not, the trial
         is recorded as failed and its number is never used again."""
-        path = experiments_path(key[0])
+        path = EXPERIMENTS.path(key[0])
         name = manifest["metadata"]["name"]
         try:
             created = await self.client.request("POST", path, body=manifest)
@@ -194,7 +185,7 @@ class SweepController:
         if not patch:
             return
         try:
-            updated = await self.client.merge_patch(f"{sweep_path(*key)}/status",
+            updated = await self.client.merge_patch(SWEEPS.path(*key, subresource="status"),
                                                     {"status": patch})
         except ApiError as error:
             if error.status == 404:

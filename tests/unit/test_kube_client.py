@@ -7,6 +7,7 @@ import asyncio
 import gc
 
 import aiohttp
+import pytest
 from kubernetes_asyncio import client
 
 from kubelearn_operator import __main__ as entry
@@ -45,3 +46,16 @@ def test_start_up_freezes_its_objects_and_raises_the_thresholds() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_the_resource_table_makes_every_path_the_operator_uses():
+    from kubelearn_operator.kube import CLAIMS, EXPERIMENTS, PODGROUPS, STORAGE_CLASSES, SWEEPS
+
+    assert CLAIMS.path("ml", "c") == "/api/v1/namespaces/ml/persistentvolumeclaims/c"
+    assert EXPERIMENTS.path("ml") == "/apis/kubelearn.dev/v1alpha1/namespaces/ml/experiments"
+    assert SWEEPS.path("ml", "s", subresource="status") == (
+        "/apis/kubelearn.dev/v1alpha1/namespaces/ml/sweeps/s/status")
+    assert STORAGE_CLASSES.path() == "/apis/storage.k8s.io/v1/storageclasses"
+    assert PODGROUPS.group_version == "/apis/scheduling.x-k8s.io/v1alpha1"
+    with pytest.raises(ValueError, match="namespaced"):
+        CLAIMS.path()
