@@ -221,7 +221,8 @@ class RunConfig:
 
     def _compute_is_chief(self) -> bool:
         """tf.contrib.learn's rule: without a task type, task 0; in the ``cloud``
-        environment master 0; elsewhere worker 0 when the cluster has no master.
+        environment master 0; in any other environment worker 0, even when the cluster has
+        a master.
 
         kubelearn adds ``chief`` 0 beside master 0 in the cloud, and, in the cloud, worker 0
         of a cluster that has neither master nor chief, so that worker-only jobs have one.
@@ -232,8 +233,6 @@ class RunConfig:
             head_roles = (TaskType.MASTER, TaskType.CHIEF)
             if any(self._cluster_spec.num_tasks(role) for role in head_roles):
                 return self._task_type in head_roles and self._task_id == 0
-        elif self._cluster_spec.num_tasks(TaskType.MASTER):
-            return False
         return self._task_type == TaskType.WORKER and self._task_id == 0
 
     # Cluster and task.

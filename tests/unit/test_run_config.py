@@ -57,8 +57,8 @@ def test_reads_tf_config(monkeypatch):
         ("local", {"type": "ps", "index": 0}, {"ps": ["p:1"], "worker": ["w:1"]}, False),
         ("cloud", {"type": "worker", "index": 0}, {"ps": ["p:1"], "worker": ["w:1", "w:2"]},
          True),
-        # Outside the cloud, worker 0 is the chief only when there is no master.
-        ("local", {"type": "worker", "index": 0}, CLUSTER, False),
+        # Outside the cloud, worker 0 is the chief, even when the cluster has a master.
+        ("local", {"type": "worker", "index": 0}, CLUSTER, True),
         ("local", {"type": "master", "index": 0}, CLUSTER, False),
     ],
 )
@@ -171,7 +171,7 @@ def test_chief_depends_on_environment(monkeypatch):
     cluster = {"ps": ["p:1"], "master": ["m:1"], "worker": ["w:1", "w:2"]}
     for environment, task, chief in [
         ("cloud", "master", True), ("cloud", "worker", False),
-        ("random", "master", False), ("random", "worker", False),
+        ("random", "master", False), ("random", "worker", True),
     ]:
         _tf_config(monkeypatch, {"cluster": cluster, "task": {"type": task, "index": 0},
                                  "environment": environment})
