@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "operator", ROOT / "runner", ROOT):
+for _path in (ROOT / "operator", ROOT / "common", ROOT / "runner", ROOT):
     sys.path.insert(0, str(_path))
 
 from kubelearn_operator.experiment_controller import plan_options  # noqa: E402

@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "operator", ROOT / "runner", ROOT):
+for _path in (ROOT / "operator", ROOT / "common", ROOT / "runner", ROOT):
     sys.path.insert(0, str(_path))
 
 from kubernetes import client, config  # noqa: E402

@@ -53,9 +53,11 @@ def ps(tmp_path):
 
 
 class RawPeer:
-    """A DEALER socket that sends whatever frames it is given."""
+    """A DEALER socket that sends whatever frames it is given; it presents ``token`` at the
+    handshake (PLAIN), or holds the Curve ``key``, or neither."""
 
-    def __init__(self, address: str, key: str | None = None):
+    def __init__(self, address: str, key: str | None = None, token: str | None = None,
+                 routing_id: bytes | None = None):
         import zmq
 
         self._zmq = zmq
@@ -63,6 +65,10 @@ class RawPeer:
         self.socket.linger = 0
         if key:
             curve.client(self.socket, key)
+        elif token is not None:
+            curve.plain_client(self.socket, token)
+        if routing_id is not None:
+            self.socket.routing_id = routing_id
         self.socket.connect(f"tcp://{address}")
 
     def ask(self, frames: list[bytes], timeout_ms: int = 10_000) -> dict | None:
@@ -129,7 +135,7 @@ def test_every_hostile_message_gets_an_error_and_the_ps_keeps_serving(ps):
     proc, address, log_path = ps
     client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
     _init(client)
-    peer = RawPeer(address)
+    peer = RawPeer(address, token=TOKEN)  # admitted at the handshake; its messages are not
     for label, frames in {**HOSTILE_UNAUTHENTICATED, **HOSTILE_AUTHENTICATED}.items():
         reply = peer.ask(frames)
         assert reply is not None and reply["ok"] is False, (label, reply)
@@ -149,13 +155,75 @@ def test_every_hostile_message_gets_an_error_and_the_ps_keeps_serving(ps):
 
 def test_an_oversized_frame_is_refused_before_it_is_buffered(ps):
     proc, address, _ = ps
-    peer = RawPeer(address)
+    peer = RawPeer(address, token=TOKEN)
     # One frame longer than any the protocol uses: ZeroMQ drops the connection (MAXMSGSIZE)
     # and nothing reaches the request loop.
     assert peer.ask([b"{}", b"\0" * (wire.MAX_FRAME_BYTES + 1)], timeout_ms=3000) is None
     peer.close()
     client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
     assert client.call(0, "status")[0]["ok"] is True
+    client.call(0, "stop")
+    client.close()
+    assert proc.wait(timeout=30) == 0
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_peer_without_the_token_is_dropped_at_the_handshake(ps):
+    proc, address, log_path = ps
+    for intruder in (RawPeer(address), RawPeer(address, token="wrong")):
+        # A well-formed request with the right token in its header gets no answer: the
+        # connection never got past the handshake.
+        assert intruder.ask([_authed({"op": "status"})], timeout_ms=2000) is None
+        intruder.close()
+    client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
+    assert client.call(0, "status")[0]["ok"] is True
+    before = _rss_kib(proc.pid)
+    # A message that never ends, 1 MiB frames flagged "more": from a peer without the token
+    # not one frame is buffered by the ps.
+    import zmq
+
+    flood = zmq.Context.instance().socket(zmq.DEALER)
+    flood.linger = 0
+    flood.sndtimeo = 0
+    flood.connect(f"tcp://{address}")
+    sent = 0
+    frame = b"\0" * (1 << 20)
+    for _ in range(400):
+        try:
+            flood.send(frame, zmq.SNDMORE)
+            sent += 1
+        except zmq.Again:
+            break
+    assert client.call(0, "status")[0]["ok"] is True  # the ps has had time to read them
+    grown_mib = (_rss_kib(proc.pid) - before) / 1024
+    flood.close(0)
+    assert grown_mib < 32, (sent, grown_mib)
+    log = log_path.read_text()
+    assert "Refused a peer at the handshake" in log
+    assert "without the experiment token" not in log  # nothing reached the request loop
+    client.call(0, "stop")
+    client.close()
+    assert proc.wait(timeout=30) == 0
+
+
+def test_no_peer_can_take_over_another_peers_connection(ps):
+    proc, address, _ = ps
+    victim = RawPeer(address, token=TOKEN, routing_id=b"victim")
+    assert victim.ask([_authed({"op": "status"})])["ok"] is True
+    # Another peer with the token that claims the same routing id is refused, and the first
+    # keeps its connection.
+    thief = RawPeer(address, token=TOKEN, routing_id=b"victim")
+    assert thief.ask([_authed({"op": "status"})], timeout_ms=2000) is None
+    assert victim.ask([_authed({"op": "status"})])["ok"] is True
+    thief.close()
+    victim.close()
+    client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
     client.call(0, "stop")
     client.close()
     assert proc.wait(timeout=30) == 0

@@ -21,6 +21,8 @@ log = logging.getLogger("kubelearn")
 
 REQUEST_TIMEOUT_SECS = 5.0
 UNAVAILABLE_DEADLINE_SECS = 600.0
+#: How often a client that waits for a reply looks whether the ps refused it at the handshake.
+ADMISSION_CHECK_SECS = 0.5
 
 
 class PSError(RuntimeError):
@@ -53,17 +55,38 @@ class PSConnection:
         self._socket = self._connect()
 
     def _connect(self) -> Any:
-        sock = self._context.socket(self._zmq.DEALER)
+        zmq = self._zmq
+        sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(self._zmq.LINGER, 0)
         sock.setsockopt(self._zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
         if self._curve_key:
             curve.client(sock, self._curve_key)
+        elif self._token:
+            curve.plain_client(sock, self._token)
+        # The ps refuses a wrong token or key at the handshake and says so only there.
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         sock.connect(f"tcp://{self.address}")
         self._wait_ms = -1  # the socket's RCVTIMEO: blocks until told otherwise
         return sock
 
-    def reset(self) -> None:
+    def _close(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close(0)
         self._socket.close(0)
+
+    def _check_admitted(self) -> None:
+        """Raises PSError when the ps refused this client at the handshake."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor, self._zmq.NOBLOCK)
+            if event["event"] == self._zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.reset()  # ZeroMQ does not connect again after a refusal
+                raise PSError(self.task, "unauthenticated",
+                              "the ps refused this client's token or key at the handshake")
+
+    def reset(self) -> None:
+        self._close()
         self._socket = self._connect()
         self._pending = None
 
@@ -80,9 +103,13 @@ class PSConnection:
         """The reply to the last request, or None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            frames = self._recv(deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            frames = self._recv(min(left, ADMISSION_CHECK_SECS))
             if frames is None:
-                return None
+                self._check_admitted()
+                if left <= ADMISSION_CHECK_SECS:
+                    return None
+                continue
             try:
                 header, tensors = wire.decode(frames)
             except wire.WireError as exc:
@@ -109,7 +136,7 @@ class PSConnection:
             return None
 
     def close(self) -> None:
-        self._socket.close(0)
+        self._close()
 
 
 class PSClient:

@@ -1,17 +1,23 @@
-"""CurveZMQ on the ps wire: one key pair per experiment, shared by its replicas.
+"""Who may talk to a ps, decided at the connection's handshake (ZeroMQ's ZAP).
 
-The experiment's Secret holds a 32-byte secret key (hex, ``KUBELEARN_CURVE_KEY``); every
-replica derives the public key from it. Each parameter server is a Curve server with that
-key pair and admits, through ZAP, only clients whose public key is the same one. A peer
-without the key cannot finish the handshake: it can neither read nor write a variable,
-and not one of its frames reaches the ps's request loop.
+In plaintext, a client presents the experiment's token with ZeroMQ's PLAIN mechanism, and the
+ps admits only that token: a peer without it is dropped at the handshake, before one of its
+frames is buffered (the token is no more exposed than it already is in every request).
+
+With CurveZMQ, the experiment's Secret holds a 32-byte secret key (hex,
+``KUBELEARN_CURVE_KEY``); every replica derives the public key from it. Each parameter server
+is a Curve server with that key pair and admits only clients whose public key is the same
+one: the wire is encrypted, and a peer without the key cannot finish the handshake.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import os
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +25,12 @@ from kubelearn.distributed import ENV_CURVE_KEY
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = "kubelearn"
+#: The PLAIN user name a client presents with the token (the password).
+PLAIN_USER = b"kubelearn"
+#: How many refused addresses are remembered (to log each once).
+MAX_REFUSED_ADDRESSES = 1024
+
+log = logging.getLogger("kubelearn.ps")
 
 
 def new_key() -> str:
@@ -66,16 +78,24 @@ def client(socket: Any, key: str) -> None:
     socket.curve_secretkey = secret
 
 
-class Gate:
-    """The ZAP handler of one context: admits Curve clients with the experiment's public
-    key, refuses everyone else. Runs in a daemon thread until :meth:`close`."""
+def plain_client(socket: Any, token: str) -> None:
+    """Makes ``socket`` present ``token`` at the handshake (before it connects)."""
+    socket.plain_username = PLAIN_USER
+    socket.plain_password = token.encode("utf-8", "surrogateescape")
 
-    def __init__(self, context: Any, public: bytes):
+
+class Gate:
+    """The ZAP handler of one context: admits the clients that present the experiment's
+    credential (its Curve public key, or its token with PLAIN), refuses everyone else.
+    Runs in a daemon thread until :meth:`close`."""
+
+    def __init__(self, context: Any, mechanism: bytes, credential: bytes):
         import zmq
-        from zmq.utils import z85
 
         self._zmq = zmq
-        self._public = z85.decode(public)
+        self._mechanism = mechanism
+        self._credential = credential
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
         self._socket = context.socket(zmq.REP)
         self._socket.linger = 0
         self._socket.bind(ZAP_ENDPOINT)
@@ -92,13 +112,35 @@ class Gate:
                 continue
             frames = self._socket.recv_multipart()
             version, request_id = [*frames, b"", b""][:2]
-            allowed = (len(frames) >= 7 and frames[5] == b"CURVE"
-                       and frames[6] == self._public)
+            allowed = self._admits(frames)
             if not allowed:
-                self.refused += 1
-            status = (b"200", b"OK") if allowed else (b"400", b"unknown key")
+                self._refuse(frames[3] if len(frames) > 3 else b"")
+            status = (b"200", b"OK") if allowed else (b"400", b"not the experiment's")
             self._socket.send_multipart([version, request_id, *status, b"", b""])
         self._socket.close(0)
+
+    def _refuse(self, address: bytes) -> None:
+        """Logs a refused address once; remembers at most MAX_REFUSED_ADDRESSES."""
+        self.refused += 1
+        if address in self._refused:
+            self._refused.move_to_end(address)
+            return
+        self._refused[address] = None
+        if len(self._refused) > MAX_REFUSED_ADDRESSES:
+            self._refused.popitem(last=False)
+        log.warning("Refused a peer at the handshake: it has not the experiment's %s (%s)",
+                    "key" if self._mechanism == b"CURVE" else "token",
+                    address[:64].decode("ascii", "replace"))
+
+    def _admits(self, frames: list[bytes]) -> bool:
+        """ZAP request frames: version, request id, domain, address, identity, mechanism,
+        then the mechanism's credentials (Curve: the public key; PLAIN: user, password)."""
+        if len(frames) < 7 or frames[5] != self._mechanism:
+            return False
+        given = frames[7] if self._mechanism == b"PLAIN" and len(frames) >= 8 else frames[6]
+        if self._mechanism == b"PLAIN" and frames[6] != PLAIN_USER:
+            return False
+        return hmac.compare_digest(given, self._credential)
 
     def close(self) -> None:
         self._stop.set()
@@ -109,9 +151,19 @@ def server(socket: Any, key: str) -> Gate:
     """Makes ``socket`` a Curve server for ``key`` (before it binds) that admits only
     clients holding the same key; returns the gate to close with the socket. The socket's
     context must have no other ZAP handler (the ps gives its socket a context of its own)."""
+    from zmq.utils import z85
+
     public, secret = keypair(key)
     socket.curve_server = True
     socket.curve_publickey = public
     socket.curve_secretkey = secret
     socket.zap_domain = ZAP_DOMAIN.encode()
-    return Gate(socket.context, public)
+    return Gate(socket.context, b"CURVE", z85.decode(public))
+
+
+def plain_server(socket: Any, token: str) -> Gate:
+    """Makes ``socket`` (before it binds) admit only clients that present ``token`` with
+    PLAIN; returns the gate to close with the socket (one ZAP handler per context)."""
+    socket.plain_server = True
+    socket.zap_domain = ZAP_DOMAIN.encode()
+    return Gate(socket.context, b"PLAIN", token.encode("utf-8", "surrogateescape"))

@@ -1,10 +1,13 @@
 """The parameter server: serves one shard of the variables and applies the optimiser.
 
 One thread, one ROUTER socket: requests are handled in arrival order, so updates never
-race. Every request carries the experiment's token; anything malformed gets an error
-reply (or, past a size bound, is dropped) and the server keeps serving: no message from
-any peer, with or without the token, can end it. With the experiment's Curve key
-(``KUBELEARN_CURVE_KEY``) the socket is encrypted and admits only peers holding the key.
+race. A peer is admitted at the connection's handshake only with the experiment's token
+(ZeroMQ's PLAIN) or, with the experiment's Curve key (``KUBELEARN_CURVE_KEY``), only
+holding that key, on an encrypted socket (:mod:`kubelearn.distributed.curve`): a peer
+without them is dropped before any of its frames is buffered. Every request carries the
+token as well; anything malformed gets an error reply (or, past a size bound, is dropped)
+and the server keeps serving: no message from any peer can end it. Routing ids are the
+ones ZeroMQ assigns: a newcomer cannot take over another peer's connection.
 When the chief says ``stop`` the server answers ``done`` to whoever still asks, then
 exits, so the whole job can finish.
 """
@@ -194,10 +197,11 @@ class ParameterServer:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 1000)
-        self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._socket.setsockopt(zmq.IPV6, 1)
         wire.bound_socket(self._socket)
-        self._gate = curve.server(self._socket, curve_key) if curve_key else None
+        self._encrypted = bool(curve_key)
+        self._gate = (curve.server(self._socket, curve_key) if curve_key
+                      else curve.plain_server(self._socket, token) if token else None)
         self.endpoint = bind_address(address)
         self._socket.bind(self.endpoint)
         self._refused: OrderedDict[bytes, None] = OrderedDict()
@@ -391,7 +395,7 @@ class ParameterServer:
 
     def serve_forever(self) -> None:
         log.info("Parameter server %d listening on %s (%s)", self.task_index, self.endpoint,
-                 "CurveZMQ" if self._gate is not None else "plaintext")
+                 "CurveZMQ" if self._encrypted else "plaintext")
         # A receive that gives up after 200 ms (to look at finished()): one wait inside
         # ZeroMQ per request, not a poll and then a receive.
         self._socket.setsockopt(self._zmq.RCVTIMEO, 200)
