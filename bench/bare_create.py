@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT / "operator", ROOT / "common", ROOT / "runner", ROOT):
     sys.path.insert(0, str(_path))
 
-from kubelearn_operator.experiment_controller import plan_options  # noqa: E402
 from kubelearn_operator.experiment_plan import Observed, plan  # noqa: E402
 from kubelearn_operator.settings import Settings  # noqa: E402
 
@@ -42,7 +41,7 @@ def requests_for(body: dict[str, Any]) -> list[list[tuple[str, bytes]]]:
     """The operator's creates for a new Experiment, as (path, JSON body), in two waves: the
     ConfigMap and pods together, then the services."""
     namespace = body["metadata"]["namespace"]
-    result = plan(body, Observed(), datetime.now(timezone.utc), plan_options(Settings()))
+    result = plan(body, Observed(), datetime.now(timezone.utc), Settings())
     base = f"/api/v1/namespaces/{namespace}"
     first = [(f"{base}/configmaps", result.configmap)] if result.configmap else []
     first += [(f"{base}/pods", pod) for pod in result.create_pods]

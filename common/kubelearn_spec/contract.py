@@ -47,6 +47,10 @@ ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
 ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
 #: The cluster spec, when TF_CONFIG refers to it instead of inlining it.
 ENV_CLUSTER = "KUBELEARN_CLUSTER_SPEC"
+#: ``curve`` encrypts the ps wire of the experiments launched (CurveZMQ), ``none`` (or
+#: nothing) leaves it in plaintext: a setting of the operator and of ``kubelearn local``, read
+#: by :func:`wire_encryption`.
+ENV_WIRE_ENCRYPTION = "KUBELEARN_WIRE_ENCRYPTION"
 
 #: The exit code of ``kubelearn run`` and ``kubelearn local`` when the model directory is a
 #: URL the runner cannot use: an unknown scheme, or a known one whose filesystem package
@@ -61,6 +65,19 @@ def model_dir_scheme(model_dir: str) -> str | None:
     ``s3://bucket/prefix``); None for a path (which has no ``scheme://`` at its start)."""
     match = _URL_SCHEME_RE.match(model_dir)
     return match.group(1).lower() if match else None
+
+
+def wire_encryption(value: str) -> bool:
+    """Whether a value of ``$KUBELEARN_WIRE_ENCRYPTION`` turns CurveZMQ on: ``curve`` does,
+    ``none`` (or nothing) leaves it off.
+
+    Raises:
+        ValueError: for any other value, naming the variable.
+    """
+    choice = value.strip().lower()
+    if choice not in ("", "none", "curve"):
+        raise ValueError(f"{ENV_WIRE_ENCRYPTION} must be curve or none, got {value!r}")
+    return choice == "curve"
 
 
 def runner_command(spec: ExperimentSpec) -> list[str]:

@@ -3,27 +3,30 @@
     python -m kubelearn_operator [--namespace NS]... [--all-namespaces] [--liveness URL]
 
 Serves the given namespaces, or all of them; the liveness endpoint also serves the
-controller's probe. Settings come from the environment (settings.py).
+controller's probe. Settings come from the environment (settings.py; ``--help`` lists them).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import os
 
 import kopf
 
+from . import settings
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m kubelearn_operator")
+    parser = argparse.ArgumentParser(
+        prog="python -m kubelearn_operator", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"settings (environment variables):\n{settings.help_text()}")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", action="append", default=[],
                        help="namespace to serve (repeatable)")
     scope.add_argument("--all-namespaces", action="store_true",
                        help="serve every namespace (the default when none is named)")
-    parser.add_argument("--liveness", default=os.environ.get(
-        "KUBELEARN_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz"))
+    parser.add_argument("--liveness", default=settings.read("liveness_endpoint"),
+                        help="kopf's liveness endpoint (default: $KUBELEARN_LIVENESS_ENDPOINT)")
     return parser.parse_args(argv)
 
 

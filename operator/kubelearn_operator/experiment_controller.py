@@ -27,7 +27,6 @@ from .events import EventRecorder
 from .executor import Executor
 from .experiment_plan import (
     Observed,
-    Options,
     Plan,
     SpecError,
     StorageClasses,
@@ -76,22 +75,12 @@ def store_newest(bodies: dict[Key, dict[str, Any]], key: Key, body: Mapping[str,
         bodies[key] = dict(body)
 
 
-def plan_options(settings: Settings) -> Options:
-    """The settings a plan depends on."""
-    return Options(default_image=settings.image, image_pull_policy=settings.image_pull_policy,
-                   tensorboard_image=settings.tensorboard_image,
-                   cluster_domain=settings.cluster_domain,
-                   inline_cluster_max=settings.inline_cluster_max,
-                   network_policy=settings.network_policy, encrypt_wire=settings.encrypt_wire)
-
-
 class Controller:
     def __init__(self, settings: Settings, client: KubeClient,
                  clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
         self.client = client
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self.options = plan_options(settings)
         self.queue = WorkQueue()
         self.bodies: dict[Key, dict[str, Any]] = {}
         self._pods: dict[str, Informer[PodState]] = {}
@@ -253,7 +242,7 @@ class Controller:
                     try:
                         leader = parse_spec(body.get("spec") or {}, name=key[1],
                                             namespace=key[0],
-                                            default_image=self.options.default_image
+                                            default_image=self.settings.image
                                             ).leader_role
                     except SpecError:
                         continue
@@ -330,7 +319,7 @@ class Controller:
 
     async def observe_storage(self, body: Mapping[str, Any], observed: Observed) -> Observed:
         """Add what the plan needs to know of the model directory's claim, when it does."""
-        check = claim_to_check(body, observed, self.options)
+        check = claim_to_check(body, observed, self.settings)
         if check is None:
             return observed
         claim, creates = check
@@ -357,7 +346,7 @@ class Controller:
             observed = dataclasses.replace(observed,
                                            podgroup_available=await self.podgroup_available())
         observed = await self.observe_storage(body, observed)
-        result = plan(body, observed, self.clock(), self.options)
+        result = plan(body, observed, self.clock(), self.settings)
         try:
             await self.executor.execute(key, body, result)
         finally:

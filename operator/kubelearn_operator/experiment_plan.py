@@ -22,7 +22,6 @@ from kubelearn_spec.model import ExperimentSpec
 from kubelearn_spec.validate import SpecError
 
 from .builders import (
-    INLINE_CLUSTER_MAX_REPLICAS,
     PodBuilder,
     TensorBoard,
     build_model_claim,
@@ -31,11 +30,11 @@ from .builders import (
     build_tensorboard,
     model_claim,
 )
-from .netpol import NetworkPolicyConfig, build_network_policy
+from .netpol import build_network_policy
 from .objects import Event, ExperimentRef
 from .pods import PodState
 from .progress import progress_from_pods
-from .settings import DEFAULT_IMAGE, DEFAULT_TENSORBOARD_IMAGE
+from .settings import Settings
 from .status import (
     clear_condition,
     format_time,
@@ -96,19 +95,6 @@ class Observed:
     #: up only before the experiment has pods: see :func:`claim_to_check`).
     claim_exists: bool | None = None
     storage_classes: StorageClasses | None = None  # looked up when a claim is to be made
-
-
-@dataclass(frozen=True)
-class Options:
-    """The operator's settings that a plan depends on."""
-
-    default_image: str = DEFAULT_IMAGE
-    image_pull_policy: str | None = None
-    tensorboard_image: str = DEFAULT_TENSORBOARD_IMAGE
-    cluster_domain: str | None = None
-    inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
-    network_policy: NetworkPolicyConfig | None = None
-    encrypt_wire: bool = False
 
 
 @dataclass
@@ -181,12 +167,12 @@ def cleanup(pods: Mapping[str, PodState], services: frozenset[str], policy: str,
 
 class _Planner:
     def __init__(self, body: Mapping[str, Any], observed: Observed, now: datetime,
-                 options: Options) -> None:
+                 settings: Settings) -> None:
         meta = body.get("metadata") or {}
         self.body = body
         self.observed = observed
         self.now = now
-        self.options = options
+        self.settings = settings
         self.ref = ExperimentRef(meta.get("name", ""), meta.get("namespace", ""),
                                  meta.get("uid", ""))
         self.generation = meta.get("generation")
@@ -257,7 +243,7 @@ class _Planner:
         try:
             spec = parse_spec(self.body.get("spec") or {}, name=self.ref.name,
                               namespace=self.ref.namespace,
-                              default_image=self.options.default_image)
+                              default_image=self.settings.image)
         except SpecError as error:
             self.transition("Failed", "InvalidSpec", str(error), warning=True, counter="failed")
             self.status["completionTime"] = (self.old.get("completionTime")
@@ -344,10 +330,10 @@ class _Planner:
         self.plan.ensure_secret = True
         self.network_policy()
         gang = self.gang_scheduling(spec)
-        builder = PodBuilder(self.ref, spec, cluster_domain=self.options.cluster_domain,
-                             gang=gang, inline_max=self.options.inline_cluster_max,
-                             encrypt_wire=self.options.encrypt_wire,
-                             image_pull_policy=self.options.image_pull_policy)
+        builder = PodBuilder(self.ref, spec, cluster_domain=self.settings.cluster_domain,
+                             gang=gang, inline_max=self.settings.inline_cluster_max,
+                             encrypt_wire=self.settings.encrypt_wire,
+                             image_pull_policy=self.settings.image_pull_policy)
         self.plan.configmap = builder.configmap()
         if not self.storage(spec):
             self.plan.configmap = None
@@ -385,10 +371,10 @@ class _Planner:
         return start
 
     def network_policy(self) -> None:
-        if self.options.network_policy is not None:
+        if self.settings.network_policy is not None:
             self.plan.network_policy = build_network_policy(
                 self.ref.name, self.ref.namespace, self.ref.owner_reference(),
-                self.options.network_policy)
+                self.settings.network_policy)
 
     def storage(self, spec: ExperimentSpec) -> bool:
         """Whether the model directory's storage is there, or will be made with the pods;
@@ -438,10 +424,10 @@ class _Planner:
         exist, so it is cleared only by the status write that follows their deletion."""
         if spec.tensorboard:
             self.plan.tensorboard = build_tensorboard(
-                self.ref, spec, self.options.tensorboard_image, self.options.image_pull_policy)
+                self.ref, spec, self.settings.tensorboard_image, self.settings.image_pull_policy)
             self.status["tensorboard"] = {
                 "service": names.tensorboard_name(self.ref.name),
-                "url": TensorBoard.url(self.ref, self.options.cluster_domain)}
+                "url": TensorBoard.url(self.ref, self.settings.cluster_domain)}
         elif self.old.get("tensorboard"):
             self.plan.remove_tensorboard = True
             self.status["tensorboard"] = None
@@ -625,7 +611,7 @@ def _keep_restarts(statuses: dict[str, dict[str, int]], old: Any) -> None:
 
 
 def claim_to_check(body: Mapping[str, Any], observed: Observed,
-                   options: Options | None = None) -> tuple[str, bool] | None:
+                   settings: Settings | None = None) -> tuple[str, bool] | None:
     """The claim whose existence a reconcile needs to know, and whether the operator would
     create it; None when it needs neither.
 
@@ -641,7 +627,7 @@ def claim_to_check(body: Mapping[str, Any], observed: Observed,
     try:
         spec = parse_spec(body.get("spec") or {}, name=meta.get("name", ""),
                           namespace=meta.get("namespace", ""),
-                          default_image=(options or Options()).default_image)
+                          default_image=(settings or Settings()).image)
     except SpecError:
         return None
     if spec.run_policy.suspend or (claim := model_claim(spec)) is None:
@@ -650,9 +636,10 @@ def claim_to_check(body: Mapping[str, Any], observed: Observed,
 
 
 def plan(body: Mapping[str, Any], observed: Observed, now: datetime,
-         options: Options | None = None) -> Plan:
-    """Decide what to do for one Experiment. Pure: no I/O, ``now`` is passed in."""
-    return _Planner(body, observed, now, options or Options()).run()
+         settings: Settings | None = None) -> Plan:
+    """Decide what to do for one Experiment, under the operator's ``settings``. Pure: no I/O,
+    ``now`` is passed in."""
+    return _Planner(body, observed, now, settings or Settings()).run()
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

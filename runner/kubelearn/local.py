@@ -72,14 +72,15 @@ def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, ind
     }
 
 
-#: ``curve`` encrypts the ps wire of the experiments launched (off by default: more than
-#: 2x the cost in ps throughput, see README); the operator's setting of the same name.
-ENV_WIRE_ENCRYPTION = "KUBELEARN_WIRE_ENCRYPTION"
-
-
 def wire_encrypted() -> bool:
-    """Whether ``$KUBELEARN_WIRE_ENCRYPTION`` asks for CurveZMQ and this pyzmq has it."""
-    if os.environ.get(ENV_WIRE_ENCRYPTION, "").strip().lower() != "curve":
+    """Whether ``$KUBELEARN_WIRE_ENCRYPTION`` asks for CurveZMQ (off by default: more than
+    2x the cost in ps throughput, see README) and this pyzmq has it; the operator's setting
+    of the same name.
+
+    Raises:
+        ValueError: when the variable is neither ``curve`` nor ``none`` nor empty.
+    """
+    if not contract.wire_encryption(os.environ.get(contract.ENV_WIRE_ENCRYPTION, "")):
         return False
     try:
         import zmq
@@ -158,7 +159,8 @@ class Launcher:
     """Starts, watches and restarts the replicas of one experiment."""
 
     def __init__(self, spec: ExperimentSpec, model_dir: str, console: Console,
-                 python: str = sys.executable, manifest: Any = None):
+                 python: str = sys.executable, manifest: Any = None,
+                 encrypt_wire: bool | None = None):
         self.spec = spec
         self.manifest = manifest  # as written: a scale is checked as an update of it
         self.leaving: list[tuple[Replica, float]] = []  # scaled down, given SIGTERM at
@@ -170,8 +172,11 @@ class Launcher:
         self.console = console
         self.python = python
         self.token = secrets.token_hex(16)
-        # The ps wire encrypted (CurveZMQ) when asked for, as the operator's setting does.
-        self.curve_key = secrets.token_hex(32) if wire_encrypted() else ""
+        # The ps wire encrypted (CurveZMQ) when asked for, as the operator's setting does
+        # (None: as $KUBELEARN_WIRE_ENCRYPTION asks).
+        if encrypt_wire is None:
+            encrypt_wire = wire_encrypted()
+        self.curve_key = secrets.token_hex(32) if encrypt_wire else ""
         self.cluster = cluster_for(spec)
         self.replicas = [
             Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token,
@@ -509,6 +514,11 @@ def prepare_model_dir(model_dir: str, manifest: str, fresh: bool) -> None:
 def local_command(args: argparse.Namespace) -> int:
     """The ``kubelearn local`` command."""
     try:
+        encrypt_wire = wire_encrypted()
+    except ValueError as exc:  # refused as the operator refuses it
+        print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
         manifest, spec = load_manifest(args.manifest)
     except SpecError as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
@@ -542,7 +552,8 @@ def local_command(args: argparse.Namespace) -> int:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     console = Console(sys.stdout, progress_tty=sys.stdout.isatty() and not args.no_progress)
-    launcher = Launcher(spec, model_dir, console, manifest=manifest)
+    launcher = Launcher(spec, model_dir, console, manifest=manifest,
+                        encrypt_wire=encrypt_wire)
     previous = {s: signal.signal(s, lambda signum, _frame: launcher.request_stop(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -127,6 +127,16 @@ def test_run_malformed_input_is_one_line_exit_2(tmp_path, label):
     _assert_one_line_exit_2(proc, needle)
 
 
+@pytest.mark.parametrize("value", ["tls", "curve25519", "on\n"])
+def test_local_refuses_a_wire_encryption_the_operator_refuses(tmp_path, value):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(_manifest()))
+    proc = _cli(["local", str(path), "--model-dir", str(tmp_path / "m")],
+                env={"KUBELEARN_WIRE_ENCRYPTION": value})
+    _assert_one_line_exit_2(proc, "KUBELEARN_WIRE_ENCRYPTION must be curve or none, got ")
+    assert not (tmp_path / "m").exists()
+
+
 def test_fresh_never_deletes_the_working_directory(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

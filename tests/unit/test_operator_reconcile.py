@@ -12,7 +12,6 @@ import pytest
 from kubelearn_operator.experiment_plan import (
     PODGROUP_MISSING,
     Observed,
-    Options,
     Plan,
     StorageClasses,
     claim_to_check,
@@ -20,6 +19,7 @@ from kubelearn_operator.experiment_plan import (
     status_patch,
 )
 from kubelearn_operator.pods import PodState, pod_state
+from kubelearn_operator.settings import Settings
 from kubelearn_operator.status import format_time
 from kubelearn_spec import names
 from tests.experiment_cases import MINIMAL
@@ -75,7 +75,7 @@ def reasons(result: Plan) -> list[str]:
 
 def step(b: dict[str, Any], observed: Observed, now: datetime = NOW) -> Plan:
     """Reconcile and write the status back into the body, as the controller does."""
-    result = plan(b, observed, now, Options(default_image="runner:1"))
+    result = plan(b, observed, now, Settings(image="runner:1"))
     if result.status is not None:
         for key, value in result.status.items():
             if value is None:
@@ -533,7 +533,7 @@ def test_network_policy_when_the_operator_knows_its_own_pods() -> None:
     from kubelearn_operator.netpol import NetworkPolicyConfig
 
     config = NetworkPolicyConfig("kubelearn-system", {"app": "kubelearn-operator"})
-    result = plan(body(), Observed(), NOW, Options(network_policy=config))
+    result = plan(body(), Observed(), NOW, Settings(network_policy=config))
     policy = result.network_policy
     assert policy is not None and policy["metadata"]["name"] == "exp-kubelearn"
     assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
@@ -545,7 +545,7 @@ def test_network_policy_when_the_operator_knows_its_own_pods() -> None:
 def storage_step(spec: dict[str, Any], claim_exists: bool | None,
                  classes: StorageClasses | None = None) -> Plan:
     return plan(body(spec), Observed(claim_exists=claim_exists, storage_classes=classes), NOW,
-                Options(default_image="runner:1"))
+                Settings(image="runner:1"))
 
 
 def test_the_default_claim_is_made_from_the_default_class_before_the_pods() -> None:
@@ -635,7 +635,7 @@ def test_status_keeps_the_final_export_the_chief_reports() -> None:
 def test_tensorboard_comes_with_the_storage_and_stays_after_the_end() -> None:
     spec = {**MINIMAL, "tensorboard": True}
     waiting = plan(body(spec), Observed(claim_exists=False, storage_classes=StorageClasses()),
-                   NOW, Options(default_image="runner:1"))
+                   NOW, Settings(image="runner:1"))
     assert waiting.tensorboard is None  # no claim yet to read
     b = body(spec)
     result = step(b, observe())
