@@ -20,7 +20,7 @@ from .schema import (
     Rule,
     _cel_string,
     _fullmatch,
-    _pattern_rule,
+    _matching,
     replica_names_fit,
     replica_names_fit_cel,
     tensorboard_name_fits,
@@ -245,12 +245,10 @@ PARAMETER: dict[str, Any] = {
     "required": ["name", "type"],
     "_rules": PARAMETER_RULES,
     "properties": {
-        "name": {"type": "string", "maxLength": 253,
-                 "description": "The hyper-parameter (a key of spec.experiment.hparams) the "
-                                "search sets.",
-                 "_rules": (_pattern_rule(f"{P}.name", HPARAM_NAME,
-                                          "must be a hyper-parameter name: letters, digits "
-                                          "and '_', not starting with a digit"),)},
+        "name": _matching(f"{P}.name", HPARAM_NAME, "must be a hyper-parameter name: "
+                          "letters, digits and '_', not starting with a digit",
+                          "The hyper-parameter (a key of spec.experiment.hparams) the search "
+                          "sets."),
         "type": {"type": "string", "enum": list(PARAMETER_TYPES),
                  "description": "double or int (from min to max, with an optional step), "
                                 "categorical (strings, from list) or discrete (numbers, "
