@@ -29,24 +29,9 @@ import yaml
 from kubelearn import bounded_input, fs
 from kubelearn import local as local_launcher
 from kubelearn.hooks import PROGRESS_FILE
+from kubelearn_spec import sweep_model
 from kubelearn_spec.names import SWEEP_KIND
-from kubelearn_spec.sweep_model import (
-    FAILED,
-    PRUNED,
-    RUNNING,
-    STOPPED,
-    SUCCEEDED,
-    SweepSpec,
-    final_state,
-    finite,
-    hparams_text,
-    metric_text,
-    not_finite,
-    parse_sweep,
-    prune_reason,
-    search_state,
-    sweep_ended,
-)
+from kubelearn_spec.sweep_model import FAILED, PRUNED, RUNNING, STOPPED, SUCCEEDED, SweepSpec
 from kubelearn_spec.validate import SpecError
 
 if TYPE_CHECKING:
@@ -98,9 +83,9 @@ def objective_of(evaluations: Sequence[Mapping[str, Any]], metric: str
     if metric not in final:
         known = ", ".join(sorted(final)) or "none"
         return None, f"the final evaluation has no metric {metric!r} (it has: {known})"
-    value = finite(final[metric])
+    value = sweep_model.finite(final[metric])
     if value is None:
-        return None, not_finite(f"the final evaluation's {metric}", final[metric])
+        return None, sweep_model.not_finite(f"the final evaluation's {metric}", final[metric])
     return value, ""
 
 
@@ -152,8 +137,9 @@ class Trial:
         from kubelearn_search import TrialRecord
 
         # A stopped trial is recorded only once the sweep is over.
-        return TrialRecord(self.number, dict(self.hparams), search_state(self.state),
-                           self.objective, dict(self.intermediate))
+        return TrialRecord(self.number, dict(self.hparams),
+                           sweep_model.search_state(self.state), self.objective,
+                           dict(self.intermediate))
 
     def facts(self) -> dict[str, Any]:
         return {"number": self.number, "name": self.name, "state": self.state,
@@ -264,7 +250,7 @@ class SweepRunner:
             except OSError as exc:
                 self._finish(trial, FAILED, f"could not start: {exc}")
                 return
-        self.say(f"trial {name} started: {hparams_text(hparams)} (log {trial.log})")
+        self.say(f"trial {name} started: {sweep_model.hparams_text(hparams)} (log {trial.log})")
 
     def stop(self, trial: Trial, state: str, reason: str) -> None:
         """Asks the trial to stop (SIGTERM: kubelearn local stops its replicas); it is
@@ -297,7 +283,7 @@ class SweepRunner:
         trial.state, trial.reason = state, reason
         trial.seconds = time.monotonic() - trial.started
         if state == SUCCEEDED and trial.objective is not None:
-            result = metric_text(self.spec.objective.metric, trial.objective)
+            result = sweep_model.metric_text(self.spec.objective.metric, trial.objective)
         else:
             result = reason
         self.say(f"trial {trial.name} {state}: {result} (step {_value(trial.steps)}, "
@@ -314,7 +300,7 @@ class SweepRunner:
             evaluations = read_trial(trial, metric)
             if code == 0:
                 trial.objective, why = objective_of(evaluations, metric)
-                self._finish(trial, final_state(trial.objective), why)
+                self._finish(trial, sweep_model.final_state(trial.objective), why)
             elif trial.stop_as is not None:
                 self._finish(trial, trial.stop_as, trial.reason)
             else:
@@ -338,9 +324,9 @@ class SweepRunner:
             read_trial(trial, self.spec.objective.metric)
             if trial.intermediate and trial.intermediate != before \
                     and self.search.should_prune(trial.record(), self.history()):
-                self.stop(trial, PRUNED, prune_reason(self.spec.objective.metric,
-                                                      trial.intermediate,
-                                                      self.spec.early_stopping.algorithm))
+                self.stop(trial, PRUNED, sweep_model.prune_reason(
+                    self.spec.objective.metric, trial.intermediate,
+                    self.spec.early_stopping.algorithm))
 
     def run(self) -> None:
         """Runs trials until the search is done or a signal asks to stop."""
@@ -355,7 +341,7 @@ class SweepRunner:
             done, reason = self.search.done(self.history())
             if done:
                 self.stop_reason = reason
-                self.stop_all(STOPPED, sweep_ended(reason))
+                self.stop_all(STOPPED, sweep_model.sweep_ended(reason))
                 return
             while (number := self.search.next_number(self.history())) is not None:
                 self.start(number)
@@ -395,9 +381,9 @@ def summary(facts: Mapping[str, Any], parameters: Sequence[str]) -> list[str]:
     if best is None:
         lines.append("no trial succeeded")
     else:
-        lines.append(f"best: {best['name']} "
-                     f"{metric_text(facts['objective']['metric'], best['objective'])} "
-                     f"({hparams_text(best['hparams'])}; model dir {best['model_dir']})")
+        result = sweep_model.metric_text(facts["objective"]["metric"], best["objective"])
+        lines.append(f"best: {best['name']} {result} ({sweep_model.hparams_text(best['hparams'])}; "
+                     f"model dir {best['model_dir']})")
     return lines
 
 
@@ -413,11 +399,11 @@ def load_sweep(path: str) -> SweepSpec:
     except bounded_input.InputError as exc:
         raise SpecError("", str(exc)) from None
     if len(documents) == 1:
-        return parse_sweep(documents[0])
+        return sweep_model.parse_sweep(documents[0])
     sweeps = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == SWEEP_KIND]
     if len(sweeps) != 1:
         raise SpecError(path, f"must hold exactly one Sweep, found {len(sweeps)}")
-    return parse_sweep(sweeps[0])
+    return sweep_model.parse_sweep(sweeps[0])
 
 
 def prepare_directory(directory: str, manifest: str, fresh: bool) -> None:
