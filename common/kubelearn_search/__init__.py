@@ -90,6 +90,11 @@ class TrialRecord:
         return sorted((s, v) for s, v in values if not math.isnan(v))
 
 
+def count(history: Sequence[TrialRecord], state: str) -> int:
+    """How many of the trials recorded are in ``state``."""
+    return sum(r.state == state for r in history)
+
+
 def distribution(parameter: Parameter) -> BaseDistribution:
     """The Optuna distribution of a parameter."""
     if parameter.type == "double":
@@ -300,8 +305,7 @@ class Search:
     def stop_reason(self, history: Sequence[TrialRecord]) -> str | None:
         """Why no new trial should start, or None. Failures first, then the goal, then the
         budget: maxTrials, or the grid's size for grid search."""
-        failed = sum(r.state == FAILED for r in history)
-        if failed > self.spec.max_failed_trials:
+        if count(history, FAILED) > self.spec.max_failed_trials:
             return MAX_FAILED_TRIALS_EXCEEDED
         best = self.best(history)
         if best is not None and self.spec.objective.reached(best.objective):  # type: ignore[arg-type]
@@ -323,7 +327,7 @@ class Search:
         if reason is None:
             return False, ""
         if reason in (MAX_FAILED_TRIALS_EXCEEDED, GOAL_REACHED) \
-                or not any(r.state == RUNNING for r in history):
+                or not count(history, RUNNING):
             return True, reason
         return False, ""
 
@@ -332,7 +336,7 @@ class Search:
         ``parallelism`` trials are running."""
         if self.stop_reason(history) is not None:
             return None
-        if sum(r.state == RUNNING for r in history) >= self.spec.parallelism:
+        if count(history, RUNNING) >= self.spec.parallelism:
             return None
         return self._next(history)
 

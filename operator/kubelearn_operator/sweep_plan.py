@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubelearn_search import Search, TrialRecord
+from kubelearn_search import Search, TrialRecord, count
 from kubelearn_spec import names
 from kubelearn_spec.sweep_model import (
     FAILED,
@@ -52,6 +52,9 @@ from .status import format_time, get_condition, is_true, phase, set_condition
 #: a thousand trials stays well under the API server's object size.
 MAX_INTERMEDIATE = 64
 MAX_REASON_CHARS = 256
+#: The event of a trial that reached an end, by its state: type and reason.
+TRIAL_ENDED = {SUCCEEDED: ("Normal", "TrialSucceeded"), FAILED: ("Warning", "TrialFailed"),
+               PRUNED: ("Normal", "TrialPruned"), STOPPED: ("Normal", "TrialStopped")}
 
 
 @dataclass(frozen=True)
@@ -192,18 +195,12 @@ def _events(before: Mapping[int, Mapping[str, Any]], after: Mapping[int, Mapping
                 continue
         if old is not None and old.get("state") == state:
             continue
-        if state == SUCCEEDED:
-            events.append(Event("Normal", "TrialSucceeded", f"Trial {name} succeeded: "
-                                f"{metric_text(metric, entry['objective'])}"))
-        elif state == FAILED:
-            events.append(Event("Warning", "TrialFailed",
-                                f"Trial {name} failed: {entry.get('reason', '')}"))
-        elif state == PRUNED:
-            events.append(Event("Normal", "TrialPruned",
-                                f"Trial {name} pruned: {entry.get('reason', '')}"))
-        elif state == STOPPED:
-            events.append(Event("Normal", "TrialStopped",
-                                f"Trial {name} stopped: {entry.get('reason', '')}"))
+        if state not in TRIAL_ENDED:
+            continue
+        kind, reason = TRIAL_ENDED[state]
+        detail = (metric_text(metric, entry["objective"]) if state == SUCCEEDED
+                  else entry.get("reason", ""))
+        events.append(Event(kind, reason, f"Trial {name} {state}: {detail}"))
     return events
 
 
@@ -353,8 +350,7 @@ def _finish(search: Search, history: Sequence[TrialRecord], reason: str,
                                "The sweep is over.", now)
     if reason in FAILURE_REASONS or best is None:
         why = reason if reason in FAILURE_REASONS else NO_TRIAL_SUCCEEDED
-        failed = sum(r.state == FAILED for r in history)
-        message = (f"{failed} trials failed, more than maxFailedTrials allows."
+        message = (f"{count(history, FAILED)} trials failed, more than maxFailedTrials allows."
                    if why in FAILURE_REASONS else "No trial succeeded.")
         plan.events.append(Event("Warning", "SweepFailed", f"Sweep failed ({why}): {message}"))
         return set_condition(conditions, "Failed", True, why, message, now)

@@ -42,6 +42,11 @@ class TrialPoint:
     hparams: dict[str, Any]
     objective: float | None
 
+    @property
+    def scored(self) -> bool:
+        """Whether it succeeded with an objective value: only those are drawn."""
+        return self.state == SUCCEEDED and self.objective is not None
+
 
 @dataclass(frozen=True)
 class SweepFacts:
@@ -134,7 +139,7 @@ def objective_series(facts: SweepFacts) -> ObjectiveSeries:
     others: dict[str, list[int]] = {}
     best: float | None = None
     for trial in facts.trials:
-        if trial.state != SUCCEEDED or trial.objective is None:
+        if not trial.scored:
             others.setdefault(trial.state, []).append(trial.number)
             continue
         value = trial.objective
@@ -168,8 +173,8 @@ class Axis:
 def parallel_axes(facts: SweepFacts) -> tuple[list[Axis], list[TrialPoint]]:
     """One axis per hyper-parameter and one for the objective, over the succeeded trials
     (which are returned, the best last)."""
-    trials = [t for t in facts.trials if t.state == SUCCEEDED and t.objective is not None
-              and all(p in t.hparams for p in facts.parameters)]
+    trials = [t for t in facts.trials
+              if t.scored and all(p in t.hparams for p in facts.parameters)]
     axes = []
     for name in [*facts.parameters, facts.metric]:
         values = [t.objective if name == facts.metric and name not in t.hparams
@@ -266,7 +271,7 @@ def sweep_plot_command(args: argparse.Namespace) -> int:
         print(f"kubelearn sweep plot: {exc.strerror or exc}: "
               f"{os.path.join(args.dir, FACTS_FILE)}", file=sys.stderr)
         return 1
-    if not any(t.state == SUCCEEDED and t.objective is not None for t in facts.trials):
+    if not any(t.scored for t in facts.trials):
         print(f"kubelearn sweep plot: no trial of {facts.name} succeeded: nothing to plot",
               file=sys.stderr)
         return 1
