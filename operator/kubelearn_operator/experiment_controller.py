@@ -69,7 +69,11 @@ def store_newest(bodies: dict[Key, dict[str, Any]], key: Key, body: Mapping[str,
 
 def plan_options(settings: Settings) -> Options:
     """The settings a plan depends on."""
-    return Options(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Options)})
+    return Options(default_image=settings.image, image_pull_policy=settings.image_pull_policy,
+                   tensorboard_image=settings.tensorboard_image,
+                   cluster_domain=settings.cluster_domain,
+                   inline_cluster_max=settings.inline_cluster_max,
+                   network_policy=settings.network_policy, encrypt_wire=settings.encrypt_wire)
 
 
 class Controller:

@@ -22,6 +22,7 @@ from kubelearn_spec.model import ExperimentSpec
 from kubelearn_spec.validate import SpecError
 
 from .builders import (
+    INLINE_CLUSTER_MAX_REPLICAS,
     PodBuilder,
     TensorBoard,
     build_model_claim,
@@ -30,11 +31,11 @@ from .builders import (
     build_tensorboard,
     model_claim,
 )
-from .netpol import build_network_policy
+from .netpol import NetworkPolicyConfig, build_network_policy
 from .objects import Event, ExperimentRef
 from .pods import PodState
 from .progress import progress_from_pods
-from .settings import Options
+from .settings import DEFAULT_IMAGE, DEFAULT_TENSORBOARD_IMAGE
 from .status import (
     clear_condition,
     format_time,
@@ -95,6 +96,19 @@ class Observed:
     #: up only before the experiment has pods: see :func:`claim_to_check`).
     claim_exists: bool | None = None
     storage_classes: StorageClasses | None = None  # looked up when a claim is to be made
+
+
+@dataclass(frozen=True)
+class Options:
+    """The operator's settings that a plan depends on."""
+
+    default_image: str = DEFAULT_IMAGE
+    image_pull_policy: str | None = None
+    tensorboard_image: str = DEFAULT_TENSORBOARD_IMAGE
+    cluster_domain: str | None = None
+    inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
+    network_policy: NetworkPolicyConfig | None = None
+    encrypt_wire: bool = False
 
 
 @dataclass

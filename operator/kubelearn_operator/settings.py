@@ -25,7 +25,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .builders import INLINE_CLUSTER_MAX_REPLICAS
 from .netpol import NetworkPolicyConfig, network_policy_config
 
 DEFAULT_IMAGE = "kubelearn/runner:0.1.0"
@@ -33,24 +32,11 @@ DEFAULT_TENSORBOARD_IMAGE = "kubelearn/tensorboard:0.1.0"
 
 
 @dataclass(frozen=True)
-class Options:
-    """The operator's settings that a plan depends on."""
-
-    default_image: str = DEFAULT_IMAGE
+class Settings:
+    image: str = DEFAULT_IMAGE
     image_pull_policy: str | None = None
     tensorboard_image: str = DEFAULT_TENSORBOARD_IMAGE
     cluster_domain: str | None = None
-    inline_cluster_max: int = INLINE_CLUSTER_MAX_REPLICAS
-    network_policy: NetworkPolicyConfig | None = None
-    #: CurveZMQ on every experiment's ps wire (KUBELEARN_WIRE_ENCRYPTION=curve). Off by
-    #: default: it costs more than 2x in ps throughput (README, bench/ps_throughput.py).
-    encrypt_wire: bool = False
-
-
-@dataclass(frozen=True)
-class Settings(Options):
-    """All the operator's settings: its plans' (:class:`Options`) and its own."""
-
     api_qps: float = 500.0
     api_burst: int = 1000
     create_concurrency: int = 64
@@ -58,12 +44,12 @@ class Settings(Options):
     resync_seconds: float = 10.0
     metrics_port: int = 9090
     podgroup_check_seconds: float = 30.0
+    inline_cluster_max: int = 64
     progress_seconds: float = 5.0
-
-    @property
-    def image(self) -> str:
-        """The runner image (KUBELEARN_RUNNER_IMAGE): replicas that name none run it."""
-        return self.default_image
+    network_policy: NetworkPolicyConfig | None = None
+    #: CurveZMQ on every experiment's ps wire (KUBELEARN_WIRE_ENCRYPTION=curve). Off by
+    #: default: it costs more than 2x in ps throughput (README, bench/ps_throughput.py).
+    encrypt_wire: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -79,7 +65,7 @@ class Settings(Options):
                 raise ValueError(f"{name} must be a number, got {value!r}") from None
 
         return cls(
-            default_image=env.get("KUBELEARN_RUNNER_IMAGE") or DEFAULT_IMAGE,
+            image=env.get("KUBELEARN_RUNNER_IMAGE") or DEFAULT_IMAGE,
             image_pull_policy=pull_policy(env.get("KUBELEARN_RUNNER_IMAGE_PULL_POLICY", "")),
             tensorboard_image=(env.get("KUBELEARN_TENSORBOARD_IMAGE")
                                or DEFAULT_TENSORBOARD_IMAGE),
