@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 for plural in experiments sweeps; do
-  PYTHONPATH="$root/runner${PYTHONPATH:+:$PYTHONPATH}" python -m kubelearn_spec.crd "$plural" \
+  PYTHONPATH="$root/common${PYTHONPATH:+:$PYTHONPATH}" python -m kubelearn_spec.crd "$plural" \
     > "$root/crds/$plural.kubelearn.dev.yaml"
   cp "$root/crds/$plural.kubelearn.dev.yaml" "$root/charts/kubelearn/crds/"
 done

@@ -39,23 +39,25 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from kubelearn_spec.sweep_model import Parameter, SweepSpec
+from kubelearn_spec.sweep_model import (
+    FAILED,
+    FINISHED,
+    GOAL_REACHED,
+    GRID_EXHAUSTED,
+    MAX_FAILED_TRIALS_EXCEEDED,
+    MAX_TRIALS_REACHED,
+    PRUNED,
+    RUNNING,
+    SUCCEEDED,
+    Parameter,
+    SweepSpec,
+    finite,
+)
 
 # Optuna logs every trial and warns about experimental features; a controller asks it for
 # every suggestion, so only its errors are worth a line.
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 optuna.logging.disable_default_handler()
-
-RUNNING, SUCCEEDED, FAILED, PRUNED = "running", "succeeded", "failed", "pruned"
-FINISHED = (SUCCEEDED, FAILED, PRUNED)
-
-#: Why a sweep stops (the reason of its condition). Only MAX_FAILED_TRIALS_EXCEEDED is a
-#: failure.
-MAX_TRIALS_REACHED = "MaxTrialsReached"
-GOAL_REACHED = "GoalReached"
-MAX_FAILED_TRIALS_EXCEEDED = "MaxFailedTrialsExceeded"
-GRID_EXHAUSTED = "GridExhausted"
-FAILURE_REASONS = frozenset({MAX_FAILED_TRIALS_EXCEEDED})
 
 #: Hyperband assigns trials to brackets by hashing the study's name and the trial's
 #: number: a fixed name keeps that assignment the same in every rebuilt study.
@@ -69,7 +71,7 @@ class TrialRecord:
 
     number: int
     hparams: Mapping[str, Any]
-    state: str = RUNNING  # running, succeeded, failed or pruned
+    state: str = RUNNING  # running, or one of FINISHED
     objective: float | None = None
     intermediate: Mapping[int, float] = field(default_factory=dict)
 
@@ -77,10 +79,20 @@ class TrialRecord:
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    @property
+    def value(self) -> float | None:
+        """The objective value the search goes by: a succeeded trial's, if finite."""
+        return finite(self.objective) if self.state == SUCCEEDED else None
+
     def steps(self) -> list[tuple[int, float]]:
         """The intermediate values by increasing step (steps read from JSON are strings)."""
         values = ((int(step), float(value)) for step, value in self.intermediate.items())
         return sorted((s, v) for s, v in values if not math.isnan(v))
+
+
+def count(history: Sequence[TrialRecord], state: str) -> int:
+    """How many of the trials recorded are in ``state``."""
+    return sum(r.state == state for r in history)
 
 
 def distribution(parameter: Parameter) -> BaseDistribution:
@@ -180,9 +192,9 @@ class Search:
     @staticmethod
     def _outcome(record: TrialRecord) -> tuple[TrialState, float | None]:
         if record.state == SUCCEEDED:
-            if record.objective is None or math.isnan(record.objective):
+            if record.value is None:
                 return TrialState.FAIL, None
-            return TrialState.COMPLETE, float(record.objective)
+            return TrialState.COMPLETE, record.value
         return {RUNNING: TrialState.RUNNING, FAILED: TrialState.FAIL,
                 PRUNED: TrialState.PRUNED}[record.state], None
 
@@ -283,19 +295,17 @@ class Search:
         """The succeeded trial with the best objective value (the lowest number of equals)."""
         best: TrialRecord | None = None
         for record in sorted(history, key=lambda r: r.number):
-            if record.state != SUCCEEDED or record.objective is None \
-                    or math.isnan(record.objective):
+            if record.value is None:
                 continue
-            if best is None or self.spec.objective.better(record.objective,
-                                                          best.objective):  # type: ignore[arg-type]
+            if best is None or self.spec.objective.better(record.value,
+                                                          best.value):  # type: ignore[arg-type]
                 best = record
         return best
 
     def stop_reason(self, history: Sequence[TrialRecord]) -> str | None:
         """Why no new trial should start, or None. Failures first, then the goal, then the
         budget: maxTrials, or the grid's size for grid search."""
-        failed = sum(r.state == FAILED for r in history)
-        if failed > self.spec.max_failed_trials:
+        if count(history, FAILED) > self.spec.max_failed_trials:
             return MAX_FAILED_TRIALS_EXCEEDED
         best = self.best(history)
         if best is not None and self.spec.objective.reached(best.objective):  # type: ignore[arg-type]
@@ -317,7 +327,7 @@ class Search:
         if reason is None:
             return False, ""
         if reason in (MAX_FAILED_TRIALS_EXCEEDED, GOAL_REACHED) \
-                or not any(r.state == RUNNING for r in history):
+                or not count(history, RUNNING):
             return True, reason
         return False, ""
 
@@ -326,7 +336,7 @@ class Search:
         ``parallelism`` trials are running."""
         if self.stop_reason(history) is not None:
             return None
-        if sum(r.state == RUNNING for r in history) >= self.spec.parallelism:
+        if count(history, RUNNING) >= self.spec.parallelism:
             return None
         return self._next(history)
 

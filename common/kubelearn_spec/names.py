@@ -3,6 +3,8 @@ one place."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 GROUP = "kubelearn.dev"
 VERSION = "v1alpha1"
 PLURAL = "experiments"
@@ -72,29 +74,27 @@ def replica_task(role: str, index: int) -> str:
     return f"{role}-{index}"
 
 
-def secret_name(experiment: str) -> str:
-    """Name of the Secret holding the experiment's parameter-server token."""
-    return f"{experiment}-kubelearn-token"
+def _suffixed(suffix: str, doc: str) -> Callable[[str], str]:
+    """The name function of an object the operator makes for an experiment beside its
+    replicas: ``<experiment>-<suffix>``."""
+    def name(experiment: str) -> str:
+        return f"{experiment}-{suffix}"
+
+    name.__doc__ = doc
+    return name
 
 
-def cluster_configmap_name(experiment: str) -> str:
-    """Name of the ConfigMap holding a large experiment's cluster spec (TF_CONFIG's bulk)."""
-    return f"{experiment}-kubelearn-cluster"
-
-
-def model_claim_name(experiment: str) -> str:
-    """Name of the PersistentVolumeClaim the operator creates for the model directory."""
-    return f"{experiment}-model"
-
-
-def tensorboard_name(experiment: str) -> str:
-    """Name of the TensorBoard Deployment and Service of an experiment (spec.tensorboard)."""
-    return f"{experiment}-{TENSORBOARD}"
-
-
-def network_policy_name(experiment: str) -> str:
-    """Name of an experiment's NetworkPolicy."""
-    return f"{experiment}-kubelearn"
+secret_name = _suffixed(
+    "kubelearn-token", "Name of the Secret holding the experiment's parameter-server token.")
+cluster_configmap_name = _suffixed(
+    "kubelearn-cluster",
+    "Name of the ConfigMap holding a large experiment's cluster spec (TF_CONFIG's bulk).")
+model_claim_name = _suffixed(
+    "model", "Name of the PersistentVolumeClaim the operator creates for the model directory.")
+tensorboard_name = _suffixed(
+    TENSORBOARD,
+    "Name of the TensorBoard Deployment and Service of an experiment (spec.tensorboard).")
+network_policy_name = _suffixed("kubelearn", "Name of an experiment's NetworkPolicy.")
 
 
 def podgroup_name(experiment: str) -> str:

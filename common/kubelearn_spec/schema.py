@@ -107,6 +107,13 @@ def _pattern_rule(path: str, pattern: str, message: str) -> Rule:
     return Rule(path, message, _matches(pattern), lambda value: _fullmatch(pattern, value))
 
 
+def _matching(path: str, pattern: str, message: str, description: str,
+              max_length: int = 253) -> dict[str, Any]:
+    """A string field at ``path`` that ``pattern`` must match whole (else ``message``)."""
+    return {"type": "string", "maxLength": max_length, "description": description,
+            "_rules": (_pattern_rule(path, pattern, message),)}
+
+
 def _both_given(spec: Mapping[str, Any], role: str) -> bool:
     return (role in (spec.get("replicas") or {})
             and "replicas" in ((spec.get("replicaSpecs") or {}).get(role) or {}))
@@ -355,39 +362,30 @@ def _storage() -> dict[str, Any]:
             "persistentVolumeClaim": {
                 "type": "object", "required": ["claimName"],
                 "description": "An existing claim, mounted at the model directory.",
-                "properties": {"claimName": {
-                    "type": "string", "maxLength": 253,
-                    "description": "Name of a PersistentVolumeClaim in the Experiment's "
-                                   "namespace.",
-                    "_rules": (_pattern_rule(
-                        "spec.storage.persistentVolumeClaim.claimName", DNS_1123_SUBDOMAIN,
-                        "must be the name of a PersistentVolumeClaim (a DNS-1123 "
-                        "subdomain)"),)}}},
-            "size": {"type": "string", "maxLength": 64,
-                     "description": "Storage request of the claim the operator creates "
-                                    f"(default {DEFAULT_STORAGE_SIZE}).",
-                     "_rules": (_pattern_rule("spec.storage.size", QUANTITY,
-                                              "must be a quantity such as 1Gi or 500Mi"),)},
-            "storageClassName": {
-                "type": "string", "maxLength": 253,
-                "description": "StorageClass of the claim the operator creates (default: "
-                               "the cluster's default class).",
-                "_rules": (_pattern_rule("spec.storage.storageClassName", DNS_1123_SUBDOMAIN,
-                                         "must be the name of a StorageClass"),)},
+                "properties": {"claimName": _matching(
+                    "spec.storage.persistentVolumeClaim.claimName", DNS_1123_SUBDOMAIN,
+                    "must be the name of a PersistentVolumeClaim (a DNS-1123 subdomain)",
+                    "Name of a PersistentVolumeClaim in the Experiment's namespace.")}},
+            "size": _matching("spec.storage.size", QUANTITY,
+                              "must be a quantity such as 1Gi or 500Mi",
+                              "Storage request of the claim the operator creates "
+                              f"(default {DEFAULT_STORAGE_SIZE}).", 64),
+            "storageClassName": _matching(
+                "spec.storage.storageClassName", DNS_1123_SUBDOMAIN,
+                "must be the name of a StorageClass",
+                "StorageClass of the claim the operator creates (default: the cluster's "
+                "default class)."),
             "accessModes": {
                 "type": "array", "minItems": 1, "maxItems": len(ACCESS_MODES),
                 "x-kubernetes-list-type": "set",
                 "description": "Access modes of the claim the operator creates (default "
                                "ReadWriteOnce).",
                 "items": {"type": "string", "enum": list(ACCESS_MODES)}},
-            "secretName": {
-                "type": "string", "maxLength": 253,
-                "description": "With a URL in spec.modelDir: a Secret in the Experiment's "
-                               "namespace whose keys become environment variables of every "
-                               "replica and of TensorBoard, e.g. AWS_ACCESS_KEY_ID, "
-                               "AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL for s3://.",
-                "_rules": (_pattern_rule("spec.storage.secretName", DNS_1123_SUBDOMAIN,
-                                         "must be the name of a Secret"),)},
+            "secretName": _matching(
+                "spec.storage.secretName", DNS_1123_SUBDOMAIN, "must be the name of a Secret",
+                "With a URL in spec.modelDir: a Secret in the Experiment's namespace whose "
+                "keys become environment variables of every replica and of TensorBoard, e.g. "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL for s3://."),
             "deleteWithExperiment": {
                 "type": "boolean",
                 "description": "true: the claim the operator created is deleted with the "
@@ -402,14 +400,11 @@ SPEC: dict[str, Any] = {
     "required": ["experimentFn"],
     "_rules": SPEC_RULES,
     "properties": {
-        "experimentFn": {
-            "type": "string", "maxLength": 253,
-            "description": "module:function returning the Experiment (passed to kubelearn run "
-                           "--experiment-fn).",
-            "_rules": (_pattern_rule(
-                "spec.experimentFn", EXPERIMENT_FN,
-                "must be of the form module:function, e.g. "
-                "kubelearn.examples.linear:experiment_fn"),)},
+        "experimentFn": _matching(
+            "spec.experimentFn", EXPERIMENT_FN,
+            "must be of the form module:function, e.g. kubelearn.examples.linear:experiment_fn",
+            "module:function returning the Experiment (passed to kubelearn run "
+            "--experiment-fn)."),
         "hparams": {
             "type": "object", "x-kubernetes-preserve-unknown-fields": True,
             "description": "Hyper-parameters, passed to every replica as KUBELEARN_HPARAMS "
@@ -429,12 +424,9 @@ SPEC: dict[str, Any] = {
                            "(a Deployment and a Service <name>-tensorboard on port "
                            f"{names.TENSORBOARD_PORT}, reading the claim read-only), removed "
                            "with the Experiment."},
-        "schedule": {
-            "type": "string", "maxLength": 253,
-            "description": "Experiment method to run (kubelearn run --schedule); default by "
-                           "role.",
-            "_rules": (_pattern_rule("spec.schedule", SCHEDULE,
-                                     "must be the name of an Experiment method, e.g. train"),)},
+        "schedule": _matching(
+            "spec.schedule", SCHEDULE, "must be the name of an Experiment method, e.g. train",
+            "Experiment method to run (kubelearn run --schedule); default by role."),
         "replicas": {
             "type": "object",
             "description": "Minimal form: replicas per role.",

@@ -4,11 +4,17 @@
 API server already holds (the operator). Both check it first against the schema the CRD is
 generated from (:mod:`.sweep_schema`, through :mod:`.validate`), so the two refuse the same
 manifests naming the same field.
+
+It also holds what a Sweep's trials are, for everything that runs them (the operator's
+controller, ``kubelearn sweep local`` and the search, :mod:`kubelearn_search`): their states,
+why a trial or a sweep stops, and the rule that decides a finished trial's outcome: a trial
+whose run succeeded counts as succeeded only with a finite objective value.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,10 +31,90 @@ from .sweep_schema import (
     DEFAULT_REDUCTION_FACTOR,
     DEFAULT_STARTUP_TRIALS,
     DEFAULT_WARMUP_STEPS,
+    # A trial's states are the schema's: import them from here, with their rules below.
+    FAILED,
+    MAXIMIZE,
+    PRUNED,
+    RUNNING,  # noqa: F401
+    STOPPED,
+    SUCCEEDED,
+    TRIAL_STATES,  # noqa: F401
 )
 from .validate import check_sweep, manifest_namespace
 
 Value = str | int | float
+
+# -- trials --------------------------------------------------------------------------------
+#: The states of a finished trial, as the search sees them (a stopped one counts as failed).
+FINISHED = (SUCCEEDED, FAILED, PRUNED)
+#: The states a trial ends in when the sweep stops it: pruned (early stopping) or stopped
+#: (the sweep ended first); its Experiment's annotation, or its process's end, says which.
+STOP_STATES = (PRUNED, STOPPED)
+
+#: Why a sweep stops (the reason of its condition). Only MAX_FAILED_TRIALS_EXCEEDED is a
+#: failure; a sweep that stops for another reason fails with NO_TRIAL_SUCCEEDED when no
+#: trial succeeded.
+MAX_TRIALS_REACHED = "MaxTrialsReached"
+GOAL_REACHED = "GoalReached"
+MAX_FAILED_TRIALS_EXCEEDED = "MaxFailedTrialsExceeded"
+GRID_EXHAUSTED = "GridExhausted"
+FAILURE_REASONS = frozenset({MAX_FAILED_TRIALS_EXCEEDED})
+NO_TRIAL_SUCCEEDED = "NoTrialSucceeded"
+
+
+def search_state(state: str) -> str:
+    """The state the search is told of a trial in ``state``: a stopped trial counts as
+    failed (it tells nothing of the objective, and cannot be taken for the best)."""
+    return FAILED if state == STOPPED else state
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number, else None (booleans, strings, NaN and
+    infinities are not): the only objective values a trial can succeed with."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def final_state(objective: float | None) -> str:
+    """The state of a trial whose run succeeded, given its objective value (:func:`finite`
+    of its final evaluation's metric): without one it counts as failed, since it tells the
+    search nothing."""
+    return FAILED if objective is None else SUCCEEDED
+
+
+def not_finite(subject: str, value: Any) -> str:
+    """Why a trial whose run succeeded failed all the same: ``subject`` (its final metric)
+    is ``value``, which :func:`finite` refuses."""
+    return f"{subject} is {value!r}, not a finite number"
+
+
+def metric_text(metric: str, value: float) -> str:
+    """``loss = 0.0123457``: a metric's value as events, logs and reasons show it."""
+    return f"{metric} = {value:.6g}"
+
+
+def hparams_text(hparams: Mapping[str, Any]) -> str:
+    """``learning_rate = 0.01, optimizer = Adam``: a trial's hparams in one line."""
+    return ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
+                     for k, v in hparams.items())
+
+
+def prune_reason(metric: str, intermediate: Mapping[Any, float], algorithm: str) -> str:
+    """Why a trial was pruned: its last intermediate value (steps may be ints or, read from
+    JSON, strings), and the pruner that gave up on it."""
+    step = max(intermediate, key=int)
+    return f"{metric_text(metric, intermediate[step])} at step {step} ({algorithm} pruner)"
+
+
+def sweep_ended(reason: str) -> str:
+    """Why a trial still running was stopped when the sweep ended for ``reason``."""
+    return f"the sweep ended: {reason}"
+
+
+def better(a: float, b: float, maximize: bool) -> bool:
+    """Whether objective value ``a`` is strictly better than ``b``."""
+    return a > b if maximize else a < b
 
 
 @dataclass(frozen=True)
@@ -86,11 +172,11 @@ class Objective:
 
     @property
     def maximize(self) -> bool:
-        return self.direction == "maximize"
+        return self.direction == MAXIMIZE
 
     def better(self, a: float, b: float) -> bool:
         """Whether objective value ``a`` is strictly better than ``b``."""
-        return a > b if self.maximize else a < b
+        return better(a, b, self.maximize)
 
     def reached(self, value: float) -> bool:
         """Whether ``value`` reaches the goal (never, without one)."""

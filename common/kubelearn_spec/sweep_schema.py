@@ -20,7 +20,7 @@ from .schema import (
     Rule,
     _cel_string,
     _fullmatch,
-    _pattern_rule,
+    _matching,
     replica_names_fit,
     replica_names_fit_cel,
     tensorboard_name_fits,
@@ -34,15 +34,19 @@ RANGE_TYPES = ("double", "int")
 LIST_TYPES = ("categorical", "discrete")
 DISTRIBUTIONS = ("uniform", "logUniform")
 DEFAULT_DISTRIBUTION = "uniform"
-DIRECTIONS = ("minimize", "maximize")
+MINIMIZE, MAXIMIZE = "minimize", "maximize"
+DIRECTIONS = (MINIMIZE, MAXIMIZE)
 ALGORITHMS = ("grid", "random", "tpe", "cmaes")
 DEFAULT_ALGORITHM = "random"
 EARLY_STOPPING_ALGORITHMS = ("median", "hyperband")
 #: The knobs of each early-stopping algorithm (the others' are refused with it).
 EARLY_STOPPING_KNOBS = {"median": ("startupTrials", "warmupSteps"),
                         "hyperband": ("minResource", "maxResource", "reductionFactor")}
-#: A trial's states: "stopped" is one the sweep stopped because it ended first.
-TRIAL_STATES = ("running", "succeeded", "failed", "pruned", "stopped")
+#: A trial's states (``status.history[].state``, the keys of ``status.counts``): "pruned"
+#: is one early stopping stopped, "stopped" one the sweep stopped because it ended first.
+#: :mod:`.sweep_model` holds the rules that go with them.
+RUNNING, SUCCEEDED, FAILED, PRUNED, STOPPED = "running", "succeeded", "failed", "pruned", "stopped"
+TRIAL_STATES = (RUNNING, SUCCEEDED, FAILED, PRUNED, STOPPED)
 
 DEFAULT_PARALLELISM = 1
 DEFAULT_MAX_TRIALS = 10
@@ -241,12 +245,10 @@ PARAMETER: dict[str, Any] = {
     "required": ["name", "type"],
     "_rules": PARAMETER_RULES,
     "properties": {
-        "name": {"type": "string", "maxLength": 253,
-                 "description": "The hyper-parameter (a key of spec.experiment.hparams) the "
-                                "search sets.",
-                 "_rules": (_pattern_rule(f"{P}.name", HPARAM_NAME,
-                                          "must be a hyper-parameter name: letters, digits "
-                                          "and '_', not starting with a digit"),)},
+        "name": _matching(f"{P}.name", HPARAM_NAME, "must be a hyper-parameter name: "
+                          "letters, digits and '_', not starting with a digit",
+                          "The hyper-parameter (a key of spec.experiment.hparams) the search "
+                          "sets."),
         "type": {"type": "string", "enum": list(PARAMETER_TYPES),
                  "description": "double or int (from min to max, with an optional step), "
                                 "categorical (strings, from list) or discrete (numbers, "

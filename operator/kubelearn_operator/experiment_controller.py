@@ -328,17 +328,20 @@ class Controller:
         classes = await self.storage_classes() if creates and not exists else None
         return dataclasses.replace(observed, claim_exists=exists, storage_classes=classes)
 
-    async def reconcile(self, key: Key) -> Plan | None:
+    async def _to_reconcile(self, key: Key) -> dict[str, Any] | None:
+        """The cached Experiment, once the caches it is decided on are full; None if gone."""
         body = self.bodies.get(key)
-        if body is None:
-            return None
-        if (body.get("status") or {}).get("conditions"):
+        if body is not None and (body.get("status") or {}).get("conditions"):
             # Reconciled before, so objects of it may exist: decide only on a full cache.
             # A first reconcile need not wait: at worst its creates meet 409 AlreadyExists.
             await self.synced(key[0])
             body = self.bodies.get(key)
-            if body is None:
-                return None
+        return body
+
+    async def reconcile(self, key: Key) -> Plan | None:
+        body = await self._to_reconcile(key)
+        if body is None:
+            return None
         started = time.perf_counter()
         uid = body["metadata"].get("uid", "")
         observed = self.observed(key, uid)

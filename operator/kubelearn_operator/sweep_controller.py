@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubelearn_spec import names
+from kubelearn_spec.sweep_model import RUNNING
 
 from . import metrics
 from .aio import cancel
@@ -22,7 +23,7 @@ from .experiment_controller import Controller, store_newest
 from .experiment_plan import status_patch
 from .kube import EXPERIMENTS, SWEEPS, ApiError
 from .objects import ExperimentRef
-from .sweep_plan import RUNNING, SweepPlan, plan_sweep, trial_number
+from .sweep_plan import SweepPlan, plan_sweep, trial_number
 from .workqueue import Key, WorkQueue, work
 
 #: Sweeps reconciled at once: each reconcile is a few requests and a search.

@@ -15,36 +15,46 @@ and annotating why: its pods go, its record and model directory stay.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubelearn_search import (
+from kubelearn_search import Search, TrialRecord, count
+from kubelearn_spec import names
+from kubelearn_spec.sweep_model import (
     FAILED,
     FAILURE_REASONS,
+    NO_TRIAL_SUCCEEDED,
     PRUNED,
     RUNNING,
+    STOP_STATES,
+    STOPPED,
     SUCCEEDED,
-    Search,
-    TrialRecord,
+    TRIAL_STATES,
+    SweepSpec,
+    final_state,
+    finite,
+    hparams_text,
+    metric_text,
+    not_finite,
+    parse_sweep_spec,
+    prune_reason,
+    search_state,
+    sweep_ended,
 )
-from kubelearn_spec import names
-from kubelearn_spec.sweep_model import SweepSpec, parse_sweep_spec
 from kubelearn_spec.validate import SpecError
 
 from .objects import Event, ExperimentRef
 from .status import format_time, get_condition, is_true, phase, set_condition
 
-#: A trial stopped because the sweep ended (goal reached, too many failures): it neither
-#: succeeded nor failed, and the search counts it as failed.
-STOPPED = "stopped"
-STATES = (RUNNING, SUCCEEDED, FAILED, PRUNED, STOPPED)
 #: Intermediate values kept per trial in status.history (the newest), so that a Sweep of
 #: a thousand trials stays well under the API server's object size.
 MAX_INTERMEDIATE = 64
 MAX_REASON_CHARS = 256
+#: The event of a trial that reached an end, by its state: type and reason.
+TRIAL_ENDED = {SUCCEEDED: ("Normal", "TrialSucceeded"), FAILED: ("Warning", "TrialFailed"),
+               PRUNED: ("Normal", "TrialPruned"), STOPPED: ("Normal", "TrialStopped")}
 
 
 @dataclass(frozen=True)
@@ -80,15 +90,17 @@ def trial_number(body: Mapping[str, Any]) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _failure_message(status: Mapping[str, Any]) -> str:
     condition = get_condition(status.get("conditions") or [], "Failed") or {}
     return str(condition.get("message") or "the Experiment failed")
+
+
+def _no_objective(metrics: Mapping[str, Any], metric: str) -> str:
+    """Why final ``metrics`` give no objective value."""
+    if metric in metrics:
+        return not_finite(f"its final {metric}", metrics[metric])
+    known = ", ".join(sorted(k for k in metrics if finite(metrics[k]) is not None))
+    return f"its final metrics have no {metric} (they have: {known or 'none'})"
 
 
 def outcome(body: Mapping[str, Any], metric: str) -> tuple[str, float | None, str]:
@@ -99,16 +111,11 @@ def outcome(body: Mapping[str, Any], metric: str) -> tuple[str, float | None, st
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     if status.get("phase") == "Succeeded":
         metrics = status.get("metrics") or {}
-        value = _finite(metrics.get(metric))
-        if value is not None:
-            return SUCCEEDED, value, ""
-        if metric in metrics:
-            return FAILED, None, f"its final {metric} is {metrics[metric]!r}, not a finite number"
-        known = ", ".join(sorted(k for k in metrics if _finite(metrics[k]) is not None))
-        return FAILED, None, (f"its final metrics have no {metric} "
-                              f"(they have: {known or 'none'})")
+        value = finite(metrics.get(metric))
+        why = "" if value is not None else _no_objective(metrics, metric)
+        return final_state(value), value, why
     stopped = annotations.get(names.ANNOTATION_TRIAL_STOPPED)
-    if stopped in (PRUNED, STOPPED):
+    if stopped in STOP_STATES:
         return stopped, None, str(annotations.get(names.ANNOTATION_TRIAL_STOP_REASON) or "")
     if status.get("phase") == "Failed":
         return FAILED, None, _failure_message(status)[:MAX_REASON_CHARS]
@@ -121,7 +128,7 @@ def intermediate(body: Mapping[str, Any], metric: str) -> tuple[int, float] | No
     evaluation = ((body.get("status") or {}).get("metrics") or {}).get("eval")
     if not isinstance(evaluation, Mapping):
         return None
-    step, value = _finite(evaluation.get("global_step")), _finite(evaluation.get(metric))
+    step, value = finite(evaluation.get("global_step")), finite(evaluation.get(metric))
     if step is None or value is None:
         return None
     return int(step), value
@@ -151,7 +158,7 @@ def trial_record(body: Mapping[str, Any], number: int, spec: SweepSpec,
         latest = intermediate(body, spec.objective.metric)
         if latest is not None and state == RUNNING:
             values[str(latest[0])] = latest[1]
-        step = _finite(((body.get("status") or {}).get("metrics") or {}).get("global_step"))
+        step = finite(((body.get("status") or {}).get("metrics") or {}).get("global_step"))
         if objective is not None and step is not None:  # the final evaluation's
             values[str(int(step))] = objective
         kept = sorted(values, key=int)[-MAX_INTERMEDIATE:]
@@ -167,17 +174,11 @@ def trial_record(body: Mapping[str, Any], number: int, spec: SweepSpec,
 
 def _search_record(entry: Mapping[str, Any]) -> TrialRecord:
     """What the search sees of a history entry: a stopped trial counts as failed."""
-    state = entry.get("state", RUNNING)
     return TrialRecord(int(entry["number"]), dict(entry.get("hparams") or {}),
-                       FAILED if state == STOPPED else state,
-                       _finite(entry.get("objective")),
+                       search_state(entry.get("state", RUNNING)),
+                       finite(entry.get("objective")),
                        {int(k): float(v) for k, v in (entry.get("intermediate") or {}).items()
-                        if _finite(v) is not None})
-
-
-def _values(hparams: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
-                     for k, v in hparams.items())
+                        if finite(v) is not None})
 
 
 def _events(before: Mapping[int, Mapping[str, Any]], after: Mapping[int, Mapping[str, Any]],
@@ -189,23 +190,17 @@ def _events(before: Mapping[int, Mapping[str, Any]], after: Mapping[int, Mapping
         name, state = entry["name"], entry["state"]
         if old is None:
             events.append(Event("Normal", "TrialStarted",
-                                f"Started trial {name}: {_values(entry['hparams'])}"))
+                                f"Started trial {name}: {hparams_text(entry['hparams'])}"))
             if state == RUNNING:
                 continue
         if old is not None and old.get("state") == state:
             continue
-        if state == SUCCEEDED:
-            events.append(Event("Normal", "TrialSucceeded",
-                                f"Trial {name} succeeded: {metric} = {entry['objective']:.6g}"))
-        elif state == FAILED:
-            events.append(Event("Warning", "TrialFailed",
-                                f"Trial {name} failed: {entry.get('reason', '')}"))
-        elif state == PRUNED:
-            events.append(Event("Normal", "TrialPruned",
-                                f"Trial {name} pruned: {entry.get('reason', '')}"))
-        elif state == STOPPED:
-            events.append(Event("Normal", "TrialStopped",
-                                f"Trial {name} stopped: {entry.get('reason', '')}"))
+        if state not in TRIAL_ENDED:
+            continue
+        kind, reason = TRIAL_ENDED[state]
+        detail = (metric_text(metric, entry["objective"]) if state == SUCCEEDED
+                  else entry.get("reason", ""))
+        events.append(Event(kind, reason, f"Trial {name} {state}: {detail}"))
     return events
 
 
@@ -296,7 +291,7 @@ def plan_sweep(body: Mapping[str, Any], children: Sequence[Mapping[str, Any]],
                 "started.", now)
     plan.events[:0] = _events(previous, entries, spec.objective.metric)
 
-    counts = {state: 0 for state in STATES}
+    counts = {state: 0 for state in TRIAL_STATES}
     for entry in entries.values():
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
     finished_trials = len(entries) - counts[RUNNING]
@@ -330,9 +325,8 @@ def _prune(spec: SweepSpec, search: Search, entries: dict[int, dict[str, Any]],
             continue
         if not search.should_prune(history[number], list(history.values())):
             continue
-        step = max(entry["intermediate"], key=int)
-        reason = (f"{spec.objective.metric} = {entry['intermediate'][step]:.6g} at step "
-                  f"{step} ({spec.early_stopping.algorithm} pruner)")
+        reason = prune_reason(spec.objective.metric, entry["intermediate"],
+                              spec.early_stopping.algorithm)
         plan.stops.append(Stop(entry["name"], PRUNED, reason))
         entry.update(state=PRUNED, reason=reason, completionTime=format_time(now))
         history[number] = _search_record(entry)
@@ -342,7 +336,7 @@ def _stop_all(entries: dict[int, dict[str, Any]], history: dict[int, TrialRecord
               reason: str, now: datetime, plan: SweepPlan) -> None:
     for number, entry in sorted(entries.items()):
         if entry["state"] == RUNNING:
-            why = f"the sweep ended: {reason}"
+            why = sweep_ended(reason)
             plan.stops.append(Stop(entry["name"], STOPPED, why))
             entry.update(state=STOPPED, reason=why, completionTime=format_time(now))
             history[number] = _search_record(entry)
@@ -355,14 +349,13 @@ def _finish(search: Search, history: Sequence[TrialRecord], reason: str,
     conditions = set_condition(conditions, "Running", False, reason,
                                "The sweep is over.", now)
     if reason in FAILURE_REASONS or best is None:
-        why = reason if reason in FAILURE_REASONS else "NoTrialSucceeded"
-        failed = sum(r.state == FAILED for r in history)
-        message = (f"{failed} trials failed, more than maxFailedTrials allows."
+        why = reason if reason in FAILURE_REASONS else NO_TRIAL_SUCCEEDED
+        message = (f"{count(history, FAILED)} trials failed, more than maxFailedTrials allows."
                    if why in FAILURE_REASONS else "No trial succeeded.")
         plan.events.append(Event("Warning", "SweepFailed", f"Sweep failed ({why}): {message}"))
         return set_condition(conditions, "Failed", True, why, message, now)
-    message = (f"Best trial {search.spec.trial_name(best.number)}: {metric} = "
-               f"{best.objective:.6g} ({_values(best.hparams)}).")
+    message = (f"Best trial {search.spec.trial_name(best.number)}: "
+               f"{metric_text(metric, best.objective)} ({hparams_text(best.hparams)}).")
     plan.events.append(Event("Normal", "SweepSucceeded", f"Sweep succeeded ({reason}): "
                                                           f"{message}"))
     return set_condition(conditions, "Succeeded", True, reason, message, now)

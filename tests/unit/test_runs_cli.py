@@ -288,7 +288,8 @@ def test_plot_without_matplotlib_says_what_to_install(runs_dir: Path, tmp_path: 
 
 def test_kubelearn_command_has_runs(runs_dir: Path, tmp_path: Path) -> None:
     run = make_run("mnist", 0.1, 10.0)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "runner"))
+    # The kubelearn command imports kubelearn_spec (common/) for its sweep actions.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / d) for d in ("runner", "common")))
     proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "list", "--json"],
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from kubelearn_operator.sweep_plan import STOPPED, outcome, plan_sweep, trial_record
+from kubelearn_operator.sweep_plan import outcome, plan_sweep, trial_record
 from kubelearn_spec import names
-from kubelearn_spec.sweep_model import parse_sweep_spec
+from kubelearn_spec.sweep_model import STOPPED, parse_sweep_spec
 from tests.sweep_cases import LR, OPTIMIZER, spec
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)

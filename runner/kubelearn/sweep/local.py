@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import secrets
 import signal
@@ -30,8 +29,9 @@ import yaml
 from kubelearn import bounded_input, fs
 from kubelearn import local as local_launcher
 from kubelearn.hooks import PROGRESS_FILE
+from kubelearn_spec import sweep_model
 from kubelearn_spec.names import SWEEP_KIND
-from kubelearn_spec.sweep_model import SweepSpec, parse_sweep
+from kubelearn_spec.sweep_model import FAILED, PRUNED, RUNNING, STOPPED, SUCCEEDED, SweepSpec
 from kubelearn_spec.validate import SpecError
 
 if TYPE_CHECKING:
@@ -49,9 +49,6 @@ PRUNE_POLL_SECS = 1.0
 #: How much of a failed trial's log is read for the launcher's verdict.
 LOG_TAIL_BYTES = 64 * 1024
 RESULTS = os.path.join("eval", "results.jsonl")
-#: The state of a trial the sweep stopped because the sweep itself ended (goal reached, too
-#: many failures, a signal): it neither succeeded nor failed, and the search never sees it.
-STOPPED = "stopped"
 
 
 # -- reading a trial's model directory (pure) ---------------------------------------------
@@ -86,9 +83,9 @@ def objective_of(evaluations: Sequence[Mapping[str, Any]], metric: str
     if metric not in final:
         known = ", ".join(sorted(final)) or "none"
         return None, f"the final evaluation has no metric {metric!r} (it has: {known})"
-    value = _number(final[metric])
-    if value is None or not math.isfinite(value):
-        return None, f"the final evaluation's {metric} is {final[metric]!r}, not a finite number"
+    value = sweep_model.finite(final[metric])
+    if value is None:
+        return None, sweep_model.not_finite(f"the final evaluation's {metric}", final[metric])
     return value, ""
 
 
@@ -125,7 +122,7 @@ class Trial:
     model_dir: str
     manifest: str
     log: str
-    state: str = "running"
+    state: str = RUNNING
     objective: float | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
     steps: int | None = None
@@ -139,10 +136,9 @@ class Trial:
     def record(self) -> TrialRecord:
         from kubelearn_search import TrialRecord
 
-        # A stopped trial is recorded only once the sweep is over; as failed, it cannot be
-        # taken for the best.
-        state = self.state if self.state != STOPPED else "failed"
-        return TrialRecord(self.number, dict(self.hparams), state, self.objective,
+        # A stopped trial is recorded only once the sweep is over.
+        return TrialRecord(self.number, dict(self.hparams),
+                           sweep_model.search_state(self.state), self.objective,
                            dict(self.intermediate))
 
     def facts(self) -> dict[str, Any]:
@@ -195,10 +191,6 @@ def format_table(trials: Sequence[Mapping[str, Any]], parameters: Sequence[str],
     return lines
 
 
-def _hparams_text(hparams: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} = {_value(v)}" for k, v in hparams.items())
-
-
 # -- the sweep -----------------------------------------------------------------------------
 class SweepRunner:
     """Starts, polls and stops the trials of one Sweep until the search says it is done."""
@@ -230,7 +222,7 @@ class SweepRunner:
         return [t.record() for t in self.trials.values()]
 
     def running(self) -> list[Trial]:
-        return [t for t in self.trials.values() if t.state == "running"]
+        return [t for t in self.trials.values() if t.state == RUNNING]
 
     # -- processes -------------------------------------------------------------------
     def command(self, trial: Trial) -> list[str]:
@@ -256,9 +248,9 @@ class SweepRunner:
                     stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                     start_new_session=True, preexec_fn=local_launcher._die_with_parent)
             except OSError as exc:
-                self._finish(trial, "failed", f"could not start: {exc}")
+                self._finish(trial, FAILED, f"could not start: {exc}")
                 return
-        self.say(f"trial {name} started: {_hparams_text(hparams)} (log {trial.log})")
+        self.say(f"trial {name} started: {sweep_model.hparams_text(hparams)} (log {trial.log})")
 
     def stop(self, trial: Trial, state: str, reason: str) -> None:
         """Asks the trial to stop (SIGTERM: kubelearn local stops its replicas); it is
@@ -290,8 +282,8 @@ class SweepRunner:
     def _finish(self, trial: Trial, state: str, reason: str = "") -> None:
         trial.state, trial.reason = state, reason
         trial.seconds = time.monotonic() - trial.started
-        if state == "succeeded":
-            result = f"{self.spec.objective.metric} = {_value(trial.objective)}"
+        if state == SUCCEEDED and trial.objective is not None:
+            result = sweep_model.metric_text(self.spec.objective.metric, trial.objective)
         else:
             result = reason
         self.say(f"trial {trial.name} {state}: {result} (step {_value(trial.steps)}, "
@@ -308,14 +300,14 @@ class SweepRunner:
             evaluations = read_trial(trial, metric)
             if code == 0:
                 trial.objective, why = objective_of(evaluations, metric)
-                self._finish(trial, "failed" if trial.objective is None else "succeeded", why)
+                self._finish(trial, sweep_model.final_state(trial.objective), why)
             elif trial.stop_as is not None:
                 self._finish(trial, trial.stop_as, trial.reason)
             else:
                 log = b""
                 with contextlib.suppress(OSError):
                     log = fs.read_tail(trial.log, LOG_TAIL_BYTES)[1]
-                self._finish(trial, "failed", failure_reason(
+                self._finish(trial, FAILED, failure_reason(
                     log.decode("utf-8", "replace"), trial.name, code))
 
     def _prune(self) -> None:
@@ -332,10 +324,9 @@ class SweepRunner:
             read_trial(trial, self.spec.objective.metric)
             if trial.intermediate and trial.intermediate != before \
                     and self.search.should_prune(trial.record(), self.history()):
-                last = max(trial.intermediate)
-                self.stop(trial, "pruned", f"{self.spec.objective.metric} = "
-                          f"{_value(trial.intermediate[last])} at step {last} "
-                          f"({self.spec.early_stopping.algorithm} pruner)")
+                self.stop(trial, PRUNED, sweep_model.prune_reason(
+                    self.spec.objective.metric, trial.intermediate,
+                    self.spec.early_stopping.algorithm))
 
     def run(self) -> None:
         """Runs trials until the search is done or a signal asks to stop."""
@@ -350,7 +341,7 @@ class SweepRunner:
             done, reason = self.search.done(self.history())
             if done:
                 self.stop_reason = reason
-                self.stop_all(STOPPED, f"the sweep ended: {reason}")
+                self.stop_all(STOPPED, sweep_model.sweep_ended(reason))
                 return
             while (number := self.search.next_number(self.history())) is not None:
                 self.start(number)
@@ -371,7 +362,7 @@ class SweepRunner:
                                for p in self.spec.parameters],
                 "stop_reason": self.stop_reason,
                 "best": None if best is None else best.number,
-                "succeeded": sum(t["state"] == "succeeded" for t in trials),
+                SUCCEEDED: sum(t["state"] == SUCCEEDED for t in trials),
                 "trials": trials}
 
 
@@ -380,7 +371,7 @@ def summary(facts: Mapping[str, Any], parameters: Sequence[str]) -> list[str]:
     lines = format_table(facts["trials"], parameters, facts["objective"]["metric"],
                          facts["best"])
     lines += [f"  {t['name']}: {t['reason']}" for t in facts["trials"]
-              if t["state"] != "succeeded" and t["reason"]]
+              if t["state"] != SUCCEEDED and t["reason"]]
     counts = {}
     for t in facts["trials"]:
         counts[t["state"]] = counts.get(t["state"], 0) + 1
@@ -390,8 +381,8 @@ def summary(facts: Mapping[str, Any], parameters: Sequence[str]) -> list[str]:
     if best is None:
         lines.append("no trial succeeded")
     else:
-        lines.append(f"best: {best['name']} {facts['objective']['metric']} = "
-                     f"{_value(best['objective'])} ({_hparams_text(best['hparams'])}; "
+        result = sweep_model.metric_text(facts["objective"]["metric"], best["objective"])
+        lines.append(f"best: {best['name']} {result} ({sweep_model.hparams_text(best['hparams'])}; "
                      f"model dir {best['model_dir']})")
     return lines
 
@@ -408,11 +399,11 @@ def load_sweep(path: str) -> SweepSpec:
     except bounded_input.InputError as exc:
         raise SpecError("", str(exc)) from None
     if len(documents) == 1:
-        return parse_sweep(documents[0])
+        return sweep_model.parse_sweep(documents[0])
     sweeps = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == SWEEP_KIND]
     if len(sweeps) != 1:
         raise SpecError(path, f"must hold exactly one Sweep, found {len(sweeps)}")
-    return parse_sweep(sweeps[0])
+    return sweep_model.parse_sweep(sweeps[0])
 
 
 def prepare_directory(directory: str, manifest: str, fresh: bool) -> None:
@@ -443,7 +434,7 @@ def sweep_local_command(args: argparse.Namespace) -> int:
     except SpecError as exc:
         return _error(local_launcher.one_line(exc))
     try:
-        from kubelearn_search import SUCCEEDED, Search
+        from kubelearn_search import Search
     except ImportError:
         return _error("the hyper-parameter search needs optuna: pip install 'kubelearn[sweep]'")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kubelearn.em.plot import SERIES_KEY, _matplotlib
+from kubelearn_spec.sweep_model import SUCCEEDED, better, finite
+from kubelearn_spec.sweep_schema import DIRECTIONS, MAXIMIZE
 
 FACTS_FILE = "sweep.json"
 MAX_FACTS_BYTES = 16 << 20
@@ -39,6 +41,11 @@ class TrialPoint:
     state: str
     hparams: dict[str, Any]
     objective: float | None
+
+    @property
+    def scored(self) -> bool:
+        """Whether it succeeded with an objective value: only those are drawn."""
+        return self.state == SUCCEEDED and self.objective is not None
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,6 @@ class SweepFacts:
         return list(dict.fromkeys(k for t in self.trials for k in t.hparams))
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def parse_facts(data: Any) -> SweepFacts:
     """The facts of ``sweep.json``, checked.
 
@@ -77,7 +78,7 @@ def parse_facts(data: Any) -> SweepFacts:
     objective = need(data, "objective", Mapping, "")
     metric = need(objective, "metric", str, "objective.")
     direction = need(objective, "direction", str, "objective.")
-    if direction not in ("minimize", "maximize"):
+    if direction not in DIRECTIONS:
         raise SweepFactsError(f"objective.direction: {direction[:40]!r} is not minimize or "
                               "maximize")
     best = data.get("best")
@@ -91,12 +92,12 @@ def parse_facts(data: Any) -> SweepFacts:
         hparams = need(raw, "hparams", Mapping, where)
         values = {str(k): v for k, v in hparams.items()
                   if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
-        trials.append(TrialPoint(number, state, values, _finite(raw.get("objective"))))
+        trials.append(TrialPoint(number, state, values, finite(raw.get("objective"))))
     trials.sort(key=lambda t: t.number)
     logs = tuple(str(p["name"]) for p in data.get("parameters") or []
                  if isinstance(p, Mapping) and isinstance(p.get("name"), str) and p.get("log")
                  is True)
-    return SweepFacts(name, metric, direction == "maximize", best, tuple(trials), logs)
+    return SweepFacts(name, metric, direction == MAXIMIZE, best, tuple(trials), logs)
 
 
 def load_facts(directory: str) -> SweepFacts:
@@ -138,11 +139,11 @@ def objective_series(facts: SweepFacts) -> ObjectiveSeries:
     others: dict[str, list[int]] = {}
     best: float | None = None
     for trial in facts.trials:
-        if trial.state != "succeeded" or trial.objective is None:
+        if not trial.scored:
             others.setdefault(trial.state, []).append(trial.number)
             continue
         value = trial.objective
-        if best is None or (value > best if facts.maximize else value < best):
+        if best is None or better(value, best, facts.maximize):
             best = value
         numbers.append(trial.number)
         objectives.append(value)
@@ -172,8 +173,8 @@ class Axis:
 def parallel_axes(facts: SweepFacts) -> tuple[list[Axis], list[TrialPoint]]:
     """One axis per hyper-parameter and one for the objective, over the succeeded trials
     (which are returned, the best last)."""
-    trials = [t for t in facts.trials if t.state == "succeeded" and t.objective is not None
-              and all(p in t.hparams for p in facts.parameters)]
+    trials = [t for t in facts.trials
+              if t.scored and all(p in t.hparams for p in facts.parameters)]
     axes = []
     for name in [*facts.parameters, facts.metric]:
         values = [t.objective if name == facts.metric and name not in t.hparams
@@ -270,7 +271,7 @@ def sweep_plot_command(args: argparse.Namespace) -> int:
         print(f"kubelearn sweep plot: {exc.strerror or exc}: "
               f"{os.path.join(args.dir, FACTS_FILE)}", file=sys.stderr)
         return 1
-    if not any(t.state == "succeeded" and t.objective is not None for t in facts.trials):
+    if not any(t.scored for t in facts.trials):
         print(f"kubelearn sweep plot: no trial of {facts.name} succeeded: nothing to plot",
               file=sys.stderr)
         return 1
