@@ -1,5 +1,7 @@
-"""Soak (about 30 s): four peers without the token stream random malformed frames at a real
-parameter server while a real worker trains against it. Training reaches the same loss as
+"""Soak (about 30 s): four peers stream random malformed frames at a real parameter server
+while a real worker trains against it: two present the experiment's token at the handshake
+(so their messages reach the request loop), two do not (the ps drops them at the handshake,
+again and again as they reconnect). Training reaches the same loss as
 an undisturbed run, and the ps's resident memory stays within RSS_GROWTH_BOUND of what it
 used before the flood."""
 
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from kubelearn.distributed import curve
 
 pytestmark = pytest.mark.slow
 LINEAR = "kubelearn.examples.linear:experiment_fn"
@@ -83,6 +87,8 @@ def _flood(address: str, stop: threading.Event, seed: int, sent: list[int]) -> N
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
     sock.sndhwm = 100
+    if seed % 2 == 0:
+        curve.plain_client(sock, TOKEN)
     sock.connect(f"tcp://{address}")
     while not stop.is_set():
         try:

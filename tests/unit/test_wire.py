@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kubelearn.distributed import placement, wire
+from kubelearn.distributed import curve, placement, wire
 from kubelearn.distributed.server import ShardState, bind_address
 from kubelearn.estimators import optimizers
 
@@ -369,6 +369,7 @@ def test_ps_replies_are_never_torn_by_the_next_push():
     port = _free_port()
     server = ParameterServer(f"127.0.0.1:{port}", 0, "t")
     client = zmq.Context.instance().socket(zmq.DEALER)
+    curve.plain_client(client, "t")
     client.connect(f"tcp://127.0.0.1:{port}")
 
     def ask(header, tensors=None):
