@@ -592,10 +592,29 @@ class _Planner:
                                             self.pod_restarts)
                 status["replicaStatuses"] = statuses
             _keep_restarts(statuses, self.old.get("replicaStatuses"))
-            active = sum(s["active"] for s in statuses.values())
-            status["replicas"] = f"{active}/{spec.total_replicas}"
+            if is_true(self.conditions, "Succeeded") or is_true(self.conditions, "Failed"):
+                _keep_final_counts(statuses, self.old.get("replicaStatuses"))
+                shown = sum(s["succeeded"] for s in statuses.values())
+            else:
+                shown = sum(s["active"] for s in statuses.values())
+            status["replicas"] = f"{shown}/{spec.total_replicas}"
         self.plan.status = status
         return self.plan
+
+
+def _keep_final_counts(statuses: dict[str, dict[str, int]], old: Any) -> None:
+    """Once finished, what each replica ended as stays counted, as TFJob keeps it: a pod
+    deleted by clean-up (cleanPodPolicy) does not take its success or failure with it."""
+    if not isinstance(old, Mapping):
+        return
+    for role, entry in statuses.items():
+        before = old.get(role)
+        if not isinstance(before, Mapping):
+            continue
+        for key in ("succeeded", "failed"):
+            value = before.get(key)
+            if isinstance(value, int) and value > entry[key]:
+                entry[key] = value
 
 
 def _keep_restarts(statuses: dict[str, dict[str, int]], old: Any) -> None:

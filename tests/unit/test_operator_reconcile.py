@@ -436,6 +436,24 @@ def test_clean_pod_policy_on_success(policy: str, deleted: list[str], services: 
     assert not later.create_pods and b["status"]["phase"] == "Succeeded"
 
 
+def test_final_counts_outlive_the_pods_that_clean_up_deletes() -> None:
+    b = body({**MINIMAL, "runPolicy": {"cleanPodPolicy": "All"}})
+    step(b, observe(*running()))
+    step(b, observe(pod("master", 0, "Succeeded", exit_code=0), pod("ps", 0),
+                    pod("worker", 0, "Succeeded", exit_code=0),
+                    pod("worker", 1, "Failed", exit_code=1)))
+    assert b["status"]["phase"] == "Succeeded"
+    final = {role: (s["succeeded"], s["failed"]) for role, s in
+             b["status"]["replicaStatuses"].items()}
+    assert final == {"master": (1, 0), "ps": (0, 0), "worker": (1, 1)}
+    assert b["status"]["replicas"] == "2/4"  # finished: succeeded/total
+    step(b, observe())  # every pod deleted by clean-up
+    after = {role: (s["succeeded"], s["failed"]) for role, s in
+             b["status"]["replicaStatuses"].items()}
+    assert after == final
+    assert b["status"]["replicas"] == "2/4"
+
+
 # -- suspend ------------------------------------------------------------------------------
 def test_suspend_deletes_pods_and_resume_recreates_them() -> None:
     b = body({**MINIMAL, "runPolicy": {"activeDeadlineSeconds": 100}})
