@@ -48,6 +48,10 @@ from .status import (
 )
 
 STORAGE_CONDITION = "StorageReady"
+#: True while a replica's container cannot start by itself (pods.STUCK_REASONS).
+STUCK_CONDITION = "ReplicasStuck"
+#: At most this many stuck pods are named in the condition's message.
+STUCK_SHOWN = 5
 #: True while a change of the worker count is refused (synchronous training).
 SCALE_REFUSED = "ScaleRefused"
 PODGROUP_MISSING = (f"PodGroup CRD {names.PODGROUP_GROUP}/{names.PODGROUP_VERSION} is not "
@@ -362,6 +366,7 @@ class _Planner:
         self.report_evaluators(replicas.permanent, statuses)
         self.restart(replicas.restarts, new_restarts, statuses)
         self.running_conditions(replicas)
+        self.stuck_replicas(desired_names)
         self.requeue_at_deadline(spec, start)
 
     def start_time(self) -> str:
@@ -548,6 +553,31 @@ class _Planner:
                                           for p in self.observed.pods.values()):
             self.transition("Running", "ExperimentRunning", f"Experiment {self.key} is running.")
             self.clear("Restarting", "ExperimentRunning", f"Experiment {self.key} is running.")
+
+    def stuck_replicas(self, desired_names: set[str]) -> None:
+        """Says which replicas cannot start and why (the kubelet's reason and message), on
+        the Experiment, where users look: a condition, and a Warning Event for each pod
+        that newly gets stuck or is stuck for a new reason."""
+        stuck = sorted((p for n, p in self.observed.pods.items()
+                        if n in desired_names and p.active and p.stuck_reason),
+                       key=lambda p: p.name)
+        if not stuck:
+            self.clear(STUCK_CONDITION, "ReplicasStarting",
+                       f"No replica of experiment {self.key} is stuck.")
+            return
+        old = get_condition(self.conditions, STUCK_CONDITION)
+        told = (old or {}).get("message", "") if is_true(self.conditions, STUCK_CONDITION) \
+            else ""
+        lines = [f"pod {p.name}: {p.stuck_reason}: {p.stuck_message}".rstrip(": ")
+                 for p in stuck]
+        for pod, line in zip(stuck[:STUCK_SHOWN], lines, strict=False):
+            if f"pod {pod.name}: {pod.stuck_reason}" not in told:
+                self.plan.events.append(Event("Warning", "ReplicaStuck", line))
+        message = "; ".join(lines[:STUCK_SHOWN])
+        if len(stuck) > STUCK_SHOWN:
+            message += f"; and {len(stuck) - STUCK_SHOWN} more"
+        self.conditions = set_condition(self.conditions, STUCK_CONDITION, True,
+                                        stuck[0].stuck_reason, message, self.now)
 
     def requeue_at_deadline(self, spec: ExperimentSpec, start: str) -> None:
         deadline = spec.run_policy.active_deadline_seconds

@@ -9,6 +9,12 @@ from typing import Any
 from kubelearn_spec import contract, names
 
 ACTIVE_PHASES = ("Pending", "Running", "Unknown")
+#: A container waiting for one of these will not start by itself: the user must act.
+STUCK_REASONS = frozenset({
+    "CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff",
+    "ErrImageNeverPull", "InvalidImageName", "CrashLoopBackOff", "RunContainerError"})
+#: The kubelet's message is kept up to this many characters.
+MAX_WAITING_MESSAGE = 300
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,10 @@ class PodState:
     termination_message: str | None = None
     owner_uid: str = ""
     pod_ip: str = ""
+    #: Why a container of the pod cannot start (one of STUCK_REASONS), and the kubelet's
+    #: message; '' while nothing is stuck.
+    stuck_reason: str = ""
+    stuck_message: str = ""
 
     @property
     def active(self) -> bool:
@@ -37,6 +47,18 @@ def _main_status(statuses: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
         if status.get("name") == contract.CONTAINER_NAME:
             return status
     return statuses[0] if statuses else None
+
+
+def _stuck(statuses: list[Mapping[str, Any]], main: Mapping[str, Any] | None
+           ) -> tuple[str, str]:
+    """The first stuck container's waiting reason and message, the main container first."""
+    for status in ([main] if main is not None else []) + statuses:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in STUCK_REASONS:
+            message = str(waiting.get("message") or "")[:MAX_WAITING_MESSAGE]
+            return str(reason), message
+    return "", ""
 
 
 def pod_state(pod: Mapping[str, Any]) -> PodState | None:
@@ -52,6 +74,8 @@ def pod_state(pod: Mapping[str, Any]) -> PodState | None:
     status = pod.get("status") or {}
     statuses = list(status.get("containerStatuses") or [])
     main = _main_status(statuses)
+    stuck_reason, stuck_message = _stuck(
+        [*statuses, *(status.get("initContainerStatuses") or [])], main)
     exit_code = None
     termination_message = None
     if main is not None:
@@ -73,6 +97,8 @@ def pod_state(pod: Mapping[str, Any]) -> PodState | None:
         termination_message=termination_message,
         owner_uid=controller_uid(meta),
         pod_ip=status.get("podIP") or "",
+        stuck_reason=stuck_reason,
+        stuck_message=stuck_message,
     )
 
 

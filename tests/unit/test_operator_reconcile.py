@@ -703,3 +703,47 @@ def test_restarts_in_status_never_go_down_when_pods_are_cleaned_up() -> None:
     later = plan(body(status=first.status), observe(*running(except_=("worker", 1))), NOW)
     assert later.status is not None
     assert later.status["replicaStatuses"]["worker"]["restarts"] == 2
+
+
+# -- stuck replicas -------------------------------------------------------------------------
+def _waiting(role: str, index: int, reason: str, message: str) -> PodState:
+    name = f"exp-{role}-{index}"
+    state = pod_state({
+        "metadata": {"name": name, "namespace": "ns", "uid": f"{name}-uid",
+                     "labels": names.replica_labels("exp", role, index),
+                     "ownerReferences": [{"uid": UID, "controller": True}]},
+        "status": {"phase": "Pending", "containerStatuses": [
+            {"name": "sidecar", "state": {"running": {}}},
+            {"name": "kubelearn", "state": {"waiting": {"reason": reason,
+                                                          "message": message}}}]}})
+    assert state is not None
+    return state
+
+
+@pytest.mark.parametrize("reason", ["CreateContainerConfigError", "ErrImagePull",
+                                    "ImagePullBackOff", "ErrImageNeverPull",
+                                    "InvalidImageName", "CrashLoopBackOff"])
+def test_a_stuck_replica_is_named_with_the_kubelets_reason(reason: str) -> None:
+    b = body()
+    step(b, observe())
+    stuck = _waiting("worker", 1, reason, "the kubelet says why")
+    first = step(b, observe(*running(except_=("worker", 1)), stuck))
+    assert [e.message for e in first.events if e.reason == "ReplicaStuck"] == [
+        f"pod exp-worker-1: {reason}: the kubelet says why"]
+    condition = next(c for c in b["status"]["conditions"] if c["type"] == "ReplicasStuck")
+    assert condition["status"] == "True" and condition["reason"] == reason
+    assert condition["message"] == f"pod exp-worker-1: {reason}: the kubelet says why"
+    again = step(b, observe(*running(except_=("worker", 1)), stuck))
+    assert "ReplicaStuck" not in reasons(again)  # told once
+    step(b, observe(*running()))
+    condition = next(c for c in b["status"]["conditions"] if c["type"] == "ReplicasStuck")
+    assert condition["status"] == "False"
+
+
+def test_a_waiting_container_that_will_start_is_not_stuck() -> None:
+    b = body()
+    step(b, observe())
+    result = step(b, observe(*running(except_=("ps", 0)),
+                             _waiting("ps", 0, "ContainerCreating", "")))
+    assert "ReplicaStuck" not in reasons(result)
+    assert all(c["type"] != "ReplicasStuck" for c in b["status"]["conditions"])
