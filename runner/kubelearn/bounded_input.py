@@ -7,8 +7,10 @@ run file or an environment variable can use it. What it guarantees:
   opened for reading, and at most ``MAX_FILE_BYTES`` are read;
 * bytes that are not UTF-8 text are refused;
 * YAML aliases are never expanded: the document's size counted with every alias expanded
-  (and its nesting depth) is checked on the node graph, where shared nodes cost nothing,
-  before any Python object is built; a recursive alias is refused;
+  (its nodes, its scalars' bytes and its nesting depth) is checked on the node graph, where
+  shared nodes cost nothing, before any Python object is built; a recursive alias is refused;
+* YAML gives the values JSON has, as the API server receives them from kubectl: a timestamp
+  stays the text it is, and ``!!binary``, ``!!set`` and ``!!omap`` are refused;
 * JSON nesting is bounded before the parser sees the text.
 
 Every refusal is an :class:`InputError` (a ``ValueError``) whose one-line message names
@@ -28,6 +30,11 @@ MAX_FILE_BYTES = 4 << 20
 MAX_DEPTH = 64
 #: Nodes of a YAML document with every alias expanded.
 MAX_NODES = 200_000
+#: Bytes of a YAML document's scalars with every alias expanded.
+MAX_EXPANDED_BYTES = 4 * MAX_FILE_BYTES
+#: Tags whose values JSON (and so the API server) does not have.
+NON_JSON_TAGS = ("tag:yaml.org,2002:binary", "tag:yaml.org,2002:set",
+                 "tag:yaml.org,2002:omap", "tag:yaml.org,2002:pairs")
 
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
@@ -98,10 +105,11 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 def _measure(node: yaml.Node, source: str) -> None:
     """Checks the expanded size and depth of a node graph without expanding it."""
-    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
+    # id(node) -> (expanded nodes, expanded scalar bytes, depth)
+    sizes: dict[int, tuple[int, int, int]] = {}
     active: set[int] = set()
 
-    def visit(item: yaml.Node, level: int) -> tuple[int, int]:
+    def visit(item: yaml.Node, level: int) -> tuple[int, int, int]:
         key = id(item)
         if key in sizes:
             return sizes[key]
@@ -109,32 +117,44 @@ def _measure(node: yaml.Node, source: str) -> None:
             raise InputError(f"{source}: recursive YAML alias")
         if level > MAX_DEPTH:
             raise InputError(f"{source}: nested deeper than {MAX_DEPTH} levels")
+        if item.tag in NON_JSON_TAGS:
+            raise InputError(f"{source}: YAML tag !!{item.tag.rsplit(':', 1)[-1]} is not "
+                             "supported: a manifest holds JSON values")
         active.add(key)
-        count, depth = 1, 1
+        count, size, depth = 1, 0, 1
         if isinstance(item, yaml.SequenceNode):
             children = list(item.value)
         elif isinstance(item, yaml.MappingNode):
             children = [part for pair in item.value for part in pair]
         else:
             children = []
+            size = len(item.value)
         for child in children:
-            child_count, child_depth = visit(child, level + 1)
+            child_count, child_size, child_depth = visit(child, level + 1)
             count += child_count
+            size += child_size
             depth = max(depth, child_depth + 1)
             if count > MAX_NODES:
                 raise InputError(f"{source}: more than {MAX_NODES} YAML nodes with aliases "
                                  f"expanded (an alias bomb?)")
+            if size > MAX_EXPANDED_BYTES:
+                raise InputError(f"{source}: more than {MAX_EXPANDED_BYTES} bytes of YAML "
+                                 "values with aliases expanded (an alias bomb?)")
         active.discard(key)
-        sizes[key] = (count, depth)
-        return count, depth
+        sizes[key] = (count, size, depth)
+        return count, size, depth
 
     visit(node, 0)
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that checks each document's node graph before constructing it."""
+    """SafeLoader that checks each document's node graph before constructing it, and keeps
+    a timestamp as its text (kubectl sends it to the API server as a string)."""
 
     source = "<input>"
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:  # type: ignore[override]
+        return self.construct_scalar(node)
 
     def get_data(self) -> Any:  # type: ignore[override]
         node = self.get_node()
@@ -142,6 +162,9 @@ class _Loader(yaml.SafeLoader):
             return None
         _measure(node, self.source)
         return self.construct_document(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
 def load_yaml_all(text: str, source: str) -> list[Any]:

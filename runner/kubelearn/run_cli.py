@@ -4,8 +4,9 @@ Exit codes are a contract with the operator's ExitCode restart policy:
 
 * 0: success;
 * 2: bad input (malformed TF_CONFIG or hparams, an experiment function that cannot be
-  imported or does not build an Experiment, an unknown schedule): one line on stderr,
-  no traceback, never worth a restart;
+  imported, that refuses its hparams with a ValueError, TypeError or KeyError while it builds
+  the Experiment, or that does not build one, an unknown schedule): one line on stderr, no
+  traceback, never worth a restart;
 * 1: an error while training (with its traceback);
 * 3: a model directory URL this process cannot use (an unknown scheme, a known one whose
   filesystem package is not installed, e.g. gs:// without gcsfs, or a store that refuses a
@@ -197,7 +198,6 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
       BadInput: for anything wrong with the inputs.
     """
     from kubelearn import bounded_input, learn_runner
-    from kubelearn.experiment import Experiment
     from kubelearn.run_config import RunConfig
 
     spec = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
@@ -231,11 +231,8 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     schedule = args.schedule or os.environ.get(ENV_SCHEDULE) or None
     if schedule is not None:
         name = learn_runner.SCHEDULE_ALIASES.get(schedule, schedule)
-        member = getattr(Experiment, name, None)
-        if name.startswith("_") or member is None or not callable(member):
-            valid = [n for n in dir(Experiment)
-                     if not n.startswith("_") and callable(getattr(Experiment, n))
-                     and n != "polyaxon"]
+        valid = schedules()
+        if name not in valid:
             raise BadInput(f"unknown schedule {schedule!r}; valid schedules: "
                            f"{', '.join(valid)}")
     else:
@@ -297,7 +294,13 @@ def run_command(args: argparse.Namespace) -> int:
 
     def announced_fn(config: Any, hp: Any) -> Any:
         expected_uid = config.uid()
-        experiment = fn(config, hp)
+        try:
+            experiment = fn(config, hp)
+        except (ValueError, TypeError, KeyError) as exc:
+            # Building the Experiment depends only on the hparams and the config: what it
+            # refuses (an unknown optimizer, a batch size of 0) no restart can fix.
+            raise ExperimentFnError(f"experiment function {label} refused its input: "
+                                    f"{type(exc).__name__}: {exc}") from exc
         if isinstance(experiment, Experiment):
             learn_runner.check_run_config_used(experiment, expected_uid)  # before any report
             logging.getLogger("kubelearn").info(
@@ -333,6 +336,24 @@ def run_command(args: argparse.Namespace) -> int:
     for reporter in reporters:
         reporter.finish(result)
     return EXIT_OK
+
+
+def schedules() -> list[str]:
+    """The Experiment's methods a schedule may name: public, and callable with no argument
+    (``extend_train_hooks`` needs its hooks; ``polyaxon`` builds an Experiment)."""
+    from kubelearn.experiment import Experiment
+
+    names = []
+    for name in dir(Experiment):
+        member = inspect.getattr_static(Experiment, name)
+        if name.startswith("_") or not isinstance(member, type(schedules)):
+            continue  # properties, classmethods and staticmethods are not schedules
+        try:
+            inspect.signature(member).bind(None)
+        except TypeError:
+            continue
+        names.append(name)
+    return names
 
 
 def add_parser(subparsers: Any) -> None:

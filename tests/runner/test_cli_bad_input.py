@@ -69,6 +69,17 @@ LOCAL_CASES = {
         _manifest(experimentFn=LINEAR + "\n")), "spec.experimentFn"),
     "hparams that are not an object": (yaml.safe_dump(_manifest(hparams=[1, 2])),
                                        "spec.hparams"),
+    "a !!binary hparam": ("apiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
+                          "metadata: {name: x}\nspec: {experimentFn: 'a:b', "
+                          "replicas: {worker: 1}, hparams: {b: !!binary aGVsbG8=}}\n",
+                          "YAML tag !!binary is not supported"),
+    "a !!set hparam": ("apiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
+                       "metadata: {name: x}\nspec: {experimentFn: 'a:b', "
+                       "replicas: {worker: 1}, hparams: {b: !!set {x: null}}}\n",
+                       "YAML tag !!set is not supported"),
+    "one large scalar aliased many times": (
+        "big: &big " + "x" * (1 << 20) + "\nall: [" + ", ".join(["*big"] * 20) + "]\n",
+        "bytes of YAML values with aliases expanded"),
     "mixed-type unknown keys": ("apiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
                                 "metadata: {name: x}\nspec: {experimentFn: 'a:b', "
                                 "replicas: {worker: 1}, 1: a, b: c}\n", "unknown field"),
@@ -113,6 +124,14 @@ RUN_CASES = {
     "TF_CONFIG not UTF-8 JSON": ({"TF_CONFIG": "{\"cluster\": \udcff}"}, [], "TF_CONFIG"),
     "experiment module raising on import": ({"PYTHONPATH": "{tmp}"}, ["--experiment-fn",
                                             "broken_module:fn"], "ZeroDivisionError"),
+    "a schedule that needs arguments": ({}, ["--schedule", "extend_train_hooks"],
+                                        "unknown schedule 'extend_train_hooks'"),
+    "a schedule that builds an Experiment": ({}, ["--schedule", "polyaxon"],
+                                             "unknown schedule 'polyaxon'"),
+    "an unknown optimizer": ({"KUBELEARN_HPARAMS": '{"optimizer": "Nope"}'}, [],
+                             "Unknown optimizer 'Nope'"),
+    "a batch size of 0": ({"KUBELEARN_HPARAMS": '{"batch_size": 0}'}, [],
+                          "batch_size must be > 0"),
 }
 
 
@@ -135,6 +154,14 @@ def test_local_refuses_a_wire_encryption_the_operator_refuses(tmp_path, value):
                 env={"KUBELEARN_WIRE_ENCRYPTION": value})
     _assert_one_line_exit_2(proc, "KUBELEARN_WIRE_ENCRYPTION must be curve or none, got ")
     assert not (tmp_path / "m").exists()
+
+
+def test_a_yaml_date_is_the_text_the_api_server_would_get(tmp_path):
+    from kubelearn import bounded_input
+
+    assert bounded_input.load_yaml("when: 2020-01-01\nat: 2001-12-14t21:59:43.10-05:00\n",
+                                   "x") == {"when": "2020-01-01",
+                                            "at": "2001-12-14t21:59:43.10-05:00"}
 
 
 def test_fresh_never_deletes_the_working_directory(tmp_path):
