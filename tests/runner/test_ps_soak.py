@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from kubelearn.local import free_port
 
 pytestmark = pytest.mark.slow
 LINEAR = "kubelearn.examples.linear:experiment_fn"
@@ -27,12 +28,6 @@ PEERS = 4
 RSS_GROWTH_BOUND = 64 << 20
 #: The flood runs this long before training starts, then for as long as training takes.
 FLOOD_ALONE_SECS = 8.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rss(pid: int) -> int:
@@ -96,7 +91,7 @@ def _flood(address: str, stop: threading.Event, seed: int, sent: list[int]) -> N
 
 
 def _train(tmp_path: Path, name: str, flood: bool) -> tuple[dict, dict]:
-    ps_address, worker_address = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    ps_address, worker_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cluster = {"ps": [ps_address], "worker": [worker_address]}
     ps = _spawn(tmp_path, "ps", cluster, name)
     stop = threading.Event()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from tests.processes import pids_with_env
+from tests.support import runner_env
 
 pytest.importorskip("optuna")
 
@@ -26,13 +26,10 @@ EXAMPLE = resources.files("kubelearn.examples") / "sweep-linear.yaml"
 LR = {"name": "learning_rate", "type": "discrete", "values": [0.05, 100.0]}
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
-
-
 def _sweep(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kubelearn.cli", "sweep", "local", *args],
-                          capture_output=True, text=True, env=_env(), cwd=cwd, timeout=timeout)
+                          capture_output=True, text=True, env=runner_env(), cwd=cwd,
+                          timeout=timeout)
 
 
 def _manifest(tmp_path: Path, name: str = "sw", **spec_changes: Any) -> Path:
@@ -107,10 +104,10 @@ def test_a_finished_sweep_plots_its_objective_and_parallel_coordinates(example) 
     facts = _facts(directory)
     proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "sweep", "plot",
                            str(directory), "-o", str(directory / "plots")],
-                          capture_output=True, text=True, env=_env(), timeout=120)
+                          capture_output=True, text=True, env=runner_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "axes: learning_rate, optimizer, loss" in proc.stdout
-    from tests.unit.test_runs_cli import plotted_series
+    from tests.support import plotted_series
 
     drawn = plotted_series(directory / "plots-objective.png")
     assert drawn["numbers"] == [0, 1, 2, 3]
@@ -127,7 +124,7 @@ def test_runs_compare_puts_a_sweeps_trials_side_by_side(example) -> None:
     facts = _facts(directory)
     proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "compare", "--sweep",
                            str(directory), "--json"],
-                          capture_output=True, text=True, env=_env(), timeout=120)
+                          capture_output=True, text=True, env=runner_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert [r["name"] for r in data["runs"]] == [t["name"] for t in facts["trials"]]
@@ -137,11 +134,11 @@ def test_runs_compare_puts_a_sweeps_trials_side_by_side(example) -> None:
                                             for t in facts["trials"])
     table = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "compare",
                             "--sweep", str(directory)],
-                           capture_output=True, text=True, env=_env(), timeout=120)
+                           capture_output=True, text=True, env=runner_env(), timeout=120)
     assert table.returncode == 0 and "hparams.learning_rate *" in table.stdout, table.stderr
     both = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "compare", "x",
                            "--sweep", str(directory)],
-                          capture_output=True, text=True, env=_env(), timeout=120)
+                          capture_output=True, text=True, env=runner_env(), timeout=120)
     assert both.returncode == 2
 
 
@@ -234,7 +231,7 @@ def test_sigterm_stops_every_trial(tmp_path: Path) -> None:
     directory = tmp_path / "s"
     proc = subprocess.Popen([sys.executable, "-m", "kubelearn.cli", "sweep", "local", str(path),
                              "--dir", str(directory)], stdout=subprocess.PIPE, text=True,
-                            env=_env(), cwd=tmp_path)
+                            env=runner_env(), cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while len(pids_with_env(f"KUBELEARN_MODEL_DIR={directory}")) < 6:
