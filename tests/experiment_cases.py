@@ -252,10 +252,13 @@ def ids(cases: list[Case]) -> list[str]:
 
 
 def attribute(obj: Any, path: str) -> Any:
-    """``replicas.worker.restart_policy`` on a spec: attributes, mapping keys, ``f()`` calls."""
+    """``replicas.worker.restart_policy`` or ``parameters.0.grid()`` on a spec (an
+    Experiment's or a Sweep's): attributes, mapping keys, list indexes, ``f()`` calls."""
     for part in path.split("."):
         if part.endswith("()"):
             obj = getattr(obj, part[:-2])()
+        elif part.isdigit() and isinstance(obj, (list, tuple)):
+            obj = obj[int(part)]
         elif isinstance(obj, dict) or hasattr(obj, "keys"):
             obj = obj[part]
         else:

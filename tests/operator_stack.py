@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kubelearn.local import free_port
 from tests.cluster.helpers import apply_crd, apply_yaml, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +61,6 @@ spec:
           status: {type: object, x-kubernetes-preserve-unknown-fields: true}
 """
 PODGROUP_CRD_NAME = "podgroups.scheduling.x-k8s.io"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def image_command() -> list[str]:

@@ -242,21 +242,3 @@ CASES = [
 
 VALID = [c for c in CASES if c.field is None]
 INVALID = [c for c in CASES if c.field is not None]
-
-
-def ids(cases: list[Case]) -> list[str]:
-    return [c.id for c in cases]
-
-
-def attribute(obj: Any, path: str) -> Any:
-    """``parameters.0.grid()`` on a spec: attributes, mapping keys, list indexes, calls."""
-    for part in path.split("."):
-        if part.endswith("()"):
-            obj = getattr(obj, part[:-2])()
-        elif part.isdigit() and isinstance(obj, (list, tuple)):
-            obj = obj[int(part)]
-        elif isinstance(obj, dict) or hasattr(obj, "keys"):
-            obj = obj[part]
-        else:
-            obj = getattr(obj, part)
-    return obj

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
 
-from kubelearn.hooks import PROGRESS_FILE
+from tests.support import final_evaluation, progress, wait_progress  # noqa: F401
 
 #: A model big enough that training takes several seconds: kills land mid-training.
 FAULT_HPARAMS = {"train_steps": 6000, "n_features": 256, "batch_size": 256,
@@ -25,29 +22,3 @@ def experiment(name: str, hparams: dict[str, Any], replicas: dict[str, int] | No
                      "replicaSpecs": {role: {"replicas": n, "restartPolicy": policy}
                                       for role, n in replicas.items()},
                      "runPolicy": {"backoffLimit": backoff_limit}}}
-
-
-def progress(model_dir: Path) -> int:
-    """The chief's global step from model_dir/progress.json (0 before the first write)."""
-    try:
-        return int(json.loads((model_dir / PROGRESS_FILE).read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def wait_progress(model_dir: Path, step: int, timeout: float = 120,
-                  check: Any = None) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = progress(model_dir)
-        if now >= step:
-            return now
-        if check is not None:
-            check()
-        time.sleep(0.05)
-    raise AssertionError(f"global step {step} not reached in {timeout}s; last "
-                         f"{progress(model_dir)}")
-
-
-def final_evaluation(model_dir: Path) -> dict[str, Any]:
-    return json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])

@@ -4,7 +4,6 @@ them as real runner processes, and the Experiment ends Succeeded with a trained 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,13 +12,9 @@ from tests.cluster.helpers import wait_for
 from tests.e2e.conftest import Cluster
 from tests.operator_stack import EXAMPLE
 from tests.processes import pids_with_env
+from tests.support import final_evaluation
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-
-def final_evaluation(model_dir: Path) -> dict:
-    return json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
 
 
 def test_kubectl_apply_example_trains_to_succeeded(cluster: Cluster):

@@ -7,10 +7,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,34 +18,24 @@ import yaml
 from kubelearn import checkpoints
 from kubelearn.distributed.client import PSClient, PSError
 from kubelearn.estimators import optimizers
+from kubelearn.local import free_port
 from tests.processes import pids_with_env
+from tests.support import final_evaluation, progress, runner_env, still_running, wait_progress
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
 def ps_process(tmp_path):
-    port = _free_port()
+    port = free_port()
     tf_config = {"cluster": {"ps": [f"127.0.0.1:{port}"], "worker": ["127.0.0.1:1"]},
                  "task": {"type": "ps", "index": 0}, "environment": "cloud"}
     log = open(tmp_path / "ps.log", "w")  # noqa: SIM115  (outlives this block: the fixture's)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn",
          "kubelearn.examples.linear:experiment_fn", "--model-dir", str(tmp_path / "m")],
-        env=_env(TF_CONFIG=json.dumps(tf_config), KUBELEARN_TOKEN="s3cret"),
+        env=runner_env(TF_CONFIG=json.dumps(tf_config), KUBELEARN_TOKEN="s3cret"),
         stdout=log, stderr=subprocess.STDOUT)
     yield proc, f"127.0.0.1:{port}", tmp_path / "ps.log"
     if proc.poll() is None:
@@ -85,7 +73,8 @@ def test_ps_refuses_bad_token_rejects_bad_tensors_and_keeps_serving(ps_process):
 
 
 def _manifest(tmp_path: Path, name: str, hparams: dict, replicas: dict,
-              policy: str = "ExitCode", evaluator: bool = False) -> Path:
+              policy: str = "ExitCode", evaluator: bool = False,
+              experiment_fn: str = "kubelearn.examples.linear:experiment_fn") -> Path:
     specs = {role: {"replicas": count, "restartPolicy": policy}
              for role, count in replicas.items()}
     if evaluator:
@@ -93,7 +82,7 @@ def _manifest(tmp_path: Path, name: str, hparams: dict, replicas: dict,
     manifest = {
         "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
         "metadata": {"name": name},
-        "spec": {"experimentFn": "kubelearn.examples.linear:experiment_fn",
+        "spec": {"experimentFn": experiment_fn,
                  "hparams": hparams, "replicaSpecs": specs,
                  "runPolicy": {"backoffLimit": 10}},
     }
@@ -110,7 +99,7 @@ def _launch(manifest: Path, model_dir: Path,
     return subprocess.Popen(
         [sys.executable, "-m", "kubelearn.cli", "local", str(manifest), "--model-dir",
          str(model_dir), "--no-progress"],
-        env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=runner_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
 
 
@@ -132,24 +121,6 @@ def _pids_of(model_dir: Path, role: str | None = None) -> list[int]:
     return [p for p in pids if role is None or _task_type(p) == role]
 
 
-def _progress(model_dir: Path) -> int:
-    try:
-        return int(json.loads((model_dir / "progress.json").read_text())["global_step"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _wait_progress(model_dir: Path, step: int, proc: subprocess.Popen, timeout=120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = _progress(model_dir)
-        if now >= step:
-            return now
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        time.sleep(0.05)
-    raise AssertionError(f"global step {step} not reached; last {_progress(model_dir)}")
-
-
 def _finish(proc: subprocess.Popen, timeout=240) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-5000:]
@@ -168,7 +139,7 @@ def test_local_experiment_trains_evaluates_and_every_process_exits(tmp_path):
     assert "Experiment full Succeeded" in out
     assert re.search(r"replica exit codes: ps-0=0, ps-1=0, master-0=0, worker-0=0, "
                      r"worker-1=0, evaluator-0=0", out), out[-2000:]
-    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    final = final_evaluation(model_dir)
     assert final["global_step"] >= 1500 and final["loss"] < 1e-2
     assert checkpoints.latest_global_step(str(model_dir)) >= 1500
     assert (model_dir / "eval_continuous" / "results.jsonl").exists()  # the evaluator's
@@ -181,15 +152,15 @@ def test_training_survives_sigkill(tmp_path, role):
     model_dir = tmp_path / "model"
     manifest = _manifest(tmp_path, f"kill-{role}", HP, {"ps": 1, "worker": 2, "master": 1})
     proc = _launch(manifest, model_dir)
-    _wait_progress(model_dir, 1500, proc)
+    wait_progress(model_dir, 1500, check=still_running(proc))
     checkpoint_before = checkpoints.latest_global_step(str(model_dir))
     victims = _pids_of(model_dir, role)
     assert victims, f"no {role} process found"
     os.kill(victims[0], signal.SIGKILL)
-    step_at_kill = _progress(model_dir)
+    step_at_kill = progress(model_dir)
     out = _finish(proc)
     assert f"exited with code {128 + signal.SIGKILL}; restarting" in out
-    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    final = final_evaluation(model_dir)
     assert final["global_step"] >= HP["train_steps"]
     assert final["loss"] < 1e-2
     if role == "ps":
@@ -210,7 +181,7 @@ def test_sigterm_stops_every_process(tmp_path):
     manifest = _manifest(tmp_path, "stopme", {**HP, "train_steps": 10**7},
                          {"ps": 1, "worker": 1, "master": 1})
     proc = _launch(manifest, model_dir)
-    _wait_progress(model_dir, 200, proc)
+    wait_progress(model_dir, 200, check=still_running(proc))
     assert len(_pids_of(model_dir)) == 3
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
@@ -222,7 +193,7 @@ def test_bad_manifest_starts_nothing(tmp_path):
     manifest = _manifest(tmp_path, "bad", HP, {"ps": 1, "worker": -1, "master": 1})
     proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "local", str(manifest),
                            "--model-dir", str(tmp_path / "m")], capture_output=True, text=True,
-                          env=_env(), timeout=60)
+                          env=runner_env(), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "kubelearn local: error: spec.replicaSpecs.worker.replicas: must be >= 0, got -1"]
@@ -234,7 +205,7 @@ def test_sync_replicas_steps_in_lockstep(tmp_path):
     manifest = _manifest(tmp_path, "sync", {**HP, "train_steps": 300, "sync_replicas": 3},
                          {"ps": 2, "worker": 2, "master": 1}, policy="Never")
     out = _finish(_launch(manifest, model_dir))
-    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    final = final_evaluation(model_dir)
     # Every global step averages one gradient from each of the 3 replicas, so the step
     # count lands exactly on train_steps (asynchronous training overshoots).
     assert final["global_step"] == 300, out[-3000:]
@@ -275,16 +246,10 @@ def experiment_fn(run_config, hparams):
 def test_chief_evaluates_and_exports_after_every_checkpoint_it_saves(tmp_path):
     (tmp_path / "ckpt_export.py").write_text(CHECKPOINT_AND_EXPORT_FN)
     model_dir = tmp_path / "model"
-    manifest = tmp_path / "ckpt.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
-        "metadata": {"name": "ckpt"},
-        "spec": {"experimentFn": "ckpt_export:experiment_fn",
-                 "hparams": {"train_steps": 600, "n_features": 8,
-                             "save_checkpoints_steps": 150},
-                 "replicaSpecs": {role: {"replicas": 1, "restartPolicy": "Never"}
-                                  for role in ("ps", "worker", "master")}},
-    }))
+    manifest = _manifest(tmp_path, "ckpt", {"train_steps": 600, "n_features": 8,
+                                            "save_checkpoints_steps": 150},
+                         {"ps": 1, "worker": 1, "master": 1}, policy="Never",
+                         experiment_fn="ckpt_export:experiment_fn")
     out = _finish(_launch(manifest, model_dir, module_dir=tmp_path))
     lines = (model_dir / "eval_intermediate_export" / "results.jsonl").read_text().splitlines()
     evaluated = [json.loads(line)["global_step"] for line in lines]
@@ -338,23 +303,18 @@ def test_a_worker_that_waited_in_a_hook_trains_from_the_current_variables(tmp_pa
     undo the master's training (a loss back near its initial 11)."""
     (tmp_path / "delayed_worker.py").write_text(DELAYED_WORKER_FN)
     model_dir = tmp_path / "model"
-    manifest = tmp_path / "delayed.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "apiVersion": "kubelearn.dev/v1alpha1", "kind": "Experiment",
-        "metadata": {"name": "delayed"},
-        "spec": {"experimentFn": "delayed_worker:experiment_fn",
-                 "hparams": {"train_steps": 3000, "n_features": 8, "batch_size": 64,
-                             "n_examples": 2048, "save_checkpoints_steps": 1000},
-                 "replicaSpecs": {role: {"replicas": 1, "restartPolicy": "Never"}
-                                  for role in ("ps", "worker", "master")}},
-    }))
+    manifest = _manifest(tmp_path, "delayed", {"train_steps": 3000, "n_features": 8,
+                                               "batch_size": 64, "n_examples": 2048,
+                                               "save_checkpoints_steps": 1000},
+                         {"ps": 1, "worker": 1, "master": 1}, policy="Never",
+                         experiment_fn="delayed_worker:experiment_fn")
     out = _finish(_launch(manifest, model_dir, module_dir=tmp_path))
     assert "[worker-0]" in out and "Waiting for global step 300" in out, out[-3000:]
     first = re.search(r"\[worker-0\].* first loss (\S+) at global step (\d+)", out)
     assert first, out[-3000:]
     loss, step = float(first[1]), int(first[2])
     assert step > 300 and loss < 0.01, out[-3000:]
-    final = json.loads((model_dir / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    final = final_evaluation(model_dir)
     assert final["loss"] < 0.01
 
 
@@ -364,7 +324,7 @@ def test_local_storage_rules_match_the_cluster(tmp_path):
     removed at its end."""
     kept = _manifest(tmp_path, "kept", {**HP, "train_steps": 200}, {"worker": 1})
     run = [sys.executable, "-m", "kubelearn.cli", "local", "--no-progress"]
-    first = subprocess.run([*run, str(kept)], cwd=tmp_path, env=_env(), capture_output=True,
+    first = subprocess.run([*run, str(kept)], cwd=tmp_path, env=runner_env(), capture_output=True,
                            text=True, timeout=240)
     assert first.returncode == 0, first.stdout[-3000:]
     model_dir = tmp_path / "output" / "kept"
@@ -375,7 +335,7 @@ def test_local_storage_rules_match_the_cluster(tmp_path):
     throwaway["spec"]["storage"] = {"ephemeral": True}
     path = tmp_path / "gone.yaml"
     path.write_text(yaml.safe_dump(throwaway))
-    proc = subprocess.run([*run, str(path)], cwd=tmp_path, env=_env(), capture_output=True,
+    proc = subprocess.run([*run, str(path)], cwd=tmp_path, env=runner_env(), capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:]
     (line,) = [x for x in proc.stdout.splitlines() if "(spec.storage.ephemeral)" in x]

@@ -32,6 +32,7 @@ from kubelearn.run_config import RunConfig
 from kubelearn_spec.contract import EXIT_MODEL_DIR_UNUSABLE
 from tests.processes import pids_with_env
 from tests.s3server import client_env
+from tests.support import runner_env
 
 ROOT = Path(__file__).resolve().parents[2]
 _INDEX_RE = re.compile(r'^all_model_checkpoint_paths:\s*"(.*)"\s*$', re.M)
@@ -295,10 +296,8 @@ def test_s3fs_takes_its_endpoint_and_credentials_from_the_environment(s3_server)
 
 # -- a model directory URL that cannot be used ------------------------------------------------
 def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
     return subprocess.run([sys.executable, "-m", "kubelearn.cli", *argv], capture_output=True,
-                          text=True, timeout=60, env={**base, **env})
+                          text=True, timeout=60, env=runner_env(**env))
 
 
 @pytest.mark.parametrize("url, why", [

@@ -13,20 +13,15 @@ import urllib.request
 import pytest
 
 from kubelearn import reporting
+from kubelearn.local import free_port
 from kubelearn.run_config import RunConfig
 
 TOKEN = "tok-progress"
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def endpoint(tmp_path, monkeypatch):
-    port = _port()
+    port = free_port()
     monkeypatch.setenv("KUBELEARN_PROGRESS_PORT", str(port))
     monkeypatch.setenv("KUBELEARN_BIND_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBELEARN_TOKEN", TOKEN)

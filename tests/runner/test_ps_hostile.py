@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +15,15 @@ import pytest
 from kubelearn.distributed import curve, wire
 from kubelearn.distributed.client import PSClient, PSError
 from kubelearn.estimators import optimizers
+from kubelearn.local import free_port
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_ps(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str, Path]:
     """A ps task run as a pod runs it: ``kubelearn run`` with a ps TF_CONFIG."""
-    port = _free_port()
+    port = free_port()
     tf_config = {"cluster": {"ps": [f"127.0.0.1:{port}"], "worker": ["127.0.0.1:1"]},
                  "task": {"type": "ps", "index": 0}, "environment": "cloud"}
     full = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
@@ -266,7 +260,7 @@ def test_curve_admits_only_peers_holding_the_experiments_key(tmp_path):
 def test_refused_peers_are_remembered_within_a_bound():
     from kubelearn.distributed.server import MAX_REFUSED_PEERS, ParameterServer
 
-    server = ParameterServer(f"127.0.0.1:{_free_port()}", 0, TOKEN)
+    server = ParameterServer(f"127.0.0.1:{free_port()}", 0, TOKEN)
     try:
         for i in range(3 * MAX_REFUSED_PEERS):
             server.handle([i.to_bytes(5, "big"), b'{"op":"status"}'])

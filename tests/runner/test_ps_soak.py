@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kubelearn.distributed import curve
+from kubelearn.local import free_port
 
 pytestmark = pytest.mark.slow
 LINEAR = "kubelearn.examples.linear:experiment_fn"
@@ -31,12 +31,6 @@ PEERS = 4
 RSS_GROWTH_BOUND = 64 << 20
 #: The flood runs this long before training starts, then for as long as training takes.
 FLOOD_ALONE_SECS = 8.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rss(pid: int) -> int:
@@ -102,7 +96,7 @@ def _flood(address: str, stop: threading.Event, seed: int, sent: list[int]) -> N
 
 
 def _train(tmp_path: Path, name: str, flood: bool) -> tuple[dict, dict]:
-    ps_address, worker_address = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    ps_address, worker_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cluster = {"ps": [ps_address], "worker": [worker_address]}
     ps = _spawn(tmp_path, "ps", cluster, name)
     stop = threading.Event()

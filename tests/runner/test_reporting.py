@@ -2,41 +2,30 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 from kubelearn import em
+from kubelearn.local import free_port
+from tests.support import runner_env
 
 LINEAR = "kubelearn.examples.linear:experiment_fn"
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TF_CONFIG", "KUBELEARN_", "EM_"))}
-    env.update(extra)
-    return env
-
-
 def test_chief_records_run_serves_progress_and_writes_termination_message(tmp_path):
-    port = _port()
+    port = free_port()
     termination = tmp_path / "termination-log"
     model_dir = tmp_path / "model"
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn", LINEAR,
          "--model-dir", str(model_dir), "--hparams",
          "train_steps=30000,n_features=1024,batch_size=512,save_checkpoints_steps=2000"],
-        env=_env(KUBELEARN_PROGRESS_PORT=str(port), KUBELEARN_BIND_HOST="127.0.0.1",
-                 KUBELEARN_TERMINATION_LOG=str(termination), KUBELEARN_EXPERIMENT="lin",
-                 KUBELEARN_TOKEN="tok"),
+        env=runner_env(drop=("EM_",), KUBELEARN_PROGRESS_PORT=str(port),
+                       KUBELEARN_BIND_HOST="127.0.0.1",
+                       KUBELEARN_TERMINATION_LOG=str(termination), KUBELEARN_EXPERIMENT="lin",
+                       KUBELEARN_TOKEN="tok"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     deadline = time.monotonic() + 120
@@ -80,7 +69,8 @@ def test_failed_training_reports_the_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn", LINEAR,
          "--model-dir", str(tmp_path / "m"), "--hparams", "train_steps=50,learning_rate=1e6"],
-        env=_env(KUBELEARN_PROGRESS_PORT="0", KUBELEARN_TERMINATION_LOG=str(termination)),
+        env=runner_env(drop=("EM_",), KUBELEARN_PROGRESS_PORT="0",
+                       KUBELEARN_TERMINATION_LOG=str(termination)),
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     final = json.loads(termination.read_text())

@@ -5,12 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from kubelearn import checkpoints
+from tests.support import still_running, wait_step
 
 LINEAR = "kubelearn.examples.linear:experiment_fn"
 
@@ -86,13 +86,8 @@ def _start(model_dir, steps):
 
 
 def _wait_for_step(model_dir, step, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if checkpoints.latest_global_step(model_dir) >= step:
-            return checkpoints.latest_global_step(model_dir)
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError(f"no checkpoint at step {step} within {timeout}s")
+    return wait_step(lambda: checkpoints.latest_global_step(model_dir), step, timeout,
+                     check=still_running(proc), what="checkpoint at step")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])

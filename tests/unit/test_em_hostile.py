@@ -14,15 +14,6 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
 
 
-@pytest.fixture
-def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    parent = tmp_path / "runs"
-    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(parent))
-    monkeypatch.setenv("EM_RUN_STORE", str(tmp_path / "store"))
-    monkeypatch.chdir(tmp_path)
-    return parent
-
-
 def _good_run(name: str = "good") -> Path:
     run = em.create_run(name=name, hparams={"lr": 0.1})
     run.log("train", {"loss": 0.5}, step=1)

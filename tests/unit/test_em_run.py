@@ -15,15 +15,6 @@ from kubelearn import em
 from kubelearn.em.files import read_jsonl
 
 
-@pytest.fixture
-def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    parent = tmp_path / "runs"
-    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(parent))
-    monkeypatch.setenv("EM_RUN_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv("EM_USER", "alice")
-    return parent
-
-
 def _meta(run: em.Run) -> dict:
     return yaml.safe_load((run.path / "run.yaml").read_text())
 

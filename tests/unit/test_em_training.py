@@ -13,13 +13,7 @@ from kubelearn.em.training import TrainingRecorder, record_evaluation
 from kubelearn.estimators import LinearRegressor
 from kubelearn.examples import linear
 from kubelearn.inputs import numpy_input_fn
-from tests.unit.test_em_tensorboard import scalars
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(tmp_path / "runs"))
-    return tmp_path / "runs"
+from tests.support import scalars
 
 
 def test_training_and_evaluation_are_recorded(runs_dir: Path, tmp_path: Path) -> None:

@@ -273,14 +273,28 @@ def test_probe_gives_up_after_its_patience_naming_the_source(url, monkeypatch):
 
     memory = type(fsspec.filesystem("memory"))
 
+    class Clock:  # the probe's clock: its sleeps move it on
+        now = 100.0
+
+        def monotonic(self):
+            return self.now
+
+        def sleep(self, seconds):
+            self.now += seconds
+
+    clock, attempts = Clock(), []
+
     def unreachable(self, path, value, **kwargs):
+        attempts.append(clock.now)
         raise ConnectionError("Could not connect to the endpoint URL")
 
     monkeypatch.setattr(memory, "pipe_file", unreachable)
-    start = time.monotonic()
+    monkeypatch.setattr(fs, "time", clock)
     with pytest.raises(fs.ModelDirError) as caught:
-        fs.probe(url, "spec.modelDir", patience=0.5)
-    assert time.monotonic() - start >= 0.5
+        fs.probe(url, "spec.modelDir", patience=5)
+    # Tried again at most 2 s apart, and given up at the attempt that found its patience
+    # spent, not before.
+    assert attempts == [100.0, 102.0, 104.0, 105.0]
     message = str(caught.value)
     assert message.startswith(f"spec.modelDir {url!r}: cannot write there: ConnectionError")
     assert "\n" not in message

@@ -4,12 +4,16 @@ it (every operator test on the cluster starts the operator through this entry po
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from kubelearn_operator.__main__ import parse_args
 from tests.operator_stack import image_command
 from tests.unit.test_dockerfile import DOCKERFILE, parse
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _operator_cmd() -> list[str]:
@@ -37,3 +41,9 @@ def test_some_namespaces_and_all_of_them_is_refused(capsys: pytest.CaptureFixtur
         parse_args(["--namespace=a", "--all-namespaces"])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_no_top_level_operator_package():
+    # 'operator' is a standard-library module imported at start-up.
+    assert not (REPO / "operator" / "__init__.py").exists()
+    assert "operator" in sys.stdlib_module_names

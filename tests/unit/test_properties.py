@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 from kubelearn import bounded_input, manifest  # noqa: E402
 from kubelearn.distributed import wire  # noqa: E402
 from kubelearn.em import reader  # noqa: E402
+from kubelearn.hparams import HParams  # noqa: E402
 from kubelearn_spec import names  # noqa: E402
 from kubelearn_spec.schema import MAX_REPLICAS  # noqa: E402
 from kubelearn_spec.validate import SpecError  # noqa: E402
@@ -183,7 +185,9 @@ def test_yaml_aliases_are_never_expanded_past_the_bound(levels, fanout):
 
 # -- TF_CONFIG and hparams, as ``kubelearn run`` takes them ---------------------------------
 
-def _prepare(env: dict[str, str], hparams_arg: str | None = None) -> None:
+def _prepare(env: dict[str, str], hparams_arg: str | None = None) -> tuple[Any, str | None]:
+    """What ``kubelearn run`` makes of the inputs: (fn, run_config, hparams, schedule) and
+    None, or None and the one-line message it refuses them with."""
     import argparse
 
     from kubelearn import run_cli
@@ -193,11 +197,12 @@ def _prepare(env: dict[str, str], hparams_arg: str | None = None) -> None:
     os.environ.pop(run_cli.ENV_HPARAMS, None)
     os.environ.update(env)
     try:
-        run_cli.prepare(argparse.Namespace(
+        return run_cli.prepare(argparse.Namespace(
             experiment_fn="kubelearn.examples.linear:experiment_fn", model_dir="/tmp/unused",
-            hparams=hparams_arg, schedule="train"))
+            hparams=hparams_arg, schedule="train")), None
     except run_cli.BadInput as exc:
-        assert str(exc)
+        assert str(exc) and "\n" not in str(exc)
+        return None, str(exc)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -221,12 +226,31 @@ TF_CONFIGS = st.fixed_dictionaries({}, optional={
 @given(config=TF_CONFIGS | JSON_VALUES, raw=st.text(max_size=40), use_raw=st.booleans())
 def test_tf_config_is_accepted_or_bad_input(config, raw, use_raw):
     text = raw if use_raw else json.dumps(config)
-    _prepare({"TF_CONFIG": text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")})
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\0", "")
+    prepared, refusal = _prepare({"TF_CONFIG": text})
+    if refusal is not None:
+        assert "TF_CONFIG" in refusal  # names what it refuses
+        return
+    # Accepted: the run config is the task TF_CONFIG names, or the lone local chief.
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    task = parsed.get("task") if isinstance(parsed, dict) else None
+    run_config = prepared[1]
+    assert run_config.task_type == (task.get("type") if isinstance(task, dict) else None)
 
 
 @given(env=JSON_VALUES, cli=st.text(max_size=40) | st.just("[" * 500))
 def test_hparams_are_accepted_or_bad_input(env, cli):
-    _prepare({"KUBELEARN_HPARAMS": json.dumps(env)}, cli.replace("\0", "") or None)
+    cli = cli.replace("\0", "") or None
+    prepared, refusal = _prepare({"KUBELEARN_HPARAMS": json.dumps(env)}, cli)
+    if refusal is not None:
+        assert "KUBELEARN_HPARAMS" in refusal or "--hparams" in refusal  # names the source
+        return
+    # Accepted: the environment's values are there, but where --hparams overrides them.
+    overridden = HParams.from_text(cli).values() if cli else {}
+    assert prepared[2].values() == {**(env if isinstance(env, dict) else {}), **overridden}
 
 
 # -- run readers ------------------------------------------------------------------------------

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import struct
-import subprocess
-import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,41 +10,7 @@ from PIL import Image
 
 from kubelearn import em
 from kubelearn.em import cli
-from kubelearn.em.plot import SERIES_KEY
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    parent = tmp_path / "runs"
-    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(parent))
-    monkeypatch.chdir(tmp_path)
-    return parent
-
-
-def make_run(name: str, lr: float, scale: float, labels=("digits",), finish=True) -> em.Run:
-    run = em.create_run(name=name, hparams={"learning_rate": lr, "batch_size": 32},
-                        labels=list(labels), description=f"{name} lr={lr}")
-    for step in range(10, 60, 10):
-        run.log("train", {"loss": scale / step, "accuracy": step / 100}, step=step)
-    for step in (20, 50):
-        run.log("val", {"loss": 2 * scale / step, "accuracy": step / 120}, step=step)
-    if finish:
-        run.finish()
-    return run
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    assert isinstance(code, int)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def table(text: str) -> list[list[str]]:
-    """Split a table on runs of two or more spaces."""
-    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
+from tests.support import make_run, plotted_series, run_cli, table
 
 
 def test_list_table_and_json(runs_dir: Path, capsys) -> None:
@@ -167,39 +127,6 @@ def test_compare_table_and_json(runs_dir: Path, capsys) -> None:
 # -- plots ------------------------------------------------------------------------------
 
 
-def png_chunks(path: Path) -> list[tuple[bytes, bytes]]:
-    """Parse a PNG strictly: signature, then chunks with correct CRCs, ending in IEND."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
-    chunks, offset = [], 8
-    while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        kind = data[offset + 4 : offset + 8]
-        body = data[offset + 8 : offset + 8 + length]
-        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
-        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
-        chunks.append((kind, body))
-        offset += 12 + length
-    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
-    return chunks
-
-
-def plotted_series(path: Path) -> list[dict]:
-    texts = {}
-    for kind, body in png_chunks(path):
-        if kind == b"tEXt":
-            key, _, value = body.partition(b"\0")
-            texts[key.decode("latin-1")] = value.decode("latin-1")
-        elif kind == b"iTXt":
-            key, _, rest = body.partition(b"\0")
-            # compression flag, method, language tag \0, translated keyword \0, text
-            flag, rest = rest[0], rest[2:]
-            _, _, rest = rest.partition(b"\0")
-            _, _, text = rest.partition(b"\0")
-            texts[key.decode("latin-1")] = (zlib.decompress(text) if flag else text).decode()
-    return json.loads(texts[SERIES_KEY])
-
-
 def drawn_colours(path: Path) -> set[tuple[int, int, int]]:
     with Image.open(path) as image:
         image.load()
@@ -270,44 +197,6 @@ def test_plot_without_metrics_or_with_nan(runs_dir: Path, capsys) -> None:
     run.finish()
     assert run_cli(capsys, "runs", "plot", "nan", "-o", "n.png")[0] == 0
     assert plotted_series(runs_dir.parent / "n.png")[0]["values"] == [1.0, None, 0.5]
-
-
-def test_plot_without_matplotlib_says_what_to_install(runs_dir: Path, tmp_path: Path) -> None:
-    make_run("mnist", 0.1, 10.0)
-    code = (
-        "import sys; sys.modules['matplotlib'] = None\n"
-        "from kubelearn.em import cli\n"
-        "sys.exit(cli.main(['runs', 'plot', 'mnist', '-o', 'x.png']))\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(REPO / "runner"))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "kubelearn[plot]" in proc.stderr
-
-
-def test_kubelearn_command_has_runs(runs_dir: Path, tmp_path: Path) -> None:
-    run = make_run("mnist", 0.1, 10.0)
-    # The kubelearn command imports kubelearn_spec (common/) for its sweep actions.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / d) for d in ("runner", "common")))
-    proc = subprocess.run([sys.executable, "-m", "kubelearn.cli", "runs", "list", "--json"],
-                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert [r["id"] for r in json.loads(proc.stdout)] == [run.id]
-
-
-def test_a_killed_run_is_shown_as_such(runs_dir: Path, capsys) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c",
-         "import os, signal\nfrom kubelearn import em\nem.create_run(name='gone')\n"
-         "os.kill(os.getpid(), signal.SIGKILL)\n"],
-        env=dict(os.environ, PYTHONPATH=str(REPO / "runner")), timeout=60)
-    assert proc.returncode == -9
-    code, out, _ = run_cli(capsys, "runs", "list")
-    assert code == 0 and table(out)[1][2] == "Running (process gone)"
-    code, out, _ = run_cli(capsys, "runs", "show", "gone", "--json")
-    assert code == 0
-    assert json.loads(out)["status"] == "Running" and json.loads(out)["process_gone"]
 
 
 def test_plot_leaves_flat_metrics_out_but_keeps_single_points(runs_dir: Path, capsys) -> None:

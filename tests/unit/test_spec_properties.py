@@ -45,10 +45,16 @@ def _leaf_paths(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]
 @given(spec=json_values, name=st.text(max_size=70) | st.from_regex(names.DNS_1035, fullmatch=True))
 def test_any_spec_is_parsed_or_refused_naming_a_field(spec: Any, name: str) -> None:
     try:
-        parse_spec(spec, name=name, namespace="ns")
+        parsed = parse_spec(spec, name=name, namespace="ns")
     except SpecError as error:
         assert FIELD.fullmatch(error.path), error.path
         assert str(error).startswith(f"{error.path}: ")
+        return
+    # Parsed: what it read is the spec given, for the experiment named.
+    assert (parsed.name, parsed.namespace) == (name, "ns")
+    assert parsed.experiment_fn == spec["experimentFn"]
+    assert set(parsed.counts()) <= set(names.ROLES)
+    assert all(isinstance(n, int) and n >= 0 for n in parsed.counts().values())
 
 
 @SETTINGS
@@ -56,9 +62,13 @@ def test_any_spec_is_parsed_or_refused_naming_a_field(spec: Any, name: str) -> N
     st.sampled_from(["apiVersion", "kind", "metadata", "spec"]), json_values))
 def test_any_manifest_is_parsed_or_refused_naming_a_field(manifest: Any) -> None:
     try:
-        parse_manifest(manifest)
+        parsed = parse_manifest(manifest)
     except SpecError as error:
         assert FIELD.fullmatch(error.path), error.path
+        return
+    # Parsed: the experiment is the one the manifest names, with the function it names.
+    assert parsed.name == manifest["metadata"]["name"]
+    assert parsed.experiment_fn == manifest["spec"]["experimentFn"]
 
 
 @SETTINGS

@@ -7,7 +7,8 @@ import pytest
 
 from kubelearn_spec.sweep_model import parse_sweep, parse_sweep_spec
 from kubelearn_spec.validate import SpecError
-from tests.sweep_cases import INVALID, VALID, Case, attribute, ids
+from tests.experiment_cases import attribute, ids
+from tests.sweep_cases import INVALID, VALID, Case
 
 
 @pytest.mark.parametrize("case", VALID, ids=ids(VALID))

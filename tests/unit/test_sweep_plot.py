@@ -16,7 +16,7 @@ from kubelearn.sweep.plot import (
     parallel_axes,
     parse_facts,
 )
-from tests.unit.test_runs_cli import plotted_series
+from tests.support import plotted_series
 
 pytest.importorskip("matplotlib")
 

@@ -1,7 +1,6 @@
 """The training session interface, the checkpoint schedule and the saving listeners."""
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -11,9 +10,8 @@ from kubelearn.estimators import LinearRegressor
 from kubelearn.estimators.session import (
     CheckpointSaverListener,
     SaveTimer,
-    SessionModel,
-    TrainingSession,
 )
+from tests.support import session_model
 
 
 class FakeClock:
@@ -65,34 +63,6 @@ def test_fit_refuses_both_checkpoint_intervals(tmp_path):
         est.fit(x=np.ones((4, 2), np.float32), y=np.ones(4, np.float32), steps=2)
 
 
-def _model(config):
-    from kubelearn.estimators.optimizers import get
-
-    return SessionModel(
-        model_dir=config.model_dir, config=config, dtype=np.dtype(np.float32),
-        shapes=lambda n: {"w": (n, 1)}, init_params=lambda n: {"w": np.zeros((n, 1))},
-        restore=lambda path, n: None, new_optimizer=lambda: get("SGD", 0.1))
-
-
-def test_both_sessions_implement_the_training_session(tmp_path, monkeypatch):
-    from kubelearn.distributed.session import ParameterServerSession
-    from kubelearn.estimators.local_session import LocalSession
-
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    local = LocalSession(_model(RunConfig(model_dir=str(tmp_path))))
-    assert isinstance(local, TrainingSession)
-    assert local.finished is False and local.stop_requested is False
-    monkeypatch.setenv("TF_CONFIG", json.dumps({
-        "cluster": {"ps": ["127.0.0.1:9"], "worker": ["127.0.0.1:10", "127.0.0.1:11"]},
-        "task": {"type": "worker", "index": 1}}))
-    remote = ParameterServerSession(_model(RunConfig(model_dir=str(tmp_path))))
-    try:
-        assert isinstance(remote, TrainingSession)
-        assert remote.finished is False and remote.stop_requested is False
-    finally:
-        remote.close()
-
-
 def test_local_session_calls_listeners_around_saves_and_at_the_end(tmp_path, monkeypatch):
     from kubelearn.estimators.local_session import LocalSession
 
@@ -110,7 +80,8 @@ def test_local_session_calls_listeners_around_saves_and_at_the_end(tmp_path, mon
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     config = RunConfig(model_dir=str(tmp_path), save_checkpoints_steps=2)
-    session = LocalSession(dataclasses.replace(_model(config), saving_listeners=[Listener()]))
+    session = LocalSession(dataclasses.replace(session_model(config),
+                                               saving_listeners=[Listener()]))
     assert session.start(3) == 0
     for _ in range(3):
         session.after_step(session.apply({"w": np.ones((3, 1))}))
@@ -154,7 +125,7 @@ def test_local_session_stops_when_a_listener_asks(tmp_path, monkeypatch):
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     config = RunConfig(model_dir=str(tmp_path), save_checkpoints_steps=2)
-    session = LocalSession(dataclasses.replace(_model(config), saving_listeners=[Stopper()]))
+    session = LocalSession(dataclasses.replace(session_model(config), saving_listeners=[Stopper()]))
     session.start(3)
     requested = []
     for _ in range(4):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,18 +10,15 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from kubelearn import em
-from kubelearn.em.files import read_jsonl
-
-RUNNER = str(Path(__file__).resolve().parents[2] / "runner")
+from tests.support import RUNNER_PATH
 
 
 def _python(tmp_path: Path, code: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ)
-    env["PYTHONPATH"] = RUNNER + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = RUNNER_PATH + os.pathsep + env.get("PYTHONPATH", "")
     env["EM_RUN_PARENT_DIR"] = str(tmp_path / "runs")
     env["EM_RUN_STORE"] = str(tmp_path / "store")
     env["EM_USER"] = "bob"
@@ -45,6 +41,7 @@ def _only_run(tmp_path: Path) -> em.RunRecord:
 def test_uncaught_exception_marks_run_failed_and_keeps_traceback(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
+from tests.support import RUNNER_PATH
         run = em.create_run(name="boom")
         run.log("train", {"loss": 1.0}, step=1)
         raise RuntimeError("diverged at step 1")
@@ -64,6 +61,7 @@ def test_exception_in_a_thread_marks_run_failed(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         import threading
         from kubelearn import em
+from tests.support import RUNNER_PATH
         run = em.create_run(name="thread")
         def work():
             raise ValueError("bad batch")
@@ -81,6 +79,7 @@ def test_exception_in_a_thread_marks_run_failed(tmp_path: Path) -> None:
 def test_normal_exit_without_finish_completes(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
+from tests.support import RUNNER_PATH
         run = em.create_run(name="quiet")
         run.log("train", {"loss": 0.5}, step=1)
     """)
@@ -92,6 +91,7 @@ def test_normal_exit_without_finish_completes(tmp_path: Path) -> None:
 def test_explicit_finish_then_exception_stays_complete(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
+from tests.support import RUNNER_PATH
         em.create_run(name="done").finish()
         raise SystemError("after the run")
     """)
@@ -113,6 +113,7 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen) -> None:
 def test_sigkill_mid_logging_leaves_readable_records(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
+from tests.support import RUNNER_PATH
         run = em.create_run(name="killed", hparams={"lr": 0.1})
         step = 0
         while True:
@@ -142,29 +143,10 @@ def test_sigkill_mid_logging_leaves_readable_records(tmp_path: Path) -> None:
     assert losses == [1.0 / s for s in steps]
 
 
-def test_torn_last_line_is_skipped_and_next_append_starts_clean(tmp_path: Path,
-                                                               monkeypatch) -> None:
-    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(tmp_path / "runs"))
-    run = em.create_run(name="torn")
-    run.log("val", {"loss": 1.0}, step=1)
-    path = run.path / "metrics" / "val.jsonl"
-    with open(path, "ab") as f:  # what a crash in the middle of a write leaves
-        f.write(b'{"step":2,"epoch":null,"metrics":{"lo')
-    assert [r["step"] for r in read_jsonl(path)] == [1]
-    assert em.load_run(run.path).series("val", "loss") == ([1], [1.0])
-    # A new writer of the same file (a restarted process) must not glue onto the torn line.
-    from kubelearn.em.files import JsonlAppender
-
-    appender = JsonlAppender(path, fsync_secs=0)
-    appender.append({"step": 3, "metrics": {"loss": 0.5}})
-    appender.close()
-    assert [r["step"] for r in read_jsonl(path)] == [1, 3]
-    run.finish()
-
-
 def test_run_yaml_is_always_whole_under_concurrent_reads(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
+from tests.support import RUNNER_PATH
         run = em.create_run(name="meta")
         i = 0
         while True:
@@ -187,17 +169,3 @@ def test_run_yaml_is_always_whole_under_concurrent_reads(tmp_path: Path) -> None
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
-
-
-@pytest.mark.parametrize("policy", ["0", "-1"])
-def test_fsync_policy_from_environment(tmp_path: Path, monkeypatch, policy: str) -> None:
-    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("EM_FSYNC_SECS", policy)
-    run = em.create_run(name="fs")
-    run.log("train", {"loss": 1.0}, step=1)
-    run.finish()
-    lines = (run.path / "metrics" / "train.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["metrics"] == {"loss": 1.0}
-    monkeypatch.setenv("EM_FSYNC_SECS", "often")
-    with pytest.raises(ValueError, match="EM_FSYNC_SECS"):
-        em.create_run(name="fs")
