@@ -41,7 +41,6 @@ def _only_run(tmp_path: Path) -> em.RunRecord:
 def test_uncaught_exception_marks_run_failed_and_keeps_traceback(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
-from tests.support import RUNNER_PATH
         run = em.create_run(name="boom")
         run.log("train", {"loss": 1.0}, step=1)
         raise RuntimeError("diverged at step 1")
@@ -61,7 +60,6 @@ def test_exception_in_a_thread_marks_run_failed(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         import threading
         from kubelearn import em
-from tests.support import RUNNER_PATH
         run = em.create_run(name="thread")
         def work():
             raise ValueError("bad batch")
@@ -79,7 +77,6 @@ from tests.support import RUNNER_PATH
 def test_normal_exit_without_finish_completes(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
-from tests.support import RUNNER_PATH
         run = em.create_run(name="quiet")
         run.log("train", {"loss": 0.5}, step=1)
     """)
@@ -91,7 +88,6 @@ from tests.support import RUNNER_PATH
 def test_explicit_finish_then_exception_stays_complete(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
-from tests.support import RUNNER_PATH
         em.create_run(name="done").finish()
         raise SystemError("after the run")
     """)
@@ -113,7 +109,6 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen) -> None:
 def test_sigkill_mid_logging_leaves_readable_records(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
-from tests.support import RUNNER_PATH
         run = em.create_run(name="killed", hparams={"lr": 0.1})
         step = 0
         while True:
@@ -146,7 +141,6 @@ from tests.support import RUNNER_PATH
 def test_run_yaml_is_always_whole_under_concurrent_reads(tmp_path: Path) -> None:
     proc = _python(tmp_path, """
         from kubelearn import em
-from tests.support import RUNNER_PATH
         run = em.create_run(name="meta")
         i = 0
         while True:
