@@ -201,6 +201,8 @@ CASES = [
          "spec.modelDir"),
     Case("model-dir-url-without-bucket", "baddir", spec(modelDir="s3://"), "spec.modelDir"),
     Case("model-dir-file-url", "baddir", spec(modelDir="file:///tmp/m"), "spec.modelDir"),
+    Case("model-dir-url-with-credentials", "baddir",
+         spec(modelDir="s3://KEY:SECRET@bucket/models"), "spec.modelDir"),
     Case("model-dir-url-with-a-claim", "badstorage", spec(
         modelDir="s3://models", storage={"persistentVolumeClaim": {"claimName": "m"}}),
          "spec.storage"),

@@ -254,6 +254,25 @@ URL_RULE = Rule(
     lambda value: not is_url(value) or re.fullmatch(MODEL_DIR_URL, value) is not None)
 
 
+#: A URL's user-info (``user:password@`` before the host): credentials that every message
+#: naming the model directory would show, and that the stores' clients do not read there.
+URL_USERINFO = URL_SCHEME + r"[^/]*@"
+CREDENTIALS_IN_URL = ("must not hold credentials (user:password@ in the URL): give them in "
+                      "the environment, from the Secret named by spec.storage.secretName on "
+                      "a cluster")
+
+
+def has_userinfo(model_dir: str | None) -> bool:
+    """Whether a model directory URL carries credentials before its host."""
+    return model_dir is not None and re.match(URL_USERINFO, model_dir) is not None
+
+
+CREDENTIALS_RULE = Rule(
+    "spec.modelDir", CREDENTIALS_IN_URL,
+    f"!self.matches({_cel_string('^' + URL_USERINFO)})",
+    lambda value: not has_userinfo(value))
+
+
 def _has_any(obj: str, fields: tuple[str, ...]) -> str:
     return "(" + " || ".join(f"has({obj}.{f})" for f in fields) + ")"
 
@@ -416,7 +435,7 @@ SPEC: dict[str, Any] = {
                                "Default /tmp/kubelearn/<namespace>/<name> on a cluster, "
                                "where spec.storage is mounted, and ./output/<name> with "
                                "kubelearn local.", 4096),
-                     "_rules": (URL_RULE,)},
+                     "_rules": (URL_RULE, CREDENTIALS_RULE)},
         "storage": _storage(),
         "tensorboard": {
             "type": "boolean",

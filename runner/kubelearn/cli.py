@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kubelearn.redact import RedactingStream
+
+    if not isinstance(sys.stdout, RedactingStream):  # no credentials in anything printed
+        sys.stdout = RedactingStream(sys.stdout)  # type: ignore[assignment]
+        sys.stderr = RedactingStream(sys.stderr)  # type: ignore[assignment]
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

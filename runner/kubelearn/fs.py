@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 
 from kubelearn import atomic
 from kubelearn_spec.contract import model_dir_scheme
+from kubelearn_spec.schema import CREDENTIALS_IN_URL, has_userinfo
 
 
 class ModelDirError(ValueError):
@@ -60,6 +61,8 @@ def _filesystem(location: str) -> tuple[Any, str]:
     scheme = model_dir_scheme(location)
     if scheme is None:
         return None, location
+    if has_userinfo(location):
+        raise ModelDirError(CREDENTIALS_IN_URL)
     import fsspec.core
     from fsspec.implementations.local import LocalFileSystem
 

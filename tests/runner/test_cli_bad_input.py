@@ -212,3 +212,17 @@ def test_crd_replica_limit_is_the_one_the_validators_use():
         assert props["replicas"]["properties"][role]["maximum"] == MAX_REPLICAS
         replica_spec = props["replicaSpecs"]["properties"][role]["properties"]["replicas"]
         assert replica_spec["maximum"] == MAX_REPLICAS
+
+
+@pytest.mark.parametrize("args", [
+    ["local", "{manifest}", "--model-dir", "s3://KEY:SECRET@bucket/x"],
+    ["run", "--experiment-fn", LINEAR, "--model-dir", "s3://KEY:SECRET@bucket/x"],
+    ["runs", "--dir", "s3://KEY:SECRET@bucket/x", "list"],
+])
+def test_credentials_in_a_url_are_never_printed(tmp_path, args):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(_manifest()))
+    proc = _cli([a.replace("{manifest}", str(path)) for a in args], timeout=120)
+    assert proc.returncode != 0
+    assert "SECRET" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert "s3://bucket/x" in proc.stdout + proc.stderr, proc.stderr[-2000:]
