@@ -113,7 +113,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     port = environ.get(ENV_PROGRESS_PORT, "").strip()
-    if port and not (port.isdigit() and int(port) <= 65535):
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
         raise BadInput(f"{ENV_PROGRESS_PORT} must be a port number 0-65535 (0: off), "
                        f"got {port[:40]!r}")
     bind_host = environ.get(ENV_BIND_HOST, "").strip()
