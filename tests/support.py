@@ -227,3 +227,21 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
 def table(text: str) -> list[list[str]]:
     """Split a table on runs of two or more spaces."""
     return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
+
+
+def start_ps(tmp_path: Path, token: str, **env: str) -> tuple[subprocess.Popen, str, Path]:
+    """A ps task run as a pod runs it: ``kubelearn run`` with a ps TF_CONFIG and ``token``;
+    returns the process, its address and its log."""
+    from kubelearn.local import free_port
+
+    port = free_port()
+    tf_config = {"cluster": {"ps": [f"127.0.0.1:{port}"], "worker": ["127.0.0.1:1"]},
+                 "task": {"type": "ps", "index": 0}, "environment": "cloud"}
+    full = runner_env(TF_CONFIG=json.dumps(tf_config), KUBELEARN_TOKEN=token, **env)
+    log_path = tmp_path / f"ps-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn",
+             "kubelearn.examples.linear:experiment_fn", "--model-dir", str(tmp_path / "m")],
+            env=full, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"127.0.0.1:{port}", log_path

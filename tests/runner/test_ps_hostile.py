@@ -16,30 +16,15 @@ from kubelearn.distributed import curve, wire
 from kubelearn.distributed.client import PSClient, PSError
 from kubelearn.estimators import optimizers
 from kubelearn.local import free_port
+from tests.support import start_ps
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret"
 
 
-def start_ps(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str, Path]:
-    """A ps task run as a pod runs it: ``kubelearn run`` with a ps TF_CONFIG."""
-    port = free_port()
-    tf_config = {"cluster": {"ps": [f"127.0.0.1:{port}"], "worker": ["127.0.0.1:1"]},
-                 "task": {"type": "ps", "index": 0}, "environment": "cloud"}
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KUBELEARN_"))}
-    full.update(TF_CONFIG=json.dumps(tf_config), KUBELEARN_TOKEN=TOKEN, **env)
-    log_path = tmp_path / f"ps-{port}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kubelearn.cli", "run", "--experiment-fn",
-             "kubelearn.examples.linear:experiment_fn", "--model-dir", str(tmp_path / "m")],
-            env=full, stdout=log, stderr=subprocess.STDOUT)
-    return proc, f"127.0.0.1:{port}", log_path
-
-
 @pytest.fixture
 def ps(tmp_path):
-    proc, address, log = start_ps(tmp_path)
+    proc, address, log = start_ps(tmp_path, TOKEN)
     yield proc, address, log
     if proc.poll() is None:
         proc.kill()
@@ -225,7 +210,7 @@ def test_no_peer_can_take_over_another_peers_connection(ps):
 
 def test_curve_admits_only_peers_holding_the_experiments_key(tmp_path):
     key = curve.new_key()
-    proc, address, _ = start_ps(tmp_path, KUBELEARN_CURVE_KEY=key)
+    proc, address, _ = start_ps(tmp_path, TOKEN, KUBELEARN_CURVE_KEY=key)
     try:
         for intruder_key in (None, curve.new_key()):  # plaintext, then another key
             peer = RawPeer(address, intruder_key)

@@ -96,7 +96,10 @@ class ParameterServerSession:
         else:
             self._wait_for_initialization()
         self._pull()
-        self._saved_step = self._step if self.last_checkpoint else -1
+        # The step of the checkpoint on disk, not the ps's: a master restarted after the
+        # workers trained on must still save what they trained.
+        self._saved_step = (checkpoints.step_of(self.last_checkpoint) if self.last_checkpoint
+                            else -1)
         return self._step
 
     def _initialize_shards(self, input_dim: int, only: set[int] | None = None) -> None:
