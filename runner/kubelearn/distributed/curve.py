@@ -78,6 +78,28 @@ def client(socket: Any, key: str) -> None:
     socket.curve_secretkey = secret
 
 
+class RecentlySeen:
+    """The last ``limit`` keys seen (refused peers, logged once each): memory stays bounded
+    however many peers come."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, key: bytes) -> bool:
+        """Remembers ``key``; True when it was not remembered already."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def plain_client(socket: Any, token: str) -> None:
     """Makes ``socket`` present ``token`` at the handshake (before it connects)."""
     socket.plain_username = PLAIN_USER
@@ -95,7 +117,7 @@ class Gate:
         self._zmq = zmq
         self._mechanism = mechanism
         self._credential = credential
-        self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self._refused = RecentlySeen(MAX_REFUSED_ADDRESSES)
         self._socket = context.socket(zmq.REP)
         self._socket.linger = 0
         self._socket.bind(ZAP_ENDPOINT)
@@ -122,12 +144,8 @@ class Gate:
     def _refuse(self, address: bytes) -> None:
         """Logs a refused address once; remembers at most MAX_REFUSED_ADDRESSES."""
         self.refused += 1
-        if address in self._refused:
-            self._refused.move_to_end(address)
+        if not self._refused.add(address):
             return
-        self._refused[address] = None
-        if len(self._refused) > MAX_REFUSED_ADDRESSES:
-            self._refused.popitem(last=False)
         log.warning("Refused a peer at the handshake: it has not the experiment's %s (%s)",
                     "key" if self._mechanism == b"CURVE" else "token",
                     address[:64].decode("ascii", "replace"))

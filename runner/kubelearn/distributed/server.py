@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -204,7 +203,7 @@ class ParameterServer:
                       else curve.plain_server(self._socket, token) if token else None)
         self.endpoint = bind_address(address)
         self._socket.bind(self.endpoint)
-        self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self._refused = curve.RecentlySeen(MAX_REFUSED_PEERS)
         self._pushers: set[str] = set()  # tasks that pushed: a new one is logged once
         self.refused_count = 0
         self._stopping_since: float | None = None
@@ -269,12 +268,8 @@ class ParameterServer:
     def _refuse(self, ident: bytes) -> None:
         """Logs a refused peer once; remembers at most MAX_REFUSED_PEERS of them."""
         self.refused_count += 1
-        if ident in self._refused:
-            self._refused.move_to_end(ident)
+        if not self._refused.add(ident):
             return
-        self._refused[ident] = None
-        if len(self._refused) > MAX_REFUSED_PEERS:
-            self._refused.popitem(last=False)
         log.warning("Refused a peer without the experiment token (%s)", ident[:16].hex())
 
     def _note_pusher(self, task: Any) -> None:
