@@ -1,9 +1,9 @@
 """The operator as integration and end-to-end tests run it: the image's own command, as a child
 process in its own process group, plus the CRDs and the example they share.
 
-A pytest plugin (tests/conftest.py loads it): ``experiment_crd``, ``podgroup_crd`` and
-``start_operator`` fixtures. The operator's command is read from the Dockerfile's ENTRYPOINT,
-so the tests start exactly what the image starts.
+A pytest plugin (tests/conftest.py loads it): ``experiment_crd``, ``podgroup_crd``,
+``operator_credentials`` and ``start_operator`` fixtures. The operator's command is read from
+the Dockerfile's ENTRYPOINT, so the tests start exactly what the image starts.
 """
 
 from __future__ import annotations
@@ -230,16 +230,28 @@ def podgroup_crd(kube_api: client.ApiClient) -> Iterator[Callable[[], None]]:
 
 
 @pytest.fixture
+def operator_credentials() -> Callable[[Operator], None] | None:
+    """What gives an operator its credentials, called just before it starts: here nothing,
+    so it acts with the control plane's admin kubeconfig. A tier's conftest overrides it
+    (tests/integration gives each operator the chart's ServiceAccount and RBAC)."""
+    return None
+
+
+@pytest.fixture
 def start_operator(control_plane: Any, experiment_crd: Path, sweep_crd: Path,
+                   operator_credentials: Callable[[Operator], None] | None,
                    tmp_path: Path) -> Iterator[Callable[..., Operator]]:
-    """Start the operator for some namespaces (all when none are named); every one started is
-    stopped after the test."""
+    """Start the operator for some namespaces (all when none are named), with the
+    credentials ``operator_credentials`` gives it; every one started is stopped after the
+    test."""
     started: list[Operator] = []
 
     def start(*namespaces: str, env: dict[str, str] | None = None,
               log: Path | None = None) -> Operator:
         op = Operator(control_plane.env, list(namespaces),
                       log or tmp_path / f"operator-{len(started)}.log", env)
+        if operator_credentials is not None:
+            operator_credentials(op)
         started.append(op)
         return op.start()
 

@@ -1,5 +1,22 @@
 """Fixtures for end-to-end tests: the CRD, and per test the operator plus a node agent that
-runs the pods of the test's namespace as real processes."""
+runs the pods of the test's namespace as real processes.
+
+This tier keeps what needs no container: faults injected at a chosen moment (a replica or the
+operator killed, a pod deleted, a training error, a cancel), the node agent itself, load, and
+runs whose point is the training itself (a synchronous experiment refusing a scale, a trial
+pruned, the digits sweep, the developer's demo). The user's flows with containers are the
+node tier's (tests/node/test_node_e2e.py), which also covers what this tier used to run:
+
+- the example trained to Succeeded: test_example_succeeds_and_users_see_its_progress_and_logs
+  (the status following training: test_kubectl_scale_adds_and_removes_workers_while_it_trains;
+  the ps told to stop: tests/e2e/test_load_e2e.py);
+- a SIGKILLed worker replaced: test_killed_worker_process_comes_back_per_restart_policy;
+- scaling 2 to 4 to 1 workers while training:
+  test_kubectl_scale_adds_and_removes_workers_while_it_trains;
+- a sweep's trials two at a time, a failed one counted, the best kept:
+  test_a_sweep_runs_its_trials_as_pods_and_keeps_the_best (and, trial by trial,
+  tests/integration/test_operator_sweep.py::test_a_sweep_runs_its_trials_and_keeps_the_best).
+"""
 
 from __future__ import annotations
 
@@ -19,24 +36,21 @@ import yaml
 from kubernetes import client
 
 from tests.cluster.helpers import wait_for
+from tests.cluster.resources import Experiments
 from tests.e2e.stack import NodeAgent
 from tests.operator_stack import Operator
 from tests.processes import pids_with_env
 
-GROUP, VERSION, PLURAL = "kubelearn.dev", "v1alpha1", "experiments"
 
-
-class Cluster:
-    """One test's view: its namespace, the operator, the node agent and kubectl."""
+class Cluster(Experiments):
+    """One test's view: its namespace's experiments (tests/cluster/resources.py), the
+    operator, the node agent and kubectl."""
 
     def __init__(self, api: client.ApiClient, control_plane: Any, namespace: str,
                  workdir: Path, start_operator: Callable[..., Operator]) -> None:
-        self.api = api
+        super().__init__(api, namespace)
         self.cp = control_plane
-        self.ns = namespace
         self.workdir = workdir
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
         self.operators: list[Operator] = []
         self._start_operator = start_operator
         self.agent = NodeAgent(control_plane.env, [namespace], workdir / "node",
@@ -53,6 +67,12 @@ class Cluster:
     @property
     def operator(self) -> Operator:
         return self.operators[-1]
+
+    def check_alive(self) -> None:
+        """The node agent and the newest operator still run."""
+        self.agent.check_alive()
+        for op in self.operators[-1:]:
+            op.check_alive()
 
     def kubectl(self, *args: str, check: bool = True, timeout: float = 60,
                 ) -> subprocess.CompletedProcess[str]:
@@ -72,41 +92,22 @@ class Cluster:
         self.kubectl("apply", "-f", str(path))
 
     # -- reading ------------------------------------------------------------------------
-    def experiment(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.experiment(name).get("status") or {}
-
-    def wait_phase(self, name: str, phase: str, timeout: float = 180) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | bool:
-            self.agent.check_alive()
-            for op in self.operators[-1:]:
-                op.check_alive()
-            status = self.status(name)
+    def wait_phase(self, name: str, phase: str, timeout: float = 180,
+                   check: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
+        """As the base's, with the processes checked on every poll, a run that ended
+        otherwise reported, and the pods' and the operator's logs on a timeout."""
+        def ended_otherwise(status: dict[str, Any]) -> None:
+            self.check_alive()
+            if check is not None:
+                check(status)
             if status.get("phase") in ("Succeeded", "Failed") and status["phase"] != phase:
                 raise AssertionError(f"{name} ended {status['phase']}, not {phase}: "
-                                     f"{json.dumps(status)[:3000]}\n{self.logs(name)}")
-            return status.get("phase") == phase and status
+                                     f"{json.dumps(status)[:3000]}")
 
         try:
-            return wait_for(reached, timeout, f"experiment {self.ns}/{name} phase {phase}")
+            return super().wait_phase(name, phase, timeout, check=ended_otherwise)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.logs(name)}") from None
-
-    def pods(self, name: str) -> dict[str, client.V1Pod]:
-        items = self.core.list_namespaced_pod(
-            self.ns, label_selector=f"kubelearn.dev/experiment={name}").items
-        return {p.metadata.name: p for p in items}
-
-    def wait_pods_finished(self, name: str, timeout: float = 60) -> dict[str, client.V1Pod]:
-        """The experiment's pods once none is Pending or Running any more."""
-        def finished() -> dict[str, client.V1Pod] | bool:
-            pods = self.pods(name)
-            return all(p.status.phase in ("Succeeded", "Failed") for p in pods.values()) \
-                and pods
-
-        return wait_for(finished, timeout, f"every pod of {name} to finish")
 
     def pod_pid(self, pod: str) -> int:
         """The pid of the pod's running process (the node agent records it)."""

@@ -1,5 +1,6 @@
-"""Load: 20 small experiments applied at once on one node, all trained to Succeeded; the
-operator's memory and reconcile latency are reported (measured, not asserted)."""
+"""Load: 20 small experiments applied at once on one node, all trained to Succeeded (each
+master telling its ps to stop, its run record in the status); the operator's memory and
+reconcile latency are reported (measured, not asserted)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,12 @@ def test_twenty_experiments_at_once_all_succeed(cluster: Cluster, capsys, record
         assert checkpoints.latest_global_step(str(model_dir)) >= HPARAMS["train_steps"]
         status = cluster.status(name)
         assert sum(r["restarts"] for r in status["replicaStatuses"].values()) == 0, status
+        # The master decided success and told its ps to stop; its run record is named in
+        # the status, from its termination message.
+        assert status["replicaStatuses"]["master"]["succeeded"] == 1, status
+        assert "Told to stop at global step" in cluster.agent.pod_log(cluster.ns,
+                                                                      f"{name}-ps-0")
+        assert status["metrics"]["run"].startswith(str(model_dir)), status
     wait_for(lambda: not pids_with_env(f"KUBELEARN_MODEL_DIR=/tmp/kubelearn/{cluster.ns}/"),
              60, "every pod process of the load to exit")
 

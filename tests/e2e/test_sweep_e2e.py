@@ -1,6 +1,11 @@
 """End to end: ``kubectl apply`` a Sweep; the operator runs its trials as Experiments whose
-pods the node agent runs as real runner processes, compares their final evaluations, and stops
-a trial early whose first evaluation is clearly worse than a finished trial's."""
+pods the node agent runs as real runner processes, stops a trial early whose first evaluation
+is clearly worse than a finished trial's, finds an accurate model with the digits example,
+and resumes a sweep after being killed.
+
+Trials two at a time, a failed one counted and the best kept are the node tier's
+(tests/node/test_node_e2e.py::test_a_sweep_runs_its_trials_as_pods_and_keeps_the_best) and,
+trial by trial, the integration tier's (tests/integration/test_operator_sweep.py)."""
 
 from __future__ import annotations
 
@@ -28,54 +33,17 @@ def template(**hparams: Any) -> dict[str, Any]:
             "hparams": hparams, "replicas": {"master": 1}}
 
 
-def sweep_status(cluster: Cluster, name: str) -> dict[str, Any]:
-    return cluster.custom.get_namespaced_custom_object(
-        "kubelearn.dev", "v1alpha1", cluster.ns, "sweeps", name).get("status") or {}
-
-
 def wait_sweep(cluster: Cluster, name: str, timeout: float) -> dict[str, Any]:
     def ended() -> dict[str, Any] | None:
-        cluster.agent.check_alive()
-        cluster.operator.check_alive()
-        status = sweep_status(cluster, name)
+        cluster.check_alive()
+        status = cluster.sweep_status(name)
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     try:
         return wait_for(ended, timeout, f"sweep {name} to end")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{sweep_status(cluster, name)}\n"
+        raise AssertionError(f"{exc}\n{cluster.sweep_status(name)}\n"
                              f"{cluster.logs(name)}") from None
-
-
-def test_six_trials_two_at_a_time_end_with_the_best_and_the_failed_counted(cluster: Cluster):
-    # A learning rate of 100 diverges: the master fails, and the trial with it.
-    rates = [0.05, 0.1, 100.0, 0.01, 0.2, 0.02]
-    cluster.apply(sweep("lr", {
-        "experiment": template(train_steps=300),
-        "parameters": [{"name": "learning_rate", "type": "discrete", "values": rates}],
-        "objective": {"metric": "loss", "direction": "minimize"},
-        "algorithm": "grid", "parallelism": 2, "maxTrials": 6, "seed": 3}))
-    status = wait_sweep(cluster, "lr", timeout=420)
-
-    assert status["phase"] == "Succeeded", status
-    assert status["counts"] == {"running": 0, "succeeded": 5, "failed": 1, "pruned": 0,
-                                "stopped": 0}
-    history = {h["hparams"]["learning_rate"]: h for h in status["history"]}
-    assert sorted(history) == sorted(rates)
-    assert history[100.0]["state"] == "failed"
-    assert "master-0" in history[100.0]["reason"], history[100.0]
-    # The best is the trial whose Experiment ended with the lowest final loss.
-    finals = {h["name"]: cluster.status(h["name"])["metrics"]["loss"]
-              for h in status["history"] if h["state"] == "succeeded"}
-    best = min(finals, key=finals.get)
-    assert status["best"]["name"] == best
-    assert status["best"]["objective"] == pytest.approx(finals[best])
-    # Never more than two trials at once: each started after an earlier one ended.
-    spans = sorted((h["startTime"], h["completionTime"]) for h in status["history"])
-    for i, (start, _) in enumerate(spans):
-        assert sum(1 for s, end in spans[:i] if end > start) <= 1, spans
-    out = cluster.kubectl("get", "sweep", "lr").stdout
-    assert "Succeeded" in out and "6/6" in out and best in out, out
 
 
 def test_a_trial_clearly_behind_at_its_first_evaluation_is_pruned(cluster: Cluster):
@@ -98,14 +66,13 @@ def test_a_trial_clearly_behind_at_its_first_evaluation_is_pruned(cluster: Clust
     assert history[0.00001]["state"] == "pruned", status
     assert "at step 1 (median pruner)" in history[0.00001]["reason"]
     assert status["counts"]["pruned"] == 1 and status["phase"] == "Succeeded"
-    pruned = cluster.experiment(history[0.00001]["name"])
+    pruned = cluster.get(history[0.00001]["name"])
     assert pruned["metadata"]["annotations"]["kubelearn.dev/trial-stopped"] == "pruned"
     assert pruned["spec"]["runPolicy"]["suspend"] is True
     # Stopped: its pods are gone, well before its last step.
     wait_for(lambda: not cluster.pods(history[0.00001]["name"]), 60, "the pruned trial's pods")
     assert (pruned.get("status") or {}).get("step", 0) < 40_000
-    reasons = {e.reason for e in cluster.core.list_namespaced_event(cluster.ns).items
-               if e.involved_object.kind == "Sweep"}
+    reasons = cluster.event_reasons("slow", kind="Sweep")
     assert {"TrialStarted", "TrialSucceeded", "TrialPruned", "SweepSucceeded"} <= reasons
 
 
@@ -135,10 +102,13 @@ def test_an_operator_killed_mid_sweep_resumes_it_with_exactly_max_trials(cluster
             label_selector="kubelearn.dev/sweep=resume")["items"]
         return sorted(i["metadata"]["name"] for i in items)
 
-    wait_for(lambda: len(trials()) == 2, 60, "the first two trials")
+    # Killed once the first two trials have their pods (before that, nothing would make
+    # them while it is down).
+    wait_for(lambda: len(names := trials()) == 2 and all(cluster.pods(t) for t in names), 60,
+             "the first two trials and their pods")
     cluster.operator.kill()  # SIGKILL: no clean-up of any kind
     # While it is down the trials go on training (their pods are the node's).
-    wait_for(lambda: all(cluster.pods(t) for t in trials()), 60, "the trials' pods")
+    assert all(cluster.pods(t) for t in trials())
     cluster.start_operator()
     status = wait_sweep(cluster, "resume", timeout=300)
     assert trials() == ["resume-0", "resume-1", "resume-2", "resume-3"]

@@ -1,119 +1,53 @@
-"""Fixtures for operator tests on the real control plane: Experiment access and a stand-in
-kubelet that writes pod status through the API (the CRD and the operator process come from
-tests/operator_stack.py)."""
+"""Fixtures for operator tests on the real control plane: Experiment access with a stand-in
+kubelet that writes pod status through the API (tests/cluster/resources.py), and the
+credentials every operator a test starts runs with: the chart's (the CRDs and the operator
+process come from tests/operator_stack.py).
+
+Each operator is given, just before it starts, the chart's ServiceAccount, Role(s) and
+ClusterRole, as `helm template` renders them (the chart's namespace scope for exactly the
+namespaces that operator serves; its cluster scope for one of every namespace), and a
+kubeconfig with a TokenRequest token of that account. After the test, once its operators
+have stopped, the API server's audit log must show that the accounts made requests, were
+refused none by RBAC, and used no verb the chart does not grant.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import json
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import wait_for
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.helpers import client_for_token, service_account_token, wait_for
+from tests.cluster.resources import GROUP, PLURAL, VERSION, Experiments, pod_uids
+from tests.integration.test_chart import (
+    CHART,
+    CRD_RULES,
+    NAMESPACE_RULES,
+    NAMESPACED_RULES,
+    STORAGE_CLASS_RULES,
+    forbidden,
+    helm,
+    load_yaml_documents,
+    refused_by_admission,
+    sa_username,
+    used,
+    write_kubeconfig,
+)
+from tests.operator_stack import Operator
 
-GROUP, VERSION, PLURAL = "kubelearn.dev", "v1alpha1", "experiments"
+__all__ = ["GROUP", "PLURAL", "VERSION", "Experiments", "pod_uids"]
 
-
-# -- the Experiment API -------------------------------------------------------------------
-class Experiments:
-    """Experiment, pod and service access for one namespace, plus a stand-in kubelet."""
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.ns = namespace
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-
-    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Experiment",
-                "metadata": {"name": name}, "spec": spec}
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
-
-    def get(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name,
-                                                   {"spec": spec})
-
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-
-    def exists(self, name: str) -> bool:
-        try:
-            self.get(name)
-        except client.ApiException as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.get(name).get("status") or {}
-
-    def condition(self, name: str, ctype: str) -> dict[str, Any] | None:
-        for cond in self.status(name).get("conditions") or []:
-            if cond["type"] == ctype:
-                return cond
-        return None
-
-    def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s,
-                        timeout, f"experiment {self.ns}/{name} to reach phase {phase}")
-
-    def pods(self, name: str) -> dict[str, client.V1Pod]:
-        """The experiment's replicas (its TensorBoard has no role label)."""
-        items = self.core.list_namespaced_pod(
-            self.ns,
-            label_selector=f"kubelearn.dev/experiment={name},kubelearn.dev/role").items
-        return {p.metadata.name: p for p in items}
-
-    def services(self, name: str) -> dict[str, client.V1Service]:
-        items = self.core.list_namespaced_service(
-            self.ns,
-            label_selector=f"kubelearn.dev/experiment={name},kubelearn.dev/role").items
-        return {s.metadata.name: s for s in items}
-
-    def live_pods(self, name: str) -> dict[str, client.V1Pod]:
-        return {n: p for n, p in self.pods(name).items() if p.metadata.deletion_timestamp is None}
-
-    def wait_pods(self, name: str, expected: set[str], timeout: float = 30) -> dict[str, Any]:
-        return wait_for(lambda: set(pods := self.live_pods(name)) == expected and pods,
-                        timeout, f"pods {sorted(expected)} of {self.ns}/{name}")
-
-    def events(self, name: str) -> list[client.CoreV1Event]:
-        return [e for e in self.core.list_namespaced_event(self.ns).items
-                if e.involved_object.name == name and e.involved_object.kind == "Experiment"]
-
-    def event_reasons(self, name: str) -> set[str]:
-        return {e.reason for e in self.events(name)}
-
-    # -- a kubelet's part: write pod status through the pods/status subresource -------------
-    def set_pod(self, pod: str, phase: str, *, exit_code: int | None = None,
-                restarts: int = 0, message: str | None = None) -> None:
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        current = self.core.read_namespaced_pod(pod, self.ns)
-        containers = [c.name for c in current.spec.containers]
-        if exit_code is not None:
-            state: dict[str, Any] = {"terminated": {
-                "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                "startedAt": now, "finishedAt": now, "message": message}}
-        elif phase == "Running":
-            state = {"running": {"startedAt": now}}
-        else:
-            state = {"waiting": {"reason": "ContainerCreating"}}
-        statuses = [{"name": c, "image": current.spec.containers[i].image or "none",
-                     "imageID": "", "ready": phase == "Running", "restartCount": restarts,
-                     "state": state} for i, c in enumerate(containers)]
-        body = {"status": {"phase": phase, "startTime": now, "containerStatuses": statuses,
-                           "conditions": [{"type": "Ready", "status":
-                                           "True" if phase == "Running" else "False"}]}}
-        self.core.patch_namespaced_pod_status(pod, self.ns, body)
-
-    def run_all(self, name: str) -> None:
-        for pod in self.live_pods(name):
-            self.set_pod(pod, "Running")
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+#: What the chart grants in either scope.
+GRANTED = {**NAMESPACED_RULES, **CRD_RULES, **NAMESPACE_RULES, **STORAGE_CLASS_RULES}
+#: (group resource) -> verbs the chart's accounts used, over the session.
+USED: dict[str, set[str]] = {}
 
 
 @pytest.fixture
@@ -122,6 +56,148 @@ def experiments(kube_api: client.ApiClient, namespace: str,
     return Experiments(kube_api, namespace)
 
 
-def pod_uids(pods: dict[str, client.V1Pod]) -> dict[str, str]:
-    return {n: p.metadata.uid for n, p in pods.items()}
+# -- the chart's account for every operator ---------------------------------------------------
+class ChartAccounts:
+    """The chart's RBAC and a token for each operator of one test, and the audit check."""
 
+    def __init__(self, cp: ControlPlane, api: client.ApiClient, workdir: Path) -> None:
+        assert cp.audit_log is not None, "the control plane audits ServiceAccounts"
+        self.cp, self.api, self.workdir = cp, api, workdir
+        self.users: list[str] = []
+        self.cluster_objects: list[tuple[str, str]] = []  # (kind, name)
+        self.audit_offset = cp.audit_log.stat().st_size if cp.audit_log.exists() else 0
+
+    def __call__(self, op: Operator) -> None:
+        release = f"it-{secrets.token_hex(3)}"
+        if op.namespaces:  # the chart's namespace scope, for these namespaces
+            home = op.namespaces[0]
+            sets = ["rbac.scope=namespace", "rbac.namespaces={" + ",".join(op.namespaces) + "}"]
+        else:  # an operator of every namespace: the cluster scope
+            home = "default"
+            sets = ["rbac.scope=cluster"]
+        args = ["template", release, str(CHART), "--namespace", home]
+        for s in sets:
+            args += ["--set", s]
+        docs = [d for d in load_yaml_documents(helm(self.cp, *args)) if d["kind"] in RBAC_KINDS]
+        for doc in sorted(docs, key=lambda d: RBAC_KINDS.index(d["kind"])):
+            self._create(doc, home)
+        sa_name = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
+        token = service_account_token(self.api, home, sa_name, expiration_seconds=7200)
+        self._wait_until_allowed(token, op.namespaces)
+        op.env["KUBECONFIG"] = str(write_kubeconfig(
+            self.workdir / f"{release}.kubeconfig", self.cp, token, home))
+        self.users.append(sa_username(home, sa_name))
+
+    def _create(self, doc: dict[str, Any], home: str) -> None:
+        rbac, core = client.RbacAuthorizationV1Api(self.api), client.CoreV1Api(self.api)
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        namespace = doc["metadata"].get("namespace") or home
+        if kind == "ServiceAccount":
+            core.create_namespaced_service_account(namespace, doc)
+        elif kind == "Role":
+            rbac.create_namespaced_role(namespace, doc)
+        elif kind == "RoleBinding":
+            rbac.create_namespaced_role_binding(namespace, doc)
+        elif kind == "ClusterRole":
+            rbac.create_cluster_role(doc)
+            self.cluster_objects.append((kind, name))
+        else:
+            rbac.create_cluster_role_binding(doc)
+            self.cluster_objects.append((kind, name))
+
+    def _wait_until_allowed(self, token: str, namespaces: list[str]) -> None:
+        """RBAC objects take effect a moment after they are stored; ask as the account itself
+        (a self review is always allowed, so waiting adds no 403 of its own)."""
+        auth = client.AuthorizationV1Api(client_for_token(self.api, token))
+        checks = [(GROUP, PLURAL, ns) for ns in namespaces or [None]]
+        checks.append(("apiextensions.k8s.io", "customresourcedefinitions", None))
+        if namespaces:
+            checks.append(("", "namespaces", None))
+
+        def allowed() -> bool:
+            for group, resource, namespace in checks:
+                review = auth.create_self_subject_access_review(client.V1SelfSubjectAccessReview(
+                    spec=client.V1SelfSubjectAccessReviewSpec(
+                        resource_attributes=client.V1ResourceAttributes(
+                            namespace=namespace, verb="watch", group=group,
+                            resource=resource))))
+                if not review.status.allowed:
+                    return False
+            return True
+
+        try:
+            wait_for(allowed, 30, "the chart's roles to take effect", interval=0.05)
+        finally:
+            auth.api_client.close()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The accounts' audit events since the test began (the access reviews left out).
+
+        A request the API server refuses is logged before its answer is sent, so every 403
+        an operator got is here once it has stopped."""
+        assert self.cp.audit_log is not None
+        with self.cp.audit_log.open("rb") as log:
+            log.seek(self.audit_offset)
+            lines = log.read().decode(errors="replace").splitlines()
+        users = set(self.users)
+        events = []
+        for line in lines:
+            if not any(user in line for user in users):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line being written: a request still under way
+                continue
+            if (event.get("user", {}).get("username") in users
+                    and event.get("objectRef", {}).get("apiGroup") != "authorization.k8s.io"):
+                events.append(event)
+        return events
+
+    def check(self) -> None:
+        events = self.events()
+        seen = {e["user"]["username"] for e in events}
+        assert seen == set(self.users), f"nothing in the audit log from {set(self.users) - seen}"
+        # The API server refused the chart's accounts nothing...
+        assert forbidden(events) == [], "refused by RBAC:\n" + "\n".join(forbidden(events))
+        # ...but admission may, for a reason that is no permission: a pod naming a missing
+        # PriorityClass, which the operator reports.
+        for refusal in refused_by_admission(events):
+            assert refusal.startswith("create /api/v1/namespaces/") and "/pods" in refusal, \
+                refusal
+            assert "priorityclass" in refusal.lower(), refusal
+        for (group, resource), verbs in used(events).items():
+            assert verbs <= GRANTED.get((group, resource), set()), (group, resource, verbs)
+            USED.setdefault(f"{group} {resource}", set()).update(verbs)
+
+    def remove(self) -> None:
+        """The cluster-wide objects (the namespaced ones go with the test's namespaces)."""
+        rbac = client.RbacAuthorizationV1Api(self.api)
+        for kind, name in self.cluster_objects:
+            try:
+                if kind == "ClusterRole":
+                    rbac.delete_cluster_role(name)
+                else:
+                    rbac.delete_cluster_role_binding(name)
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+
+
+@pytest.fixture
+def operator_credentials(control_plane: ControlPlane, kube_api: client.ApiClient,
+                         tmp_path: Path) -> Iterator[ChartAccounts]:
+    """Every operator the test starts runs as the chart's ServiceAccount, with its RBAC; once
+    they have stopped, the audit log is checked (see the module's docstring)."""
+    accounts = ChartAccounts(control_plane, kube_api, tmp_path)
+    yield accounts
+    try:
+        if accounts.users:
+            accounts.check()
+    finally:
+        accounts.remove()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if USED:
+        terminalreporter.write_line("verbs the chart's accounts used in the operator's tests: "
+                                    + json.dumps({k: sorted(v) for k, v in sorted(USED.items())}))

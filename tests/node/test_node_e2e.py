@@ -150,8 +150,19 @@ def test_example_succeeds_and_users_see_its_progress_and_logs(cluster: Cluster) 
     assert float(row.split()[4]) < 0.01
     logs = cluster.kubectl("logs", "linear-master-0").stdout
     assert "Loss for final step" in logs and "global_step" in logs
+    # The master decided success: it exited 0, and its final metrics (its run record among
+    # them) reached the status through its termination message.
+    status = cluster.get("experiment", "linear")["status"]
+    assert status["replicaStatuses"]["master"]["succeeded"] == 1, status
+    assert status["step"] >= 2000 and status["loss"] < 0.01, status
+    assert status["metrics"]["run"].startswith(status["storage"]["modelDir"]), status
+    pod = cluster.get("pod", "linear-master-0")
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    # The replicas reached each other through the Service names in TF_CONFIG.
+    master = pod["spec"]["containers"][0]
+    tf_config = json.loads(next(e["value"] for e in master["env"] if e["name"] == "TF_CONFIG"))
+    assert tf_config["cluster"]["ps"] == [f"linear-ps-0.{NS}.svc:2222"]
     # From the image imported into the node, which is never pulled.
-    master = cluster.get("pod", "linear-master-0")["spec"]["containers"][0]
     assert master["imagePullPolicy"] == "Never"
 
 
@@ -263,8 +274,19 @@ def test_kubectl_scale_adds_and_removes_workers_while_it_trains(cluster: Cluster
     reach the ps by its Service name and push; removed ones stop; nothing else restarts."""
     cluster.apply(linear("elastic", 100000))
     cluster.running_pod("elastic-master-0")
-    wait_for(lambda: cluster.get("experiment", "elastic").get("status", {}).get("step", 0)
-             > 1000, timeout=300, description="training under way")
+
+    def status() -> dict[str, Any]:
+        return cluster.get("experiment", "elastic").get("status") or {}
+
+    wait_for(lambda: status().get("step", 0) > 1000, timeout=300,
+             description="training under way")
+    # While it trains, the operator polls the chief's progress into the status.
+    running = status()
+    assert running["phase"] == "Running" and running["loss"] is not None, running
+    assert running["metrics"]["global_step"] == running["step"], running
+    assert "steps_per_sec" in running["metrics"], running
+    assert running["metrics"]["run"].startswith(running["storage"]["modelDir"]), running
+    assert "Running" in cluster.kubectl("get", "exp", "elastic").stdout
 
     def uids() -> dict[str, str]:
         pods = json.loads(cluster.kubectl("get", "pods", "-l",
@@ -277,6 +299,10 @@ def test_kubectl_scale_adds_and_removes_workers_while_it_trains(cluster: Cluster
     # Worker i starts training min(60, 5 i) s after it starts, as in TensorFlow.
     wait_for(lambda: "First push from worker:3" in cluster.kubectl(
         "logs", "elastic-ps-0").stdout, timeout=300, description="worker 3's first push")
+    assert "First push from worker:2" in cluster.kubectl("logs", "elastic-ps-0").stdout
+    step = status()["step"]
+    wait_for(lambda: status().get("step", 0) > step + 500, timeout=120,
+             description="training going on with 4 workers, the status following it")
     cluster.kubectl("scale", "exp/elastic", "--replicas=1")
     kept = ("elastic-ps-0", "elastic-master-0", "elastic-worker-0")
     during = wait_for(lambda: sorted(u := uids()) == sorted(kept) and u, timeout=120,
@@ -285,8 +311,12 @@ def test_kubectl_scale_adds_and_removes_workers_while_it_trains(cluster: Cluster
     assert during == {n: before[n] for n in kept}
     exp = cluster.wait_phase("elastic", "Succeeded", timeout=900)
     assert exp["status"]["metrics"]["global_step"] >= 100000
+    assert exp["status"]["loss"] < 0.01, exp["status"]
     assert all(s["restarts"] == 0 for s in exp["status"]["replicaStatuses"].values())
     assert exp["status"]["workers"]["desired"] == 1
+    events = json.loads(cluster.kubectl("get", "events", "--field-selector",
+                                        "involvedObject.name=elastic", "-o", "json").stdout)
+    assert {"ScaledUp", "ScaledDown"} <= {e["reason"] for e in events["items"]}
     cluster.kubectl("delete", "experiment", "elastic", "--wait=false")
 
 
