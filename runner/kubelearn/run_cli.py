@@ -346,7 +346,7 @@ def schedules() -> list[str]:
     names = []
     for name in dir(Experiment):
         member = inspect.getattr_static(Experiment, name)
-        if name.startswith("_") or not isinstance(member, type(schedules)):
+        if name.startswith("_") or not inspect.isfunction(member):
             continue  # properties, classmethods and staticmethods are not schedules
         try:
             inspect.signature(member).bind(None)

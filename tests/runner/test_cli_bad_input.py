@@ -160,14 +160,6 @@ def test_local_refuses_a_wire_encryption_the_operator_refuses(tmp_path, value):
     assert not (tmp_path / "m").exists()
 
 
-def test_a_yaml_date_is_the_text_the_api_server_would_get(tmp_path):
-    from kubelearn import bounded_input
-
-    assert bounded_input.load_yaml("when: 2020-01-01\nat: 2001-12-14t21:59:43.10-05:00\n",
-                                   "x") == {"when": "2020-01-01",
-                                            "at": "2001-12-14t21:59:43.10-05:00"}
-
-
 def test_fresh_never_deletes_the_working_directory(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

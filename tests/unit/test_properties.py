@@ -275,3 +275,11 @@ def test_run_reader_reads_or_names_the_malformed_run(tmp_path_factory, meta, lin
     for metric in record.metrics.get("train", []):
         assert all(isinstance(v, (int, float)) for v in metric.metrics.values())
     record.to_dict()
+
+
+def test_a_yaml_date_is_the_text_the_api_server_would_get():
+    from kubelearn import bounded_input
+
+    assert bounded_input.load_yaml("when: 2020-01-01\nat: 2001-12-14t21:59:43.10-05:00\n",
+                                   "x") == {"when": "2020-01-01",
+                                            "at": "2001-12-14t21:59:43.10-05:00"}
