@@ -1,12 +1,14 @@
 """Parameter-server throughput: a push and a pull of 1, 16 and 64 MB float32 tensors through
 the ps (a separate process applying SGD) versus a raw loopback TCP socket moving the same
-bytes both ways (a separate echo process), and the ps with CurveZMQ encryption (the
-experiment's key) against the ps in plaintext. All run in the same invocation, in turns
-of a few round trips each (raw, ps, Curve ps, raw, ...), so that a busy spell on a shared
-machine falls on each of them alike. Each side of a comparison makes the same number of
-round trips: at least ``--repeats``, and for small tensors as many as move ``--volume`` MB
-(256) each way, since the best of a few sub-millisecond round trips on a shared machine is
-mostly noise.
+bytes both ways (a separate echo process); the ps with CurveZMQ encryption (the
+experiment's key) against the ps in plaintext; and the plaintext ps, whose peers present
+the token at the handshake (ZeroMQ's PLAIN, checked by the ps's ZAP handler), against a ps
+that admits every connection and checks only the token each request carries. All run in
+the same invocation, in turns of a few round trips each (raw, ps, Curve ps, raw, ...), so
+that a busy spell on a shared machine falls on each of them alike. Each side of a
+comparison makes the same number of round trips: at least ``--repeats``, and for small
+tensors as many as move ``--volume`` MB (256) each way, since the best of a few
+sub-millisecond round trips on a shared machine is mostly noise.
 
 The raw side is the least a request/response protocol over TCP must do, and no more: each
 message carries an 8-byte length header (sent with its body in one gathered write), the
@@ -102,27 +104,30 @@ class RawEcho:
         self._proc.join()
 
 
-def _ps_server(port: int, curve_key: str | None) -> None:
+def _ps_server(port: int, token: str, curve_key: str | None) -> None:
     from kubelearn.distributed.server import ParameterServer
 
-    server = ParameterServer(f"127.0.0.1:{port}", 0, "bench-token", curve_key)
+    # An empty token: no handshake mechanism, and each request's (empty) token checked.
+    server = ParameterServer(f"127.0.0.1:{port}", 0, token or None, curve_key)
     server.serve_forever()
 
 
 class PSPush:
     """A worker of a one-task ps: one round trip pushes ``size`` bytes of gradient and
-    gets the updated variable back."""
+    gets the updated variable back. ``token=""`` leaves out the handshake's check (the
+    ps as it was before it authenticated connections)."""
 
-    def __init__(self, size: int, curve_key: str | None = None):
+    def __init__(self, size: int, curve_key: str | None = None, token: str = "bench-token"):
         from kubelearn.distributed.client import PSClient
         from kubelearn.estimators import optimizers
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        self._proc = mp.get_context("spawn").Process(target=_ps_server, args=(port, curve_key))
+        self._proc = mp.get_context("spawn").Process(target=_ps_server,
+                                                 args=(port, token, curve_key))
         self._proc.start()
-        self._client = PSClient([f"127.0.0.1:{port}"], "bench-token", request_timeout=60,
+        self._client = PSClient([f"127.0.0.1:{port}"], token, request_timeout=60,
                                 curve_key=curve_key)
         self._size = size
         self._grads = np.ones(size // 4, np.float32)
@@ -203,10 +208,11 @@ BURST_BYTES = 8 * MB
 
 
 def best_times(size: int, repeats: int, curve_key: str) -> list[float]:
-    """Best round-trip times of the raw socket, the ZeroMQ echo with SGD, the ps and the ps
-    with Curve, measured in turns of BURST_BYTES each, so that a busy spell on a shared
-    machine falls on all of them alike."""
-    sides = [RawEcho(size), ZmqSGDEcho(size), PSPush(size), PSPush(size, curve_key)]
+    """Best round-trip times of the raw socket, the ZeroMQ echo with SGD, the ps, the ps
+    with Curve and the ps without the handshake's check, measured in turns of BURST_BYTES
+    each, so that a busy spell on a shared machine falls on all of them alike."""
+    sides = [RawEcho(size), ZmqSGDEcho(size), PSPush(size), PSPush(size, curve_key),
+             PSPush(size, token="")]
     best = [float("inf")] * len(sides)
     burst = max(1, BURST_BYTES // size)
     try:
@@ -232,14 +238,16 @@ def main() -> None:
 
     key = curve.new_key()
     print(f"{'tensor':>7} {'raw MB/s':>9} {'zmq+sgd MB/s':>13} {'ps MB/s':>9} {'ps/raw':>7} "
-          f"{'floor/raw':>10} {'curve MB/s':>11} {'plain/curve':>12}   (push + pull, best of N)")
+          f"{'floor/raw':>10} {'curve MB/s':>11} {'curve/plain':>12} {'open MB/s':>10} "
+          f"{'plain/open':>11}   (push + pull, best of N)")
     for mb in (1, 16, 64):
-        raw, floor, ps, encrypted = best_times(mb * MB, max(args.repeats, args.volume // mb),
-                                               key)
+        raw, floor, ps, encrypted, unchecked = best_times(
+            mb * MB, max(args.repeats, args.volume // mb), key)
         moved = 2 * mb
         print(f"{mb:>5}MB {moved / raw:9.0f} {moved / floor:13.0f} {moved / ps:9.0f} "
               f"{raw / ps:7.2f} {raw / floor:10.2f} {moved / encrypted:11.0f} "
-              f"{encrypted / ps:12.2f}", flush=True)
+              f"{encrypted / ps:12.2f} {moved / unchecked:10.0f} {ps / unchecked:11.3f}",
+              flush=True)
 
 
 if __name__ == "__main__":
