@@ -45,6 +45,9 @@ ENV_SCHEDULE = "KUBELEARN_SCHEDULE"
 ENV_PROGRESS_PORT = "KUBELEARN_PROGRESS_PORT"
 ENV_TERMINATION_LOG = "KUBELEARN_TERMINATION_LOG"
 ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
+#: The most a parameter server may hold in memory before it drops its connections (bytes,
+#: or with Ki/Mi/Gi/Ti); by default a share of the container's limit (distributed/memory.py).
+ENV_PS_MEMORY_LIMIT = "KUBELEARN_PS_MEMORY_LIMIT"
 #: The cluster spec, when TF_CONFIG refers to it instead of inlining it.
 ENV_CLUSTER = "KUBELEARN_CLUSTER_SPEC"
 #: ``curve`` encrypts the ps wire of the experiments launched (CurveZMQ), ``none`` (or

@@ -94,14 +94,14 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 def check_environment(environ: Mapping[str, str]) -> None:
     """Refuses environment input no parser should see: nesting too deep for TF_CONFIG or
-    hparams JSON, a Curve key that is not 64 hex digits, a progress port or bind host that
-    does not parse.
+    hparams JSON, a Curve key that is not 64 hex digits, a progress port, bind host or ps
+    memory limit that does not parse.
 
     Raises:
       BadInput: naming the variable.
     """
     from kubelearn import bounded_input
-    from kubelearn.distributed import curve
+    from kubelearn.distributed import curve, memory
 
     for name in ("TF_CONFIG", ENV_HPARAMS):
         try:
@@ -110,6 +110,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
             raise BadInput(str(exc)) from None
     try:
         curve.key_from_env(environ)
+        memory.limit_from_env(environ)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     port = environ.get(ENV_PROGRESS_PORT, "").strip()

@@ -165,23 +165,29 @@ class Gate:
         self._thread.join(timeout=2)
 
 
-def server(socket: Any, key: str) -> Gate:
-    """Makes ``socket`` a Curve server for ``key`` (before it binds) that admits only
-    clients holding the same key; returns the gate to close with the socket. The socket's
-    context must have no other ZAP handler (the ps gives its socket a context of its own)."""
+def gate(context: Any, key: str | None, token: str | None) -> Gate | None:
+    """The gate of a ps's context: admits the holders of ``key`` (Curve), else of ``token``
+    (PLAIN); None when there is neither. The context must have no other ZAP handler (the ps
+    gives its socket a context of its own); its server sockets are set by :func:`secure`."""
     from zmq.utils import z85
 
-    public, secret = keypair(key)
-    socket.curve_server = True
-    socket.curve_publickey = public
-    socket.curve_secretkey = secret
-    socket.zap_domain = ZAP_DOMAIN.encode()
-    return Gate(socket.context, b"CURVE", z85.decode(public))
+    if key:
+        return Gate(context, b"CURVE", z85.decode(keypair(key)[0]))
+    if token:
+        return Gate(context, b"PLAIN", token.encode("utf-8", "surrogateescape"))
+    return None
 
 
-def plain_server(socket: Any, token: str) -> Gate:
-    """Makes ``socket`` (before it binds) admit only clients that present ``token`` with
-    PLAIN; returns the gate to close with the socket (one ZAP handler per context)."""
-    socket.plain_server = True
+def secure(socket: Any, key: str | None, token: str | None) -> None:
+    """Sets a server socket's mechanism before it binds: Curve with ``key``, else PLAIN when
+    there is a ``token``, else none. Its context's :func:`gate` admits the peers."""
+    if key:
+        public, secret = keypair(key)
+        socket.curve_server = True
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+    elif token:
+        socket.plain_server = True
+    else:
+        return
     socket.zap_domain = ZAP_DOMAIN.encode()
-    return Gate(socket.context, b"PLAIN", token.encode("utf-8", "surrogateescape"))

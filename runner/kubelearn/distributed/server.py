@@ -7,7 +7,9 @@ holding that key, on an encrypted socket (:mod:`kubelearn.distributed.curve`): a
 without them is dropped before any of its frames is buffered. Every request carries the
 token as well; anything malformed gets an error reply (or, past a size bound, is dropped)
 and the server keeps serving: no message from any peer can end it. Routing ids are the
-ones ZeroMQ assigns: a newcomer cannot take over another peer's connection.
+ones ZeroMQ assigns: a newcomer cannot take over another peer's connection. What the ps
+holds is bounded (:mod:`kubelearn.distributed.memory`): past the bound it drops every
+connection, and its peers connect again and resend.
 When the chief says ``stop`` the server answers ``done`` to whoever still asks, then
 exits, so the whole job can finish.
 """
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from kubelearn.distributed import ENV_TOKEN, curve, wire
+from kubelearn.distributed import ENV_TOKEN, curve, memory, wire
 from kubelearn.estimators import optimizers
 
 # An IP the ps binds to instead of every interface when its address is a DNS name (the
@@ -39,6 +41,10 @@ STOP_GRACE_SECS = 2.0
 STOP_MAX_SECS = 30.0
 #: How many refused peers are remembered (to log each once); older ones are forgotten.
 MAX_REFUSED_PEERS = 1024
+#: How long the ps tries to bind its address again after dropping its connections.
+REBIND_SECS = 10.0
+#: How long one receive waits before the loop looks at the time and the memory held.
+RECEIVE_WAIT_MS = 25
 
 
 def bind_address(address: str, bind_host: str | None = None) -> str:
@@ -185,24 +191,23 @@ class ParameterServer:
     """Serves a :class:`ShardState` on a ZeroMQ ROUTER socket."""
 
     def __init__(self, address: str, task_index: int, token: str | None,
-                 curve_key: str | None = None):
+                 curve_key: str | None = None, memory_limit: int | None = None):
         import zmq
 
         self._zmq = zmq
         self.state = ShardState(holds_global_step=task_index == 0)
         self.task_index = task_index
         self._token = (token or "").encode()
-        # A context of its own: the Curve gate is the only ZAP handler in it.
+        self._token_text, self._curve_key = token, curve_key
+        # A context of its own: the gate is the only ZAP handler in it.
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 1000)
-        self._socket.setsockopt(zmq.IPV6, 1)
-        wire.bound_socket(self._socket)
         self._encrypted = bool(curve_key)
-        self._gate = (curve.server(self._socket, curve_key) if curve_key
-                      else curve.plain_server(self._socket, token) if token else None)
+        self._gate = curve.gate(self._context, curve_key, token)
         self.endpoint = bind_address(address)
-        self._socket.bind(self.endpoint)
+        self._socket = self._open()
+        self._memory = memory.Watch(memory.limit_from_env() if memory_limit is None
+                                    else memory_limit)
+        self.shed_count = 0
         self._refused = curve.RecentlySeen(MAX_REFUSED_PEERS)
         self._pushers: set[str] = set()  # tasks that pushed: a new one is logged once
         self.refused_count = 0
@@ -212,6 +217,39 @@ class ParameterServer:
         # Replies lend the variables' buffers to ZeroMQ instead of copying them; until
         # these trackers are done, a variable is copied before it is updated in place.
         self._lent: list[Any] = []
+
+    def _open(self, patience: float = 0.0) -> Any:
+        """The ROUTER socket, bound; tries for ``patience`` seconds while the address is
+        still held by a socket just closed."""
+        zmq = self._zmq
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.IPV6, 1)
+        wire.bound_socket(sock)
+        curve.secure(sock, self._curve_key, self._token_text)
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                sock.bind(self.endpoint)
+                return sock
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    sock.close(0)
+                    raise
+                time.sleep(0.01)
+
+    def _shed(self, held: int) -> None:
+        """Drops every connection (ZeroMQ frees what they held, whole messages or not);
+        the peers connect again and resend their requests."""
+        self.shed_count += 1
+        log.warning("Holding %d MiB, over the bound of %d MiB (%s): dropping every "
+                    "connection; the peers connect again", held >> 20,
+                    self._memory.limit >> 20, memory.ENV_PS_MEMORY_LIMIT)
+        self._socket.close(0)
+        self._waiting = []  # their peers resend after their time-out
+        memory.give_back()
+        self._socket = self._open(patience=REBIND_SECS)
+        self._socket.setsockopt(self._zmq.RCVTIMEO, RECEIVE_WAIT_MS)
 
     # -- replies ---------------------------------------------------------------------
     def _send(self, ident: bytes, header: dict[str, Any],
@@ -391,15 +429,14 @@ class ParameterServer:
     def serve_forever(self) -> None:
         log.info("Parameter server %d listening on %s (%s)", self.task_index, self.endpoint,
                  "CurveZMQ" if self._encrypted else "plaintext")
-        # A receive that gives up after 200 ms (to look at finished()): one wait inside
-        # ZeroMQ per request, not a poll and then a receive.
-        self._socket.setsockopt(self._zmq.RCVTIMEO, 200)
+        # A receive that gives up after a while (to look at finished() and at what the ps
+        # holds): one wait inside ZeroMQ per request, not a poll and then a receive.
+        self._socket.setsockopt(self._zmq.RCVTIMEO, RECEIVE_WAIT_MS)
         while not self.finished():
-            try:
-                frames = self._socket.recv_multipart(copy=False)
-            except self._zmq.Again:
-                continue
-            self.handle(frames)
+            with contextlib.suppress(self._zmq.Again):
+                self.handle(self._socket.recv_multipart(copy=False))
+            if (held := self._memory.over()) is not None:
+                self._shed(held)
         log.info("Parameter server %d exiting", self.task_index)
 
     def close(self) -> None:
