@@ -1,6 +1,6 @@
-"""What ``kubelearn sweep plot`` reads and writes stays inside the directory it was given:
-a name from sweep.json is one path component of its grammar, and a symlink out of the
-directory is refused, not followed (:mod:`kubelearn.paths`)."""
+"""What ``kubelearn sweep plot`` and ``kubelearn runs`` read and write stays inside the
+directory they were given: names from files are one path component of their grammar, and a
+symlink out of the directory is refused, not followed (:mod:`kubelearn.paths`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 
 from kubelearn import cli, paths
 from kubelearn.bounded_input import InputError
-from tests.support import plotted_series
+from kubelearn.em.run import METRICS_DIR
+from kubelearn.em.store import RUN_FILE
+from tests.support import make_run, plotted_series, run_cli, table
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given  # noqa: E402
@@ -138,3 +140,108 @@ def test_sweep_plot_replaces_a_symlink_at_its_output(tmp_path, monkeypatch, caps
     assert cli.main(["sweep", "plot", str(tmp_path)]) == 0
     assert precious.read_text() == "keep"
     assert plotted_series(tmp_path / "sw-objective.png")["numbers"] == [0, 1]
+
+
+# -- kubelearn runs compare --sweep ---------------------------------------------------------
+def _sweep_with_trials(tmp_path: Path, monkeypatch, names: list[str]) -> Path:
+    """A sweep directory whose trials are ``names``; trial ``sw-0`` has a run."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    trials = [{"number": i, "name": n, "state": "succeeded", "hparams": {}, "objective": 1}
+              for i, n in enumerate(names)]
+    (sweep / "sweep.json").write_text(json.dumps({**_facts(), "trials": trials}))
+    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(sweep / "sw-0" / "runs"))
+    make_run("inside", 0.1, 1.0)
+    return sweep
+
+
+def test_compare_sweep_skips_a_trial_named_dotdot(runs_dir, tmp_path, monkeypatch, capsys):
+    make_run("outside", 0.5, 2.0)  # in tmp_path/runs, which <sweep>/../runs names
+    sweep = _sweep_with_trials(tmp_path, monkeypatch, ["sw-0", "..", "/etc", "sw-0/../.."])
+    code, out, err = run_cli(capsys, "runs", "compare", "--sweep", str(sweep), "--json")
+    assert code == 0, err
+    assert [r["name"] for r in json.loads(out)["runs"]] == ["inside"]
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 3 and all("is not a valid name" in w for w in warnings), err
+
+
+def test_compare_sweep_follows_no_trial_directory_out(runs_dir, tmp_path, monkeypatch,
+                                                      capsys):
+    sweep = _sweep_with_trials(tmp_path, monkeypatch, ["sw-0", "sw-1"])
+    monkeypatch.setenv("EM_RUN_PARENT_DIR", str(tmp_path / "elsewhere" / "runs"))
+    make_run("outside", 0.5, 2.0)
+    (sweep / "sw-1").symlink_to(tmp_path / "elsewhere")
+    code, out, err = run_cli(capsys, "runs", "compare", "--sweep", str(sweep), "--json")
+    assert code == 0, err
+    assert [r["name"] for r in json.loads(out)["runs"]] == ["inside"]
+    (warning,) = err.strip().splitlines()
+    assert "sw-1" in warning and "outside" in warning
+
+
+# -- kubelearn runs list / show / plot ------------------------------------------------------
+def _link_out(path: Path, outside: Path) -> None:
+    """Moves ``path`` to ``outside`` and leaves a symlink to it in its place."""
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(outside)
+    path.symlink_to(outside)
+
+
+@pytest.mark.parametrize("what", ["run directory", RUN_FILE, "hparams.yaml", METRICS_DIR,
+                                  "train.jsonl"])
+def test_runs_list_follows_no_link_out_of_its_directory(runs_dir, tmp_path, capsys, what):
+    good = make_run("good", 0.1, 1.0)
+    bad = Path(make_run("bad", 0.1, 1.0).path)
+    outside = tmp_path / "outside" / "x"
+    target = {"run directory": bad, "train.jsonl": bad / METRICS_DIR / "train.jsonl"}.get(
+        what, bad / what)
+    _link_out(target, outside)
+    code, out, err = run_cli(capsys, "runs", "list")
+    assert code == 0
+    assert [row[1] for row in table(out)[1:]] == ["good"]
+    (warning,) = err.strip().splitlines()
+    assert warning.startswith("kubelearn runs: warning: skipping run ") and bad.name in warning
+    assert "outside" in warning and "Traceback" not in err
+    code, _, err = run_cli(capsys, "runs", "show", good.id)
+    assert code == 0 and err == ""  # the bad run is not the one asked for
+
+
+def test_runs_show_of_a_run_directory_stays_inside_it(runs_dir, tmp_path, capsys):
+    run = Path(make_run("r", 0.1, 1.0).path)
+    _link_out(run / "hparams.yaml", tmp_path / "outside" / "hparams.yaml")
+    code, _, err = run_cli(capsys, "runs", "show", str(run))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert "hparams.yaml" in line and "outside" in line
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "ABS", "a/b", ".."])
+def test_runs_plot_names_no_file_after_an_id_that_is_a_path(runs_dir, tmp_path, monkeypatch,
+                                                              capsys, run_id):
+    pytest.importorskip("matplotlib")
+    run_id = str(tmp_path / "abs") if run_id == "ABS" else run_id
+    run = Path(make_run("r", 0.1, 1.0).path)
+    meta = (run / RUN_FILE).read_text()
+    (run / RUN_FILE).write_text(meta.replace(f"id: {run.name}", f"id: {json.dumps(run_id)}"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    code, _, err = run_cli(capsys, "runs", "plot", str(run))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert "run id" in line and "-o" in line
+    assert _pngs(tmp_path) == []
+    code, _, _ = run_cli(capsys, "runs", "plot", str(run), "-o", "mine.png")
+    assert code == 0 and (cwd / "mine.png").is_file()
+
+
+def test_runs_plot_replaces_a_symlink_at_its_output(runs_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = make_run("r", 0.1, 1.0)
+    precious = tmp_path / "precious"
+    precious.write_text("keep")
+    (tmp_path / f"{run.id}.png").symlink_to(precious)
+    code, _, err = run_cli(capsys, "runs", "plot", run.id)
+    assert code == 0, err
+    assert precious.read_text() == "keep"
+    assert plotted_series(tmp_path / f"{run.id}.png")
+
