@@ -4,6 +4,7 @@ every malformed input is one line on stderr and exit code 2, never a traceback, 
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -222,3 +223,30 @@ def test_credentials_in_a_url_are_never_printed(tmp_path, args):
     assert proc.returncode != 0
     assert "SECRET" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
     assert "s3://bucket/x" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+
+
+def test_local_reads_no_scale_request_through_a_link_out_of_its_model_dir(tmp_path):
+    """``kubelearn scale`` writes scale.json by renaming a new file onto it (a symlink there
+    is replaced, not written through); ``kubelearn local`` reads it only from inside the
+    model dir, and a FIFO there does not stop it."""
+    from kubelearn.local import MARKER_NAME, SCALE_FILE, Console, Launcher
+    from kubelearn_spec.model import parse_manifest
+
+    model_dir, elsewhere = tmp_path / "m", tmp_path / "elsewhere.json"
+    model_dir.mkdir()
+    (model_dir / MARKER_NAME).write_text("")
+    elsewhere.write_text('{"replicas": 5}')
+    (model_dir / SCALE_FILE).symlink_to(elsewhere)
+    launcher = Launcher(parse_manifest(_manifest()), str(model_dir),
+                        Console(io.StringIO(), progress_tty=False))
+    assert launcher.scale_request() is None
+    (model_dir / SCALE_FILE).unlink()
+    os.mkfifo(model_dir / SCALE_FILE)
+    assert launcher.scale_request() is None
+    (model_dir / SCALE_FILE).unlink()
+    (model_dir / SCALE_FILE).symlink_to(elsewhere)
+    proc = _cli(["scale", str(model_dir), "--replicas", "3"])
+    assert proc.returncode == 0, proc.stderr
+    assert elsewhere.read_text() == '{"replicas": 5}'
+    assert not (model_dir / SCALE_FILE).is_symlink()
+    assert launcher.scale_request() == 3
