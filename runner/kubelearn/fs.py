@@ -32,6 +32,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -120,11 +121,19 @@ def check(location: str, source: str) -> None:
 PROBE_PATIENCE_SECONDS = 60.0
 
 
+def _malformed_request(exc: BaseException) -> bool:
+    """Whether the store's client refused the request itself, before sending it: botocore's
+    ParamValidationError (an invalid bucket name, say). No retry can make it valid."""
+    botocore = sys.modules.get("botocore.exceptions")  # loaded if it raised this
+    return botocore is not None and isinstance(exc, botocore.ParamValidationError)
+
+
 def probe(location: str, source: str, patience: float = PROBE_PATIENCE_SECONDS) -> None:
     """Writes and removes a small object under a remote ``location``, so that a missing
-    bucket or credentials that cannot write fail the replica at its start, in one line,
-    rather than at its first checkpoint. Nothing for a path. A store that cannot be reached
-    is tried again for ``patience`` seconds.
+    bucket, credentials that cannot write or a location the store's client refuses (an
+    invalid bucket name) fail the replica at its start, in one line, rather than at its
+    first checkpoint. Nothing for a path. A store that cannot be reached is tried again for
+    ``patience`` seconds; a refusal is not.
 
     Raises:
       ModelDirError: one line, naming ``source``, the location and what the store said.
@@ -147,6 +156,9 @@ def probe(location: str, source: str, patience: float = PROBE_PATIENCE_SECONDS) 
             raise ModelDirError(f"{where}: access denied; check the credentials "
                                 f"({_one_line(exc)})") from None
         except Exception as exc:
+            if _malformed_request(exc):
+                raise ModelDirError(f"{where}: not a valid location for this store "
+                                    f"({_one_line(exc)})") from None
             if time.monotonic() >= deadline:
                 raise ModelDirError(f"{where}: cannot write there: {type(exc).__name__}: "
                                     f"{_one_line(exc)}") from None

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from kubelearn import checkpoints, fs
+from kubelearn import checkpoints, fs, paths
 from kubelearn.hooks import PROGRESS_FILE
 from kubelearn.manifest import load_manifest
 from kubelearn_spec import contract, names, policy
@@ -247,8 +247,10 @@ class Launcher:
             if time.monotonic() < self._next_scale:
                 return None
             self._next_scale = time.monotonic() + 1.0
-        try:
-            request = json.loads(fs.read_bytes(fs.join(self.model_dir, SCALE_FILE), 4096))
+        location = fs.join(self.model_dir, SCALE_FILE)
+        try:  # a path: not through a link out of the model dir, nor from a FIFO
+            request = json.loads(fs.read_bytes(location, 4096) if fs.is_url(self.model_dir)
+                                 else paths.read_bytes(self.model_dir, location, 4096))
         except (OSError, ValueError):
             return None
         if request == self._scale_seen:

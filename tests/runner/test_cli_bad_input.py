@@ -4,6 +4,7 @@ every malformed input is one line on stderr and exit code 2, never a traceback, 
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -226,3 +227,48 @@ def test_credentials_in_a_url_are_never_printed(tmp_path, args):
     assert proc.returncode != 0
     assert "SECRET" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
     assert "s3://bucket/x" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", ["local", "run"])
+def test_a_bucket_name_s3_refuses_is_one_line_exit_3_at_once(tmp_path, command):
+    """botocore refuses it before sending anything (ParamValidationError): not a store that
+    is down, so the replica is not kept waiting for it."""
+    pytest.importorskip("s3fs")
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(_manifest()))
+    url = "s3://Bad_Bucket!/x"
+    args = (["local", str(path), "--model-dir", url] if command == "local"
+            else ["run", "--experiment-fn", LINEAR, "--model-dir", url])
+    proc = _cli(args, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+                           "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"},
+                timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "not a valid location for this store" in line and "Invalid bucket name" in line
+
+
+def test_local_reads_no_scale_request_through_a_link_out_of_its_model_dir(tmp_path):
+    """``kubelearn scale`` writes scale.json by renaming a new file onto it (a symlink there
+    is replaced, not written through); ``kubelearn local`` reads it only from inside the
+    model dir, and a FIFO there does not stop it."""
+    from kubelearn.local import MARKER_NAME, SCALE_FILE, Console, Launcher
+    from kubelearn_spec.model import parse_manifest
+
+    model_dir, elsewhere = tmp_path / "m", tmp_path / "elsewhere.json"
+    model_dir.mkdir()
+    (model_dir / MARKER_NAME).write_text("")
+    elsewhere.write_text('{"replicas": 5}')
+    (model_dir / SCALE_FILE).symlink_to(elsewhere)
+    launcher = Launcher(parse_manifest(_manifest()), str(model_dir),
+                        Console(io.StringIO(), progress_tty=False))
+    assert launcher.scale_request() is None
+    (model_dir / SCALE_FILE).unlink()
+    os.mkfifo(model_dir / SCALE_FILE)
+    assert launcher.scale_request() is None
+    (model_dir / SCALE_FILE).unlink()
+    (model_dir / SCALE_FILE).symlink_to(elsewhere)
+    proc = _cli(["scale", str(model_dir), "--replicas", "3"])
+    assert proc.returncode == 0, proc.stderr
+    assert elsewhere.read_text() == '{"replicas": 5}'
+    assert not (model_dir / SCALE_FILE).is_symlink()
+    assert launcher.scale_request() == 3

@@ -300,6 +300,37 @@ def test_probe_gives_up_after_its_patience_naming_the_source(url, monkeypatch):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("bucket", ["Bad_Bucket!", "a bucket", "a:b"])
+def test_probe_does_not_retry_a_location_the_s3_client_refuses(monkeypatch, bucket):
+    """botocore refuses an invalid bucket name (ParamValidationError) before it sends
+    anything: bad input, not a store that is down, so it is not tried again."""
+    pytest.importorskip("s3fs")
+    from botocore.exceptions import ParamValidationError
+
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+                       "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"
+                       }.items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://{bucket}/prefix"
+
+    class Clock:  # a sleep would be a retry
+        def monotonic(self):
+            return 100.0
+
+        def sleep(self, seconds):
+            raise AssertionError(f"retried after {seconds} s")
+
+    filesystem, path = fs._filesystem(url)
+    with pytest.raises(ParamValidationError):  # the real exception, raised before sending
+        filesystem.pipe_file(f"{path}/x", b"")
+    monkeypatch.setattr(fs, "time", Clock())
+    with pytest.raises(fs.ModelDirError) as refused:
+        fs.probe(url, "--model-dir", patience=3600)
+    message = str(refused.value)
+    assert message.startswith(f"--model-dir {url!r}: not a valid location for this store")
+    assert "Invalid bucket name" in message and "\n" not in message
+
+
 def test_download_tree_copies_runs_and_skips_keys_that_would_escape(url, tmp_path):
     import fsspec
 

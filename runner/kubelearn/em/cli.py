@@ -15,9 +15,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kubelearn.em.reader import MalformedRun, RunRecord, find_run, list_runs
+from kubelearn import bounded_input, paths
+from kubelearn.em.reader import MalformedRun, RunRecord, find_run, list_runs, load_run
 from kubelearn.em.run import DEFAULT_PARENT_DIR, PARENT_DIR_ENV
+from kubelearn.em.store import RUN_FILE
 from kubelearn_spec.contract import model_dir_scheme
+from kubelearn_spec.names import DNS_1035, MAX_DNS_LABEL
+
+#: What a run id that names a file (the default plot) must look like: ``<name>_<stamp>``.
+RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 def _fmt(value: Any) -> str:
@@ -74,7 +80,7 @@ def _one_line(text: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    runs = list_runs(args.dir, warn=_warn)
+    runs = list_runs(args.dir, warn=_warn, summary=True)
     if args.json:
         _print_json([r.to_dict(with_metrics=False) for r in runs])
         return 0
@@ -120,7 +126,7 @@ def _metric_rows(run: RunRecord) -> list[tuple[Any, ...]]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = find_run(args.run, args.dir)
+    run = find_run(args.run, args.dir, warn=_warn)
     if args.json:
         _print_json(run.to_dict(with_metrics=True))
         return 0
@@ -186,25 +192,34 @@ def compare_data(runs: list[RunRecord]) -> dict[str, Any]:
 
 def sweep_runs(directory: str) -> list[RunRecord]:
     """The run of each trial of a sweep directory, in trial order (the latest when a trial
-    holds several).
+    holds several). Nothing outside ``directory`` is read: a trial whose name is not a
+    trial name (``..``, a path) is skipped with a warning, as is a link out of it.
 
     Raises:
       KeyError: when ``directory`` holds no sweep, or no trial has a run.
     """
-    facts_path = os.path.join(directory, "sweep.json")
+    from kubelearn.sweep.plot import FACTS_FILE, MAX_FACTS_BYTES
+
+    facts_path = os.path.join(directory, FACTS_FILE)
     try:
-        with open(facts_path, encoding="utf-8") as handle:
-            trials = json.load(handle).get("trials")
+        data = paths.read_bytes(directory, facts_path, MAX_FACTS_BYTES)
+        trials = bounded_input.load_json(data, facts_path).get("trials")
     except (OSError, ValueError, AttributeError):
         raise KeyError(f"{directory}: no sweep.json of kubelearn sweep local") from None
     runs = []
     for trial in sorted((t for t in trials or [] if isinstance(t, dict)
                          and isinstance(t.get("name"), str) and isinstance(t.get("number"), int)),
                         key=lambda t: t["number"]):
-        name = os.path.basename(trial["name"])  # never a path out of the sweep directory
-        found = list_runs(os.path.join(directory, name, "runs"), warn=_warn)
+        try:
+            name = paths.component(trial["name"], DNS_1035, "trial name",
+                                   MAX_DNS_LABEL)
+        except ValueError as exc:
+            _warn(f"skipping trial {trial['number']} of {facts_path}: {exc}")
+            continue
+        found = list_runs(os.path.join(directory, name, "runs"), warn=_warn, base=directory,
+                          summary=True)
         if found:
-            runs.append(found[-1])
+            runs.append(load_run(found[-1].path, base=directory, warn=_warn))
     if not runs:
         raise KeyError(f"{directory}: no trial of the sweep has a run")
     return runs
@@ -215,7 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("kubelearn runs compare: give runs to compare, or --sweep DIR", file=sys.stderr)
         return 2
     runs = (sweep_runs(args.sweep) if args.sweep
-            else [find_run(ref, args.dir) for ref in args.runs])
+            else [find_run(ref, args.dir, warn=_warn) for ref in args.runs])
     data = compare_data(runs)
     series = None
     if args.output:
@@ -251,8 +266,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from kubelearn.em.plot import plot_runs
 
-    runs = [find_run(ref, args.dir) for ref in args.runs]
-    output = args.output or f"{runs[0].id}.png"
+    runs = [find_run(ref, args.dir, warn=_warn) for ref in args.runs]
+    output = args.output or f"{_file_name(runs[0])}.png"
     series = plot_runs(runs, output)
     drawn = {s.metric for s in series}
     flat = sorted({name for run in runs for kind in run.metrics
@@ -272,6 +287,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"wrote {output} ({len(series)} series)"
               + (f"; flat, not drawn: {', '.join(flat)}" if flat else ""))
     return 0
+
+
+def _file_name(run: RunRecord) -> str:
+    """The run's id, when it can name a file in the working directory (it comes from the
+    run's files: never a path)."""
+    try:
+        return paths.component(run.id, RUN_ID, "run id", 200)
+    except ValueError as exc:
+        raise MalformedRun(f"{run.path / RUN_FILE}: {exc}; give -o FILE.png") from None
 
 
 # -- parser -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,13 @@ def _finite_only(text: str) -> float:
     return value
 
 
+def _int_in_float_range(text: str) -> int:
+    value = int(text)  # more than 4300 digits: ValueError (Python's own limit)
+    if abs(value) > sys.float_info.max:  # 10**400: no float holds it, as 1e400
+        raise ValueError(f"number {text[:40]}... is out of range")
+    return value
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"bare {name} is not a metric value")
 
@@ -136,25 +144,42 @@ def _no_constant(name: str) -> Any:
 MAX_JSONL_BYTES = 256 << 20
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSONL file, skipping a torn or unreadable line (a line that
-    is not a JSON object, nests too deeply, or holds a number no float can hold)."""
-    data = bounded_input.read_bytes(path, MAX_JSONL_BYTES)
-    lines = data.split(b"\n")
-    # The piece after the last newline is empty for a clean file, a torn record otherwise.
-    torn = lines.pop()
-    if torn.strip():
-        log.debug("%s: skipping an incomplete last line", path)
-    for number, raw in enumerate(lines, start=1):
+def parse_jsonl_line(raw: bytes, source: str) -> dict[str, Any] | None:
+    """The record on one JSONL line; None for a line that is not a JSON object, nests too
+    deeply, or holds a number no float can hold (``1e400``, ``10**400``)."""
+    try:
+        bounded_input.check_json_depth(raw, source)
+        record = json.loads(raw, parse_float=_finite_only, parse_int=_int_in_float_range,
+                            parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def iter_jsonl(data: bytes, source: str, skipped: list[int] | None = None
+               ) -> Iterator[dict[str, Any]]:
+    """The records of the complete lines of ``data``, one line at a time (no list of all
+    lines is made). The piece after the last newline is a torn record (a crash mid-write)
+    and is left out. The numbers of unreadable lines are added to ``skipped``, or logged
+    one by one when it is None."""
+    start, number = 0, 0
+    while (end := data.find(b"\n", start)) >= 0:
+        raw = data[start:end]
+        start, number = end + 1, number + 1
         if not raw.strip():
             continue
-        try:
-            bounded_input.check_json_depth(raw, f"{path}:{number}")
-            record = json.loads(raw, parse_float=_finite_only, parse_constant=_no_constant)
-        except (ValueError, RecursionError):
-            log.warning("%s:%d: skipping an unreadable line", path, number)
-            continue
-        if isinstance(record, dict):
+        record = parse_jsonl_line(raw, f"{source}:{number}")
+        if record is not None:
             yield record
+        elif skipped is not None:
+            skipped.append(number)
         else:
-            log.warning("%s:%d: skipping a line that is not a JSON object", path, number)
+            log.warning("%s:%d: skipping an unreadable line", source, number)
+    if data[start:].strip():
+        log.debug("%s: skipping an incomplete last line", source)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSONL file (at most ``MAX_JSONL_BYTES``), skipping a torn or
+    unreadable line as :func:`iter_jsonl` does."""
+    yield from iter_jsonl(bounded_input.read_bytes(path, MAX_JSONL_BYTES), str(path))

@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kubelearn import paths
 from kubelearn.em.reader import RunRecord
 
 SERIES_KEY = "kubelearn:series"
@@ -103,9 +104,10 @@ def plot_runs(runs: list[RunRecord], output: str | os.PathLike[str]) -> list[Ser
         ax.legend(fontsize="small")
     title = runs[0].id if len(runs) == 1 else f"{len(runs)} runs"
     fig.suptitle(title)
-    fig.savefig(
-        os.fspath(output),
-        format="png",
-        metadata={"Title": title, SERIES_KEY: json.dumps([asdict(s) for s in series])},
-    )
+    with paths.replacing(output) as tmp:  # a symlink at output is replaced, not followed
+        fig.savefig(
+            tmp,
+            format="png",
+            metadata={"Title": title, SERIES_KEY: json.dumps([asdict(s) for s in series])},
+        )
     return series

@@ -2,6 +2,14 @@
 
 Readers never write. A torn last metrics line (a crash mid-write) is skipped; a run killed
 before it ended still reads, with status Running.
+
+Run files are outside input. Nothing is read outside the directory a reader was given (the
+runs directory, or the run directory itself): a link out of it is refused, not followed
+(:mod:`kubelearn.paths`). Every read is bounded: ``run.yaml`` and ``hparams.yaml`` at
+``bounded_input.MAX_FILE_BYTES`` (4 MiB) each, at most ``MAX_METRIC_FILES`` metrics files,
+each at most ``MAX_JSONL_BYTES`` when a run is loaded whole, or only its last
+``LIST_TAIL_BYTES`` (1 MiB) for a summary (``kubelearn runs list``), which keeps one record
+per log type, so listing costs the same however long the runs are.
 """
 
 from __future__ import annotations
@@ -15,12 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubelearn.em.files import decode_number, read_jsonl, read_yaml
+from kubelearn import bounded_input, paths
+from kubelearn.em.files import MAX_JSONL_BYTES, decode_number, iter_jsonl
 from kubelearn.em.run import HPARAMS_FILE, METRICS_DIR, parent_dir
 from kubelearn.em.store import RUN_FILE
-from kubelearn.em.values import LOG_TYPES
+from kubelearn.em.values import LOG_TYPES, PID_MAX, is_pid
 
 log = logging.getLogger(__name__)
+
+#: How much of the end of each metrics file a summary (``kubelearn runs list``) reads.
+LIST_TAIL_BYTES = 1 << 20
+#: Metrics files read of one run: train, val and test first, then others by name.
+MAX_METRIC_FILES = 16
+_JSONL = ".jsonl"
 
 
 @dataclass
@@ -57,11 +72,15 @@ class RunRecord:
     host: str | None = None
     pid: int | None = None
     metrics: dict[str, list[MetricRecord]] = field(default_factory=dict)
+    #: Loaded as a summary: ``metrics`` hold one record per log type, the latest value of
+    #: each metric and the largest step in the end of its file (see ``LIST_TAIL_BYTES``).
+    summary: bool = False
 
     def process_gone(self) -> bool:
         """True when the run says Running but its process, on this host, no longer exists
         (it was killed before it could record how it ended)."""
-        if self.status != "Running" or self.host != socket.gethostname() or not self.pid:
+        if (self.status != "Running" or self.host != socket.gethostname()
+                or not is_pid(self.pid)):
             return False
         try:
             os.kill(self.pid, 0)
@@ -106,7 +125,7 @@ class RunRecord:
             "status": self.status,
             "description": self.description,
             "labels": list(self.labels),
-            "hparams": self.hparams,
+            "hparams": _json_tree(self.hparams),
             "created_at": self.created_at,
             "finished_at": self.finished_at,
             "error": self.error,
@@ -130,19 +149,52 @@ def _json_number(value: float) -> float | str:
     return value
 
 
+def _json_tree(value: Any) -> Any:
+    """``value`` (YAML: nesting bounded) with its non-finite floats as strict JSON's strings,
+    so ``--json`` can print a hyper-parameter of ``.inf``."""
+    if isinstance(value, dict):
+        return {k: _json_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_tree(v) for v in value]
+    return _json_number(value)
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _metric_record(raw: dict[str, Any]) -> MetricRecord | None:
+    """The record of a parsed metrics line; None without a ``metrics`` mapping. Values that
+    are not numbers (or are bools) are left out; numbers are those a float can hold, as
+    :func:`kubelearn.em.files.parse_jsonl_line` reads them."""
     metrics = raw.get("metrics")
     if not isinstance(metrics, dict):
         return None
     values = {str(k): decode_number(v) for k, v in metrics.items()}
-    values = {k: v for k, v in values.items() if isinstance(v, int | float)}
-    step, epoch = raw.get("step"), raw.get("epoch")
+    values = {k: v for k, v in values.items()
+              if isinstance(v, int | float) and not isinstance(v, bool)}
     return MetricRecord(
-        step=step if isinstance(step, int) else None,
-        epoch=epoch if isinstance(epoch, int) else None,
+        step=_integer(raw.get("step")),
+        epoch=_integer(raw.get("epoch")),
         time=raw.get("time") if isinstance(raw.get("time"), str) else None,
         metrics=values,
     )
+
+
+def _summarise(records: Any) -> list[MetricRecord]:
+    """One record for many: the latest value of each metric, the largest step (and epoch),
+    the time of the last record; ``last`` and ``last_step`` answer as on the records."""
+    summary = MetricRecord(None, None, None, {})
+    for record in records:
+        summary.metrics.update(record.metrics)
+        if record.step is not None:
+            summary.step = record.step if summary.step is None else max(summary.step,
+                                                                        record.step)
+        if record.epoch is not None:
+            summary.epoch = record.epoch if summary.epoch is None else max(summary.epoch,
+                                                                           record.epoch)
+        summary.time = record.time or summary.time
+    return [summary] if summary.metrics or summary.step is not None else []
 
 
 def _typed(meta: dict[str, Any], key: str, types: Any, where: Path) -> Any:
@@ -156,44 +208,106 @@ class MalformedRun(ValueError):
     """A run directory whose files cannot be read as a run; the message names the file."""
 
 
-def load_run(path: str | os.PathLike[str]) -> RunRecord:
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+
+
+def load_run(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
+             tail_bytes: int | None = None, warn: Callable[[str], None] = _warn
+             ) -> RunRecord:
     """Read the run in directory ``path``; FileNotFoundError when it holds no run,
-    :class:`MalformedRun` naming the file when one of its files is malformed."""
+    :class:`MalformedRun` naming the file when one of its files is malformed or leads
+    outside ``base`` (default: ``path`` itself).
+
+    ``tail_bytes``: read only that many bytes at the end of each metrics file and keep a
+    summary (``RunRecord.summary``). ``warn`` is called once per metrics file with
+    unreadable lines (which are skipped), or with more files than are read."""
     try:
-        return _load_run(Path(path))
+        return _load_run(Path(path), Path(path) if base is None else Path(base), tail_bytes,
+                         warn)
     except (ValueError, RecursionError) as exc:
         raise MalformedRun(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
-def _load_run(path: Path) -> RunRecord:
+def _read_yaml(base: Path, path: Path) -> Any:
+    data = paths.read_bytes(base, path, bounded_input.MAX_FILE_BYTES)
+    return bounded_input.load_yaml(bounded_input.decode(data, str(path)), str(path))
+
+
+def _metric_kinds(base: Path, metrics_dir: Path, warn: Callable[[str], None]) -> list[str]:
+    """The log types with a metrics file: train, val, test, then others by name; at most
+    ``MAX_METRIC_FILES`` (the directory is scanned for at most 64 times as many)."""
+    if not os.path.lexists(metrics_dir):
+        return []
+    if not paths.is_dir(base, metrics_dir):
+        raise ValueError(f"{metrics_dir}: not a directory")
+    found: list[str] = []
+    with os.scandir(paths.resolve(base, metrics_dir)) as entries:
+        for entry in entries:
+            if entry.name.endswith(_JSONL) and len(entry.name) > len(_JSONL):
+                found.append(entry.name[:-len(_JSONL)])
+                if len(found) >= 64 * MAX_METRIC_FILES:
+                    break
+    kinds = [t for t in LOG_TYPES if t in found]
+    kinds += sorted(k for k in found if k not in LOG_TYPES)
+    if len(kinds) > MAX_METRIC_FILES:
+        warn(f"{metrics_dir}: more than {MAX_METRIC_FILES} metrics files; reading "
+             f"{', '.join(kinds[:MAX_METRIC_FILES])}")
+    return kinds[:MAX_METRIC_FILES]
+
+
+def _read_metrics(base: Path, path: Path, tail_bytes: int | None,
+                  warn: Callable[[str], None]) -> list[MetricRecord]:
+    skipped: list[int] = []
+    if tail_bytes is None:
+        data = paths.read_bytes(base, path, MAX_JSONL_BYTES)
+        records = [r for r in map(_metric_record, iter_jsonl(data, str(path), skipped))
+                   if r is not None]
+        where = f"; the first is line {skipped[0]}" if skipped else ""
+    else:
+        size, data = paths.read_tail(base, path, tail_bytes)
+        if size > len(data):  # begun mid-line: that piece is not a record
+            data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+        records = _summarise(r for r in map(_metric_record, iter_jsonl(data, str(path), skipped))
+                             if r is not None)
+        where = f" in its last {tail_bytes} bytes" if size > tail_bytes else ""
+    if skipped:
+        warn(f"{path}: skipped {len(skipped)} unreadable line{'s' if len(skipped) > 1 else ''}"
+             f" (not a JSON object, or a number no float can hold){where}")
+    return records
+
+
+def _load_run(path: Path, base: Path, tail_bytes: int | None,
+              warn: Callable[[str], None]) -> RunRecord:
     meta_path = path / RUN_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not a run directory (no {RUN_FILE})")
-    meta = read_yaml(meta_path)
+    try:
+        meta = _read_yaml(base, meta_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not a run directory (no {RUN_FILE})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path}: expected a mapping, got {type(meta).__name__}")
     for key in ("id", "name", "status", "description", "created_at", "finished_at", "error",
                 "host"):
         _typed(meta, key, str, meta_path)
     _typed(meta, "upload", dict, meta_path)
+    pid = meta.get("pid")
+    if pid is not None and not is_pid(pid):
+        raise ValueError(f"{meta_path}: pid {str(pid)[:40]} is not a process id (an integer "
+                         f"from 1 to {PID_MAX})")
     labels = meta.get("labels") or []
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise ValueError(f"{meta_path}: labels must be a list of strings")
     hparams_path = path / HPARAMS_FILE
-    hparams = read_yaml(hparams_path) if hparams_path.is_file() else {}
+    try:
+        hparams = _read_yaml(base, hparams_path)
+    except FileNotFoundError:
+        hparams = {}
     if not isinstance(hparams, dict):
         raise ValueError(f"{hparams_path}: expected a mapping, got {type(hparams).__name__}")
     metrics: dict[str, list[MetricRecord]] = {}
     metrics_dir = path / METRICS_DIR
-    known = [t for t in LOG_TYPES if (metrics_dir / f"{t}.jsonl").is_file()]
-    others = (
-        sorted(p.stem for p in metrics_dir.glob("*.jsonl") if p.stem not in LOG_TYPES)
-        if metrics_dir.is_dir()
-        else []
-    )
-    for kind in known + others:
-        records = [_metric_record(r) for r in read_jsonl(metrics_dir / f"{kind}.jsonl")]
-        metrics[kind] = [r for r in records if r is not None]
+    for kind in _metric_kinds(base, metrics_dir, warn):
+        metrics[kind] = _read_metrics(base, metrics_dir / f"{kind}{_JSONL}", tail_bytes, warn)
     return RunRecord(
         id=str(meta.get("id") or path.name),
         name=str(meta.get("name") or path.name),
@@ -201,48 +315,68 @@ def _load_run(path: Path) -> RunRecord:
         status=str(meta.get("status") or "Unknown"),
         description=meta.get("description") or "",
         labels=list(labels),
-        hparams=hparams if isinstance(hparams, dict) else {},
+        hparams=hparams,
         created_at=meta.get("created_at"),
         finished_at=meta.get("finished_at"),
         error=meta.get("error"),
         upload=meta.get("upload"),
         host=meta.get("host"),
-        pid=meta.get("pid") if isinstance(meta.get("pid"), int) else None,
+        pid=pid,
         metrics=metrics,
+        summary=tail_bytes is not None,
     )
 
 
-def _warn(message: str) -> None:
-    log.warning("%s", message)
-
-
 def list_runs(parent: str | os.PathLike[str] | None = None,
-              warn: Callable[[str], None] = _warn) -> list[RunRecord]:
+              warn: Callable[[str], None] = _warn, *,
+              base: str | os.PathLike[str] | None = None,
+              summary: bool = False) -> list[RunRecord]:
     """The runs directly under ``parent`` (default ``$EM_RUN_PARENT_DIR``), oldest first.
 
-    A run whose files cannot be read is left out, with one call of ``warn`` naming it:
-    one malformed run never hides the others."""
+    A run whose files cannot be read, or lead outside ``base`` (default: ``parent``), is
+    left out, with one call of ``warn`` naming it: one malformed run never hides the others.
+    ``summary``: each run's metrics as a summary of the end of their files (see
+    :func:`load_run`), which bounds what listing reads and keeps."""
     root = parent_dir(parent)
-    if not root.is_dir():
+    fence = root if base is None else Path(base)
+    try:
+        if not paths.is_dir(fence, root):
+            return []
+    except ValueError as exc:
+        warn(f"skipping {root}: {exc}")
         return []
     runs = []
     for path in sorted(root.iterdir()):
-        if not (path / RUN_FILE).is_file():
+        if not os.path.lexists(path / RUN_FILE):
             continue
         try:
-            runs.append(load_run(path))
+            runs.append(load_run(path, base=fence, warn=warn,
+                                 tail_bytes=LIST_TAIL_BYTES if summary else None))
         except (OSError, ValueError, RecursionError) as exc:
             warn(f"skipping run {path}: {exc}")
     runs.sort(key=lambda r: (r.created_at or "", r.id))
     return runs
 
 
-def find_run(ref: str, parent: str | os.PathLike[str] | None = None) -> RunRecord:
+def find_run(ref: str, parent: str | os.PathLike[str] | None = None,
+             warn: Callable[[str], None] = _warn) -> RunRecord:
     """The run ``ref`` names: a run directory, an id, a unique id prefix, or a run name
-    (the latest run of that name). KeyError listing the candidates otherwise."""
-    if (Path(ref) / RUN_FILE).is_file():
-        return load_run(ref)
-    runs = list_runs(parent)
+    (the latest run of that name), loaded whole. KeyError listing the candidates otherwise."""
+    if os.path.lexists(Path(ref) / RUN_FILE):
+        return load_run(ref, warn=warn)
+    notes: list[str] = []  # about other runs: said only when none is the one asked for
+    runs = list_runs(parent, warn=notes.append, summary=True)
+    try:
+        found = _pick(ref, runs, parent)
+    except KeyError:
+        for note in notes:
+            warn(note)
+        raise
+    return load_run(found.path, base=parent_dir(parent), warn=warn)
+
+
+def _pick(ref: str, runs: list[RunRecord], parent: str | os.PathLike[str] | None
+          ) -> RunRecord:
     for run in runs:
         if run.id == ref:
             return run

@@ -89,6 +89,17 @@ def check_step(arg: str, value: Any) -> int | None:
     return int(value)
 
 
+#: The largest process id any platform kubelearn runs on hands out: Linux's PID_MAX_LIMIT
+#: (``/proc/sys/kernel/pid_max`` can be raised to it, no further); far inside a C int.
+PID_MAX = 1 << 22
+
+
+def is_pid(value: Any) -> bool:
+    """Whether ``value`` can be a process id: an int (not a bool) from 1 to ``PID_MAX``, so
+    that ``os.kill`` can be asked about it (a pid of 2**66 would overflow a C int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= PID_MAX
+
+
 def as_number(value: Any) -> int | float | None:
     """The plain Python number ``value`` stands for, or None when it is not a real number."""
     if isinstance(value, np.ndarray) and value.ndim == 0:

@@ -23,7 +23,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kubelearn import paths
+from kubelearn.bounded_input import InputError
 from kubelearn.em.plot import SERIES_KEY, _matplotlib
+from kubelearn_spec.names import DNS_1035, MAX_DNS_LABEL
 from kubelearn_spec.sweep_model import SUCCEEDED, better, finite
 from kubelearn_spec.sweep_schema import DIRECTIONS, MAXIMIZE
 
@@ -108,10 +111,10 @@ def load_facts(directory: str) -> SweepFacts:
       SweepFactsError: when it is not what kubelearn sweep local writes.
     """
     path = os.path.join(directory, FACTS_FILE)
-    with open(path, "rb") as handle:
-        raw = handle.read(MAX_FACTS_BYTES + 1)
-    if len(raw) > MAX_FACTS_BYTES:
-        raise SweepFactsError(f"{path}: longer than {MAX_FACTS_BYTES} bytes")
+    try:  # not through a link out of the directory, nor from a FIFO
+        raw = paths.read_bytes(directory, path, MAX_FACTS_BYTES)
+    except InputError as exc:
+        raise SweepFactsError(str(exc)) from None
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -275,10 +278,16 @@ def sweep_plot_command(args: argparse.Namespace) -> int:
         print(f"kubelearn sweep plot: no trial of {facts.name} succeeded: nothing to plot",
               file=sys.stderr)
         return 1
-    prefix = args.output or facts.name
-    try:
-        plot_objective(facts, f"{prefix}-objective.png")
-        axes = plot_parallel(facts, f"{prefix}-parallel.png")
+    try:  # the name comes from sweep.json: one component, never a path
+        prefix = args.output or paths.component(facts.name, DNS_1035, "sweep", MAX_DNS_LABEL)
+    except InputError as exc:
+        print(f"kubelearn sweep plot: {FACTS_FILE}: {exc}; give -o PREFIX", file=sys.stderr)
+        return 2
+    try:  # written under a temporary name and renamed: a symlink there is not followed
+        with paths.replacing(f"{prefix}-objective.png") as output:
+            plot_objective(facts, output)
+        with paths.replacing(f"{prefix}-parallel.png") as output:
+            axes = plot_parallel(facts, output)
     except (OSError, RuntimeError) as exc:
         print(f"kubelearn sweep plot: {exc}", file=sys.stderr)
         return 1
