@@ -32,10 +32,3 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return parent
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The real node's tests share one node (one per machine): under pytest-xdist they all
-    go to one worker, while the other workers share out the rest."""
-    for item in items:
-        if item.nodeid.startswith("tests/node/"):
-            item.add_marker(pytest.mark.xdist_group("node"))
