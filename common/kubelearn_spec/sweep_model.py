@@ -69,11 +69,15 @@ def search_state(state: str) -> str:
 
 
 def finite(value: Any) -> float | None:
-    """``value`` as a float if it is a finite number, else None (booleans, strings, NaN and
-    infinities are not): the only objective values a trial can succeed with."""
+    """``value`` as a float if it is a finite number, else None (booleans, strings, NaN,
+    infinities and integers beyond a double are not): the only objective values a trial can
+    succeed with."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:  # an integer beyond any double (JSON has them)
+        return None
 
 
 def final_state(objective: float | None) -> str:
@@ -86,7 +90,8 @@ def final_state(objective: float | None) -> str:
 def not_finite(subject: str, value: Any) -> str:
     """Why a trial whose run succeeded failed all the same: ``subject`` (its final metric)
     is ``value``, which :func:`finite` refuses."""
-    return f"{subject} is {value!r}, not a finite number"
+    text = repr(value)
+    return f"{subject} is {text if len(text) <= 60 else text[:60] + '...'}, not a finite number"
 
 
 def metric_text(metric: str, value: float) -> str:
