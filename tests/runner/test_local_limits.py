@@ -126,9 +126,16 @@ def test_replicas_train_with_the_cluster_from_a_file(tmp_path: Path,
     assert pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}") == []
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (forked: they are there before they exec)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
 def test_sigterm_during_the_launch_stops_it_and_every_replica_started(tmp_path: Path) -> None:
-    """The launcher is stopped (SIGSTOP) as it says it starts 80 replicas, given SIGTERM and
-    let go on: it starts no more than it had, and none of them outlives it."""
+    """The launcher is stopped (SIGSTOP) as it says it starts 80 replicas, let go on until
+    its first replica is forked and stopped again, given SIGTERM and let go on: it starts
+    no more than it had, and none of them outlives it."""
     model_dir = tmp_path / "m"
     path = _write(tmp_path, _manifest({"ps": 1, "worker": 79}, train_steps=10**7))
     proc = subprocess.Popen(
@@ -143,7 +150,11 @@ def test_sigterm_during_the_launch_stops_it_and_every_replica_started(tmp_path: 
             if line.startswith("Experiment many: "):  # printed just before the launch
                 proc.send_signal(signal.SIGSTOP)
                 break
-        started_before = len(pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}"))
+        proc.send_signal(signal.SIGCONT)
+        while not _children(proc.pid):  # forking one takes far longer than a look
+            pass
+        proc.send_signal(signal.SIGSTOP)
+        started_before = len(_children(proc.pid))
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGCONT)
         reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []))
@@ -157,6 +168,6 @@ def test_sigterm_during_the_launch_stops_it_and_every_replica_started(tmp_path: 
     out = "".join(lines)
     stopped = re.search(r"Launch stopped by signal 15 after (\d+) of 80 replicas", out)
     assert stopped, out[-3000:]
-    assert int(stopped.group(1)) <= started_before + 1 < 80
+    assert 1 <= int(stopped.group(1)) <= started_before + 1 < 80, out[-3000:]
     wait_for(lambda: not pids_with_env(f"KUBELEARN_MODEL_DIR={model_dir}"), 30,
              "every replica started to be gone")
