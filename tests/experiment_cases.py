@@ -5,6 +5,9 @@ verdict and name the same field.
 ``field`` is the path an invalid case is refused for (None: valid). ``expect`` holds, for a
 valid case, values the parsed spec must have (attribute paths of
 :class:`kubelearn_spec.model.ExperimentSpec`), the defaults the two parsers share.
+``api_server`` False marks an invalid case the API server cannot refuse: its CEL sees no keys
+of a map whose values have several types (``spec.hparams``), so it accepts the object and the
+operator fails it in its status naming the field, as ``kubelearn local`` refuses it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from kubelearn_spec.schema import MAX_HPARAM_ITEMS, MAX_HPARAM_LENGTH, MAX_HPARAMS
 
 MINIMAL: dict[str, Any] = {
     "experimentFn": "kubelearn.examples.linear:experiment_fn",
@@ -28,6 +33,7 @@ class Case:
     spec: dict[str, Any]
     field: str | None = None
     expect: dict[str, Any] = dataclasses.field(default_factory=dict)
+    api_server: bool = True
 
     kind = "Experiment"
 
@@ -109,8 +115,10 @@ CASES = [
     Case("null-field-is-absent", "nulls", spec(runPolicy=None, image=None)),
     Case("hparam-lists", "lists", spec(hparams={"layers": [8, 4], "mix": [1, 2.5],
                                                 "names": ["a"], "flag": True})),
-    # Any JSON object: the runner, which reads them, checks hyper-parameters.
-    Case("hparams-any-object", "anyhp", spec(hparams={"nested": {"a": [1, "x"]}})),
+    Case("hparams-at-their-bounds", "hpmax", spec(hparams={
+        **{f"h{i}": i for i in range(MAX_HPARAMS - 3)}, "text": "x" * MAX_HPARAM_LENGTH,
+        "layers": list(range(MAX_HPARAM_ITEMS)), "names": ["x" * MAX_HPARAM_LENGTH, None]}),
+         expect={"hparams.text": "x" * MAX_HPARAM_LENGTH}),
     Case("empty-success-policy-is-default", "emptysuccess", spec(successPolicy=""),
          expect={"success_policy": "default"}),
     Case("tensorboard", "board", spec(tensorboard=True), expect={"tensorboard": True}),
@@ -243,6 +251,36 @@ CASES = [
     Case("schedule-not-a-method-name", "badschedule", spec(schedule="train now"),
          "spec.schedule"),
     Case("hparams-not-an-object", "badhp", spec(hparams=[1, 2]), "spec.hparams"),
+    # Hyper-parameters are what HParams takes: scalars, or lists of them, bounded so that
+    # KUBELEARN_HPARAMS can be passed to a process (a 200 KB value is E2BIG).
+    Case("hparam-of-200-kb", "badhp", spec(hparams={"text": "x" * 200_000}),
+         "spec.hparams.text"),
+    Case("hparam-nested-object", "badhp", spec(hparams={"nested": {"a": [1, "x"]}}),
+         "spec.hparams.nested"),
+    Case("hparam-empty-object", "badhp", spec(hparams={"nested": {}}), "spec.hparams.nested"),
+    Case("hparam-empty-list", "badhp", spec(hparams={"layers": []}), "spec.hparams.layers"),
+    Case("hparam-list-too-long", "badhp", spec(hparams={
+        "layers": [1] * (MAX_HPARAM_ITEMS + 1)}), "spec.hparams.layers"),
+    Case("hparam-list-of-lists", "badhp", spec(hparams={"layers": [[8, 4]]}),
+         "spec.hparams.layers[0]"),
+    Case("hparam-list-of-objects", "badhp", spec(hparams={"layers": [{"units": 8}]}),
+         "spec.hparams.layers[0]"),
+    Case("hparam-long-string-in-a-list", "badhp", spec(hparams={
+        "names": ["a", "x" * (MAX_HPARAM_LENGTH + 1)]}), "spec.hparams.names[1]"),
+    Case("too-many-hparams", "badhp", spec(hparams={f"h{i}": i for i in
+                                                    range(MAX_HPARAMS + 1)}), "spec.hparams"),
+    # Names and the size in all: the operator and kubelearn local only (see api_server).
+    Case("hparam-name-not-an-identifier", "badhp", spec(hparams={"learning-rate": 0.1}),
+         "spec.hparams.learning-rate", api_server=False),
+    Case("hparam-name-starting-with-a-digit", "badhp", spec(hparams={"1x": 1}),
+         "spec.hparams.1x", api_server=False),
+    Case("hparam-name-starting-with-underscore", "badhp", spec(hparams={"_x": 1}),
+         "spec.hparams._x", api_server=False),
+    Case("hparam-name-hparams-keeps", "badhp", spec(hparams={"values": 1}),
+         "spec.hparams.values", api_server=False),
+    Case("hparams-over-64-kib-in-all", "badhp", spec(hparams={
+        f"h{i}": "x" * MAX_HPARAM_LENGTH for i in range(17)}), "spec.hparams",
+         api_server=False),
 ]
 
 VALID = [c for c in CASES if c.field is None]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubelearn_spec.schema import MAX_HPARAMS
+from kubelearn_spec.sweep_schema import MAX_GRID_POINTS
 from tests.experiment_cases import MINIMAL as EXPERIMENT
 from tests.experiment_cases import Case as ExperimentCase
 from tests.experiment_cases import replaced
@@ -107,6 +109,17 @@ CASES = [
     Case("longest-name-for-1000-trials", "n" * 50, spec(maxTrials=1000)),
     Case("longest-name-with-tensorboard", "t" * 49, spec(
         experiment=experiment(tensorboard=True, replicas={"worker": 1}))),
+    Case("grid-of-the-most-points", "grid", with_params(
+        param(STEPS, min=0, max=999_999, step=1), algorithm="grid"),
+         expect={"grid_size": MAX_GRID_POINTS}),
+    Case("grid-of-the-most-points-over-three", "grid", with_params(
+        param(STEPS, min=1, max=100, step=1), OPTIMIZER,
+        {"name": "momentum", "type": "double", "min": 0, "max": 0.4995, "step": 0.0001},
+        algorithm="grid"), expect={"grid_size": 100 * 2 * 4996}),
+    Case("random-over-the-widest-int-range", "wide", with_params(
+        param(STEPS, min=-10**15, max=10**15, step=None))),
+    Case("double-with-a-fine-step", "fine", with_params(
+        {"name": "momentum", "type": "double", "min": 0, "max": 1, "step": 1e-15})),
     # -- invalid: the Sweep's own rules --------------------------------------------------
     Case("min-above-max", "bad", with_params(param(STEPS, min=1000, max=100)),
          "spec.parameters[0].max"),
@@ -164,6 +177,32 @@ CASES = [
     Case("step-zero", "bad", with_params(param(STEPS, step=0)), "spec.parameters[0].step"),
     Case("grid-with-a-continuous-double", "bad", with_params(STEPS, LR, algorithm="grid"),
          "spec.algorithm"),
+    # A grid is counted, never made; one of more than a million points is refused.
+    Case("grid-of-a-trillion-points", "bad", with_params(
+        param(STEPS, min=0, max=10**12, step=1), algorithm="grid"), "spec.parameters"),
+    Case("grid-one-point-too-many", "bad", with_params(
+        param(STEPS, min=0, max=1_000_000, step=1), algorithm="grid"), "spec.parameters"),
+    Case("grid-too-large-from-two-parameters", "bad", with_params(
+        param(STEPS, min=1, max=1001, step=1), param(BATCH, values=list(range(250))),
+        param(OPTIMIZER, list=["a", "b", "c", "d"]), algorithm="grid"), "spec.parameters"),
+    Case("grid-too-large-from-a-double", "bad", with_params(
+        {"name": "momentum", "type": "double", "min": 0, "max": 1, "step": 1e-9},
+        algorithm="grid"), "spec.parameters"),
+    # Bounds a double (and Optuna) can work with.
+    Case("min-of-minus-1e308", "bad", with_params(param(LR, min=-1e308, distribution=None)),
+         "spec.parameters[0].min"),
+    Case("max-of-1e308", "bad", with_params(param(LR, max=1e308)), "spec.parameters[0].max"),
+    Case("int-max-beyond-1e15", "bad", with_params(param(STEPS, max=10**15 + 1)),
+         "spec.parameters[0].max"),
+    Case("step-of-1e-300", "bad", with_params(
+        {"name": "momentum", "type": "double", "min": 0, "max": 1, "step": 1e-300}),
+         "spec.parameters[0].step"),
+    Case("step-beyond-1e15", "bad", with_params(param(STEPS, step=10**16)),
+         "spec.parameters[0].step"),
+    Case("parameter-name-hparams-keeps", "bad", with_params(param(LR, name="values")),
+         "spec.parameters[0].name"),
+    Case("parameter-name-starting-with-underscore", "bad", with_params(param(LR, name="_lr")),
+         "spec.parameters[0].name"),
     Case("cmaes-with-categorical", "bad", with_params(LR, OPTIMIZER, algorithm="cmaes"),
          "spec.algorithm"),
     Case("cmaes-with-discrete", "bad", with_params(LR, BATCH, algorithm="cmaes"),
@@ -238,6 +277,14 @@ CASES = [
         storage={"size": "lots"})), "spec.experiment.storage.size"),
     Case("template-unknown-field", "bad", spec(experiment=experiment(learningRate=1)),
          "spec.experiment.learningRate"),
+    Case("template-hparam-of-200-kb", "bad", spec(experiment=experiment(
+        hparams={"text": "x" * 200_000})), "spec.experiment.hparams.text"),
+    Case("template-hparam-name", "bad", spec(experiment=experiment(
+        hparams={"learning-rate": 0.1})), "spec.experiment.hparams.learning-rate",
+         api_server=False),
+    Case("trials-with-too-many-hparams", "bad", spec(
+        experiment=experiment(hparams={f"h{i}": i for i in range(MAX_HPARAMS)}),
+        parameters=[LR]), "spec.parameters", api_server=False),
 ]
 
 VALID = [c for c in CASES if c.field is None]

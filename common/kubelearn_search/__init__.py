@@ -223,20 +223,14 @@ class Search:
         """Point ``number`` of the grid in this seed's order: a seeded permutation
         ``(a * number + b) mod size`` with ``a`` prime to the size, so the first points are
         spread over the grid and none repeats before all have been given."""
-        grids = [p.grid() for p in self.spec.parameters]
-        size = math.prod(len(g) for g in grids)
+        size = self.spec.grid_size or 0  # counted, never made: a grid may be large
         if not 0 <= number < size:
             raise IndexError(f"the grid has {size} points; there is no point {number}")
         rng = random.Random(derive_seed(self.seed, 0, "grid"))
         a = rng.randrange(1, size) if size > 1 else 1
         while math.gcd(a, size) != 1:
             a = rng.randrange(1, size)
-        index = (a * number + rng.randrange(size)) % size
-        point = {}
-        for parameter, values in zip(reversed(self.spec.parameters), reversed(grids), strict=True):
-            index, at = divmod(index, len(values))
-            point[parameter.name] = values[at]
-        return {p.name: point[p.name] for p in self.spec.parameters}
+        return self.spec.grid_point((a * number + rng.randrange(size)) % size)
 
     # -- early stopping ----------------------------------------------------------------
     def _pruner(self) -> optuna.pruners.BasePruner | None:

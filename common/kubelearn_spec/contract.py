@@ -50,6 +50,16 @@ ENV_BIND_HOST = "KUBELEARN_BIND_HOST"
 ENV_PS_MEMORY_LIMIT = "KUBELEARN_PS_MEMORY_LIMIT"
 #: The cluster spec, when TF_CONFIG refers to it instead of inlining it.
 ENV_CLUSTER = "KUBELEARN_CLUSTER_SPEC"
+#: A file holding the cluster spec, when TF_CONFIG leaves it out (``kubelearn local`` above
+#: :data:`INLINE_CLUSTER_MAX_REPLICAS` replicas): ``kubelearn run`` puts it in before anything
+#: reads TF_CONFIG, as the kubelet expands :data:`ENV_CLUSTER` in a pod.
+ENV_CLUSTER_FILE = "KUBELEARN_CLUSTER_SPEC_FILE"
+#: Above this many replicas TF_CONFIG's cluster is given once, not in every replica's
+#: TF_CONFIG: from a ConfigMap on a cluster (the operator's default), from a file with
+#: ``kubelearn local``. Inlined, N replicas would carry N addresses each.
+INLINE_CLUSTER_MAX_REPLICAS = 64
+#: The largest cluster file ``kubelearn run`` reads (100,000 addresses take about 5 MB).
+MAX_CLUSTER_FILE_BYTES = 16 << 20
 #: ``curve`` encrypts the ps wire of the experiments launched (CurveZMQ), ``none`` (or
 #: nothing) leaves it in plaintext: a setting of the operator and of ``kubelearn local``, read
 #: by :func:`wire_encryption`.

@@ -49,6 +49,8 @@ SWEEP_PRINTER_COLUMNS = [
 
 def _validation(rule: Rule, at: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"rule": rule.cel, "message": rule.message}
+    if rule.message_cel is not None:
+        entry["messageExpression"] = rule.message_cel
     if rule.transition:
         entry["optionalOldSelf"] = True
     relative = rule_field(rule, at)
@@ -64,7 +66,14 @@ def openapi(node: Mapping[str, Any], at: str = "") -> dict[str, Any]:
     at = node.get("_home", at)
     for key, value in node.items():
         if key == "_rules":
-            result["x-kubernetes-validations"] = [_validation(r, at) for r in value]
+            if rules := [_validation(r, at) for r in value if r.cel is not None]:
+                result["x-kubernetes-validations"] = rules
+        elif key == "_kinds":
+            # A kind left out is refused by bounds none of its values meets.
+            if "object" not in value:
+                result.update(minProperties=1, maxProperties=0)
+            if "array" not in value:
+                result.update(minItems=1, maxItems=0)
         elif key.startswith("_"):
             continue
         elif key == "properties":

@@ -9,6 +9,7 @@ Keys that start with ``_`` are the Python validator's own and are left out of th
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,22 @@ MAX_REPLICAS = 100_000
 EXPERIMENT_FN = r"[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
 SCHEDULE = r"[A-Za-z_][A-Za-z0-9_]*"
 
+#: A hyper-parameter's name, as HParams takes it (``runner/kubelearn/hparams.py``): an
+#: attribute name its text grammar (``name=value,...``) can also write, not starting with
+#: ``_`` and none of HParams's own attributes (:data:`RESERVED_HPARAM_NAMES`).
+HPARAM_NAME = r"[A-Za-z][A-Za-z0-9_]*"
+RESERVED_HPARAM_NAMES = (
+    "add_hparam", "del_hparam", "get", "get_model_structure", "override_from_dict", "parse",
+    "parse_json", "set_hparam", "set_model_structure", "to_json", "values", "from_text")
+MAX_HPARAM_NAME = 253
+#: Bounds on ``spec.hparams``, which reaches every replica as one environment variable
+#: (``KUBELEARN_HPARAMS``, JSON): a variable longer than 128 KiB cannot be passed to a
+#: process at all (E2BIG, "argument list too long"), on a node or with ``kubelearn local``.
+MAX_HPARAMS = 128
+MAX_HPARAM_LENGTH = 4096
+MAX_HPARAM_ITEMS = 256
+MAX_HPARAMS_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -56,7 +73,10 @@ class Rule:
 
     path: str
     message: str
-    cel: str
+    #: None: a rule the API server cannot check, as its CEL sees no values it has no type
+    #: for (the keys of ``spec.hparams``, whose values are of any scalar type); the operator
+    #: refuses such an object in its status, ``kubelearn local`` on the command line.
+    cel: str | None
     holds: Callable[..., bool]
     #: A rule that also sees the stored object, as CEL's ``oldSelf`` with
     #: ``optionalOldSelf``: ``holds(value, old)``, ``old`` None on create (and where the
@@ -64,6 +84,11 @@ class Rule:
     #: it is checked for a manifest (a create) and skipped for an object already stored,
     #: whose previous value is not known.
     transition: bool = False
+    #: A message that says more than ``message`` about the value: ``describe(value)`` in
+    #: Python, ``message_cel`` (a CEL string expression, the CRD's messageExpression) for
+    #: the API server.
+    describe: Callable[..., str] | None = None
+    message_cel: str | None = None
 
 
 def role_count(spec: Mapping[str, Any], role: str) -> int:
@@ -147,6 +172,56 @@ def _given_once(role: str) -> Rule:
             old is not None and _full_count(old, role) is not None
             and _full_count(old, role) == _full_count(spec, role)),
         transition=True)
+
+
+def hparam_name_problem(name: str) -> str | None:
+    """What is wrong with a hyper-parameter's name (None: nothing): a schema's ``_keys``
+    check, which names the key as the field."""
+    if len(name) > MAX_HPARAM_NAME:
+        return f"is longer than {MAX_HPARAM_NAME} characters"
+    if not _fullmatch(HPARAM_NAME, name):
+        return ("must be a hyper-parameter name: letters, digits and '_', starting with a "
+                "letter")
+    if name in RESERVED_HPARAM_NAMES:
+        return f"is a name HParams keeps for itself ({', '.join(RESERVED_HPARAM_NAMES)})"
+    return None
+
+
+def _hparams_json(hparams: Mapping[str, Any]) -> int:
+    return len(json.dumps(dict(hparams), sort_keys=True).encode())
+
+
+def _hparams_size_rule(path: str) -> Rule:
+    return Rule(path, f"is longer than {MAX_HPARAMS_BYTES} bytes as JSON: every replica is "
+                      "given it in one environment variable (KUBELEARN_HPARAMS)",
+                None, lambda hparams: _hparams_json(hparams) <= MAX_HPARAMS_BYTES)
+
+
+#: The value of one hyper-parameter: a string, number or boolean, or a list of them, as
+#: HParams takes them. Untyped for the API server (a value may be any of these), which then
+#: applies each bound to the values it fits: ``maxLength`` to strings, ``maxItems`` to lists.
+#: ``_kinds`` are the JSON types allowed; :mod:`.crd` refuses the others with bounds no value
+#: of them meets (an object: ``minProperties`` 1 and ``maxProperties`` 0).
+HPARAM_ITEM: dict[str, Any] = {
+    "x-kubernetes-preserve-unknown-fields": True,
+    "_kinds": ("string", "number", "boolean", "null"),
+    "maxLength": MAX_HPARAM_LENGTH,
+}
+HPARAM_VALUE: dict[str, Any] = {
+    "x-kubernetes-preserve-unknown-fields": True,
+    "_kinds": ("string", "number", "boolean", "array"),
+    "maxLength": MAX_HPARAM_LENGTH,
+    "minItems": 1,
+    "maxItems": MAX_HPARAM_ITEMS,
+    "items": HPARAM_ITEM,
+}
+
+
+def hparams_schema(path: str, description: str) -> dict[str, Any]:
+    """``spec.hparams`` (at ``path``): hyper-parameters by name."""
+    return {"type": "object", "maxProperties": MAX_HPARAMS, "description": description,
+            "additionalProperties": HPARAM_VALUE, "_keys": hparam_name_problem,
+            "_rules": (_hparams_size_rule(path),)}
 
 
 def _scaled_after_finishing(body: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
@@ -424,10 +499,15 @@ SPEC: dict[str, Any] = {
             "must be of the form module:function, e.g. kubelearn.examples.linear:experiment_fn",
             "module:function returning the Experiment (passed to kubelearn run "
             "--experiment-fn)."),
-        "hparams": {
-            "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-            "description": "Hyper-parameters, passed to every replica as KUBELEARN_HPARAMS "
-                           "(JSON); the runner checks their names and values."},
+        "hparams": hparams_schema(
+            "spec.hparams",
+            "Hyper-parameters, passed to every replica as KUBELEARN_HPARAMS (JSON): at most "
+            f"{MAX_HPARAMS}, each a string (up to {MAX_HPARAM_LENGTH} characters), number or "
+            f"boolean, or a list of up to {MAX_HPARAM_ITEMS} of them; named as HParams takes "
+            f"them (letters, digits and '_', starting with a letter), {MAX_HPARAMS_BYTES} "
+            "bytes as JSON in all. The names and the size are checked by the operator (the "
+            "Experiment fails, naming the key) and kubelearn local, as the API server cannot "
+            "see the keys of a map of values of several types."),
         "image": _string("Runner image; default is the operator's setting.", 1024),
         "modelDir": {**_string("Model directory: a path, or a URL such as "
                                "s3://bucket/prefix read and written through fsspec (then "

@@ -69,11 +69,15 @@ def search_state(state: str) -> str:
 
 
 def finite(value: Any) -> float | None:
-    """``value`` as a float if it is a finite number, else None (booleans, strings, NaN and
-    infinities are not): the only objective values a trial can succeed with."""
+    """``value`` as a float if it is a finite number, else None (booleans, strings, NaN,
+    infinities and integers beyond a double are not): the only objective values a trial can
+    succeed with."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:  # an integer beyond any double (JSON has them)
+        return None
 
 
 def final_state(objective: float | None) -> str:
@@ -86,7 +90,8 @@ def final_state(objective: float | None) -> str:
 def not_finite(subject: str, value: Any) -> str:
     """Why a trial whose run succeeded failed all the same: ``subject`` (its final metric)
     is ``value``, which :func:`finite` refuses."""
-    return f"{subject} is {value!r}, not a finite number"
+    text = repr(value)
+    return f"{subject} is {text if len(text) <= 60 else text[:60] + '...'}, not a finite number"
 
 
 def metric_text(metric: str, value: float) -> str:
@@ -145,21 +150,52 @@ class Parameter:
         """Whether the parameter has finitely many values (grid search needs it)."""
         return self.type != "double" or self.step is not None
 
+    def _decimals(self) -> tuple[Decimal, Decimal, Decimal]:
+        if self.step is None:
+            raise ValueError(f"parameter {self.name} has no step: it has no grid")
+        low, high, step = (Decimal(repr(float(v)))  # type: ignore[arg-type]
+                           for v in (self.min, self.max, self.step))
+        return low, high, step
+
+    @property
+    def grid_size(self) -> int:
+        """How many values the grid takes of it, counted without making them.
+
+        Raises:
+            ValueError: a double parameter without a step, which has no grid.
+        """
+        if self.type in ("categorical", "discrete"):
+            return len(self.values)
+        assert self.min is not None and self.max is not None
+        if self.type == "int":
+            return max(0, (int(self.max) - int(self.min)) // int(self.step or 1) + 1)
+        low, high, step = self._decimals()
+        return max(0, int((high - low) // step) + 1)
+
+    def grid_value(self, k: int) -> Value:
+        """Value ``k`` of :meth:`grid`, made alone.
+
+        Raises:
+            IndexError: ``k`` outside ``range(grid_size)``.
+        """
+        if not 0 <= k < self.grid_size:
+            raise IndexError(f"parameter {self.name} has {self.grid_size} grid values; "
+                             f"there is no value {k}")
+        if self.type in ("categorical", "discrete"):
+            return self.values[k]
+        if self.type == "int":
+            return int(self.min) + k * int(self.step or 1)  # type: ignore[arg-type]
+        low, _, step = self._decimals()
+        return float(low + k * step)
+
     def grid(self) -> tuple[Value, ...]:
-        """Every value, in increasing order (or the list's), for grid search.
+        """Every value, in increasing order (or the list's), for grid search (a grid search
+        takes them one by one, :meth:`grid_value`).
 
         Doubles are ``min + k * step`` counted in decimal, so a step of 0.1 gives 0.3 and
         not 0.30000000000000004; as in Optuna, the last is the largest that is <= max.
         """
-        if self.type in ("categorical", "discrete"):
-            return self.values
-        if self.type == "int":
-            assert self.min is not None and self.max is not None
-            return tuple(range(int(self.min), int(self.max) + 1, int(self.step or 1)))
-        if self.step is None:
-            raise ValueError(f"parameter {self.name} has no step: it has no grid")
-        low, high, step = (Decimal(repr(float(v))) for v in (self.min, self.max, self.step))
-        return tuple(float(low + k * step) for k in range(int((high - low) // step) + 1))
+        return tuple(self.grid_value(k) for k in range(self.grid_size))
 
 
 @dataclass(frozen=True)
@@ -229,13 +265,27 @@ class SweepSpec:
 
     @property
     def grid_size(self) -> int | None:
-        """How many points the grid has (None when a parameter is not finite)."""
+        """How many points the grid has (None when a parameter is not finite), counted
+        without making them."""
         if not all(p.finite for p in self.parameters):
             return None
-        size = 1
-        for p in self.parameters:
-            size *= len(p.grid())
-        return size
+        return math.prod(p.grid_size for p in self.parameters)
+
+    def grid_point(self, index: int) -> dict[str, Value]:
+        """Point ``index`` of the grid, made alone: its digits in the mixed radix of the
+        parameters' grid sizes, the last parameter's changing fastest.
+
+        Raises:
+            IndexError: ``index`` outside ``range(grid_size)``.
+        """
+        size = self.grid_size
+        if size is None or not 0 <= index < size:
+            raise IndexError(f"the grid has {size} points; there is no point {index}")
+        point: dict[str, Value] = {}
+        for p in reversed(self.parameters):
+            index, at = divmod(index, p.grid_size)
+            point[p.name] = p.grid_value(at)
+        return {p.name: point[p.name] for p in self.parameters}
 
     def trial_name(self, number: int) -> str:
         return names.trial_name(self.name, number)

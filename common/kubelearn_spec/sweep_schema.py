@@ -9,6 +9,7 @@ exactly the Experiment's rules, naming fields under ``spec.experiment``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,10 @@ from . import names
 from . import schema as experiment
 from .schema import (
     CONDITIONS,
+    HPARAM_NAME,
+    MAX_HPARAMS,
+    MAX_HPARAMS_BYTES,
+    RESERVED_HPARAM_NAMES,
     TIME,
     Rule,
     _cel_string,
@@ -63,8 +68,16 @@ MAX_PARAMETERS = 32
 MAX_LIST = 256
 #: Seeds are what numpy's generators take (Optuna's samplers pass them on).
 MAX_SEED = 2**32 - 1
-#: A hyper-parameter's name, as HParams takes it.
-HPARAM_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+#: The largest magnitude of a parameter's min, max and step: integers up to it are exact in a
+#: double (which the API server's CEL computes with), and differences of two stay finite.
+MAX_BOUND = 10**15
+#: A double parameter with a step has at most this many values: Optuna counts them in
+#: decimal, with 28 digits.
+MAX_STEPS = 10**15
+#: The most points a grid search's grid may have. A sweep runs at most MAX_TRIALS trials, so
+#: a grid of a million points is already sampled in less than a thousandth; a larger one is
+#: a random search (algorithm: random) in all but name.
+MAX_GRID_POINTS = 1_000_000
 
 P = "spec.parameters[*]"
 
@@ -124,6 +137,11 @@ def _values_rules(kind: str) -> tuple[Rule, ...]:
     )
 
 
+def _steps(p: Mapping[str, Any]) -> float:
+    """``(max - min) / step`` in doubles, as CEL computes it."""
+    return (float(p["max"]) - float(p["min"])) / float(p["step"])
+
+
 PARAMETER_RULES = (
     _required_for_range("min"),
     _required_for_range("max"),
@@ -146,12 +164,86 @@ PARAMETER_RULES = (
          "!has(self.step) || !has(self.distribution) || self.distribution != 'logUniform' || "
          "(self.type == 'int' && self.step == 1.0)",
          lambda p: "step" not in p or not _log(p) or (p.get("type") == "int" and p["step"] == 1)),
+    Rule(f"{P}.step", f"is too small for the range: (max - min) / step must be at most "
+                      f"{MAX_STEPS:.0e} for a double parameter",
+         "self.type != 'double' || !has(self.step) || !has(self.min) || !has(self.max) || "
+         f"(self.max - self.min) / self.step <= {float(MAX_STEPS)!r}",
+         lambda p: p.get("type") != "double" or not {"step", "min", "max"} <= p.keys()
+         or _steps(p) <= MAX_STEPS),
+    Rule(f"{P}.name", "is a name HParams keeps for itself: "
+                      + ", ".join(RESERVED_HPARAM_NAMES),
+         f"!(self.name in {_cel_list(RESERVED_HPARAM_NAMES)})",
+         lambda p: p.get("name") not in RESERVED_HPARAM_NAMES),
 )
 
 
 def _finite(p: Mapping[str, Any]) -> bool:
     """Whether a parameter has finitely many values: grid search can enumerate it."""
     return p.get("type") != "double" or "step" in p
+
+
+def grid_values(p: Mapping[str, Any]) -> float:
+    """How many values a parameter gives the grid, as the API server's CEL counts them (in
+    doubles: ``floor((max - min) / step) + 1``, not rounded down when beyond any grid, as
+    ``int()`` takes only what fits in 64 bits; the grid itself counts a double's steps in
+    decimal, and may have one value more or less).
+    A parameter that other rules refuse counts 1."""
+    kind = p.get("type")
+    if kind in LIST_TYPES:
+        key = VALUES_FIELD[kind]
+        return float(len(p[key])) if key in p else 1.0
+    if "min" not in p or "max" not in p or p["max"] < p["min"] or (
+            p["step"] <= 0 if "step" in p else kind == "double"):
+        return 1.0
+    steps = (float(p["max"]) - float(p["min"])) / float(p.get("step", 1.0))
+    return (steps if steps > MAX_GRID_POINTS else float(int(steps))) + 1.0
+
+
+def _grid_values_cel(p: str) -> str:
+    """:func:`grid_values` of the parameter ``p`` in CEL."""
+    step = f"(has({p}.step) ? {p}.step : 1.0)"
+    steps = f"(({p}.max - {p}.min) / {step})"
+    return (f"({p}.type in ['categorical', 'discrete'] ? "
+            f"({p}.type == 'categorical' ? (has({p}.list) ? double(size({p}.list)) : 1.0) : "
+            f"(has({p}.values) ? double(size({p}.values)) : 1.0)) : "
+            f"(!has({p}.min) || !has({p}.max) || {p}.max < {p}.min || "
+            f"(has({p}.step) ? {p}.step <= 0.0 : {p}.type == 'double')) ? 1.0 : "
+            f"({steps} > {float(MAX_GRID_POINTS)!r} ? {steps} : double(int({steps}))) + 1.0)")
+
+
+def grid_points(spec: Mapping[str, Any]) -> float:
+    """The product of :func:`grid_values` over the parameters, in the order CEL multiplies."""
+    total = 1.0
+    for p in spec.get("parameters") or ():
+        total *= grid_values(p)
+    return total
+
+
+def _grid_points_cel(use: str, method: str = "all") -> str:
+    """``[counts].all(n, use)`` (or ``.map``): ``n`` the parameters' :func:`grid_values`,
+    ``use`` an expression of the product ``G``. A list of one binds a value to a name, which
+    CEL has no other way to do here."""
+    counts = f"self.parameters.map(p, {_grid_values_cel('p')})"
+    product = " * ".join(f"(size(n) > {i} ? n[{i}] : 1.0)" for i in range(MAX_PARAMETERS))
+    return f"[{counts}].{method}(n, {use.replace('G', f'({product})')})"
+
+
+def _points_text(points: float) -> str:
+    return "more than 10^18" if points >= 1e18 else str(int(points))
+
+
+GRID_TOO_LARGE = (f"points, more than the {MAX_GRID_POINTS} a grid search takes: give "
+                  "fewer values or larger steps, or use algorithm: random")
+
+
+def _trial_hparams(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """How many hparams a trial's Experiment has at most, and how many bytes of JSON: the
+    template's with each parameter's largest value merged in."""
+    hparams = dict((spec.get("experiment") or {}).get("hparams") or {})
+    for p in spec.get("parameters") or ():
+        values = p.get("list") or p.get("values") or [p.get("min"), p.get("max")]
+        hparams[p["name"]] = max(values, key=lambda v: len(json.dumps(v)))
+    return len(hparams), len(json.dumps(hparams, sort_keys=True).encode())
 
 
 SPEC_RULES = (
@@ -167,6 +259,24 @@ SPEC_RULES = (
          f"self.parameters.all(p, p.type in {_cel_list(RANGE_TYPES)})",
          lambda spec: spec.get("algorithm") != "cmaes"
          or all(p.get("type") in RANGE_TYPES for p in spec["parameters"])),
+    Rule("spec.parameters", f"make a grid of more than {MAX_GRID_POINTS} points, more than "
+                            "a grid search takes: give fewer values or larger steps, or use "
+                            "algorithm: random",
+         "!has(self.algorithm) || self.algorithm != 'grid' || "
+         + _grid_points_cel(f"G <= {float(MAX_GRID_POINTS)!r}"),
+         lambda spec: spec.get("algorithm") != "grid" or grid_points(spec) <= MAX_GRID_POINTS,
+         describe=lambda spec: f"make a grid of {_points_text(grid_points(spec))} "
+                               + GRID_TOO_LARGE,
+         # format, as a string of unknown length (the count) joined to others is costed as
+         # one of the largest the API server takes.
+         message_cel=_grid_points_cel(
+             _cel_string(f"make a grid of %s {GRID_TOO_LARGE}")
+             + ".format([G >= 1.0e18 ? 'more than 10^18' : string(int(G))])", "map") + "[0]"),
+    Rule("spec.parameters", f"with spec.experiment.hparams, a trial would have more than "
+                            f"{MAX_HPARAMS} hyper-parameters or {MAX_HPARAMS_BYTES} bytes of "
+                            "them as JSON (an Experiment's limits)",
+         None, lambda spec: all(n <= limit for n, limit in zip(
+             _trial_hparams(spec), (MAX_HPARAMS, MAX_HPARAMS_BYTES), strict=True))),
 )
 
 
@@ -240,23 +350,30 @@ def _number(description: str) -> dict[str, Any]:
     return {"type": "number", "description": description}
 
 
+def _bound(description: str) -> dict[str, Any]:
+    return {**_number(description), "minimum": -MAX_BOUND, "maximum": MAX_BOUND}
+
+
 PARAMETER: dict[str, Any] = {
     "type": "object",
     "required": ["name", "type"],
     "_rules": PARAMETER_RULES,
     "properties": {
         "name": _matching(f"{P}.name", HPARAM_NAME, "must be a hyper-parameter name: "
-                          "letters, digits and '_', not starting with a digit",
+                          "letters, digits and '_', starting with a letter",
                           "The hyper-parameter (a key of spec.experiment.hparams) the search "
                           "sets."),
         "type": {"type": "string", "enum": list(PARAMETER_TYPES),
                  "description": "double or int (from min to max, with an optional step), "
                                 "categorical (strings, from list) or discrete (numbers, "
                                 "from values)."},
-        "min": _number("Smallest value of a double or int parameter."),
-        "max": _number("Largest value of a double or int parameter."),
-        "step": {"type": "number", "description": "Spacing of the values from min; needed "
-                                                  "by grid search for a double parameter.",
+        "min": _bound("Smallest value of a double or int parameter (at most 1e15 in "
+                      "magnitude)."),
+        "max": _bound("Largest value of a double or int parameter (at most 1e15 in "
+                      "magnitude)."),
+        "step": {"type": "number", "maximum": MAX_BOUND,
+                 "description": "Spacing of the values from min; needed by grid search for "
+                                "a double parameter, which has at most 1e15 steps.",
                  "_rules": (Rule(f"{P}.step", "must be > 0", "self > 0.0",
                                  lambda step: step > 0),)},
         "list": {

@@ -46,3 +46,33 @@ def tf_config_reference(role: str, index: int, variable: str = contract.ENV_CLUS
 
 def cluster_json(cluster: Mapping[str, list[str]]) -> str:
     return json.dumps(cluster, separators=(",", ":"))
+
+
+def tf_config_task(role: str, index: int) -> str:
+    """TF_CONFIG without its cluster, which a file named by ``KUBELEARN_CLUSTER_SPEC_FILE``
+    holds (:func:`with_cluster`): N replicas then cost N small values and one file of N
+    addresses, not N copies of it."""
+    return json.dumps({"task": {"type": role, "index": index}, "environment": "cloud"},
+                      separators=(",", ":"))
+
+
+def with_cluster(tf_config_text: str, cluster_text: str) -> str:
+    """The whole TF_CONFIG of :func:`tf_config_task`'s form and the cluster file's JSON.
+
+    Raises:
+        ValueError: when either is not a JSON object, or TF_CONFIG has a cluster already.
+    """
+    try:
+        config = json.loads(tf_config_text or "{}")
+        cluster = json.loads(cluster_text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError("TF_CONFIG must be a JSON object")
+    if not isinstance(cluster, dict):
+        raise ValueError(f"the cluster file must hold a JSON object, got "
+                         f"{type(cluster).__name__}")
+    if "cluster" in config:
+        raise ValueError(f"TF_CONFIG has a cluster and {contract.ENV_CLUSTER_FILE} names "
+                         "another: give one")
+    return json.dumps({"cluster": cluster, **config}, separators=(",", ":"))

@@ -8,6 +8,7 @@ same rules, each error naming the field path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,32 @@ _TYPES = {
     "number": ("a number",
                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
 }
+
+
+def kind_of(value: Any) -> str:
+    """The JSON type of a value: object, array, string, boolean, integer, number or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    for kind in ("object", "array", "string", "integer", "number"):
+        if _TYPES[kind][1](value):
+            return kind
+    return type(value).__name__
+
+
+def finite(value: Any) -> bool:
+    """Whether a number is one JSON can carry: not NaN or infinite, and an integer no
+    larger than a double holds (YAML has ``.inf`` and integers of any size; the API server
+    takes neither)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+_KIND_NAMES = {"object": "an object", "array": "a list", "string": "a string",
+               "boolean": "a boolean", "number": "a number", "null": "null"}
 
 
 def _join(path: str, key: str) -> str:
@@ -72,7 +99,8 @@ def _rule(rule: Rule, value: Mapping[str, Any] | Any, path: str, at: str,
         holds = rule.holds(value)
     if not holds:
         relative = rule_field(rule, at)
-        raise SpecError(path + relative if path else relative.lstrip("."), rule.message)
+        message = rule.describe(value) if rule.describe is not None else rule.message
+        raise SpecError(path + relative if path else relative.lstrip("."), message)
 
 
 def rule_field(rule: Rule, at: str) -> str:
@@ -103,24 +131,43 @@ def check(node: Mapping[str, Any], value: Any, path: str, at: str | None = None,
     if kind is not None:
         described, fits = _TYPES[kind]
         if not fits(value):
-            raise SpecError(path, f"must be {described}, got {value!r}")
+            raise SpecError(path, f"must be {described}, got {_short(value)}")
+    actual = kind_of(value)
+    if actual in ("integer", "number") and not finite(value):
+        raise SpecError(path, f"must be a finite number, got {_short(value)}")
+    kinds = node.get("_kinds")
+    if kinds is not None and actual.replace("integer", "number") not in kinds:
+        *first, last = [_KIND_NAMES[k] for k in kinds]
+        allowed = f"{', '.join(first)} or {last}" if first else last
+        raise SpecError(path, f"must be {allowed}, not {_KIND_NAMES.get(actual, actual)}")
+    # Each bound applies to the values it fits, as in the API server's schemas (an untyped
+    # node may hold strings, numbers and lists).
     if "enum" in node and value not in node["enum"]:
         allowed = ", ".join(repr(v) if v == "" else v for v in node["enum"])
-        raise SpecError(path, f"must be one of {allowed}; got {value!r}")
-    if "minimum" in node and value < node["minimum"]:
-        raise SpecError(path, f"must be >= {node['minimum']}, got {value}")
-    if "maximum" in node and value > node["maximum"]:
-        raise SpecError(path, f"must be <= {node['maximum']}, got {value}")
-    if "minLength" in node and len(value) < node["minLength"]:
-        raise SpecError(path, "must not be empty")
-    if "maxLength" in node and len(value) > node["maxLength"]:
-        raise SpecError(path, f"must be at most {node['maxLength']} characters long")
-    if kind == "object":
+        raise SpecError(path, f"must be one of {allowed}; got {_short(value)}")
+    if actual in ("integer", "number"):
+        if "minimum" in node and value < node["minimum"]:
+            raise SpecError(path, f"must be >= {node['minimum']}, got {value}")
+        if "maximum" in node and value > node["maximum"]:
+            raise SpecError(path, f"must be <= {node['maximum']}, got {value}")
+    if actual == "string":
+        if "minLength" in node and len(value) < node["minLength"]:
+            raise SpecError(path, "must not be empty")
+        if "maxLength" in node and len(value) > node["maxLength"]:
+            raise SpecError(path, f"must be at most {node['maxLength']} characters long")
+    declared = kind is not None or kinds is not None
+    if actual == "object" and declared:
         _check_object(node, value, path, at, old)
-    if kind == "array":
+    if actual == "array" and declared:
         _check_array(node, value, path, at, old)
     for rule in node.get("_rules", ()):
         _rule(rule, value, path, at, old)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut: a value in an error may be as large as its input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_array(node: Mapping[str, Any], value: list[Any], path: str, at: str,
@@ -155,6 +202,8 @@ def _check_object(node: Mapping[str, Any], value: Mapping[str, Any], path: str,
         sub = properties.get(key)
         if sub is None:
             if "additionalProperties" in node:
+                if "_keys" in node and (problem := node["_keys"](str(key))) is not None:
+                    raise SpecError(_join(path, str(key)[:100]), problem)
                 check(node["additionalProperties"], item, _join(path, str(key)),
                       _join(at, "*"), _old_child(old, key))
             elif not open_:

@@ -28,7 +28,7 @@ from kubelearn_spec.tfconfig import (
 from .objects import ExperimentRef
 
 #: Above this many replicas TF_CONFIG's cluster comes from a ConfigMap, not each pod.
-INLINE_CLUSTER_MAX_REPLICAS = 64
+INLINE_CLUSTER_MAX_REPLICAS = contract.INLINE_CLUSTER_MAX_REPLICAS
 
 #: What the Pod Security Standards' `restricted` level asks of a pod and its containers. A
 #: template's own settings win, key by key.

@@ -188,6 +188,8 @@ def load_yaml_all(text: str, source: str) -> list[Any]:
         raise InputError(f"{source}: not valid YAML: {_one_line(exc)}") from None
     except RecursionError:
         raise InputError(f"{source}: nested too deeply") from None
+    except ValueError as exc:  # a scalar no Python value holds: an integer of 5000 digits
+        raise InputError(f"{source}: a value cannot be read: {_one_line(exc)}") from None
     finally:
         loader.dispose()
     return documents

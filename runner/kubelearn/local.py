@@ -3,7 +3,15 @@
 One process per replica, each with the ``TF_CONFIG`` a pod would get (addresses on free
 127.0.0.1 ports), a fresh token, and its logs streamed with a ``[role-i]`` prefix. The
 restart, back-off, deadline and success policies of the manifest apply as on a cluster.
-Ctrl-C or SIGTERM stops every child; children also die with the launcher.
+Ctrl-C or SIGTERM stops every child, also while they are being started; children also die
+with the launcher.
+
+A manifest asking for more replicas than :func:`replica_limit` allows (``--max-replicas``,
+default :data:`DEFAULT_MAX_REPLICAS`, and never more than the open-file and process limits
+leave room for) is refused before anything starts. Above
+:data:`~kubelearn_spec.contract.INLINE_CLUSTER_MAX_REPLICAS` replicas the cluster is written
+once to a file that every replica's ``TF_CONFIG`` refers to, as the operator puts it in a
+ConfigMap: the launch costs O(N), not N copies of N addresses.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from kubelearn.hooks import PROGRESS_FILE
 from kubelearn.manifest import load_manifest
 from kubelearn_spec import contract, names, policy
 from kubelearn_spec.model import ExperimentSpec, parse_manifest, scaled_manifest
-from kubelearn_spec.tfconfig import cluster_spec, tf_config
+from kubelearn_spec.tfconfig import cluster_json, cluster_spec, tf_config, tf_config_task
 from kubelearn_spec.validate import SpecError
 
 EXIT_OK = 0
@@ -45,6 +53,17 @@ TERMINATE_GRACE_SECS = 5.0
 #: ``kubelearn scale DIR --replicas N`` writes the worker count here, in the model dir of the
 #: running ``kubelearn local``, which reads it as the operator reads ``spec.replicas.worker``.
 SCALE_FILE = "scale.json"
+#: The most replicas ``kubelearn local`` starts unless ``--max-replicas`` says otherwise: each
+#: is a Python process (tens of MB) with a thread of the launcher reading its output.
+DEFAULT_MAX_REPLICAS = 256
+#: What one replica costs, for the machine's share of :func:`replica_limit`: open files of
+#: the launcher (its output pipe, and the pipes of its start), and tasks of the user (its
+#: process, the launcher's thread reading it, and its own threads).
+FILES_PER_REPLICA = 2
+TASKS_PER_REPLICA = 8
+#: Open files the launcher keeps for itself.
+RESERVED_FILES = 64
+CLUSTER_FILE = "cluster-{}.json"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -60,16 +79,56 @@ def cluster_for(spec: ExperimentSpec, port: Callable[[], int] = free_port
 
 
 def task_env(spec: ExperimentSpec, cluster: dict[str, list[str]], role: str, index: int,
-             model_dir: str, token: str, curve_key: str = "") -> dict[str, str]:
+             model_dir: str, token: str, curve_key: str = "",
+             cluster_file: str | None = None) -> dict[str, str]:
     """The environment of one replica, as the operator gives it to a pod (the Curve key
-    empty: the ps wire in plaintext)."""
+    empty: the ps wire in plaintext). With ``cluster_file`` (a file holding ``cluster``),
+    TF_CONFIG holds only the task and refers to the file, as a pod's refers to the
+    cluster's ConfigMap; ``kubelearn run`` puts the cluster back in."""
+    if cluster_file is None:
+        env = contract.replica_env(spec, tf_config(cluster, role, index), model_dir)
+    else:
+        env = {**contract.replica_env(spec, tf_config_task(role, index), model_dir),
+               contract.ENV_CLUSTER_FILE: cluster_file}
     return {
-        **contract.replica_env(spec, tf_config(cluster, role, index), model_dir),
+        **env,
         contract.ENV_TOKEN: token,
         contract.ENV_CURVE_KEY: curve_key,
         contract.ENV_PROGRESS_PORT: "0",  # the launcher reads progress.json directly
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def machine_replica_limit() -> tuple[int | None, str]:
+    """How many replicas this machine's limits leave room for (None: no limit), and the
+    limit that decides it: open files (``ulimit -n``) or the user's processes (``ulimit
+    -u``), at :data:`FILES_PER_REPLICA` and :data:`TASKS_PER_REPLICA` per replica."""
+    import resource
+
+    found: tuple[int | None, str] = (None, "")
+    for which, per, reserved, *what in (
+            (resource.RLIMIT_NOFILE, FILES_PER_REPLICA, RESERVED_FILES, "open-file", "-n"),
+            (resource.RLIMIT_NPROC, TASKS_PER_REPLICA, 0, "process", "-u")):
+        soft = resource.getrlimit(which)[0]
+        if soft == resource.RLIM_INFINITY or soft < 0:
+            continue
+        room = max(0, (soft - reserved) // per)
+        if found[0] is None or room < found[0]:
+            found = (room, f"the {what[0]} limit (ulimit {what[1]} {soft})")
+    return found
+
+
+def replica_limit(requested: int | None) -> tuple[int, str]:
+    """The most replicas ``kubelearn local`` starts: ``--max-replicas`` (``requested``) or
+    :data:`DEFAULT_MAX_REPLICAS`, and never more than :func:`machine_replica_limit`; with
+    what to tell a user who asks for more."""
+    limit = DEFAULT_MAX_REPLICAS if requested is None else requested
+    room, why = machine_replica_limit()
+    if room is not None and room < limit:
+        return room, f"{why} leaves room for no more"
+    if requested is None:
+        return limit, "--max-replicas N raises it"
+    return limit, "the limit of --max-replicas"
 
 
 def wire_encrypted() -> bool:
@@ -160,8 +219,16 @@ class Launcher:
 
     def __init__(self, spec: ExperimentSpec, model_dir: str, console: Console,
                  python: str = sys.executable, manifest: Any = None,
-                 encrypt_wire: bool | None = None):
+                 encrypt_wire: bool | None = None, max_replicas: int | None = None,
+                 inline_max: int = contract.INLINE_CLUSTER_MAX_REPLICAS):
         self.spec = spec
+        #: Above this many replicas, the cluster is in a file (as in the operator's setting).
+        self.inline_max = inline_max
+        #: The most replicas a scale may bring (None: as many as the manifest allows).
+        self.max_replicas = max_replicas
+        #: Where the cluster files are (made when the first is written), and how many.
+        self._cluster_dir: str | None = None
+        self._cluster_files = 0
         self.manifest = manifest  # as written: a scale is checked as an update of it
         self.leaving: list[tuple[Replica, float]] = []  # scaled down, given SIGTERM at
         self._scale_seen: Any = None
@@ -178,9 +245,10 @@ class Launcher:
             encrypt_wire = wire_encrypted()
         self.curve_key = secrets.token_hex(32) if encrypt_wire else ""
         self.cluster = cluster_for(spec)
+        cluster_file = self._cluster_file(spec)
         self.replicas = [
             Replica(role, i, task_env(spec, self.cluster, role, i, model_dir, self.token,
-                                      self.curve_key),
+                                      self.curve_key, cluster_file),
                     spec.replicas[role].restart_policy)
             for role in START_ORDER for i in range(spec.count(role))
         ]
@@ -190,21 +258,50 @@ class Launcher:
         self.started = time.monotonic()
         self._signal: int | None = None
 
+    # -- the cluster -----------------------------------------------------------------
+    def _cluster_file(self, spec: ExperimentSpec) -> str | None:
+        """Above ``inline_max`` replicas, the current cluster written once to a new file
+        that the replicas started from now on refer to (those running keep theirs, as pods
+        keep the environment they started with); None below, where TF_CONFIG holds it."""
+        if spec.total_replicas <= self.inline_max:
+            return None
+        if self._cluster_dir is None:
+            self._cluster_dir = tempfile.mkdtemp(prefix=f"kubelearn-{spec.name}-cluster-")
+        path = os.path.join(self._cluster_dir, CLUSTER_FILE.format(self._cluster_files))
+        self._cluster_files += 1
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(cluster_json(self.cluster))
+        return path
+
+    def close(self) -> None:
+        """Removes the cluster files (run() does, as it ends)."""
+        if self._cluster_dir is not None:
+            shutil.rmtree(self._cluster_dir, ignore_errors=True)
+            self._cluster_dir = None
+
     # -- processes -------------------------------------------------------------------
     def command(self) -> list[str]:
         """What every replica runs: the pod's ``kubelearn run ...`` with this Python."""
         return [self.python, "-m", "kubelearn.cli", *contract.runner_command(self.spec)[1:]]
 
-    def _spawn(self, replica: Replica) -> None:
+    def _spawn(self, replica: Replica) -> bool:
+        """Starts the replica's process; False (and the experiment failed) when the system
+        refuses (no process or file left, or an environment too large)."""
         env = {**os.environ, **replica.env}
-        replica.process = subprocess.Popen(
-            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            replica.process = subprocess.Popen(
+                self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            replica.finished = True
+            self.failure = self.failure or f"{replica.name} could not start: {one_line(exc)}"
+            return False
         replica.exit_code = None
         thread = threading.Thread(target=self._pump, args=(replica, replica.process),
                                   daemon=True)
         thread.start()
         replica.threads.append(thread)
+        return True
 
     def _pump(self, replica: Replica, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
@@ -216,8 +313,14 @@ class Launcher:
                           + ", ".join(f"{r} x{self.spec.count(r)}" for r in START_ORDER
                                       if self.spec.count(r))
                           + f"; model dir {self.model_dir}")
-        for replica in self.replicas:
-            self._spawn(replica)
+        for started, replica in enumerate(self.replicas):
+            # A signal stops the launch where it is: the replicas started go with the rest.
+            if self._signal is not None:
+                self.console.line(f"Launch stopped by signal {self._signal} after {started} "
+                                  f"of {len(self.replicas)} replicas")
+                return
+            if not self._spawn(replica):
+                return
 
     def terminate(self) -> None:
         """SIGTERM every live replica, SIGKILL whoever is still there after a grace."""
@@ -279,18 +382,24 @@ class Launcher:
         if why := policy.scale_refusal(workers, running, (report or {}).get("sync_replicas")):
             self.console.line(f"Scale refused: {why}")
             return
+        if self.max_replicas is not None and spec.total_replicas > self.max_replicas:
+            self.console.line(f"Scale refused: {spec.total_replicas} replicas in all; "
+                              f"kubelearn local starts at most {self.max_replicas} here")
+            return
         self.manifest, self.spec = manifest, spec
         role = names.SCALED_ROLE
         if workers > running:
             self.cluster.setdefault(role, [])
             self.cluster[role] += [f"127.0.0.1:{free_port()}" for _ in range(running, workers)]
+            cluster_file = self._cluster_file(spec)
             for index in range(running, workers):
                 replica = Replica(role, index, task_env(spec, self.cluster, role, index,
                                                         self.model_dir, self.token,
-                                                        self.curve_key),
+                                                        self.curve_key, cluster_file),
                                   spec.replicas[role].restart_policy)
                 self.replicas.append(replica)
-                self._spawn(replica)
+                if self._signal is not None or not self._spawn(replica):
+                    break
             self.console.line(f"Workers scaled from {running} to {workers}")
             return
         leaving = [r for r in self.replicas if r.role == role and r.index >= workers]
@@ -365,11 +474,11 @@ class Launcher:
 
     def run(self) -> int:
         """Runs until the experiment succeeds or fails; returns the launcher's exit code."""
-        self.start()
         total = self.spec.hparams.get("train_steps")
         total = total if isinstance(total, int) else None
         success_at: float | None = None
         try:
+            self.start()
             while True:
                 time.sleep(0.2)
                 if self._signal is not None:
@@ -407,6 +516,7 @@ class Launcher:
                     return EXIT_OK
         finally:
             self.console.end_progress()
+            self.close()
 
     # -- the end ---------------------------------------------------------------------
     def summary(self) -> list[str]:
@@ -520,10 +630,19 @@ def local_command(args: argparse.Namespace) -> int:
     except ValueError as exc:  # refused as the operator refuses it
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.max_replicas is not None and args.max_replicas < 1:
+        print(f"kubelearn local: error: --max-replicas must be >= 1, got {args.max_replicas}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         manifest, spec = load_manifest(args.manifest)
     except SpecError as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    limit, how = replica_limit(args.max_replicas)
+    if spec.total_replicas > limit:
+        print(f"kubelearn local: error: spec.replicas: {spec.total_replicas} replicas in all; "
+              f"kubelearn local starts at most {limit}: {how}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         import zmq  # noqa: F401  (the parameter servers need it)
@@ -554,15 +673,27 @@ def local_command(args: argparse.Namespace) -> int:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     console = Console(sys.stdout, progress_tty=sys.stdout.isatty() and not args.no_progress)
-    launcher = Launcher(spec, model_dir, console, manifest=manifest,
-                        encrypt_wire=encrypt_wire)
-    previous = {s: signal.signal(s, lambda signum, _frame: launcher.request_stop(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    launcher: Launcher | None = None
+    pending: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if launcher is None:
+            pending.append(signum)  # the launcher stops before it starts anything
+        else:
+            launcher.request_stop(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        launcher = Launcher(spec, model_dir, console, manifest=manifest,
+                            encrypt_wire=encrypt_wire, max_replicas=limit)
+        if pending:
+            launcher.request_stop(pending[0])
         code = launcher.run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if launcher is not None:
+            launcher.close()
     outcome = {EXIT_OK: "Succeeded", EXIT_FAILED: "Failed"}.get(code, "Stopped")
     console.line(f"Experiment {spec.name} {outcome}")
     for line in launcher.summary():
@@ -575,8 +706,9 @@ def local_command(args: argparse.Namespace) -> int:
 
 DESCRIPTION = ("Starts one process per replica of the manifest with TF_CONFIG on 127.0.0.1, "
                "streams their logs and exits with the experiment's outcome (0 succeeded, "
-               "1 failed, 2 invalid manifest, 3 a model directory URL this machine cannot "
-               "use: unknown scheme or filesystem package not installed).")
+               "1 failed, 2 invalid manifest or more replicas than --max-replicas, 3 a model "
+               "directory URL this machine cannot use: unknown scheme or filesystem package "
+               "not installed).")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -592,6 +724,10 @@ def add_parser(subparsers: Any) -> None:
                              "a directory kubelearn local created)")
     parser.add_argument("--no-progress", action="store_true",
                         help="plain progress lines even on a terminal")
+    parser.add_argument("--max-replicas", type=int, metavar="N",
+                        help=f"start at most N replicas (default {DEFAULT_MAX_REPLICAS}); a "
+                             "manifest asking for more is refused, and so is one the "
+                             "machine's open-file or process limit leaves no room for")
     parser.set_defaults(func=local_command)
 
 

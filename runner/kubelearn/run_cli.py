@@ -28,17 +28,19 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from kubelearn_spec.contract import (
     ENV_BIND_HOST,
+    ENV_CLUSTER_FILE,
     ENV_EXPERIMENT_FN,
     ENV_HPARAMS,
     ENV_MODEL_DIR,
     ENV_PROGRESS_PORT,
     ENV_SCHEDULE,
     EXIT_MODEL_DIR_UNUSABLE,
+    MAX_CLUSTER_FILE_BYTES,
 )
 
 EXIT_OK = 0
@@ -126,6 +128,31 @@ def check_environment(environ: Mapping[str, str]) -> None:
                            ) from None
 
 
+def expand_cluster_file(environ: MutableMapping[str, str]) -> None:
+    """Puts the cluster of the file ``KUBELEARN_CLUSTER_SPEC_FILE`` names into ``TF_CONFIG``
+    (which then holds only the task), as the kubelet expands the cluster's reference in a
+    pod: the experiment function, and anything it starts, sees the whole TF_CONFIG.
+
+    Raises:
+      BadInput: naming the variable, for a file that cannot be read or is not a JSON object
+        of addresses, or a TF_CONFIG that has a cluster already.
+    """
+    from kubelearn import bounded_input
+    from kubelearn_spec.tfconfig import with_cluster
+
+    path = environ.get(ENV_CLUSTER_FILE, "")
+    if not path:
+        return
+    try:
+        text = bounded_input.read_text(path, MAX_CLUSTER_FILE_BYTES)
+        bounded_input.check_json_depth(text, path)
+        bounded_input.check_json_depth(environ.get("TF_CONFIG") or "", "TF_CONFIG")
+        environ["TF_CONFIG"] = with_cluster(environ.get("TF_CONFIG", ""), text)
+    except ValueError as exc:
+        raise BadInput(f"bad {ENV_CLUSTER_FILE}: {_one_line(exc)}") from None
+    del environ[ENV_CLUSTER_FILE]
+
+
 def check_cluster_addresses(cluster: Mapping[str, Sequence[str]]) -> None:
     """Every ``host:port`` of the cluster spec parses: a host name or IP and a port 1-65535.
 
@@ -210,6 +237,7 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
         raise BadInput(f"no model directory: pass --model-dir or set {ENV_MODEL_DIR}")
     check_model_dir(model_dir, "--model-dir" if args.model_dir
                     else f"{ENV_MODEL_DIR} (spec.modelDir)")
+    expand_cluster_file(os.environ)
     check_environment(os.environ)
     if args.hparams:
         try:

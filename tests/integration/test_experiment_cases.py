@@ -31,9 +31,21 @@ def test_valid_cases_are_accepted_as_is(kube_api: client.ApiClient, experiment_c
     assert stored["spec"] == given  # nothing pruned but nulls
 
 
-@pytest.mark.parametrize("case", INVALID, ids=ids(INVALID))
+#: Refused by the operator and kubelearn local only: the API server cannot see the keys of a
+#: map of values of several types (see ``api_server`` in tests/experiment_cases.py).
+REFUSED = [c for c in INVALID if c.api_server]
+NOT_SEEN = [c for c in INVALID if not c.api_server]
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=ids(REFUSED))
 def test_invalid_cases_are_refused_naming_the_field(
         kube_api: client.ApiClient, experiment_crd, namespace: str, case: Case) -> None:
     with pytest.raises(client.ApiException) as raised:
         _create(kube_api, namespace, case)
     assert_refused_naming(raised.value, case.field)
+
+
+@pytest.mark.parametrize("case", NOT_SEEN, ids=ids(NOT_SEEN))
+def test_cases_only_the_model_refuses_are_accepted_by_the_api_server(
+        kube_api: client.ApiClient, experiment_crd, namespace: str, case: Case) -> None:
+    _create(kube_api, namespace, case)  # the operator fails it (InvalidSpec), naming the field

@@ -81,6 +81,8 @@ LOCAL_CASES = {
     "one large scalar aliased many times": (
         "big: &big " + "x" * (1 << 20) + "\nall: [" + ", ".join(["*big"] * 20) + "]\n",
         "bytes of YAML values with aliases expanded"),
+    "an integer of 5000 digits": (yaml.safe_dump(_manifest()).replace(
+        "worker: 1", "worker: 1" + "0" * 5000), "value cannot be read"),
     "mixed-type unknown keys": ("apiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
                                 "metadata: {name: x}\nspec: {experimentFn: 'a:b', "
                                 "replicas: {worker: 1}, 1: a, b: c}\n", "unknown field"),

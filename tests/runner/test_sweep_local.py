@@ -268,6 +268,31 @@ def test_a_bad_manifest_is_one_line_naming_the_field(tmp_path: Path) -> None:
     assert not (tmp_path / "output").exists()
 
 
+MOMENTUM = {"name": "momentum", "type": "double", "min": 0, "max": 1}
+
+
+@pytest.mark.parametrize(("parameter", "algorithm", "field"), [
+    ({**MOMENTUM, "min": -1e308}, "random", "spec.parameters[0].min"),
+    ({**MOMENTUM, "max": 1e308}, "random", "spec.parameters[0].max"),
+    ({**MOMENTUM, "max": float("inf")}, "random", "spec.parameters[0].max"),
+    ({**MOMENTUM, "min": float("-inf")}, "random", "spec.parameters[0].min"),
+    ({**MOMENTUM, "max": float("nan")}, "random", "spec.parameters[0].max"),
+    ({**MOMENTUM, "max": 10**400}, "random", "spec.parameters[0].max"),
+    ({**MOMENTUM, "step": 1e-300}, "random", "spec.parameters[0].step"),
+    ({"name": "n", "type": "int", "min": 0, "max": 10**12}, "grid", "spec.parameters"),
+    ({**MOMENTUM, "name": "values"}, "random", "spec.parameters[0].name"),
+])
+def test_bounds_the_search_cannot_use_are_one_line_naming_the_field(
+        tmp_path: Path, parameter: dict[str, Any], algorithm: str, field: str) -> None:
+    path = _manifest(tmp_path, parameters=[parameter], algorithm=algorithm)
+    proc = _sweep([str(path)], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith(f"kubelearn sweep local: error: {field}: "), lines[0]
+    assert not (tmp_path / "output").exists()
+
+
 def test_an_earlier_sweeps_directory_needs_fresh(tmp_path: Path) -> None:
     path = _manifest(tmp_path, maxTrials=1, parallelism=1)
     assert _sweep([str(path)], cwd=tmp_path).returncode == 0

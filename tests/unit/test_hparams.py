@@ -138,3 +138,31 @@ def test_str_is_read_back_by_parse():
     target.parse(str(source))
     assert target.values() == source.values()
     assert str(HParams(a=1, b=[2.0, 3.0])) == "a=1,b=[2.0, 3.0]"
+
+
+def test_the_models_reserved_names_are_hparams_own_attributes():
+    from kubelearn_spec.schema import RESERVED_HPARAM_NAMES
+
+    own = {name for name in dir(HParams) if not name.startswith("_")}
+    assert set(RESERVED_HPARAM_NAMES) == own
+    for name in own:
+        with pytest.raises(ValueError, match="reserved"):
+            HParams(**{name: 1})
+
+
+def test_a_name_the_model_takes_is_a_name_hparams_takes_and_writes():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from kubelearn_spec.schema import HPARAM_NAME, hparam_name_problem
+
+    @given(st.from_regex(HPARAM_NAME, fullmatch=True) | st.text(max_size=8))
+    def check(name: str) -> None:
+        if hparam_name_problem(name) is not None:
+            return
+        hp = HParams(**{name: 1})
+        assert getattr(hp, name) == 1
+        assert hp.parse(f"{name}=2").values() == {name: 2}
+        assert HParams.from_text(str(hp)).values() == {name: 2}
+
+    check()

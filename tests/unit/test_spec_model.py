@@ -65,8 +65,9 @@ def test_spec_helpers() -> None:
 
 
 def test_nulls_are_pruned_where_the_schema_declares_the_field() -> None:
-    assert prune(ROOT, {"spec": {"image": None, "hparams": {"a": None}}}) == {
-        "spec": {"hparams": {"a": None}}}  # hyper-parameters are kept as given
+    # A null hyper-parameter too, as the API server prunes it; a null in a list is kept.
+    assert prune(ROOT, {"spec": {"image": None, "hparams": {"a": None, "b": [None, 1]}}}) \
+        == {"spec": {"hparams": {"b": [None, 1]}}}
 
 
 def test_max_name_length_depends_on_roles_and_counts() -> None:

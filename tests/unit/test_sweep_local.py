@@ -47,6 +47,8 @@ def test_read_evaluations_skips_a_line_being_written() -> None:
     ([{"loss": float("inf")}], None, "not a finite number"),
     ([{"loss": "0.5"}], None, "not a finite number"),
     ([{"loss": True}], None, "not a finite number"),
+    ([{"loss": 10**400}], None, "is 1000000000000000000000000000000000000000000000000000000000"
+                                "00..., not a finite number"),
 ])
 def test_the_objective_is_the_final_evaluations_metric(evaluations: list[dict[str, Any]],
                                                        value: float | None, why: str) -> None:
@@ -57,7 +59,11 @@ def test_the_objective_is_the_final_evaluations_metric(evaluations: list[dict[st
 
 def test_intermediate_values_by_step() -> None:
     evaluations = [{"global_step": 1, "loss": 9.0}, {"loss": 1.0},
-                   {"global_step": 50, "loss": "x"}, {"global_step": 100.0, "loss": 0.5}]
+                   {"global_step": 50, "loss": "x"}, {"global_step": 100.0, "loss": 0.5},
+                   # Numbers of JSON that are no step, or no double:
+                   {"global_step": float("inf"), "loss": 1.0},
+                   {"global_step": float("nan"), "loss": 1.0},
+                   {"global_step": 10**400, "loss": 1.0}, {"global_step": 7, "loss": 10**400}]
     assert intermediate_of(evaluations, "loss") == {1: 9.0, 100: 0.5}
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kubelearn import cli
 from kubelearn.sweep.plot import (
+    MAX_DRAWN,
     SweepFactsError,
     objective_series,
     parallel_axes,
@@ -104,3 +108,127 @@ def test_nothing_to_plot_and_no_sweep_json(tmp_path: Path, capsys) -> None:
     assert "no trial of sw succeeded" in capsys.readouterr().err
     assert cli.main(["sweep", "plot", str(tmp_path / "none")]) == 1
     assert "sweep.json" in capsys.readouterr().err
+
+
+# -- values kubelearn never writes, and values no plot can show -------------------------------
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda f: f.update(sweep="s\0w"), "sweep"),  # the PNGs' default name
+    (lambda f: f.update(sweep=""), "sweep"),
+    (lambda f: f["objective"].update(metric="lo\0ss"), "objective.metric"),
+    (lambda f: f["trials"][0].update(number=10**400), "trials[0].number"),
+    (lambda f: f["trials"][0].update(number=-1), "trials[0].number"),
+    (lambda f: f["trials"][2].update(state="succeeded\0"), "trials[2].state"),
+    (lambda f: f.update(best=10**400), "best"),
+    (lambda f: f["trials"][0]["hparams"].update({f"p{i}": i for i in range(40)}),
+     "trials[0].hparams"),
+    (lambda f: f.update(trials=f["trials"] * 201), "trials"),
+])
+def test_a_value_kubelearn_never_writes_is_one_line_naming_the_field(
+        tmp_path: Path, capsys, monkeypatch, change, field) -> None:
+    facts = _facts()
+    change(facts)
+    (tmp_path / "sweep.json").write_text(json.dumps(facts))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", "plot", str(tmp_path)]) == 2  # no -o: the name makes the file's
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"kubelearn sweep plot: {field}: "), line
+    assert "\0" not in line and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize(("change", "left_out", "why"), [
+    (lambda f: f["trials"][0].update(objective=1e308), [0], "trials[0].objective is 1e+308"),
+    (lambda f: (f["trials"][0].update(objective=-1e308), f["trials"][4].update(
+        objective=1e308)), [0, 4], "trials[0].objective is -1e+308"),
+    (lambda f: f["trials"][4]["hparams"].update(lr=10**400), [4], "trials[4].hparams.lr is 1000"),
+    (lambda f: f["trials"][4]["hparams"].update(lr=float("inf")), [4], "hparams.lr is inf"),
+    (lambda f: f["trials"][0]["hparams"].update(opt="a\0b"), [0], "control character"),
+    (lambda f: f["trials"][0]["hparams"].update({"o\x1bpt": "sgd"}), [0], "control character"),
+])
+def test_a_trial_no_plot_can_show_is_left_out_with_one_warning(
+        tmp_path: Path, capsys, change, left_out: list[int], why: str) -> None:
+    facts = _facts()
+    change(facts)
+    (tmp_path / "sweep.json").write_text(json.dumps(facts))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor any of matplotlib's overflows
+        assert cli.main(["sweep", "plot", str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    numbers = ", ".join(str(n) for n in left_out)
+    assert line.startswith("kubelearn sweep plot: warning: left out trial"), line
+    assert f" {numbers}: " in line and why in line, line
+    drawn = plotted_series(tmp_path / "out-objective.png")
+    assert not set(drawn["numbers"]) & set(left_out)
+
+
+def test_nothing_left_to_plot_says_why_in_one_line(tmp_path: Path, capsys) -> None:
+    facts = _facts()
+    for trial in facts["trials"]:
+        trial["objective"] = 1e308
+    (tmp_path / "sweep.json").write_text(json.dumps(facts))
+    assert cli.main(["sweep", "plot", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "no trial of sw succeeded" in line and "left out trials 0, 1, 2, 3, 4" in line
+
+
+@pytest.mark.parametrize("values", [(1e150, -1e150), (5e-324, 1e150), (0.0, -5e-324),
+                                    (1e-150, 1e150), (2.5, 2.5)])
+def test_the_largest_and_smallest_values_shown_are_drawn(tmp_path: Path, capsys,
+                                                         values: tuple[float, float]) -> None:
+    facts = _facts()
+    for trial, value in zip([facts["trials"][0], facts["trials"][4]], values, strict=True):
+        trial["objective"] = value
+        trial["hparams"]["lr"] = -value
+    (tmp_path / "sweep.json").write_text(json.dumps(facts))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cli.main(["sweep", "plot", str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=6)
+NUMBERS = (st.integers() | st.integers(-(10**400), 10**400)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+               [1e308, -1e308, 5e-324, 10**400, 2**31, -1]))
+VALUES = st.none() | st.booleans() | NUMBERS | TEXT | st.lists(NUMBERS, max_size=2)
+
+
+@st.composite
+def facts_files(draw: st.DrawFn) -> object:
+    """sweep.json files near what kubelearn writes: any field may hold another value."""
+    def maybe(value: object) -> object:
+        return draw(VALUES) if draw(st.integers(0, 3)) == 0 else value
+
+    trials = [{"number": maybe(n), "state": maybe(draw(st.sampled_from(
+        ["succeeded", "failed", "pruned", "running", "stopped"]))),
+        "hparams": maybe(draw(st.dictionaries(TEXT, VALUES, max_size=3))),
+        "objective": maybe(draw(NUMBERS | st.none()))}
+        for n in range(draw(st.integers(0, 4)))]
+    return {"sweep": maybe("sw"), "objective": maybe({"metric": maybe("loss"),
+                                                      "direction": maybe("minimize")}),
+            "parameters": maybe([{"name": "lr", "log": maybe(True)}]),
+            "best": maybe(draw(st.none() | NUMBERS)), "trials": maybe(trials)}
+
+
+@given(data=facts_files() | VALUES)
+def test_any_sweep_json_parses_to_drawable_facts_or_an_error_naming_a_field(
+        data: object) -> None:
+    try:
+        text = json.dumps(data)
+    except ValueError:  # integers of more digits than Python prints
+        return
+    try:
+        facts = parse_facts(json.loads(text))
+    except SweepFactsError as exc:
+        assert str(exc).isprintable()
+        return
+    assert facts.name.isprintable() and facts.metric.isprintable()
+    for trial in facts.trials:
+        assert 0 <= trial.number < 2**31
+        for name, value in trial.hparams.items():
+            assert name.isprintable()
+            assert value.isprintable() if isinstance(value, str) else (
+                math.isfinite(value) and abs(value) <= MAX_DRAWN)
+        assert trial.objective is None or abs(trial.objective) <= MAX_DRAWN
+    assert facts.warning() is None or facts.warning().isprintable()
+    objective_series(facts)
+    parallel_axes(facts)

@@ -19,6 +19,8 @@ from kubelearn_search import (
     TrialRecord,
 )
 from kubelearn_spec.sweep_model import SweepSpec, parse_sweep
+from kubelearn_spec.sweep_schema import MAX_GRID_POINTS
+from kubelearn_spec.validate import SpecError
 from tests.sweep_cases import BATCH, LR, MINIMAL, OPTIMIZER, STEPS, Case
 
 
@@ -240,3 +242,53 @@ def test_too_many_failures() -> None:
     assert search.done(failed[:1]) == (False, "")
     assert search.done([*failed, TrialRecord(2, {}, "running")]) == \
         (True, MAX_FAILED_TRIALS_EXCEEDED)
+
+
+EXTREME = (st.integers(-(10**20), 10**20) | st.floats(allow_nan=True, allow_infinity=True)
+           | st.sampled_from([0, 1, -1, 0.1, 1e-300, 1e308, -1e308, 10**15, 10**400]))
+
+
+@st.composite
+def parameters(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["double", "int", "categorical", "discrete"]))
+    parameter: dict[str, Any] = {"name": draw(st.sampled_from(["a", "b_1", "values", "_x"])),
+                                 "type": kind}
+    if kind in ("double", "int"):
+        for key in ("min", "max", "step"):
+            if draw(st.booleans()) or key != "step":
+                parameter[key] = draw(EXTREME)
+        if draw(st.booleans()):
+            parameter["distribution"] = "logUniform"
+    elif kind == "discrete":
+        parameter["values"] = draw(st.lists(EXTREME, min_size=1, max_size=3, unique=True))
+    else:
+        parameter["list"] = draw(st.lists(st.text(max_size=3), min_size=1, max_size=3,
+                                          unique=True))
+    return parameter
+
+
+@given(params=st.lists(parameters(), min_size=1, max_size=3,
+                       unique_by=lambda p: p["name"]),
+       algorithm=st.sampled_from(["grid", "random", "tpe", "cmaes"]),
+       number=st.integers(0, 999))
+def test_a_sweep_the_model_takes_is_one_the_search_can_run(
+        params: list[dict[str, Any]], algorithm: str, number: int) -> None:
+    """Any bounds: refused naming a field, or searched without an error (no overflow, no
+    decimal that cannot divide, no grid made whole)."""
+    try:
+        spec = sweep(parameters=params, algorithm=algorithm, maxTrials=1000)
+    except SpecError as exc:
+        assert exc.path.startswith("spec.")
+        return
+    search = Search(spec, seed=1)
+    if algorithm == "grid":
+        assert spec.grid_size is not None and spec.grid_size <= 2 * MAX_GRID_POINTS
+        if number >= spec.grid_size:
+            return
+    point = search.suggest(number, [])
+    for p in spec.parameters:
+        if p.type in ("double", "int"):
+            assert p.min <= point[p.name] <= p.max
+        else:
+            assert point[p.name] in p.values
+    search.stop_reason([TrialRecord(0, point, "succeeded", 1.0)])

@@ -69,7 +69,10 @@ def read_evaluations(text: str) -> list[dict[str, Any]]:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any double: JSON has them
+        return None
 
 
 def objective_of(evaluations: Sequence[Mapping[str, Any]], metric: str
@@ -94,7 +97,8 @@ def intermediate_of(evaluations: Sequence[Mapping[str, Any]], metric: str) -> di
     evaluations without a step or a numeric value are left out."""
     values: dict[int, float] = {}
     for evaluation in evaluations:
-        step, value = _number(evaluation.get("global_step")), _number(evaluation.get(metric))
+        step = sweep_model.finite(evaluation.get("global_step"))
+        value = _number(evaluation.get(metric))
         if step is not None and value is not None:
             values[int(step)] = value
     return values

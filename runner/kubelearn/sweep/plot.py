@@ -8,8 +8,15 @@
   when it spans more than two decades; a categorical one lists its values.
 
 Each PNG carries what it draws as JSON in its ``kubelearn:series`` text chunk, as
-``kubelearn runs plot`` does. ``sweep.json`` is read as outside input: a field of the wrong
-type is an error naming it, never a traceback.
+``kubelearn runs plot`` does. ``sweep.json`` is read as outside input, never with a traceback:
+
+* a field of the wrong type, or a value kubelearn sweep local never writes (a name with a
+  control character such as NUL, a trial number outside 0..2^31, a state that is not a
+  trial's, more than :data:`MAX_TRIALS` trials or :data:`MAX_PARAMETERS` hyper-parameters)
+  is an error naming the field (exit code 2);
+* a trial whose values a plot cannot show (a hyper-parameter or objective beyond
+  :data:`MAX_DRAWN` in magnitude, or not finite; a control character in a hyper-parameter's
+  name or value) is left out, with one warning line naming the trials left out and why.
 """
 
 from __future__ import annotations
@@ -28,10 +35,20 @@ from kubelearn.bounded_input import InputError
 from kubelearn.em.plot import SERIES_KEY, _matplotlib
 from kubelearn_spec.names import DNS_1035, MAX_DNS_LABEL
 from kubelearn_spec.sweep_model import SUCCEEDED, better, finite
-from kubelearn_spec.sweep_schema import DIRECTIONS, MAXIMIZE
+from kubelearn_spec.sweep_schema import (
+    DIRECTIONS,
+    MAX_PARAMETERS,
+    MAX_TRIALS,
+    MAXIMIZE,
+    TRIAL_STATES,
+)
 
 FACTS_FILE = "sweep.json"
 MAX_FACTS_BYTES = 16 << 20
+#: The largest magnitude a plot shows: matplotlib computes its axes' margins and ticks in
+#: doubles, which overflow for values near 1e308 (and their spans, from -1e308 to 1e308).
+MAX_DRAWN = 1e150
+MAX_NUMBER = 2**31
 
 
 class SweepFactsError(ValueError):
@@ -59,6 +76,17 @@ class SweepFacts:
     best: int | None
     trials: tuple[TrialPoint, ...]
     log_parameters: tuple[str, ...] = ()  # sampled log-uniformly: a logarithmic axis
+    #: Trials left out, with why: their values cannot be drawn.
+    left_out: tuple[tuple[int, str], ...] = ()
+
+    def warning(self) -> str | None:
+        """One line on the trials left out (None: none was)."""
+        if not self.left_out:
+            return None
+        numbers = ", ".join(str(n) for n, _ in self.left_out[:10])
+        more = f" and {len(self.left_out) - 10} more" if len(self.left_out) > 10 else ""
+        return (f"left out trial{'s' if len(self.left_out) > 1 else ''} {numbers}{more}: "
+                f"{self.left_out[0][1]}" + (" (and others)" if len(self.left_out) > 1 else ""))
 
     @property
     def parameters(self) -> list[str]:
@@ -66,41 +94,104 @@ class SweepFacts:
         return list(dict.fromkeys(k for t in self.trials for k in t.hparams))
 
 
+def _text(value: str) -> bool:
+    """Text a plot can show and a file name can hold: no control character (NUL, newline,
+    escape...), as no name kubelearn writes has one."""
+    return value.isprintable()
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _undrawable(value: Any, where: str) -> str | None:
+    """Why a hyper-parameter's or an objective's value cannot be drawn (None: it can)."""
+    if isinstance(value, str):
+        return None if _text(value) else f"{where} holds a control character"
+    try:
+        if not math.isfinite(value) or abs(value) > MAX_DRAWN:
+            raise OverflowError
+    except OverflowError:
+        return f"{where} is {_short(value)}, beyond what a plot shows (|x| <= {MAX_DRAWN:g})"
+    return None
+
+
+def _trial_number(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and 0 <= value < MAX_NUMBER)
+
+
 def parse_facts(data: Any) -> SweepFacts:
-    """The facts of ``sweep.json``, checked.
+    """The facts of ``sweep.json``, checked; trials whose values cannot be drawn are left
+    out (:attr:`SweepFacts.left_out`).
 
     Raises:
-      SweepFactsError: naming the field that is missing or of the wrong type.
+      SweepFactsError: naming the field that is missing, of the wrong type, or holds a
+        value kubelearn sweep local never writes.
     """
     def need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
         if not isinstance(obj, Mapping) or not isinstance(obj.get(key), kind):
             raise SweepFactsError(f"{where}{key}: missing or of the wrong type")
         return obj[key]
 
-    name = need(data, "sweep", str, "")
+    def name(obj: Any, key: str, where: str) -> str:
+        value = need(obj, key, str, where)
+        if not value or not _text(value):
+            raise SweepFactsError(f"{where}{key}: {_short(value)} is not a name (empty, or "
+                                  "a control character in it)")
+        return value
+
+    sweep = name(data, "sweep", "")
     objective = need(data, "objective", Mapping, "")
-    metric = need(objective, "metric", str, "objective.")
+    metric = name(objective, "metric", "objective.")
     direction = need(objective, "direction", str, "objective.")
     if direction not in DIRECTIONS:
-        raise SweepFactsError(f"objective.direction: {direction[:40]!r} is not minimize or "
-                              "maximize")
+        raise SweepFactsError(f"objective.direction: {_short(direction[:40])} is not minimize "
+                              "or maximize")
     best = data.get("best")
-    if best is not None and (isinstance(best, bool) or not isinstance(best, int)):
+    if best is not None and not _trial_number(best):
         raise SweepFactsError("best: not a trial number")
-    trials = []
-    for i, raw in enumerate(need(data, "trials", list, "")):
+    raw_trials = need(data, "trials", list, "")
+    if len(raw_trials) > MAX_TRIALS:
+        raise SweepFactsError(f"trials: {len(raw_trials)} trials, more than a sweep runs "
+                              f"({MAX_TRIALS})")
+    trials, left_out, names = [], [], set()
+    for i, raw in enumerate(raw_trials):
         where = f"trials[{i}]."
         number = need(raw, "number", int, where)
+        if not _trial_number(number):
+            raise SweepFactsError(f"{where}number: {_short(number)} is not a trial number "
+                                  f"(0 to {MAX_NUMBER - 1})")
         state = need(raw, "state", str, where)
+        if state not in TRIAL_STATES:
+            raise SweepFactsError(f"{where}state: {_short(state[:40])} is not a trial state "
+                                  f"({', '.join(TRIAL_STATES)})")
         hparams = need(raw, "hparams", Mapping, where)
         values = {str(k): v for k, v in hparams.items()
                   if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
-        trials.append(TrialPoint(number, state, values, finite(raw.get("objective"))))
+        names.update(values)
+        if len(names) > MAX_PARAMETERS:
+            raise SweepFactsError(f"{where}hparams: more hyper-parameters in all than a "
+                                  f"sweep searches ({MAX_PARAMETERS})")
+        objective_value = raw.get("objective")
+        why = next((w for w in (
+            *(None if _text(k) else f"{where}hparams has a name with a control character"
+              for k in values),
+            *(_undrawable(v, f"{where}hparams.{k}") for k, v in values.items()),
+            None if finite(objective_value) is None
+            else _undrawable(objective_value, f"{where}objective")) if w), None)
+        if why is not None:
+            left_out.append((number, why))
+            continue
+        trials.append(TrialPoint(number, state, values, finite(objective_value)))
     trials.sort(key=lambda t: t.number)
-    logs = tuple(str(p["name"]) for p in data.get("parameters") or []
+    parameters = data.get("parameters")
+    logs = tuple(str(p["name"]) for p in (parameters if isinstance(parameters, list) else [])
                  if isinstance(p, Mapping) and isinstance(p.get("name"), str) and p.get("log")
                  is True)
-    return SweepFacts(name, metric, direction == MAXIMIZE, best, tuple(trials), logs)
+    return SweepFacts(sweep, metric, direction == MAXIMIZE, best, tuple(trials), logs,
+                      tuple(left_out))
 
 
 def load_facts(directory: str) -> SweepFacts:
@@ -274,10 +365,14 @@ def sweep_plot_command(args: argparse.Namespace) -> int:
         print(f"kubelearn sweep plot: {exc.strerror or exc}: "
               f"{os.path.join(args.dir, FACTS_FILE)}", file=sys.stderr)
         return 1
+    warning = facts.warning()
     if not any(t.scored for t in facts.trials):
-        print(f"kubelearn sweep plot: no trial of {facts.name} succeeded: nothing to plot",
-              file=sys.stderr)
+        why = "" if warning is None else f" ({warning})"
+        print(f"kubelearn sweep plot: no trial of {facts.name} succeeded: nothing to plot"
+              f"{why}", file=sys.stderr)
         return 1
+    if warning is not None:
+        print(f"kubelearn sweep plot: warning: {warning}", file=sys.stderr)
     try:  # the name comes from sweep.json: one component, never a path
         prefix = args.output or paths.component(facts.name, DNS_1035, "sweep", MAX_DNS_LABEL)
     except InputError as exc:
