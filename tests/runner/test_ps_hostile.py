@@ -25,12 +25,31 @@ TOKEN = "s3cret"
 
 
 @pytest.fixture
-def ps(tmp_path):
-    proc, address, log = start_ps(tmp_path, TOKEN)
-    yield proc, address, log
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+def ps_with(tmp_path):
+    """Starts a ps with the given environment; whatever is left running is killed."""
+    started = []
+
+    def start(**env: str):
+        started.append(start_ps(tmp_path, TOKEN, **env))
+        return started[-1]
+
+    yield start
+    for proc, _, _ in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def ps(ps_with):
+    return ps_with()
+
+
+def _stop(client: PSClient, proc: subprocess.Popen) -> None:
+    """Tells the ps to stop, as the chief does: it exits 0."""
+    client.call(0, "stop")
+    client.close()
+    assert proc.wait(timeout=30) == 0
 
 
 class RawPeer:
@@ -128,9 +147,7 @@ def test_every_hostile_message_gets_an_error_and_the_ps_keeps_serving(ps):
                                   {"w": np.ones((2, 3), np.float32)})
     assert header["global_step"] == 1
     np.testing.assert_allclose(tensors["w"], 0.5)
-    client.call(0, "stop")
-    client.close()
-    assert proc.wait(timeout=30) == 0
+    _stop(client, proc)
     assert "Traceback" not in log_path.read_text()
 
 
@@ -143,9 +160,7 @@ def test_an_oversized_frame_is_refused_before_it_is_buffered(ps):
     peer.close()
     client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
     assert client.call(0, "status")[0]["ok"] is True
-    client.call(0, "stop")
-    client.close()
-    assert proc.wait(timeout=30) == 0
+    _stop(client, proc)
 
 
 def _memory_kib(pid: int, field: str = "VmRSS") -> int:
@@ -179,46 +194,36 @@ def test_a_peer_without_the_token_is_dropped_at_the_handshake(ps):
     log = log_path.read_text()
     assert "Refused a peer at the handshake" in log
     assert "without the experiment token" not in log  # nothing reached the request loop
-    client.call(0, "stop")
-    client.close()
-    assert proc.wait(timeout=30) == 0
+    _stop(client, proc)
 
 
-def test_an_endless_message_from_a_peer_with_the_token_stays_within_the_ps_bound(tmp_path):
+def test_an_endless_message_from_a_peer_with_the_token_stays_within_the_ps_bound(ps_with):
     """ZeroMQ keeps the frames of an unfinished message without limit, so the ps keeps its
     own: past KUBELEARN_PS_MEMORY_LIMIT it drops every connection, and its peers resend."""
     limit_mib = 192
-    proc, address, log_path = start_ps(tmp_path, TOKEN,
-                                       KUBELEARN_PS_MEMORY_LIMIT=f"{limit_mib}Mi")
-    try:
-        client = PSClient([address], token=TOKEN, request_timeout=2, deadline=60)
-        _init(client)
-        sent = drops = 0
-        while sent < 1536 and drops < 50:  # 1.5 GiB, connecting again after each drop
-            try:
-                flood = RawZmtpPeer(address, TOKEN)
-            except ConnectionRefusedError:  # the ps is binding its address again
-                time.sleep(0.05)
-                continue
-            if flood.admitted:
-                sent += flood.send_unfinished(1536 - sent)
-            flood.close()
-            drops += 1
-        # The experiment's own peers are served again (after a resend at most).
-        header, _ = client.call(0, "push", {"step": True}, {"w": np.ones((2, 3), np.float32)})
-        assert header["global_step"] == 1
-        peak_mib = _memory_kib(proc.pid, "VmHWM") / 1024
-        # The bound counts what the ps has allocated; its resident set adds the runtime's
-        # own memory, and up to one check's worth of frames arrives past the bound.
-        assert peak_mib < limit_mib + 160, (sent, drops, peak_mib)
-        assert "dropping every connection" in log_path.read_text()
-        client.call(0, "stop")
-        client.close()
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, address, log_path = ps_with(KUBELEARN_PS_MEMORY_LIMIT=f"{limit_mib}Mi")
+    client = PSClient([address], token=TOKEN, request_timeout=2, deadline=60)
+    _init(client)
+    sent = drops = 0
+    while sent < 1536 and drops < 50:  # 1.5 GiB, connecting again after each drop
+        try:
+            flood = RawZmtpPeer(address, TOKEN)
+        except ConnectionRefusedError:  # the ps is binding its address again
+            time.sleep(0.05)
+            continue
+        if flood.admitted:
+            sent += flood.send_unfinished(1536 - sent)
+        flood.close()
+        drops += 1
+    # The experiment's own peers are served again (after a resend at most).
+    header, _ = client.call(0, "push", {"step": True}, {"w": np.ones((2, 3), np.float32)})
+    assert header["global_step"] == 1
+    peak_mib = _memory_kib(proc.pid, "VmHWM") / 1024
+    # The bound counts what the ps has allocated; its resident set adds the runtime's
+    # own memory, and up to one check's worth of frames arrives past the bound.
+    assert peak_mib < limit_mib + 160, (sent, drops, peak_mib)
+    assert "dropping every connection" in log_path.read_text()
+    _stop(client, proc)
 
 
 def test_no_peer_can_take_over_another_peers_connection(ps):
@@ -233,43 +238,34 @@ def test_no_peer_can_take_over_another_peers_connection(ps):
     thief.close()
     victim.close()
     client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60)
-    client.call(0, "stop")
-    client.close()
-    assert proc.wait(timeout=30) == 0
+    _stop(client, proc)
 
 
-def test_curve_admits_only_peers_holding_the_experiments_key(tmp_path):
+def test_curve_admits_only_peers_holding_the_experiments_key(ps_with):
     key = curve.new_key()
-    proc, address, _ = start_ps(tmp_path, TOKEN, KUBELEARN_CURVE_KEY=key)
-    try:
-        for intruder_key in (None, curve.new_key()):  # plaintext, then another key
-            peer = RawPeer(address, intruder_key)
-            # Even with the token, a peer without the key gets no answer at all.
-            assert peer.ask([_authed({"op": "status"})], timeout_ms=2000) is None
-            peer.close()
-        client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60,
-                          curve_key=key)
-        _init(client)
-        header, tensors = client.call(0, "push", {"step": True},
-                                      {"w": np.ones((2, 3), np.float32)})
-        assert header["global_step"] == 1
-        np.testing.assert_allclose(tensors["w"], 0.5)
-        # Tensors in full-size frames pass the frame cap with Curve's envelope around them.
-        big = np.arange(3 * wire.FRAME_BYTES // 4, dtype=np.float32)
-        spec = optimizers.spec(optimizers.GradientDescent(0.5))
-        client.call(0, "init", {"variables": ["w"], "optimizer": spec, "force": True}, {"w": big})
-        _, tensors = client.call(0, "pull")
-        np.testing.assert_array_equal(tensors["w"], big)
-        with pytest.raises(PSError, match="unauthenticated"):  # the key alone is not enough
-            PSClient([address], token="wrong", request_timeout=10, deadline=60,
-                     curve_key=key).call(0, "status")
-        client.call(0, "stop")
-        client.close()
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, address, _ = ps_with(KUBELEARN_CURVE_KEY=key)
+    for intruder_key in (None, curve.new_key()):  # plaintext, then another key
+        peer = RawPeer(address, intruder_key)
+        # Even with the token, a peer without the key gets no answer at all.
+        assert peer.ask([_authed({"op": "status"})], timeout_ms=2000) is None
+        peer.close()
+    client = PSClient([address], token=TOKEN, request_timeout=10, deadline=60,
+                      curve_key=key)
+    _init(client)
+    header, tensors = client.call(0, "push", {"step": True},
+                                  {"w": np.ones((2, 3), np.float32)})
+    assert header["global_step"] == 1
+    np.testing.assert_allclose(tensors["w"], 0.5)
+    # Tensors in full-size frames pass the frame cap with Curve's envelope around them.
+    big = np.arange(3 * wire.FRAME_BYTES // 4, dtype=np.float32)
+    spec = optimizers.spec(optimizers.GradientDescent(0.5))
+    client.call(0, "init", {"variables": ["w"], "optimizer": spec, "force": True}, {"w": big})
+    _, tensors = client.call(0, "pull")
+    np.testing.assert_array_equal(tensors["w"], big)
+    with pytest.raises(PSError, match="unauthenticated"):  # the key alone is not enough
+        PSClient([address], token="wrong", request_timeout=10, deadline=60,
+                 curve_key=key).call(0, "status")
+    _stop(client, proc)
 
 
 def test_refused_peers_are_remembered_within_a_bound():
