@@ -25,8 +25,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kubelearn import bounded_input, fs
-from kubelearn.hooks import PROGRESS_FILE
+from kubelearn import bounded_input, fs, hooks
 from kubelearn_spec.contract import (
     ENV_BIND_HOST,
     ENV_EXPERIMENT,
@@ -116,6 +115,7 @@ class Reporter:
         self.train_hook = TrainingRecorder(self.run, self._writers[0], every_n_steps=every)
         self.eval_hook = EvaluationRecorder(self.run, self._writers[1])
         self._server: BoundedHTTPServer | None = None
+        self._complaints = bounded_input.Complaints(log.warning)
         self._in_cluster = bool(run_config.cluster_spec)
         self._start_server()
         log.info("Recording run %s in %s", self.run.name, self.run.location)
@@ -127,17 +127,16 @@ class Reporter:
     # -- the progress endpoint -------------------------------------------------------
     def progress(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
+        source = fs.join(self.model_dir, hooks.PROGRESS_FILE)
         try:
-            path = fs.join(self.model_dir, PROGRESS_FILE)
-            data = (fs.read_bytes(path, MAX_PROGRESS_BYTES) if fs.is_remote(path)
-                    else bounded_input.read_bytes(path, MAX_PROGRESS_BYTES))
-            loaded = bounded_input.load_json(data, PROGRESS_FILE)
-            report = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            pass
+            report = hooks.read_progress(self.model_dir) or {}
+        except (OSError, ValueError) as exc:
+            self._complaints.bad(source, f"{_one_line(exc)}; not reported until it is fixed")
+        else:
+            self._complaints.good(source)
         if self.eval_hook.last:
             report["eval"] = {k: _finite(v) for k, v in self.eval_hook.last.items()}
-        if evaluator := evaluator_result(self.model_dir):
+        if evaluator := evaluator_result(self.model_dir, self._complaints):
             report["evaluator"] = evaluator
         report["run"] = self.run.location
         return report
@@ -205,7 +204,7 @@ class Reporter:
             metrics.setdefault("loss", progress.get("loss"))
         if isinstance(metrics.get("global_step"), float):
             metrics["global_step"] = int(metrics["global_step"])
-        if evaluator := evaluator_result(self.model_dir):
+        if evaluator := evaluator_result(self.model_dir, self._complaints):
             metrics["evaluator"] = evaluator
         metrics["run"] = self.run.location
         exports = result[1] if isinstance(result, tuple) and len(result) > 1 else None
@@ -243,24 +242,52 @@ def _number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def evaluator_result(model_dir: str) -> dict[str, Any] | None:
-    """The evaluator's latest evaluation, read from the model directory it shares with the
-    chief: its finite numbers only, from at most the file's last EVALUATOR_TAIL_BYTES (it is
-    another pod's output, so nothing more of it is trusted)."""
-    try:
-        size, tail = fs.read_tail(fs.join(model_dir, EVALUATOR_RESULTS), EVALUATOR_TAIL_BYTES)
-    except OSError:
-        return None
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def last_evaluation(location: str, tail_bytes: int = EVALUATOR_TAIL_BYTES
+                    ) -> dict[str, Any] | None:
+    """The last evaluation in a ``results.jsonl``: its finite numbers only (at most 16, keys
+    cut to 64 characters), from at most the file's last ``tail_bytes``; lines that are not
+    such JSON (nested too deeply, cut by the tail or being written) are skipped. None when
+    there is none.
+
+    Raises:
+      FileNotFoundError: when there is no such file.
+      OSError, ValueError: for one that cannot be read (a path that is not a regular file).
+    """
+    size, tail = fs.read_tail(location, tail_bytes)
     lines = tail.split(b"\n")
-    for line in reversed(lines[1:] if size > EVALUATOR_TAIL_BYTES else lines):
+    for line in reversed(lines[1:] if size > tail_bytes else lines):
         try:
-            value = json.loads(line)
+            value = bounded_input.load_json(line, location)
         except ValueError:
-            continue  # a line cut by the tail, or being written
+            continue
         if isinstance(value, dict):
             result = {str(k)[:64]: v for k, v in value.items() if _number(v)}
             return dict(list(result.items())[:16]) or None
     return None
+
+
+def evaluator_result(model_dir: str, complaints: bounded_input.Complaints | None = None
+                     ) -> dict[str, Any] | None:
+    """The evaluator's latest evaluation, read from the model directory it shares with the
+    chief (:func:`last_evaluation`: it is another pod's output, so nothing more of it is
+    trusted). A file that cannot be read is told to ``complaints``, once."""
+    location = fs.join(model_dir, EVALUATOR_RESULTS)
+    try:
+        result = last_evaluation(location)
+    except FileNotFoundError:
+        result = None
+    except (OSError, ValueError) as exc:
+        if complaints is not None:
+            complaints.bad(location, f"{_one_line(exc)}; not reported until it is fixed")
+        return None
+    if complaints is not None:
+        complaints.good(location)
+    return result
 
 
 def write_termination_message(payload: dict[str, Any]) -> None:
