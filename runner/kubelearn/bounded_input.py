@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable
@@ -180,6 +181,37 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+#: What a YAML error may quote of the text: a token's name (``'<block end>'``) or a character
+#: or two (``'\t'``); anything longer in quotes is the input's own text.
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+def _unquoted(problem: str) -> str:
+    def keep(match: re.Match[str]) -> str:
+        text = match.group(1) if match.group(1) is not None else match.group(2)
+        short = len(text) <= 2 or (text.startswith("<") and text.endswith(">")
+                                   and text[1:-1].replace(" ", "").isalpha())
+        return match.group(0) if short else "'...'"
+
+    return _QUOTED.sub(keep, " ".join(problem.split()))[:200]
+
+
+def yaml_error(source: str, exc: yaml.YAMLError) -> InputError:
+    """What is wrong with YAML text, naming ``source`` and the position only: PyYAML's own
+    message quotes the offending line (its snippet), which may be a secret when the file
+    is not what it should be (a link to a credentials file)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = _unquoted(exc.problem or exc.context or "")
+        return InputError(f"{source}: not valid YAML{where}"
+                          + (f": {problem}" if problem else ""))
+    if isinstance(exc, yaml.reader.ReaderError):
+        return InputError(f"{source}: not valid YAML: a character YAML does not allow at "
+                          f"position {exc.position}")
+    return InputError(f"{source}: not valid YAML ({type(exc).__name__})")
+
+
 def _measure(node: yaml.Node, source: str) -> None:
     """Checks the expanded size and depth of a node graph without expanding it."""
     # id(node) -> (expanded nodes, expanded scalar bytes, depth)
@@ -253,7 +285,7 @@ def load_yaml_all(text: str, source: str) -> list[Any]:
     try:
         loader = _Loader(text)  # refuses unprintable characters at once
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {_one_line(exc)}") from None
+        raise yaml_error(source, exc) from None
     loader.source = source
     documents = []
     try:
@@ -262,7 +294,7 @@ def load_yaml_all(text: str, source: str) -> list[Any]:
             if document is not None:
                 documents.append(document)
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {_one_line(exc)}") from None
+        raise yaml_error(source, exc) from None
     except RecursionError:
         raise InputError(f"{source}: nested too deeply") from None
     finally:

@@ -93,3 +93,32 @@ def test_a_config_file_with_bad_yaml_is_a_value_error_naming_it(runs_dir, text):
     config.write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(ValueError, match=r"run-config\.yaml"):
         em.create_run(config_path=config)
+
+
+CREDENTIALS = {
+    "an INI file": "[default]\naws_access_key_id = AKIAEXAMPLE\n"
+                   "aws_secret_access_key = wJalrXUtnFEMI-SECRET\n",
+    "a shell file": "export TOKEN=wJalrXUtnFEMI-SECRET\n",
+    "a line with a colon": "token: wJalrXUtnFEMI-SECRET: more\n",
+    "an undefined alias": "token: *wJalrXUtnFEMI-SECRET\n",
+    "a tab": "token:\n\twJalrXUtnFEMI-SECRET\n",
+}
+
+
+@pytest.mark.parametrize("label", list(CREDENTIALS))
+def test_a_run_file_linked_to_a_credentials_file_is_never_quoted(runs_dir, capsys, tmp_path,
+                                                                  label):
+    bad = _good_run("bad")
+    secret = tmp_path / "credentials"
+    secret.write_text(CREDENTIALS[label])
+    (bad / "run.yaml").unlink()
+    (bad / "run.yaml").symlink_to(secret)
+    assert cli.main(["runs", "list"]) == 0
+    _, err = capsys.readouterr()
+    code = cli.main(["runs", "show", str(bad)])
+    _, show_err = capsys.readouterr()
+    assert code == 2
+    for message in (err, show_err):
+        assert len(message.strip().splitlines()) == 1, message
+        assert str(bad / "run.yaml") in message, message
+        assert "SECRET" not in message and "AKIA" not in message, message
