@@ -200,7 +200,7 @@ def load(path: str) -> tuple[dict[str, np.ndarray], int]:
         source = io.BytesIO(fs.read_bytes(file))
     else:
         try:
-            fd = bounded_input.open_regular(file, follow_symlinks=False)
+            fd = bounded_input.open_regular(fs.local_path(file), follow_symlinks=False)
         except bounded_input.InputError as exc:
             raise CheckpointError(f"{exc}: a checkpoint must be a regular file") from None
         source = os.fdopen(fd, "rb")

@@ -10,7 +10,8 @@ a path or a URL.
   What is read there must be a regular file, opened without blocking (another pod sharing
   the directory may have put a FIFO or a device under a name kubelearn reads), and a line
   is appended only to a regular file, never through a symbolic link.
-  ``file://`` URLs are paths.
+  A ``file://`` URL is the path it names (``file:///abs/path`` is ``/abs/path``, see
+  :func:`local_path`): the commands turn one into its path as they read it.
 * A **URL** (``s3://bucket/prefix``, or another protocol fsspec knows whose package is
   installed: ``gs://`` with gcsfs, ``memory://``, ...) is mapped to a filesystem with
   ``fsspec.core.url_to_fs``. There a whole object is written with one PUT (``pipe_file``;
@@ -55,6 +56,24 @@ def is_url(location: str) -> bool:
     return model_dir_scheme(os.fspath(location)) is not None
 
 
+def local_path(location: str) -> str:
+    """The path a ``file://`` URL names on this machine: ``file:///abs/path`` and
+    ``file://localhost/abs/path`` are ``/abs/path`` (the rest of the URL as it is, as
+    fsspec takes it, without percent-decoding). Any other location is returned as it is.
+
+    Raises:
+      ModelDirError: for a ``file://`` URL naming another host, or no absolute path.
+    """
+    location = os.fspath(location)
+    if model_dir_scheme(location) != "file":
+        return location
+    host, slash, path = location.split("://", 1)[1].partition("/")
+    if host.lower() not in ("", "localhost") or not slash:
+        raise ModelDirError("a file:// URL must name an absolute path on this machine, as "
+                            "file:///abs/path does (no host)")
+    return "/" + path
+
+
 def _filesystem(location: str) -> tuple[Any, str]:
     """``(filesystem, path)`` of a URL; ``(None, path)`` for a path or a ``file://`` URL.
 
@@ -67,6 +86,8 @@ def _filesystem(location: str) -> tuple[Any, str]:
         return None, location
     if has_userinfo(location):
         raise ModelDirError(CREDENTIALS_IN_URL)
+    if scheme == "file":
+        return None, local_path(location)
     import fsspec.core
     from fsspec.implementations.local import LocalFileSystem
 

@@ -560,6 +560,7 @@ def local_command(args: argparse.Namespace) -> int:
             source = "--model-dir" if args.model_dir else "spec.modelDir"
             fs.check(given, source)
             fs.probe(given, source)
+            given = fs.local_path(given)  # a file:// URL is the path it names
         except fs.ModelDirError as exc:
             print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
             return EXIT_MODEL_DIR_UNUSABLE
@@ -622,7 +623,11 @@ def add_parser(subparsers: Any) -> None:
 def scale_command(args: argparse.Namespace) -> int:
     """The ``kubelearn scale`` command: asks the ``kubelearn local`` running on a model dir
     for another worker count (``kubectl scale exp/NAME --replicas=N`` without a cluster)."""
-    model_dir = args.model_dir
+    try:
+        model_dir = fs.local_path(args.model_dir)  # a file:// URL is the path it names
+    except fs.ModelDirError as exc:
+        print(f"kubelearn scale: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.replicas < 0:
         print(f"kubelearn scale: error: --replicas must be >= 0, got {args.replicas}",
               file=sys.stderr)

@@ -199,7 +199,7 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     Raises:
       BadInput: for anything wrong with the inputs.
     """
-    from kubelearn import bounded_input, checkpoints, learn_runner
+    from kubelearn import bounded_input, checkpoints, fs, learn_runner
     from kubelearn.run_config import RunConfig
 
     spec = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
@@ -211,6 +211,7 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
         raise BadInput(f"no model directory: pass --model-dir or set {ENV_MODEL_DIR}")
     check_model_dir(model_dir, "--model-dir" if args.model_dir
                     else f"{ENV_MODEL_DIR} (spec.modelDir)")
+    model_dir = fs.local_path(model_dir)  # a file:// URL is its path (checked just above)
     try:
         checkpoints.checkpoint_paths(model_dir)
     except checkpoints.CheckpointError as exc:

@@ -1,8 +1,9 @@
 """Files another pod (or a person) put in a model directory, as real ``kubelearn local``,
 ``kubelearn run`` and chief processes meet them: a FIFO, JSON nested thousands deep, a
-binary checkpoint index, a checkpoint that is a symbolic link out of the directory. A file
-the runner polls is left aside with one warning that never quotes it, signals are acted on
-throughout, and a checkpoint kubelearn did not write is one line and exit code 2."""
+binary checkpoint index, a checkpoint that is a symbolic link out of the directory, a
+``file://`` URL. A file the runner polls is left aside with one warning that never quotes
+it, signals are acted on throughout, and a checkpoint kubelearn did not write is one line
+and exit code 2."""
 
 from __future__ import annotations
 
@@ -154,3 +155,27 @@ def test_a_bad_checkpoint_index_or_a_linked_checkpoint_is_one_line_exit_2(tmp_pa
         proc = _cli(*args, "--model-dir", str(model_dir), cwd=tmp_path)
         _one_line_exit_2(proc, needle)
         assert str(model_dir / "checkpoint") in proc.stderr
+
+
+def test_a_file_url_model_dir_is_its_path(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    manifest = _manifest(tmp_path, 20)
+    proc = _cli("local", str(manifest), "--model-dir", f"file://{tmp_path}/m",
+                "--no-progress", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "m" / "checkpoint").is_file()
+    assert next((tmp_path / "m" / "runs").iterdir()).is_dir()
+    proc = _cli("run", "--experiment-fn", LINEAR, "--hparams", '{"train_steps": 30}',
+                "--model-dir", f"file://{tmp_path}/m", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    proc = _cli("runs", "--dir", f"file://{tmp_path}/m/runs", "list", cwd=work)
+    assert proc.returncode == 0 and "linear" in proc.stdout, proc.stderr[-2000:]
+    # Nothing named file: anywhere, in the working directory or beside the manifest.
+    assert list(work.iterdir()) == []
+    assert not [p for p in tmp_path.rglob("file:*")]
+    proc = _cli("local", str(manifest), "--model-dir", f"file://elsewhere{tmp_path}/m",
+                cwd=work)
+    assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "file:///abs/path" in proc.stderr and "Traceback" not in proc.stderr

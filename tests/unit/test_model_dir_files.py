@@ -1,7 +1,7 @@
 """What the runner and the launcher read from a model directory, as outside input: only
 regular files (a FIFO is refused at once instead of blocking the reader), a bounded number
-of bytes, JSON parsed within the depth limit. The processes that poll these files are
-tested in tests/runner/test_model_dir_hostile.py."""
+of bytes, JSON parsed within the depth limit; a ``file://`` URL is the path it names.
+The processes that poll these files are tested in tests/runner/test_model_dir_hostile.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubelearn import bounded_input, fs, hooks, reporting
+from kubelearn import bounded_input, em, fs, hooks, reporting
+from kubelearn.run_config import RunConfig
 from kubelearn.sweep.local import Trial, read_evaluations, read_trial
 
 DEEP = "[" * 2000 + "]" * 2000
@@ -131,6 +132,37 @@ def test_a_deep_last_evaluation_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_text('{"global_step": 5, "loss": 0.5}\n{"x": ' + DEEP[:3000] + "}\n")
     assert reporting.last_evaluation(str(path)) == {"global_step": 5, "loss": 0.5}
+
+
+# -- file:// URLs ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("url", "path"), [
+    ("file:///abs/path", "/abs/path"), ("FILE:///abs/path", "/abs/path"),
+    ("file://localhost/abs/path", "/abs/path"), ("/plain/path", "/plain/path"),
+    ("relative/path", "relative/path"), ("s3://bucket/x", "s3://bucket/x")])
+def test_a_file_url_is_the_path_it_names(url: str, path: str) -> None:
+    assert fs.local_path(url) == path
+
+
+@pytest.mark.parametrize("url", ["file://host/abs/path", "file://relative", "file://"])
+def test_a_file_url_naming_no_local_path_is_refused(url: str) -> None:
+    with pytest.raises(fs.ModelDirError, match="file:///abs/path"):
+        fs.local_path(url)
+    with pytest.raises(fs.ModelDirError):
+        fs.check(url, "--model-dir")
+
+
+def test_nothing_named_file_is_made_for_a_file_url(tmp_path: Path, monkeypatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    url = f"file://{tmp_path}/m"
+    assert RunConfig(model_dir=url).model_dir == f"{tmp_path}/m"
+    monkeypatch.setenv("EM_RUN_PARENT_DIR", f"{url}/runs")
+    run = em.create_run(name="r")
+    run.finish()
+    assert Path(run.path).parent == tmp_path / "m" / "runs"
+    assert em.run.parent_dir(f"{url}/runs") == tmp_path / "m" / "runs"
+    assert list(work.iterdir()) == []
 
 
 @pytest.mark.timeout(30)

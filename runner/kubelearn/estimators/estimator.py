@@ -63,6 +63,7 @@ class Estimator:
         learning_rate: float = 0.05,
     ):
         config = config if config is not None else RunConfig()
+        model_dir = fs.local_path(model_dir) if model_dir else model_dir
         if model_dir and config.model_dir and _same_dir(model_dir) != _same_dir(
             config.model_dir
         ):
@@ -523,7 +524,7 @@ class ExportedModel:
             model: Any = io.BytesIO(fs.read_bytes(fs.join(export_dir, "model.npz")))
         else:  # a regular file, never a FIFO that would block
             model = os.fdopen(bounded_input.open_regular(
-                os.path.join(export_dir, "model.npz")), "rb")
+                fs.local_path(os.path.join(export_dir, "model.npz"))), "rb")
         with model:
             signature = fs.join(export_dir, "signature.json")
             self.signature = bounded_input.load_json(

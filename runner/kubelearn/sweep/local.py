@@ -460,9 +460,13 @@ def sweep_local_command(args: argparse.Namespace) -> int:
     except ImportError:
         return _error("the hyper-parameter search needs optuna: pip install 'kubelearn[sweep]'")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    if args.dir and fs.is_url(args.dir):
-        return _error(f"--dir {args.dir}: the sweep directory must be a local path")
-    directory = os.path.abspath(args.dir or os.path.join("output", spec.name))
+    try:
+        given = fs.local_path(args.dir) if args.dir else None  # file:///p is the path /p
+    except fs.ModelDirError as exc:
+        return _error(f"--dir: {exc}")
+    if given and fs.is_url(given):
+        return _error(f"--dir {given}: the sweep directory must be a local path")
+    directory = os.path.abspath(given or os.path.join("output", spec.name))
     try:
         prepare_directory(directory, args.manifest, args.fresh)
     except (OSError, ValueError) as exc:
