@@ -4,6 +4,7 @@ events, the series a plot carries) and making em runs. Fixtures are in tests/con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,72 @@ def run_python(code: str, *, cwd: Path | str | None = None, timeout: float = 60,
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=RUNNER_PATH, **env), cwd=cwd,
                           timeout=timeout)
+
+
+class Local:
+    """``kubelearn local`` in the background (its own session, stdin closed, the runner of
+    this checkout importable), its output collected line by line."""
+
+    def __init__(self, path: Path, model_dir: Path, *, env: dict[str, str] | None = None
+                 ) -> None:
+        import threading
+
+        self.model_dir = model_dir
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubelearn.cli", "local", str(path), "--model-dir",
+             str(model_dir), "--no-progress"], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, cwd=path.parent,
+            env=env if env is not None else dict(os.environ, PYTHONPATH=RUNNER_PATH),
+            start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def wait_said(self, text: str, timeout: float = 60) -> None:
+        from tests.cluster.helpers import wait_for
+
+        wait_for(lambda: self.said(text), timeout,
+                 f"{text!r} in the log:\n" + "\n".join(self.lines[-40:]))
+
+    def step(self) -> int:
+        return progress(self.model_dir)
+
+    def scale(self, workers: int) -> None:
+        out = subprocess.run([sys.executable, "-m", "kubelearn.cli", "scale",
+                              str(self.model_dir), "--replicas", str(workers)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert f"for {workers} workers" in out.stdout
+
+    def finish(self, timeout: float = 240) -> int:
+        """Its exit code, once it has exited and its output is read (killed, with its
+        process group, if it is still there after ``timeout``)."""
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self.kill()
+        self._reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def still_running(proc: subprocess.Popen) -> Callable[[], None]:

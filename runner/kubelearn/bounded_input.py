@@ -3,8 +3,10 @@
 Standard library and PyYAML only (no numpy), so every component that reads a manifest, a
 run file or an environment variable can use it. What it guarantees:
 
-* a path that is not a regular file (a directory, a device, a FIFO) is refused before it is
-  opened for reading, and at most ``MAX_FILE_BYTES`` are read;
+* a path that is not a regular file (a directory, a device, a FIFO) is refused, and at most
+  ``MAX_FILE_BYTES`` are read: the file is opened without blocking (a FIFO put where a file
+  was expected can never hold a reader up) and checked on its descriptor before a byte is
+  read; a symbolic link is refused where the caller asks for it (``follow_symlinks=False``);
 * bytes that are not UTF-8 text are refused;
 * YAML aliases are never expanded: the document's size counted with every alias expanded
   (its nodes, its scalars' bytes and its nesting depth) is checked on the node graph, where
@@ -14,14 +16,19 @@ run file or an environment variable can use it. What it guarantees:
 * JSON nesting is bounded before the parser sees the text.
 
 Every refusal is an :class:`InputError` (a ``ValueError``) whose one-line message names
-the source.
+the source and never quotes what the input holds. :class:`Complaints` says once what is
+wrong with a file that is read again and again.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import stat
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -48,23 +55,94 @@ def read_text(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> str:
     return decode(read_bytes(path, limit), str(path))
 
 
-def read_bytes(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them."""
+def read_bytes(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES, *,
+               follow_symlinks: bool = True) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them; every failure,
+    a missing file included, is an InputError naming ``path``."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            kind = "a directory" if os.path.isdir(path) else "not a regular file"
-            raise InputError(f"{path}: is {kind}")
-        with open(path, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise InputError(f"{path}: is not a regular file")
-            data = handle.read(limit + 1)
+        return read_regular(path, limit, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    if len(data) > limit:
+
+
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> int:
+    """A descriptor of the regular file ``path``, open for reading.
+
+    What is not a regular file is refused on a ``stat`` before it is opened, and again on
+    the descriptor (it may have been replaced in between); the open itself never blocks
+    (``O_NONBLOCK``: a FIFO opens at once, and is then refused). ``follow_symlinks=False``
+    refuses a symbolic link as the last part of ``path`` (``O_NOFOLLOW``).
+
+    Raises:
+      FileNotFoundError: when nothing is there (and other OSErrors of the open as they are).
+      InputError: naming ``path``, for what is not a regular file.
+    """
+    check_regular(path, (os.stat if follow_symlinks else os.lstat)(path).st_mode)
+    flags = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+             | getattr(os, "O_CLOEXEC", 0) | (0 if follow_symlinks else os.O_NOFOLLOW))
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise InputError(f"{path}: is a symbolic link") from None
+        raise
+    try:
+        check_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_regular(path: str | os.PathLike[str], mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+            else "a FIFO, not a regular file" if stat.S_ISFIFO(mode)
+            else "not a regular file")
+    raise InputError(f"{path}: is {kind}")
+
+
+def read_regular(path: str | os.PathLike[str], limit: int | None = MAX_FILE_BYTES, *,
+                 follow_symlinks: bool = True) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), at most ``limit``
+    of them (None: the whole file).
+
+    Raises:
+      FileNotFoundError: when nothing is there (and other OSErrors as they are).
+      InputError: naming ``path``, for what is not a regular file or holds more than
+        ``limit`` bytes.
+    """
+    fd = open_regular(path, follow_symlinks=follow_symlinks)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(-1 if limit is None else limit + 1)
+    if limit is not None and len(data) > limit:
         raise InputError(f"{path}: larger than {limit} bytes")
     return data
+
+
+class Complaints:
+    """Says once what is wrong with a source of outside input that is read again and again
+    (a file polled every second): :meth:`bad` passes its message to ``say`` the first time,
+    and again only after :meth:`good` said the source was fine (or gone) in between."""
+
+    def __init__(self, say: Callable[[str], object]):
+        self._say = say
+        self._bad: set[str] = set()
+        self._lock = threading.Lock()
+
+    def bad(self, source: str, message: str) -> None:
+        with self._lock:
+            new = source not in self._bad
+            self._bad.add(source)
+        if new:
+            self._say(message)
+
+    def good(self, source: str) -> None:
+        with self._lock:
+            self._bad.discard(source)
 
 
 def decode(data: bytes, source: str) -> str:
@@ -101,6 +179,37 @@ def load_json(text: str | bytes, source: str, limit: int = MAX_DEPTH) -> Any:
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: What a YAML error may quote of the text: a token's name (``'<block end>'``) or a character
+#: or two (``'\t'``); anything longer in quotes is the input's own text.
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+def _unquoted(problem: str) -> str:
+    def keep(match: re.Match[str]) -> str:
+        text = match.group(1) if match.group(1) is not None else match.group(2)
+        short = len(text) <= 2 or (text.startswith("<") and text.endswith(">")
+                                   and text[1:-1].replace(" ", "").isalpha())
+        return match.group(0) if short else "'...'"
+
+    return _QUOTED.sub(keep, " ".join(problem.split()))[:200]
+
+
+def yaml_error(source: str, exc: yaml.YAMLError) -> InputError:
+    """What is wrong with YAML text, naming ``source`` and the position only: PyYAML's own
+    message quotes the offending line (its snippet), which may be a secret when the file
+    is not what it should be (a link to a credentials file)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = _unquoted(exc.problem or exc.context or "")
+        return InputError(f"{source}: not valid YAML{where}"
+                          + (f": {problem}" if problem else ""))
+    if isinstance(exc, yaml.reader.ReaderError):
+        return InputError(f"{source}: not valid YAML: a character YAML does not allow at "
+                          f"position {exc.position}")
+    return InputError(f"{source}: not valid YAML ({type(exc).__name__})")
 
 
 def _measure(node: yaml.Node, source: str) -> None:
@@ -176,7 +285,7 @@ def load_yaml_all(text: str, source: str) -> list[Any]:
     try:
         loader = _Loader(text)  # refuses unprintable characters at once
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {_one_line(exc)}") from None
+        raise yaml_error(source, exc) from None
     loader.source = source
     documents = []
     try:
@@ -185,7 +294,7 @@ def load_yaml_all(text: str, source: str) -> list[Any]:
             if document is not None:
                 documents.append(document)
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {_one_line(exc)}") from None
+        raise yaml_error(source, exc) from None
     except RecursionError:
         raise InputError(f"{source}: nested too deeply") from None
     except ValueError as exc:  # a scalar no Python value holds: an integer of 5000 digits

@@ -4,6 +4,12 @@ Every file is written to a temporary name and renamed into place, so a process k
 any moment leaves either the previous checkpoint or the new one, never a torn file. Arrays
 are loaded with ``allow_pickle=False``: a checkpoint can never execute code.
 
+What is read is checked as outside input (the model directory may be shared with other
+pods): the index is UTF-8 text of at most MAX_INDEX_BYTES whose entries stay inside the
+model directory, and a checkpoint is a regular file there, never a symbolic link (to a
+checkpoint elsewhere, say) nor a FIFO. Anything else is a :class:`CheckpointError`, one
+line naming the file.
+
 ``model_dir`` may also be a URL (``s3://bucket/prefix``, see :mod:`kubelearn.fs`): there
 each file is one object written with one PUT, complete or absent. Either way a checkpoint
 is written, and its write has returned, before the index naming it is written, and a
@@ -24,7 +30,7 @@ from typing import IO
 
 import numpy as np
 
-from kubelearn import fs
+from kubelearn import bounded_input, fs
 
 INDEX_NAME = "checkpoint"
 PREFIX = "model.ckpt"
@@ -37,10 +43,17 @@ MAX_DIMS = 32
 #: Bytes of all arrays of one checkpoint, as their headers declare them, checked before
 #: any array is read (a crafted header cannot make the loader allocate more).
 MAX_CHECKPOINT_BYTES = 1 << 36
+#: Bytes of the ``checkpoint`` index read (kubelearn writes a line per kept checkpoint).
+MAX_INDEX_BYTES = 1 << 20
 
 
 class CheckpointError(ValueError):
     """A checkpoint file or index that kubelearn did not write; the message names it."""
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _inside(model_dir: str, entry: str, index: str) -> str:
@@ -52,11 +65,15 @@ def _inside(model_dir: str, entry: str, index: str) -> str:
             raise CheckpointError(f"{index}: entry {entry!r} is outside the model directory "
                                   f"{model_dir}")
         return fs.join(model_dir, normal)
-    root = os.path.realpath(model_dir)
+    root = os.path.realpath(model_dir).rstrip(os.sep) + os.sep
     path = os.path.realpath(os.path.join(model_dir, entry))
-    if os.path.isabs(entry) or not path.startswith(root.rstrip(os.sep) + os.sep):
+    if os.path.isabs(entry) or not path.startswith(root):
         raise CheckpointError(f"{index}: entry {entry!r} is outside the model directory "
                               f"{model_dir}")
+    # The file itself too: a checkpoint that is a link to one elsewhere is outside.
+    if not os.path.realpath(os.path.join(model_dir, entry + ".npz")).startswith(root):
+        raise CheckpointError(f"{index}: entry {entry!r}: its .npz is a symbolic link out of "
+                              f"the model directory {model_dir}")
     return os.path.join(model_dir, entry)
 
 
@@ -66,9 +83,11 @@ def checkpoint_paths(model_dir: str | None) -> list[str]:
         return []
     index = fs.join(model_dir, INDEX_NAME)
     try:
-        lines = fs.read_text(index).splitlines()
+        lines = fs.read_text(index, MAX_INDEX_BYTES).splitlines()
     except FileNotFoundError:
         return []
+    except ValueError as exc:  # not a regular file, too long, not text
+        raise CheckpointError(f"not a checkpoint index: {_one_line(exc)}") from None
     paths: list[str] = []
     for line in lines:
         match = _LINE_RE.fullmatch(line.strip())
@@ -125,15 +144,14 @@ def save(
     return prefix
 
 
-def _check_headers(file: str, data: IO[bytes] | None = None) -> None:
+def _check_headers(file: str, data: IO[bytes]) -> None:
     """Checks every array's declared dtype and shape before a byte of data is read.
 
-    ``data`` is the checkpoint's bytes when they were read from an object store (the
-    file named ``file`` is read otherwise)."""
+    ``data`` is the open checkpoint ``file``."""
     total = 0
-    with zipfile.ZipFile(data if data is not None else file) as archive:
+    with zipfile.ZipFile(data) as archive:
         for info in archive.infolist():
-            name = info.filename.removesuffix(".npy")
+            name = info.filename.removesuffix(".npy")[:100]
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)
                 if version == (1, 0):
@@ -174,16 +192,26 @@ def load(path: str) -> tuple[dict[str, np.ndarray], int]:
         shape its data does not fill, a global step that is not one non-negative int64.
     """
     file = path if path.endswith(".npz") else path + ".npz"
-    source: str | IO[bytes] = file
+    source: IO[bytes]
     if fs.is_remote(file):
         # The object's bytes, read once into memory (an error of the store, such as a
         # missing object, is raised as it is): the header check and the load read the same
         # bytes, and np.load gets a seekable file.
         source = io.BytesIO(fs.read_bytes(file))
+    else:
+        try:
+            fd = bounded_input.open_regular(fs.local_path(file), follow_symlinks=False)
+        except bounded_input.InputError as exc:
+            raise CheckpointError(f"{exc}: a checkpoint must be a regular file") from None
+        source = os.fdopen(fd, "rb")
+    with source:
+        return _load(file, path, source)
+
+
+def _load(file: str, path: str, source: IO[bytes]) -> tuple[dict[str, np.ndarray], int]:
     try:
-        _check_headers(file, None if isinstance(source, str) else source)
-        if not isinstance(source, str):
-            source.seek(0)
+        _check_headers(file, source)
+        source.seek(0)
         with np.load(source, allow_pickle=False) as data:
             variables = {name: data[name] for name in data.files if name != GLOBAL_STEP}
             step = (_step(file, data[GLOBAL_STEP]) if GLOBAL_STEP in data.files
@@ -192,9 +220,13 @@ def load(path: str) -> tuple[dict[str, np.ndarray], int]:
         raise
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
-            zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise CheckpointError(f"{file}: not a readable checkpoint: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise CheckpointError(f"{file}: not a readable checkpoint: {_one_line(exc)}"
+                              ) from None
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        # numpy's own messages quote the header they could not parse: the type alone.
+        raise CheckpointError(f"{file}: not a readable checkpoint ({type(exc).__name__} "
+                              f"reading an array header)") from None
     return variables, step
 
 

@@ -7,7 +7,11 @@ a path or a URL.
 
 * A **path** keeps the local semantics: a file is replaced through a temporary file, fsync
   and ``os.replace`` (:mod:`kubelearn.atomic`), so a reader sees the old file or the new one.
-  ``file://`` URLs are paths.
+  What is read there must be a regular file, opened without blocking (another pod sharing
+  the directory may have put a FIFO or a device under a name kubelearn reads), and a line
+  is appended only to a regular file, never through a symbolic link.
+  A ``file://`` URL is the path it names (``file:///abs/path`` is ``/abs/path``, see
+  :func:`local_path`): the commands turn one into its path as they read it.
 * A **URL** (``s3://bucket/prefix``, or another protocol fsspec knows whose package is
   installed: ``gs://`` with gcsfs, ``memory://``, ...) is mapped to a filesystem with
   ``fsspec.core.url_to_fs``. There a whole object is written with one PUT (``pipe_file``;
@@ -29,6 +33,7 @@ raised as ``OSError`` naming the location, so callers handle both kinds of stora
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -37,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from kubelearn import atomic
+from kubelearn import atomic, bounded_input
 from kubelearn_spec.contract import model_dir_scheme
 from kubelearn_spec.schema import CREDENTIALS_IN_URL, has_userinfo
 
@@ -52,6 +57,24 @@ def is_url(location: str) -> bool:
     return model_dir_scheme(os.fspath(location)) is not None
 
 
+def local_path(location: str) -> str:
+    """The path a ``file://`` URL names on this machine: ``file:///abs/path`` and
+    ``file://localhost/abs/path`` are ``/abs/path`` (the rest of the URL as it is, as
+    fsspec takes it, without percent-decoding). Any other location is returned as it is.
+
+    Raises:
+      ModelDirError: for a ``file://`` URL naming another host, or no absolute path.
+    """
+    location = os.fspath(location)
+    if model_dir_scheme(location) != "file":
+        return location
+    host, slash, path = location.split("://", 1)[1].partition("/")
+    if host.lower() not in ("", "localhost") or not slash:
+        raise ModelDirError("a file:// URL must name an absolute path on this machine, as "
+                            "file:///abs/path does (no host)")
+    return "/" + path
+
+
 def _filesystem(location: str) -> tuple[Any, str]:
     """``(filesystem, path)`` of a URL; ``(None, path)`` for a path or a ``file://`` URL.
 
@@ -64,6 +87,8 @@ def _filesystem(location: str) -> tuple[Any, str]:
         return None, location
     if has_userinfo(location):
         raise ModelDirError(CREDENTIALS_IN_URL)
+    if scheme == "file":
+        return None, local_path(location)
     import fsspec.core
     from fsspec.implementations.local import LocalFileSystem
 
@@ -227,38 +252,45 @@ def listdir(location: str) -> list[str]:
 
 
 def read_bytes(location: str, limit: int | None = None) -> bytes:
-    """The whole file or object.
+    """The whole file or object. A path must be a regular file (opened without blocking:
+    a FIFO or a device is refused at once, see :func:`kubelearn.bounded_input.open_regular`).
 
     Raises:
       FileNotFoundError: when it is missing.
-      ValueError: when it is longer than ``limit`` bytes.
+      ValueError: when it is longer than ``limit`` bytes, or a path is not a regular file
+        (:class:`kubelearn.bounded_input.InputError`, naming it).
     """
     filesystem, path = _filesystem(location)
     if filesystem is None:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1 if limit is not None else -1)
-    else:
-        with _remote_errors(location):
-            data = (filesystem.cat_file(path) if limit is None
-                    else filesystem.cat_file(path, start=0, end=limit + 1))
+        return bounded_input.read_regular(path, limit)
+    with _remote_errors(location):
+        data = (filesystem.cat_file(path) if limit is None
+                else filesystem.cat_file(path, start=0, end=limit + 1))
     if limit is not None and len(data) > limit:
         raise ValueError(f"{location}: longer than {limit} bytes")
     return bytes(data)
 
 
 def read_text(location: str, limit: int | None = None) -> str:
-    return read_bytes(location, limit).decode("utf-8")
+    """The UTF-8 text of a file or object, as :func:`read_bytes` reads it.
+
+    Raises:
+      ValueError: also for bytes that are not UTF-8 text (naming the location).
+    """
+    return bounded_input.decode(read_bytes(location, limit), location)
 
 
 def read_tail(location: str, nbytes: int) -> tuple[int, bytes]:
-    """``(size, last nbytes bytes)`` of a file or object.
+    """``(size, last nbytes bytes)`` of a file or object (a path: a regular file, as
+    :func:`read_bytes` requires).
 
     Raises:
       FileNotFoundError: when it is missing.
+      ValueError: when a path is not a regular file.
     """
     filesystem, path = _filesystem(location)
     if filesystem is None:
-        with open(path, "rb") as handle:
+        with os.fdopen(bounded_input.open_regular(path), "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, size - nbytes))
             return size, handle.read(nbytes)
@@ -307,20 +339,36 @@ def write_text(location: str, text: str, *, durable: bool = True) -> None:
 def append_line(location: str, line: str) -> None:
     """Adds ``line`` (without its newline) at the end of a text file of lines (JSONL).
 
-    A path is opened for appending, as before. An object store cannot append, so the
-    object is read, the line added, and the whole object written back with one PUT: a
-    reader sees every line or all but the new one, never a torn line, and a writer that is
-    killed loses at most the line it was adding. This costs a read and a write of the
-    whole object per line, which suits what uses it (a line per evaluation). Each such file
-    has one writer at a time (the chief writes ``eval/``, the evaluator ``eval_continuous/``);
-    two processes appending to the same object at once could lose a line (the last writer
-    wins). A file with a line per training step would instead be staged locally and
-    uploaded whole (see :mod:`kubelearn.em.run`).
+    A path is opened for appending: a regular file (created when missing), never a
+    symbolic link, a FIFO or a device, which are refused with a ValueError
+    (:class:`kubelearn.bounded_input.InputError`) naming the location.
+
+    An object store cannot append, so the object is read, the line added, and the whole
+    object written back with one PUT: a reader sees every line or all but the new one, never
+    a torn line, and a writer that is killed loses at most the line it was adding. This
+    costs a read and a write of the whole object per line, which suits what uses it (a line
+    per evaluation). Each such file has one writer at a time (the chief writes ``eval/``,
+    the evaluator ``eval_continuous/``); two processes appending to the same object at once
+    could lose a line (the last writer wins). A file with a line per training step would
+    instead be staged locally and uploaded whole (see :mod:`kubelearn.em.run`).
     """
     filesystem, path = _filesystem(location)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
     if filesystem is None:
-        with open(path, "ab") as handle:
+        # Never through a symbolic link, never into a FIFO or a device (which would block
+        # the writer or take the line elsewhere): a regular file, or a new one.
+        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW
+                 | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symbolic link; a FIFO
+                kind = "a symbolic link" if exc.errno == errno.ELOOP else "a FIFO"
+                raise bounded_input.InputError(f"{location}: is {kind}, not a regular file"
+                                               ) from None
+            raise
+        with os.fdopen(fd, "ab") as handle:
+            bounded_input.check_regular(location, os.fstat(fd).st_mode)
             handle.write(data)
         return
     with _remote_errors(location):

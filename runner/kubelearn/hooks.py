@@ -12,7 +12,7 @@ import math
 import time
 from typing import Any
 
-from kubelearn import fs
+from kubelearn import bounded_input, fs
 
 log = logging.getLogger("kubelearn")
 
@@ -195,6 +195,62 @@ def _format(results: dict[str, Any] | None) -> str:
 
 
 PROGRESS_FILE = "progress.json"
+#: Bytes of progress.json a reader takes (the chief writes about a hundred).
+MAX_PROGRESS_FILE_BYTES = 16 << 10
+
+
+def _number(value: Any, minimum: float = -math.inf) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and minimum <= value and abs(value) < 2 ** 63)
+
+
+#: What a progress report holds: each entry's check. Other entries are left out.
+_PROGRESS_ENTRIES = {
+    "global_step": lambda v: isinstance(v, int) and _number(v, 0),
+    "loss": lambda v: v is None or _number(v),
+    "steps_per_sec": lambda v: _number(v, 0),
+    "time": lambda v: _number(v),
+    "sync_replicas": lambda v: v is None or (isinstance(v, int) and _number(v, 2)),
+}
+
+
+def parse_progress(data: bytes, source: str) -> dict[str, Any]:
+    """A progress report from the bytes of a ``progress.json``, taken as outside input
+    (any pod that shares the model directory can write there): JSON nested no deeper than
+    :data:`kubelearn.bounded_input.MAX_DEPTH`, an object with an integer ``global_step``
+    whose other entries the chief writes have the types it writes them with; entries it
+    does not write are left out.
+
+    Raises:
+      kubelearn.bounded_input.InputError: naming ``source`` (never quoting the data).
+    """
+    value = bounded_input.load_json(data, source)
+    if not isinstance(value, dict):
+        raise bounded_input.InputError(f"{source}: not a JSON object")
+    if "global_step" not in value:
+        raise bounded_input.InputError(f"{source}: no global_step")
+    for key, valid in _PROGRESS_ENTRIES.items():
+        if key in value and not valid(value[key]):
+            raise bounded_input.InputError(f"{source}: {key} is not what the chief writes "
+                                           f"(a {type(value[key]).__name__})")
+    return {key: value[key] for key in _PROGRESS_ENTRIES if key in value}
+
+
+def read_progress(model_dir: str) -> dict[str, Any] | None:
+    """The chief's progress report, ``model_dir/progress.json`` (see :func:`parse_progress`);
+    None before the chief wrote one. A path must be a regular file of at most
+    MAX_PROGRESS_FILE_BYTES (see :func:`kubelearn.fs.read_bytes`).
+
+    Raises:
+      ValueError: naming the file, for one that is not such a report.
+      OSError: when it cannot be read.
+    """
+    path = fs.join(model_dir, PROGRESS_FILE)
+    try:
+        data = fs.read_bytes(path, MAX_PROGRESS_FILE_BYTES)
+    except FileNotFoundError:
+        return None
+    return parse_progress(data, path)
 
 
 class ProgressHook(Hook):

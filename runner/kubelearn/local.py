@@ -34,8 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from kubelearn import checkpoints, fs, paths
-from kubelearn.hooks import PROGRESS_FILE
+from kubelearn import bounded_input, checkpoints, fs, hooks, paths, reporting
 from kubelearn.manifest import load_manifest
 from kubelearn_spec import contract, names, policy
 from kubelearn_spec.model import ExperimentSpec, parse_manifest, scaled_manifest
@@ -64,6 +63,9 @@ TASKS_PER_REPLICA = 8
 #: Open files the launcher keeps for itself.
 RESERVED_FILES = 64
 CLUSTER_FILE = "cluster-{}.json"
+MAX_SCALE_BYTES = 4096
+#: Bytes of the end of eval/results.jsonl the summary reads for the final evaluation.
+RESULTS_TAIL_BYTES = 64 << 10
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -257,6 +259,9 @@ class Launcher:
         self.failure: str | None = None
         self.started = time.monotonic()
         self._signal: int | None = None
+        # What is wrong with a file polled in model_dir, said once (never its content).
+        self._complaints = bounded_input.Complaints(
+            lambda message: self.console.line(f"Warning: {message}"))
 
     # -- the cluster -----------------------------------------------------------------
     def _cluster_file(self, spec: ExperimentSpec) -> str | None:
@@ -338,6 +343,9 @@ class Launcher:
                     proc.kill()
                 proc.wait()
         for replica in everyone:
+            code = replica.process.returncode if replica.process else None
+            if code is not None and replica.exit_code is None:  # for the summary
+                replica.exit_code = 128 - code if code < 0 else code
             for thread in replica.threads:
                 thread.join(timeout=2)
 
@@ -350,12 +358,18 @@ class Launcher:
             if time.monotonic() < self._next_scale:
                 return None
             self._next_scale = time.monotonic() + 1.0
-        location = fs.join(self.model_dir, SCALE_FILE)
+        path = fs.join(self.model_dir, SCALE_FILE)
         try:  # a path: not through a link out of the model dir, nor from a FIFO
-            request = json.loads(fs.read_bytes(location, 4096) if fs.is_url(self.model_dir)
-                                 else paths.read_bytes(self.model_dir, location, 4096))
-        except (OSError, ValueError):
+            data = (fs.read_bytes(path, MAX_SCALE_BYTES) if fs.is_url(self.model_dir)
+                    else paths.read_bytes(self.model_dir, path, MAX_SCALE_BYTES))
+            request = bounded_input.load_json(data, path)
+        except FileNotFoundError:
+            self._complaints.good(path)
             return None
+        except (OSError, ValueError) as exc:
+            self._complaints.bad(path, f"{one_line(exc)}; ignored until it is fixed")
+            return None
+        self._complaints.good(path)
         if request == self._scale_seen:
             return None
         self._scale_seen = request
@@ -462,15 +476,20 @@ class Launcher:
         self._signal = signum
 
     def progress(self, now: bool = False) -> dict[str, Any] | None:
-        """The chief's progress report, read at most every second from an object store
-        (each read is a GET) and every loop from a path; ``now`` reads it regardless."""
+        """The chief's progress report (:func:`kubelearn.hooks.read_progress`), read at most
+        every second from an object store (each read is a GET) and every loop from a path;
+        ``now`` reads it regardless. A file that is not such a report is ignored, said once."""
         if not now and time.monotonic() < self._next_progress:
             return None
         self._next_progress = time.monotonic() + (1.0 if self._remote else 0.0)
+        path = fs.join(self.model_dir, hooks.PROGRESS_FILE)
         try:
-            return json.loads(fs.read_bytes(fs.join(self.model_dir, PROGRESS_FILE)))
-        except (OSError, ValueError):
+            report = hooks.read_progress(self.model_dir)
+        except (OSError, ValueError) as exc:
+            self._complaints.bad(path, f"{one_line(exc)}; ignored until it is fixed")
             return None
+        self._complaints.good(path)
+        return report
 
     def run(self) -> int:
         """Runs until the experiment succeeds or fails; returns the launcher's exit code."""
@@ -522,8 +541,10 @@ class Launcher:
     def summary(self) -> list[str]:
         lines = []
         results = fs.join(self.model_dir, "eval", "results.jsonl")
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            final = json.loads(fs.read_text(results).splitlines()[-1])
+        final = None
+        with contextlib.suppress(OSError, ValueError):
+            final = reporting.last_evaluation(results, RESULTS_TAIL_BYTES)
+        if final:
             lines.append("final evaluation: " + ", ".join(
                 f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
                 for k, v in sorted(final.items())))
@@ -532,7 +553,9 @@ class Launcher:
         if report:
             lines.append(f"global step {report.get('global_step')} in {elapsed:.1f}s "
                          f"({float(report.get('steps_per_sec') or 0):.1f} steps/s at the end)")
-        latest = checkpoints.latest_checkpoint(self.model_dir)
+        latest = None
+        with contextlib.suppress(OSError, ValueError):
+            latest = checkpoints.latest_checkpoint(self.model_dir)
         if latest:
             lines.append(f"checkpoint: {latest}")
         runs_dir = fs.join(self.model_dir, "runs")
@@ -658,6 +681,7 @@ def local_command(args: argparse.Namespace) -> int:
             source = "--model-dir" if args.model_dir else "spec.modelDir"
             fs.check(given, source)
             fs.probe(given, source)
+            given = fs.local_path(given)  # a file:// URL is the path it names
         except fs.ModelDirError as exc:
             print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
             return EXIT_MODEL_DIR_UNUSABLE
@@ -669,6 +693,9 @@ def local_command(args: argparse.Namespace) -> int:
         else:  # as a claim: kept, and the next run resumes from its checkpoints
             model_dir = os.path.abspath(given or os.path.join("output", spec.name))
         prepare_model_dir(model_dir, args.manifest, args.fresh)
+        # Refused here, once, rather than by every replica: an index or a checkpoint
+        # kubelearn did not write (binary bytes, a symbolic link out of the directory...).
+        checkpoints.checkpoint_paths(model_dir)
     except (OSError, ValueError) as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -734,7 +761,11 @@ def add_parser(subparsers: Any) -> None:
 def scale_command(args: argparse.Namespace) -> int:
     """The ``kubelearn scale`` command: asks the ``kubelearn local`` running on a model dir
     for another worker count (``kubectl scale exp/NAME --replicas=N`` without a cluster)."""
-    model_dir = args.model_dir
+    try:
+        model_dir = fs.local_path(args.model_dir)  # a file:// URL is the path it names
+    except fs.ModelDirError as exc:
+        print(f"kubelearn scale: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.replicas < 0:
         print(f"kubelearn scale: error: --replicas must be >= 0, got {args.replicas}",
               file=sys.stderr)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Iterator
 
+from kubelearn import bounded_input
 from kubelearn.bounded_input import InputError
 
 
@@ -64,15 +64,13 @@ def resolve(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
 def _open_regular(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
     real = resolve(base, path)
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return bounded_input.open_regular(real, follow_symlinks=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"{os.fspath(path)}: no such file") from None
+    except InputError as exc:
+        raise InputError(str(exc).replace(real, os.fspath(path), 1)) from None
     except OSError as exc:
         raise InputError(f"{os.fspath(path)}: cannot be read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(f"{os.fspath(path)}: is not a regular file")
-    return fd
 
 
 def read_bytes(base: str | os.PathLike[str], path: str | os.PathLike[str], limit: int

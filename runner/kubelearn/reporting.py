@@ -8,25 +8,35 @@
   steps/s and the latest evaluation as JSON. The operator polls it into the Experiment's
   status; the runner needs no API permissions. A request must carry the experiment's
   token (``Authorization: Bearer $KUBELEARN_TOKEN``; without a token the endpoint does not
-  start); sockets time out, at most MAX_PROGRESS_THREADS requests are served at once
-  (others are closed at once) and a response is at most MAX_PROGRESS_BYTES.
+  start). A client has REQUEST_DEADLINE_SECS (2 s) to send its request line and headers or
+  is dropped; requests are read by one thread, without blocking, and answered by
+  MAX_PROGRESS_THREADS threads (see :class:`ProgressServer`), so clients that send slowly
+  cannot keep the operator's request out; a response is at most MAX_PROGRESS_BYTES.
 * At the end, the final metrics as JSON in the termination message file
   (``KUBELEARN_TERMINATION_LOG``, e.g. the pod's ``/dev/termination-log``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import io
 import json
 import logging
 import math
 import os
+import queue
+import re
+import selectors
+import socket
+import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from kubelearn import bounded_input, fs
-from kubelearn.hooks import PROGRESS_FILE
+from kubelearn import bounded_input, fs, hooks
 from kubelearn_spec.contract import (
     ENV_BIND_HOST,
     ENV_EXPERIMENT,
@@ -38,8 +48,17 @@ from kubelearn_spec.contract import PROGRESS_PORT as DEFAULT_PROGRESS_PORT
 
 log = logging.getLogger("kubelearn")
 
+#: Threads answering requests read whole.
 MAX_PROGRESS_THREADS = 4
+#: A client must have sent its request line and headers this long after it connected, in
+#: at most MAX_REQUEST_BYTES, or it is dropped.
+REQUEST_DEADLINE_SECS = 2.0
+MAX_REQUEST_BYTES = 8 << 10
+#: Connections whose requests are being read at once (by one thread); beyond that a new
+#: connection drops the oldest.
+MAX_PROGRESS_CONNECTIONS = 64
 MAX_PROGRESS_BYTES = 16 << 10
+#: How long sending an answer may block.
 PROGRESS_SOCKET_TIMEOUT_SECS = 5.0
 #: Keys a progress report keeps when the whole of it would exceed MAX_PROGRESS_BYTES.
 ESSENTIAL_KEYS = ("global_step", "loss", "steps_per_sec", "time")
@@ -63,35 +82,186 @@ def progress_body(report: dict[str, Any], limit: int = MAX_PROGRESS_BYTES) -> by
     return body[:limit] if len(body) > limit else body
 
 
-class BoundedHTTPServer(ThreadingHTTPServer):
-    """A thread per request, at most ``max_threads`` of them: a request beyond that is
-    closed at once instead of holding one more thread."""
+class _Request:
+    """A connection whose request (line and headers) has been read whole, and those bytes."""
 
-    daemon_threads = True
-    request_queue_size = 64
+    def __init__(self, connection: socket.socket, data: bytes):
+        self.connection = connection
+        self.data = data
 
-    def __init__(self, address: tuple[str, int], handler: Any,
-                 max_threads: int = MAX_PROGRESS_THREADS):
-        super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(max_threads)
-        self.refused = 0
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
+class _Pending:
+    __slots__ = ("address", "data", "deadline")
+
+    def __init__(self, address: Any, deadline: float):
+        self.address = address
+        self.deadline = deadline
+        self.data = bytearray()
+
+
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+
+
+class ProgressServer:
+    """A small HTTP server that outside clients cannot hold up.
+
+    One thread reads the requests of every open connection at once, without blocking: a
+    client has REQUEST_DEADLINE_SECS from its connection to send its request line and
+    headers, at most MAX_REQUEST_BYTES of them, or it is dropped; at most
+    MAX_PROGRESS_CONNECTIONS are read at once (a new one beyond that drops the oldest).
+    MAX_PROGRESS_THREADS threads answer the requests read whole, in turn, each with
+    ``handler`` (a BaseHTTPRequestHandler); a request that finds MAX_PROGRESS_CONNECTIONS
+    waiting is dropped. A client that goes away, at any point, is forgotten without a word.
+
+    So clients that send slowly, or never finish, cost a socket each for at most
+    REQUEST_DEADLINE_SECS and no thread, and a request sent whole at once (the operator's)
+    is answered while they try.
+    """
+
+    def __init__(self, address: tuple[str, int], handler: Any):
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._listener = socket.create_server(address, family=family, backlog=64)
+        self._listener.setblocking(False)
+        self.server_address = self._listener.getsockname()
+        self._handler = handler
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        # Only the reader thread puts requests in, at most MAX_PROGRESS_CONNECTIONS waiting.
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._stopping = False
+        self.dropped = 0  # connections dropped: too slow, too long, too many, too busy
+        self._threads = [threading.Thread(target=self._read_requests, daemon=True,
+                                          name="progress-reader")]
+        self._threads += [threading.Thread(target=self._answer_requests, daemon=True,
+                                           name=f"progress-{i}")
+                          for i in range(MAX_PROGRESS_THREADS)]
+        for thread in self._threads:
+            thread.start()
+
+    # -- reading requests (one thread) ---------------------------------------------------
+    def _read_requests(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
+        selector.register(self._wake_read, selectors.EVENT_READ)
+        pending: dict[socket.socket, _Pending] = {}  # oldest first
+
+        def drop(connection: socket.socket) -> None:
+            selector.unregister(connection)
+            del pending[connection]
+            self.dropped += 1
+            _close(connection)
+
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
+            while not self._stopping:
+                now = time.monotonic()
+                for connection in [c for c, p in pending.items() if p.deadline <= now]:
+                    drop(connection)
+                timeout = (min(p.deadline for p in pending.values()) - now) if pending else None
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is self._wake_read:
+                        with contextlib.suppress(OSError):
+                            self._wake_read.recv(64)
+                    elif key.fileobj is self._listener:
+                        self._accept(selector, pending, drop)
+                    elif key.fileobj in pending:  # not dropped by an accept just now
+                        self._receive(key.fileobj, selector, pending, drop)  # type: ignore[arg-type]
         finally:
-            self._slots.release()
+            for connection in list(pending):
+                drop(connection)
+            selector.close()
+
+    def _accept(self, selector: selectors.BaseSelector, pending: dict[socket.socket, _Pending],
+                drop: Callable[[socket.socket], None]) -> None:
+        for _ in range(16):  # a few at a time: what was accepted is read in between
+            try:
+                connection, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # a connection reset before it was accepted, out of files...
+                return
+            if len(pending) >= MAX_PROGRESS_CONNECTIONS:
+                drop(next(iter(pending)))
+            connection.setblocking(False)
+            pending[connection] = _Pending(address, time.monotonic() + REQUEST_DEADLINE_SECS)
+            selector.register(connection, selectors.EVENT_READ)
+
+    def _receive(self, connection: socket.socket, selector: selectors.BaseSelector,
+                 pending: dict[socket.socket, _Pending],
+                 drop: Callable[[socket.socket], None]) -> None:
+        state = pending[connection]
+        try:
+            data = connection.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went
+            drop(connection)
+            return
+        state.data += data
+        if not _END_OF_HEADERS.search(state.data):
+            if len(state.data) > MAX_REQUEST_BYTES:
+                drop(connection)
+            return
+        selector.unregister(connection)
+        del pending[connection]
+        if self._queue.qsize() >= MAX_PROGRESS_CONNECTIONS:  # a flood of whole requests
+            self.dropped += 1
+            _close(connection)
+            return
+        self._queue.put(_Request(connection, bytes(state.data)))
+
+    # -- answering them (MAX_PROGRESS_THREADS threads) -----------------------------------
+    def _answer_requests(self) -> None:
+        while (request := self._queue.get()) is not None:
+            try:
+                request.connection.setblocking(True)
+                request.connection.settimeout(PROGRESS_SOCKET_TIMEOUT_SECS)
+                self._handler(request, request.connection.getpeername(), self)
+            except OSError:  # the client went, or stopped reading: nothing to say
+                pass
+            except Exception as exc:  # never a traceback in the training log
+                log.warning("Progress endpoint: a request failed: %s: %s",
+                            type(exc).__name__, " ".join(str(exc).split())[:300])
+            finally:
+                _close(request.connection)
+
+    # -- the end -------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stops reading and answering, closes every connection and the listening socket."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"x")
+        for _ in range(MAX_PROGRESS_THREADS):
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=PROGRESS_SOCKET_TIMEOUT_SECS + 1)
+        while True:  # requests read but never answered
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is not None:
+                _close(request.connection)
+        for sock in (self._listener, self._wake_read, self._wake_write):
+            _close(sock)
+
+
+def _close(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        connection.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers a request the server read whole (``request`` is a :class:`_Request`)."""
+
+    def setup(self) -> None:
+        self.connection = self.request.connection
+        self.rfile = io.BytesIO(self.request.data)
+        self.wfile = socketserver._SocketWriter(self.connection)  # type: ignore[attr-defined]
+
+    def log_message(self, *args: Any) -> None:  # no access log in the training log
+        pass
 
 
 class Reporter:
@@ -115,7 +285,8 @@ class Reporter:
         every = max(1, int(run_config.save_summary_steps or 100))
         self.train_hook = TrainingRecorder(self.run, self._writers[0], every_n_steps=every)
         self.eval_hook = EvaluationRecorder(self.run, self._writers[1])
-        self._server: BoundedHTTPServer | None = None
+        self._server: ProgressServer | None = None
+        self._complaints = bounded_input.Complaints(log.warning)
         self._in_cluster = bool(run_config.cluster_spec)
         self._start_server()
         log.info("Recording run %s in %s", self.run.name, self.run.location)
@@ -127,17 +298,16 @@ class Reporter:
     # -- the progress endpoint -------------------------------------------------------
     def progress(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
+        source = fs.join(self.model_dir, hooks.PROGRESS_FILE)
         try:
-            path = fs.join(self.model_dir, PROGRESS_FILE)
-            data = (fs.read_bytes(path, MAX_PROGRESS_BYTES) if fs.is_remote(path)
-                    else bounded_input.read_bytes(path, MAX_PROGRESS_BYTES))
-            loaded = bounded_input.load_json(data, PROGRESS_FILE)
-            report = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            pass
+            report = hooks.read_progress(self.model_dir) or {}
+        except (OSError, ValueError) as exc:
+            self._complaints.bad(source, f"{_one_line(exc)}; not reported until it is fixed")
+        else:
+            self._complaints.good(source)
         if self.eval_hook.last:
             report["eval"] = {k: _finite(v) for k, v in self.eval_hook.last.items()}
-        if evaluator := evaluator_result(self.model_dir):
+        if evaluator := evaluator_result(self.model_dir, self._complaints):
             report["evaluator"] = evaluator
         report["run"] = self.run.location
         return report
@@ -155,9 +325,7 @@ class Reporter:
             return
         reporter = self
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = PROGRESS_SOCKET_TIMEOUT_SECS
-
+        class Handler(_Handler):
             def _authorized(self) -> bool:
                 given = self.headers.get("Authorization", "")
                 scheme, _, value = given.partition(" ")
@@ -178,16 +346,11 @@ class Reporter:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:  # no access log in the training log
-                pass
-
         host = os.environ.get(ENV_BIND_HOST) or os.environ.get("POD_IP") or "0.0.0.0"
         try:
-            self._server = BoundedHTTPServer((host, port), Handler)
+            self._server = ProgressServer((host, port), Handler)
         except OSError as exc:
             log.warning("Progress endpoint not started on %s:%d: %s", host, port, exc)
-            return
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     # -- the end ---------------------------------------------------------------------
     def final_metrics(self, result: Any) -> dict[str, Any]:
@@ -205,7 +368,7 @@ class Reporter:
             metrics.setdefault("loss", progress.get("loss"))
         if isinstance(metrics.get("global_step"), float):
             metrics["global_step"] = int(metrics["global_step"])
-        if evaluator := evaluator_result(self.model_dir):
+        if evaluator := evaluator_result(self.model_dir, self._complaints):
             metrics["evaluator"] = evaluator
         metrics["run"] = self.run.location
         exports = result[1] if isinstance(result, tuple) and len(result) > 1 else None
@@ -227,7 +390,6 @@ class Reporter:
             writer.close()
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
 
 
 #: Where the evaluator (``continuous_eval``) appends its evaluations, in the shared model dir.
@@ -243,24 +405,52 @@ def _number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def evaluator_result(model_dir: str) -> dict[str, Any] | None:
-    """The evaluator's latest evaluation, read from the model directory it shares with the
-    chief: its finite numbers only, from at most the file's last EVALUATOR_TAIL_BYTES (it is
-    another pod's output, so nothing more of it is trusted)."""
-    try:
-        size, tail = fs.read_tail(fs.join(model_dir, EVALUATOR_RESULTS), EVALUATOR_TAIL_BYTES)
-    except OSError:
-        return None
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def last_evaluation(location: str, tail_bytes: int = EVALUATOR_TAIL_BYTES
+                    ) -> dict[str, Any] | None:
+    """The last evaluation in a ``results.jsonl``: its finite numbers only (at most 16, keys
+    cut to 64 characters), from at most the file's last ``tail_bytes``; lines that are not
+    such JSON (nested too deeply, cut by the tail or being written) are skipped. None when
+    there is none.
+
+    Raises:
+      FileNotFoundError: when there is no such file.
+      OSError, ValueError: for one that cannot be read (a path that is not a regular file).
+    """
+    size, tail = fs.read_tail(location, tail_bytes)
     lines = tail.split(b"\n")
-    for line in reversed(lines[1:] if size > EVALUATOR_TAIL_BYTES else lines):
+    for line in reversed(lines[1:] if size > tail_bytes else lines):
         try:
-            value = json.loads(line)
+            value = bounded_input.load_json(line, location)
         except ValueError:
-            continue  # a line cut by the tail, or being written
+            continue
         if isinstance(value, dict):
             result = {str(k)[:64]: v for k, v in value.items() if _number(v)}
             return dict(list(result.items())[:16]) or None
     return None
+
+
+def evaluator_result(model_dir: str, complaints: bounded_input.Complaints | None = None
+                     ) -> dict[str, Any] | None:
+    """The evaluator's latest evaluation, read from the model directory it shares with the
+    chief (:func:`last_evaluation`: it is another pod's output, so nothing more of it is
+    trusted). A file that cannot be read is told to ``complaints``, once."""
+    location = fs.join(model_dir, EVALUATOR_RESULTS)
+    try:
+        result = last_evaluation(location)
+    except FileNotFoundError:
+        result = None
+    except (OSError, ValueError) as exc:
+        if complaints is not None:
+            complaints.bad(location, f"{_one_line(exc)}; not reported until it is fixed")
+        return None
+    if complaints is not None:
+        complaints.good(location)
+    return result
 
 
 def write_termination_message(payload: dict[str, Any]) -> None:

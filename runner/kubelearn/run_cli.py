@@ -5,8 +5,10 @@ Exit codes are a contract with the operator's ExitCode restart policy:
 * 0: success;
 * 2: bad input (malformed TF_CONFIG or hparams, an experiment function that cannot be
   imported, that refuses its hparams with a ValueError, TypeError or KeyError while it builds
-  the Experiment, or that does not build one, an unknown schedule): one line on stderr, no
-  traceback, never worth a restart;
+  the Experiment, or that does not build one, an unknown schedule, a checkpoint or
+  checkpoint index in the model directory that kubelearn did not write: a symbolic link, a
+  FIFO, binary bytes, an entry outside the directory): one line on stderr, no traceback,
+  never worth a restart;
 * 1: an error while training (with its traceback);
 * 3: a model directory URL this process cannot use (an unknown scheme, a known one whose
   filesystem package is not installed, e.g. gs:// without gcsfs, or a store that refuses a
@@ -225,7 +227,7 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     Raises:
       BadInput: for anything wrong with the inputs.
     """
-    from kubelearn import bounded_input, learn_runner
+    from kubelearn import bounded_input, checkpoints, fs, learn_runner
     from kubelearn.run_config import RunConfig
 
     spec = args.experiment_fn or os.environ.get(ENV_EXPERIMENT_FN)
@@ -238,6 +240,11 @@ def prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], Any, Any, str
     check_model_dir(model_dir, "--model-dir" if args.model_dir
                     else f"{ENV_MODEL_DIR} (spec.modelDir)")
     expand_cluster_file(os.environ)
+    model_dir = fs.local_path(model_dir)  # a file:// URL is its path (checked just above)
+    try:
+        checkpoints.checkpoint_paths(model_dir)
+    except checkpoints.CheckpointError as exc:
+        raise BadInput(str(exc)) from None
     check_environment(os.environ)
     if args.hparams:
         try:
@@ -305,6 +312,7 @@ def configure_logging(level: str = "INFO") -> None:
 def run_command(args: argparse.Namespace) -> int:
     """The ``kubelearn run`` command."""
     from kubelearn import learn_runner, reporting
+    from kubelearn.checkpoints import CheckpointError
     from kubelearn.experiment import Experiment
     from kubelearn.learn_runner import ExperimentFnError, RunConfigNotUsedError
 
@@ -357,6 +365,11 @@ def run_command(args: argparse.Namespace) -> int:
         for reporter in reporters:
             reporter.finish(error=exc)
         return 128 + exc.signum
+    except CheckpointError as exc:  # put in the model directory while this task ran
+        print(f"kubelearn run: error: {_one_line(exc, 1000)}", file=sys.stderr)
+        for reporter in reporters:
+            reporter.finish(error=exc)
+        return EXIT_BAD_INPUT
     except Exception as exc:
         traceback.print_exc()
         for reporter in reporters:

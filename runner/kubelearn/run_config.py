@@ -375,16 +375,21 @@ class RunConfig:
 
 
 def _model_dir(model_dir: str | None, tf_config: Mapping[str, Any]) -> str | None:
-    """``model_dir``, or ``TF_CONFIG["model_dir"]`` when it is None.
+    """``model_dir``, or ``TF_CONFIG["model_dir"]`` when it is None; a ``file://`` URL
+    as the path it names (:func:`kubelearn.fs.local_path`).
 
     Raises:
-      ValueError: both are set and differ.
+      ValueError: both are set and differ, or a ``file://`` URL names no local path.
     """
+    from kubelearn.fs import local_path
+
+    model_dir = local_path(model_dir) if model_dir is not None else None
     from_tf_config = tf_config.get("model_dir")
     if from_tf_config is None:
         return model_dir
     if not isinstance(from_tf_config, str):
         raise ValueError(f"TF_CONFIG model_dir must be a string, got {from_tf_config!r}")
+    from_tf_config = local_path(from_tf_config)
     if model_dir is not None and model_dir != from_tf_config:
         raise ValueError(
             "`model_dir` provided in RunConfig construct, if set, must have the same value as "

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 
 from tests.cluster.helpers import wait_for
 from tests.processes import pids_with_env
+from tests.support import Local
 
 pytestmark = pytest.mark.slow
 
@@ -31,52 +31,6 @@ def manifest(tmp_path: Path, **hparams: Any) -> Path:
                  "hparams": {"learning_rate": 0.05, "train_steps": 60000, **hparams},
                  "replicas": {"ps": 1, "worker": 2, "master": 1}}}))
     return path
-
-
-class Local:
-    """``kubelearn local`` in the background, its output collected line by line."""
-
-    def __init__(self, path: Path, model_dir: Path) -> None:
-        self.model_dir = model_dir
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubelearn.cli", "local", str(path), "--model-dir",
-             str(model_dir), "--no-progress"], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, cwd=path.parent)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def said(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def wait_said(self, text: str, timeout: float = 60) -> None:
-        wait_for(lambda: self.said(text), timeout,
-                 f"{text!r} in the log:\n" + "\n".join(self.lines[-40:]))
-
-    def step(self) -> int:
-        try:
-            return int(json.loads((self.model_dir / "progress.json").read_text())
-                       ["global_step"])
-        except (OSError, ValueError, KeyError):
-            return 0
-
-    def scale(self, workers: int) -> None:
-        out = subprocess.run([sys.executable, "-m", "kubelearn.cli", "scale",
-                              str(self.model_dir), "--replicas", str(workers)],
-                             capture_output=True, text=True, timeout=30)
-        assert out.returncode == 0, out.stderr
-        assert f"for {workers} workers" in out.stdout
-
-    def finish(self, timeout: float = 240) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 def test_workers_join_and_leave_while_training_goes_on(tmp_path: Path) -> None:
@@ -96,8 +50,7 @@ def test_workers_join_and_leave_while_training_goes_on(tmp_path: Path) -> None:
         wait_for(lambda: run.step() > before + 200, 60, "training going on with 1 worker")
         code = run.finish()
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+        run.kill()
     log = "\n".join(run.lines)
     assert code == 0, log[-4000:]
     assert "Experiment linear Succeeded" in log
@@ -122,8 +75,7 @@ def test_synchronous_training_refuses_a_scale(tmp_path: Path) -> None:
                       "synchronously (each step averages 2 gradients), so it keeps 2 workers")
         assert run.finish() == 0, "\n".join(run.lines[-40:])
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+        run.kill()
     assert not run.said("Workers scaled")
 
 
@@ -139,8 +91,7 @@ def test_a_count_the_manifest_rules_refuse_is_refused_in_the_log(tmp_path: Path)
         run.wait_said("Scale refused: spec.replicas: needs at least one worker or master")
         assert run.finish() == 0, "\n".join(run.lines[-40:])
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+        run.kill()
 
 
 def test_scale_refuses_a_directory_that_is_not_a_local_run(tmp_path: Path) -> None:

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kubelearn import checkpoints
 
@@ -89,3 +93,55 @@ def test_a_header_declaring_more_than_the_data_is_refused(tmp_path):
         archive.writestr("w.npy", buffer.getvalue() + b"\0" * 16)
     with pytest.raises(checkpoints.CheckpointError, match="declares"):
         checkpoints.load(str(path))
+
+
+def test_a_checkpoint_linked_to_one_outside_model_dir_is_refused(tmp_path):
+    model_dir, elsewhere = tmp_path / "model", tmp_path / "elsewhere"
+    model_dir.mkdir()
+    path = checkpoints.save(str(elsewhere), {"w": np.ones(2, np.float32)}, 35)
+    (model_dir / "model.ckpt-35.npz").symlink_to(path + ".npz")
+    _index(model_dir, "model.ckpt-35")
+    with pytest.raises(checkpoints.CheckpointError, match="symbolic link out of the model"):
+        checkpoints.latest_checkpoint(str(model_dir))
+    with pytest.raises(checkpoints.CheckpointError, match="symbolic link"):
+        checkpoints.load(str(model_dir / "model.ckpt-35"))
+
+
+@pytest.mark.timeout(30)  # a FIFO opened for reading without O_NONBLOCK blocks: a hang
+def test_a_fifo_as_index_or_checkpoint_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "checkpoint")
+    with pytest.raises(checkpoints.CheckpointError, match="FIFO"):
+        checkpoints.latest_checkpoint(str(tmp_path))
+    os.mkfifo(tmp_path / "model.ckpt-3.npz")
+    with pytest.raises(checkpoints.CheckpointError, match="FIFO"):
+        checkpoints.load(str(tmp_path / "model.ckpt-3"))
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    (b"\xff\xfe\0" + bytes(range(256)), "not UTF-8"),
+    (b'model_checkpoint_path: "model.ckpt-1"\0\n', "NUL"),
+    (b"#" * (checkpoints.MAX_INDEX_BYTES + 1), "larger than"),
+])
+def test_an_index_that_is_not_text_is_one_line_naming_it(tmp_path, data, match):
+    (tmp_path / "checkpoint").write_bytes(data)
+    with pytest.raises(checkpoints.CheckpointError, match=match) as info:
+        checkpoints.latest_checkpoint(str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / "checkpoint") in message and "\n" not in message
+
+
+@given(st.lists(st.binary(max_size=40) | st.sampled_from([
+    b'all_model_checkpoint_paths: "model.ckpt-1"', b'model_checkpoint_path: "../x"',
+    b'all_model_checkpoint_paths: "/etc/passwd"', b'all_model_checkpoint_paths: "sub/x-2"']),
+    max_size=5))
+def test_any_index_gives_paths_inside_model_dir_or_one_error(lines):
+    with tempfile.TemporaryDirectory() as model_dir:
+        checkpoints.save(model_dir, {"w": np.ones(1, np.float32)}, 1)
+        Path(model_dir, "checkpoint").write_bytes(b"\n".join(lines))
+        try:
+            paths = checkpoints.checkpoint_paths(model_dir)
+        except checkpoints.CheckpointError as exc:
+            assert "\n" not in str(exc)
+            return
+        root = os.path.realpath(model_dir) + os.sep
+        assert all(os.path.realpath(p + ".npz").startswith(root) for p in paths)

@@ -213,3 +213,32 @@ def test_more_metrics_files_than_are_read_is_one_warning(runs_dir, capsys):
     assert f"more than {reader.MAX_METRIC_FILES} metrics files" in warning
     assert len(json.loads(out)[0]["last"]) == reader.MAX_METRIC_FILES
     assert "train" in json.loads(out)[0]["last"]
+
+
+CREDENTIALS = {
+    "an INI file": "[default]\naws_access_key_id = AKIAEXAMPLE\n"
+                   "aws_secret_access_key = wJalrXUtnFEMI-SECRET\n",
+    "a shell file": "export TOKEN=wJalrXUtnFEMI-SECRET\n",
+    "a line with a colon": "token: wJalrXUtnFEMI-SECRET: more\n",
+    "an undefined alias": "token: *wJalrXUtnFEMI-SECRET\n",
+    "a tab": "token:\n\twJalrXUtnFEMI-SECRET\n",
+}
+
+
+@pytest.mark.parametrize("label", list(CREDENTIALS))
+def test_a_run_file_linked_to_a_credentials_file_is_never_quoted(runs_dir, capsys, tmp_path,
+                                                                  label):
+    bad = _good_run("bad")
+    secret = tmp_path / "credentials"
+    secret.write_text(CREDENTIALS[label])
+    (bad / "run.yaml").unlink()
+    (bad / "run.yaml").symlink_to(secret)
+    assert cli.main(["runs", "list"]) == 0
+    _, err = capsys.readouterr()
+    code = cli.main(["runs", "show", str(bad)])
+    _, show_err = capsys.readouterr()
+    assert code == 2
+    for message in (err, show_err):
+        assert len(message.strip().splitlines()) == 1, message
+        assert str(bad / "run.yaml") in message, message
+        assert "SECRET" not in message and "AKIA" not in message, message

@@ -168,6 +168,21 @@ def test_yaml_of_any_text(text):
     assert isinstance(documents, list)
 
 
+YAML_PIECES = st.sampled_from(["a", ":", " ", "\n", "\t", "-", "[", "]", "{", "}", ",", "'",
+                                '"', "&", "*", "!", "?", "%", "#", "|", ">", "@", "\\", "\x01"])
+
+
+@given(st.lists(YAML_PIECES, max_size=30), st.lists(YAML_PIECES, max_size=30))
+def test_a_yaml_error_never_quotes_the_text(before, after):
+    secret = "SECRETWORD"
+    text = "".join(before) + secret + "".join(after)
+    try:
+        bounded_input.load_yaml_all(text, "run.yaml")
+    except bounded_input.InputError as exc:
+        assert str(exc).startswith("run.yaml: ") and "\n" not in str(exc)
+        assert secret not in str(exc) and secret[:3] not in str(exc), str(exc)
+
+
 @given(st.integers(1, 12), st.integers(2, 12))
 def test_yaml_aliases_are_never_expanded_past_the_bound(levels, fanout):
     lines = ["a0: &a0 [x]"]

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kubelearn import bounded_input, paths
+from kubelearn import bounded_input, fs, paths
 from kubelearn.em.reader import MalformedRun, RunRecord, find_run, list_runs, load_run
 from kubelearn.em.run import DEFAULT_PARENT_DIR, PARENT_DIR_ENV
 from kubelearn.em.store import RUN_FILE
@@ -308,8 +308,6 @@ def _from_url(func: Any, args: argparse.Namespace) -> int:
     import io
     import tempfile
 
-    from kubelearn import fs
-
     url = str(args.dir).rstrip("/")
     try:
         fs.check(url, "--dir")
@@ -341,6 +339,8 @@ def _guarded(func: Any) -> Any:
 
     def run(args: argparse.Namespace) -> int:
         try:
+            if model_dir_scheme(str(getattr(args, "dir", ""))):
+                args.dir = fs.local_path(args.dir)  # file:///p is the path /p
             if model_dir_scheme(str(getattr(args, "dir", ""))):
                 return _from_url(func, args)
             return func(args)

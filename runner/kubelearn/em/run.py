@@ -80,8 +80,10 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def parent_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """Where runs live: ``path``, else ``$EM_RUN_PARENT_DIR``, else ``.em/runs``."""
-    return Path(path if path is not None else os.environ.get(PARENT_DIR_ENV) or DEFAULT_PARENT_DIR)
+    """Where runs live: ``path``, else ``$EM_RUN_PARENT_DIR``, else ``.em/runs`` (a
+    ``file://`` URL as the path it names)."""
+    return Path(fs.local_path(os.fspath(
+        path if path is not None else os.environ.get(PARENT_DIR_ENV) or DEFAULT_PARENT_DIR)))
 
 
 def _now() -> str:
@@ -205,8 +207,8 @@ class Run:
         self._appenders: dict[str, JsonlAppender] = {}
         self._fsync_secs = _env_float(FSYNC_ENV, 1.0)
         self.pid = os.getpid()
-        raw_parent = os.fspath(parent) if parent is not None else (
-            os.environ.get(PARENT_DIR_ENV) or DEFAULT_PARENT_DIR)
+        raw_parent = fs.local_path(os.fspath(parent) if parent is not None else (
+            os.environ.get(PARENT_DIR_ENV) or DEFAULT_PARENT_DIR))
         self._mirror_url: str | None = None
         self._mirror_lock = threading.Lock()
         self._mirrored: dict[str, tuple[int, int, int]] = {}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kubelearn import checkpoints, fs
+from kubelearn import bounded_input, checkpoints, fs
 from kubelearn import hooks as hooks_lib
 from kubelearn import inputs as inputs_lib
 from kubelearn.estimators import metrics as metrics_lib
@@ -63,6 +63,7 @@ class Estimator:
         learning_rate: float = 0.05,
     ):
         config = config if config is not None else RunConfig()
+        model_dir = fs.local_path(model_dir) if model_dir else model_dir
         if model_dir and config.model_dir and _same_dir(model_dir) != _same_dir(
             config.model_dir
         ):
@@ -85,6 +86,7 @@ class Estimator:
         if not isinstance(optimizer, optimizers.Optimizer):
             optimizers.get(optimizer, learning_rate)  # validate now, not at the first step
         self._feature_keys: list[str] | None = None
+        self._complaints = bounded_input.Complaints(log.warning)
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -429,7 +431,13 @@ class Estimator:
         fs.makedirs(directory)
         line = json.dumps({k: (v if isinstance(v, (int, float)) else str(v))
                            for k, v in results.items()}, sort_keys=True)
-        fs.append_line(fs.join(directory, "results.jsonl"), line)
+        path = fs.join(directory, "results.jsonl")
+        try:
+            fs.append_line(path, line)
+        except bounded_input.InputError as exc:  # a FIFO or a link put there: not fatal
+            self._complaints.bad(path, f"Evaluation results not recorded: {exc}")
+        else:
+            self._complaints.good(path)
 
     def _outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
         if self._network.head == net.REGRESSION:
@@ -514,11 +522,15 @@ class ExportedModel:
                                         f"{COMPLETE_MARKER}: it is being written, or its "
                                         f"writer died)")
             model: Any = io.BytesIO(fs.read_bytes(fs.join(export_dir, "model.npz")))
-        else:
-            model = os.path.join(export_dir, "model.npz")
-        self.signature = json.loads(fs.read_text(fs.join(export_dir, "signature.json")))
-        with np.load(model, allow_pickle=False) as data:
-            self.params = {name: data[name] for name in data.files}
+        else:  # a regular file, never a FIFO that would block
+            model = os.fdopen(bounded_input.open_regular(
+                fs.local_path(os.path.join(export_dir, "model.npz"))), "rb")
+        with model:
+            signature = fs.join(export_dir, "signature.json")
+            self.signature = bounded_input.load_json(
+                fs.read_bytes(signature, bounded_input.MAX_FILE_BYTES), signature)
+            with np.load(model, allow_pickle=False) as data:
+                self.params = {name: data[name] for name in data.files}
         self.network = net.Network(
             scope=self.signature["scope"], head=self.signature["head"],
             outputs=self.signature["outputs"], hidden_units=tuple(self.signature["hidden_units"]),

@@ -26,9 +26,8 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from kubelearn import bounded_input, fs
+from kubelearn import bounded_input, fs, hooks
 from kubelearn import local as local_launcher
-from kubelearn.hooks import PROGRESS_FILE
 from kubelearn_spec import sweep_model
 from kubelearn_spec.names import SWEEP_KIND
 from kubelearn_spec.sweep_model import FAILED, PRUNED, RUNNING, STOPPED, SUCCEEDED, SweepSpec
@@ -49,16 +48,20 @@ PRUNE_POLL_SECS = 1.0
 #: How much of a failed trial's log is read for the launcher's verdict.
 LOG_TAIL_BYTES = 64 * 1024
 RESULTS = os.path.join("eval", "results.jsonl")
+#: How much of the end of a trial's results file is read (its last evaluation, and as many
+#: before it as fit: far more than a trial writes).
+MAX_RESULTS_BYTES = 4 << 20
 
 
 # -- reading a trial's model directory (pure) ---------------------------------------------
 def read_evaluations(text: str) -> list[dict[str, Any]]:
     """The evaluations of a results file, oldest first; a line being written (or cut) is
-    skipped, as the file grows while the trial runs."""
+    skipped, as the file grows while the trial runs, and so is any other line that is not
+    a JSON object nested within :data:`kubelearn.bounded_input.MAX_DEPTH` levels."""
     evaluations = []
     for line in text.splitlines():
         try:
-            value = json.loads(line)
+            value = bounded_input.load_json(line, RESULTS)
         except ValueError:
             continue
         if isinstance(value, dict):
@@ -152,17 +155,35 @@ class Trial:
                 "model_dir": self.model_dir, "log": self.log}
 
 
-def read_trial(trial: Trial, metric: str) -> list[dict[str, Any]]:
+def read_trial(trial: Trial, metric: str,
+               complaints: bounded_input.Complaints | None = None) -> list[dict[str, Any]]:
     """Refreshes the trial's intermediate values and steps from its model directory and
-    returns its evaluations."""
+    returns its evaluations (from at most the last MAX_RESULTS_BYTES of its results). A
+    file there that cannot be read (not a regular file, not a progress report) is left
+    aside and told to ``complaints``."""
+    evaluations: list[dict[str, Any]] = []
+    results = os.path.join(trial.model_dir, RESULTS)
     try:
-        evaluations = read_evaluations(fs.read_text(os.path.join(trial.model_dir, RESULTS)))
-    except (OSError, UnicodeDecodeError):
-        evaluations = []
+        size, data = fs.read_tail(results, MAX_RESULTS_BYTES)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        if complaints is not None:
+            complaints.bad(results, f"{local_launcher.one_line(exc)}; ignored")
+    else:
+        if size > MAX_RESULTS_BYTES:
+            data = data.split(b"\n", 1)[-1]  # the first line is cut
+        evaluations = read_evaluations(data.decode("utf-8", "replace"))
     trial.intermediate = intermediate_of(evaluations, metric)
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        progress = json.loads(fs.read_bytes(os.path.join(trial.model_dir, PROGRESS_FILE)))
-        trial.steps = int(progress["global_step"])
+    try:
+        progress = hooks.read_progress(trial.model_dir)
+    except (OSError, ValueError) as exc:
+        if complaints is not None:
+            complaints.bad(os.path.join(trial.model_dir, hooks.PROGRESS_FILE),
+                           f"{local_launcher.one_line(exc)}; ignored")
+    else:
+        if progress is not None:
+            trial.steps = progress["global_step"]
     if trial.steps is None and trial.intermediate:
         trial.steps = max(trial.intermediate)
     return evaluations
@@ -210,6 +231,7 @@ class SweepRunner:
         self.stop_reason = ""
         self._signal: int | None = None
         self._last_prune_poll = 0.0
+        self._complaints = bounded_input.Complaints(lambda text: self.say(f"warning: {text}"))
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -301,7 +323,7 @@ class SweepRunner:
             if code is None:
                 continue
             code = 128 - code if code < 0 else code
-            evaluations = read_trial(trial, metric)
+            evaluations = read_trial(trial, metric, self._complaints)
             if code == 0:
                 trial.objective, why = objective_of(evaluations, metric)
                 self._finish(trial, sweep_model.final_state(trial.objective), why)
@@ -325,7 +347,7 @@ class SweepRunner:
             if trial.stop_as is not None:
                 continue
             before = dict(trial.intermediate)
-            read_trial(trial, self.spec.objective.metric)
+            read_trial(trial, self.spec.objective.metric, self._complaints)
             if trial.intermediate and trial.intermediate != before \
                     and self.search.should_prune(trial.record(), self.history()):
                 self.stop(trial, PRUNED, sweep_model.prune_reason(
@@ -442,9 +464,13 @@ def sweep_local_command(args: argparse.Namespace) -> int:
     except ImportError:
         return _error("the hyper-parameter search needs optuna: pip install 'kubelearn[sweep]'")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    if args.dir and fs.is_url(args.dir):
-        return _error(f"--dir {args.dir}: the sweep directory must be a local path")
-    directory = os.path.abspath(args.dir or os.path.join("output", spec.name))
+    try:
+        given = fs.local_path(args.dir) if args.dir else None  # file:///p is the path /p
+    except fs.ModelDirError as exc:
+        return _error(f"--dir: {exc}")
+    if given and fs.is_url(given):
+        return _error(f"--dir {given}: the sweep directory must be a local path")
+    directory = os.path.abspath(given or os.path.join("output", spec.name))
     try:
         prepare_directory(directory, args.manifest, args.fresh)
     except (OSError, ValueError) as exc:
