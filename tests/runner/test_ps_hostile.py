@@ -72,8 +72,13 @@ class RawPeer:
         self.socket.connect(f"tcp://{address}")
 
     def ask(self, frames: list[bytes], timeout_ms: int = 10_000) -> dict | None:
-        """The reply's header, or None when the ps dropped the message."""
-        self.socket.send_multipart(frames)
+        """The reply's header, or None when the ps dropped the message (or the connection:
+        once the handshake is refused, ZeroMQ has nowhere to send and does not try again)."""
+        self.socket.sndtimeo = timeout_ms
+        try:
+            self.socket.send_multipart(frames)
+        except self._zmq.Again:
+            return None
         if not self.socket.poll(timeout_ms):
             return None
         header, _ = wire.decode(self.socket.recv_multipart())
