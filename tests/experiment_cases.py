@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from kubelearn_spec.containers import MAX_CONTAINERS
 from kubelearn_spec.schema import MAX_HPARAM_ITEMS, MAX_HPARAM_LENGTH, MAX_HPARAMS
 
 MINIMAL: dict[str, Any] = {
@@ -62,6 +63,15 @@ def only(**replica_specs: Any) -> dict[str, Any]:
     """MINIMAL in the full form: ``replicaSpecs`` instead of ``replicas``."""
     return spec(replicas=None, replicaSpecs=replica_specs)
 
+
+def own(**replica_specs: Any) -> dict[str, Any]:
+    """The full form without spec.experimentFn: each main container runs its own program."""
+    return replaced(only(**replica_specs), experimentFn=None)
+
+
+TF_CONTAINER = {"name": "tensorflow", "image": "tensorflow/tensorflow:2.15.0",
+                "command": ["python", "/code/train.py"], "args": ["--epochs", "3"]}
+SIDECAR = {"name": "proxy", "image": "proxy:1", "args": ["--listen", ":9000"]}
 
 FULL = {
     "experimentFn": "pkg.mod:fn", "image": "runner:2", "modelDir": "/m", "schedule": "train",
@@ -154,7 +164,42 @@ CASES = [
     Case("model-dir-hdfs-url-with-port", "objstore",
          spec(modelDir="hdfs://namenode:8020/user/x"), expect={
              "storage.object_store": True}),
+    # A user's own TensorFlow program (TFJob's conventions):
+    Case("no-experiment-fn-with-an-image-and-a-command", "tfown",
+         own(worker={"replicas": 2, "template": {"spec": {"containers": [TF_CONTAINER]}}}),
+         expect={"experiment_fn": None, "counts()": {"worker": 2}}),
+    Case("no-experiment-fn-image-entrypoint", "tfentry",
+         own(worker={"template": {"spec": {"containers": [{"image": "mine:1"}]}}}),
+         expect={"experiment_fn": None}),
+    Case("no-experiment-fn-spec-image", "tfimage", spec(experimentFn=None, image="mine:1"),
+         expect={"experiment_fn": None, "image": "mine:1"}),
+    Case("sidecar-first-and-a-tensorflow-container", "tfside",
+         only(worker={"template": {"spec": {"containers": [SIDECAR, TF_CONTAINER]}}}),
+         expect={"experiment_fn": "kubelearn.examples.linear:experiment_fn"}),
+    Case("sidecar-first-and-a-kubelearn-container", "klside",
+         only(worker={"template": {"spec": {"containers": [SIDECAR, {"name": "kubelearn"}]}}})),
+    Case("no-experiment-fn-zero-ps-without-a-template", "tfnops",
+         own(worker={"template": {"spec": {"containers": [TF_CONTAINER]}}}, ps={"replicas": 0})),
     # -- invalid -------------------------------------------------------------------------
+    Case("two-containers-neither-named", "twoc",
+         only(worker={"template": {"spec": {"containers": [SIDECAR, {"name": "trainer"}]}}}),
+         "spec.replicaSpecs.worker.template.spec.containers"),
+    Case("too-many-containers", "manyc",
+         only(worker={"template": {"spec": {"containers": [
+             {"name": f"c{i}"} for i in range(MAX_CONTAINERS)] + [TF_CONTAINER]}}}),
+         "spec.replicaSpecs.worker.template.spec.containers"),
+    Case("no-experiment-fn-and-nothing-to-run", "tfnone",
+         own(worker={"template": {"spec": {"containers": [{"name": "tensorflow", "env": [
+             {"name": "X", "value": "1"}]}]}}}), "spec.experimentFn"),
+    Case("no-experiment-fn-and-an-empty-command", "tfempty",
+         own(worker={"template": {"spec": {"containers": [
+             {"name": "tensorflow", "command": []}]}}}), "spec.experimentFn"),
+    Case("no-experiment-fn-a-sidecar-runs-but-not-the-main-container", "tfsidenone",
+         own(worker={"template": {"spec": {"containers": [
+             SIDECAR, {"name": "tensorflow"}]}}}), "spec.experimentFn"),
+    Case("no-experiment-fn-a-role-without-a-template", "tfps",
+         own(worker={"template": {"spec": {"containers": [TF_CONTAINER]}}}, ps={}),
+         "spec.experimentFn"),
     Case("negative-replicas", "neg", spec(replicas={"worker": -1, "master": 1}),
          "spec.replicas.worker"),
     Case("replicas-not-an-integer", "two", spec(replicas={"worker": "two"}),

@@ -22,6 +22,8 @@ PORT_NAME = "kubelearn-port"
 PROGRESS_PORT = 2223
 PROGRESS_PATH = "/progress"
 
+#: The name of the main container the operator adds to a template without containers
+#: (which container is the main one: :mod:`.containers`).
 CONTAINER_NAME = "kubelearn"
 #: The runner image's user and group (Dockerfile): the model directory's volume is made
 #: writable for this group (fsGroup).
@@ -94,7 +96,9 @@ def wire_encryption(value: str) -> bool:
 
 
 def runner_command(spec: ExperimentSpec) -> list[str]:
-    """The command every replica runs: ``kubelearn run`` with the experiment function."""
+    """The command a main container without one runs: ``kubelearn run`` with the experiment
+    function (the spec has one)."""
+    assert spec.experiment_fn is not None, "no runner without an experiment function"
     command = ["kubelearn", "run", "--experiment-fn", spec.experiment_fn]
     if spec.schedule:
         command += ["--schedule", spec.schedule]

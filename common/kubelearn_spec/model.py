@@ -97,7 +97,8 @@ class ExperimentSpec:
 
     name: str
     namespace: str
-    experiment_fn: str
+    #: None: no runner is injected; each main container runs its own program.
+    experiment_fn: str | None
     hparams: Mapping[str, Any]
     replicas: Mapping[str, ReplicaSpec]
     run_policy: RunPolicy = field(default_factory=RunPolicy)
@@ -184,7 +185,7 @@ def _build(body: Mapping[str, Any], namespace: str) -> ExperimentSpec:
     return ExperimentSpec(
         name=name,
         namespace=namespace,
-        experiment_fn=spec["experimentFn"],
+        experiment_fn=spec.get("experimentFn"),
         hparams=dict(spec.get("hparams") or {}),
         replicas=_replicas(spec),
         run_policy=_run_policy(spec.get("runPolicy") or {}),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import containers as main_containers
 from . import names
 
 RESTART_POLICIES = ("Never", "OnFailure", "Always", "ExitCode")
@@ -352,6 +353,47 @@ def _has_any(obj: str, fields: tuple[str, ...]) -> str:
     return "(" + " || ".join(f"has({obj}.{f})" for f in fields) + ")"
 
 
+NOTHING_TO_RUN = ("is required unless the main container of every replica runs a program of "
+                  "its own: an image (the template's, or spec.image), a command or args")
+
+
+def _main_of(spec: Mapping[str, Any], role: str) -> Mapping[str, Any] | None:
+    """The main container of a role's template as written ({} without containers; None
+    when several containers name none, which the template's own rule refuses)."""
+    entry = (spec.get("replicaSpecs") or {}).get(role) or {}
+    containers = main_containers.template_containers(entry.get("template"))
+    if not containers:
+        return {}
+    index = main_containers.main_container_index(containers)
+    return None if index is None else containers[index]
+
+
+def runs_something(spec: Mapping[str, Any]) -> bool:
+    """Whether every replica runs something: the runner (spec.experimentFn), or the main
+    container's own program (its image, spec.image, a command or args)."""
+    if spec.get("experimentFn") or spec.get("image"):
+        return True
+    for role in names.ROLES:
+        if role_count(spec, role) == 0:
+            continue
+        main = _main_of(spec, role)
+        if main is not None and not main_containers.runs_something(main, None):
+            return False
+    return True
+
+
+def _role_runs_something_cel(role: str) -> str:
+    entry = f"self.replicaSpecs.{role}"
+    containers = f"{entry}.template.spec.containers"
+    given = (f"has(self.replicaSpecs) && has({entry}) && has({entry}.template) && "
+             f"has({entry}.template.spec) && has({containers})")
+    test = ("(has(c.image) && size(c.image) > 0) || (has(c.command) && size(c.command) > 0)"
+            " || (has(c.args) && size(c.args) > 0)")
+    several = f"(size({containers}) > 1 && !{main_containers.has_main_container_cel(containers)})"
+    return (f"({_count_cel('self', role)} == 0 || ({given} && ({several} || "
+            f"{main_containers.main_container_cel(containers, test)})))")
+
+
 SPEC_RULES = (
     *(_given_once(role) for role in names.ROLES),
     Rule("spec.replicas", "master and chief are exclusive; set one of them",
@@ -377,6 +419,10 @@ SPEC_RULES = (
          f"self.modelDir.matches({_cel_string('^' + URL_SCHEME)}))",
          lambda spec: "secretName" not in (spec.get("storage") or {})
          or is_url(spec.get("modelDir"))),
+    Rule("spec.experimentFn", NOTHING_TO_RUN,
+         "has(self.experimentFn) || has(self.image) || ("
+         + " && ".join(_role_runs_something_cel(role) for role in names.ROLES) + ")",
+         lambda spec: runs_something(spec)),
     Rule("spec.replicas", "needs at least one worker or master (or chief)",
          " + ".join(_count_cel("self", role) for role in names.TRAINING_ROLES) + " >= 1",
          lambda spec: sum(role_count(spec, role) for role in names.TRAINING_ROLES) >= 1),
@@ -415,11 +461,41 @@ def _replica_spec(role: str) -> dict[str, Any]:
                                "permanent failures, 128 and above are retried); restarts "
                                "count against runPolicy.backoffLimit. Default "
                                f"{DEFAULT_RESTART_POLICY}."},
-            "template": {
-                "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                "description": "PodTemplateSpec; the container named "
-                               "'kubelearn' (or the first) runs the runner."},
+            "template": _template(role),
         },
+    }
+
+
+def _template(role: str) -> dict[str, Any]:
+    """A PodTemplateSpec, open but for what decides its main container and what it runs:
+    its containers' names, images, commands and args (see :mod:`.containers`)."""
+    path = f"spec.replicaSpecs.{role}.template.spec.containers"
+    strings = {"type": "array", "items": {"type": "string"}}
+    container = {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "name": {"type": "string", "maxLength": main_containers.MAX_CONTAINER_NAME},
+            "image": {"type": "string"},
+            "command": strings,
+            "args": strings,
+        },
+    }
+    return {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "description": "PodTemplateSpec. Its main container is the one named tensorflow, "
+                       "else kubelearn, else the only one; only it gets TF_CONFIG, the "
+                       "kubelearn environment, the port and the model directory. Other "
+                       "containers are left as written.",
+        "properties": {"spec": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {"containers": {
+                "type": "array", "maxItems": main_containers.MAX_CONTAINERS,
+                "items": container,
+                "_rules": (Rule(path, main_containers.NO_MAIN_CONTAINER,
+                                main_containers.has_main_container_cel("self"),
+                                main_containers.has_main_container),),
+            }},
+        }},
     }
 
 
@@ -491,14 +567,15 @@ def _storage() -> dict[str, Any]:
 SPEC: dict[str, Any] = {
     "type": "object",
     "_home": "spec",  # its rules' paths, also where a Sweep holds it (spec.experiment)
-    "required": ["experimentFn"],
     "_rules": SPEC_RULES,
     "properties": {
         "experimentFn": _matching(
             "spec.experimentFn", EXPERIMENT_FN,
             "must be of the form module:function, e.g. kubelearn.examples.linear:experiment_fn",
-            "module:function returning the Experiment (passed to kubelearn run "
-            "--experiment-fn)."),
+            "module:function returning the Experiment: the main container of a replica "
+            "without a command runs kubelearn run --experiment-fn with it. Optional: "
+            "without it, nothing is injected and each main container runs its image's "
+            "ENTRYPOINT/CMD (or its command)."),
         "hparams": hparams_schema(
             "spec.hparams",
             "Hyper-parameters, passed to every replica as KUBELEARN_HPARAMS (JSON): at most "
@@ -508,7 +585,8 @@ SPEC: dict[str, Any] = {
             "bytes as JSON in all. The names and the size are checked by the operator (the "
             "Experiment fails, naming the key) and kubelearn local, as the API server cannot "
             "see the keys of a map of values of several types."),
-        "image": _string("Runner image; default is the operator's setting.", 1024),
+        "image": _string("Image of every main container whose template gives none; default "
+                         "is the operator's setting (the runner image).", 1024),
         "modelDir": {**_string("Model directory: a path, or a URL such as "
                                "s3://bucket/prefix read and written through fsspec (then "
                                "spec.storage gives only the credentials' secretName). "

@@ -63,6 +63,7 @@ _KIND_NAMES = {"object": "an object", "array": "a list", "string": "a string",
 
 
 def _join(path: str, key: str) -> str:
+    key = key or '""'  # an empty key still names a field
     return f"{path}.{key}" if path else key
 
 

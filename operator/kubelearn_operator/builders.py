@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from kubelearn_spec import containers as main_containers
 from kubelearn_spec import contract, names
 from kubelearn_spec.model import ExperimentSpec
 from kubelearn_spec.policy import pod_restart_policy
@@ -30,11 +31,45 @@ from .objects import ExperimentRef
 #: Above this many replicas TF_CONFIG's cluster comes from a ConfigMap, not each pod.
 INLINE_CLUSTER_MAX_REPLICAS = contract.INLINE_CLUSTER_MAX_REPLICAS
 
-#: What the Pod Security Standards' `restricted` level asks of a pod and its containers. A
-#: template's own settings win, key by key.
+#: What the Pod Security Standards' `restricted` level asks of a pod and its main container,
+#: given to kubelearn's own runner. A template's own settings win, key by key.
 POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                       "capabilities": {"drop": ["ALL"]}}
+#: What a user's own image (the template gives the main container an image) gets: what
+#: cannot keep it from starting. A root image (the official TensorFlow images) would fail
+#: with runAsNonRoot (CreateContainerConfigError), a read-only root filesystem would break
+#: an image that writes where it was built to write.
+USER_POD_SECURITY = {"seccompProfile": {"type": "RuntimeDefault"}}
+USER_CONTAINER_SECURITY = {"allowPrivilegeEscalation": False,
+                           "capabilities": {"drop": ["ALL"]}}
+#: A user's image in a namespace that enforces the `restricted` level
+#: (``pod-security.kubernetes.io/enforce``), which admits no pod without runAsNonRoot: run
+#: as the runner's user, so that a root image starts (as that user) instead of failing.
+RESTRICTED_USER_POD_SECURITY = {**USER_POD_SECURITY, "runAsNonRoot": True,
+                                "runAsUser": contract.RUNNER_UID}
+ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+
+
+def security_defaults(runner: bool, enforce: str | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's and the main container's default securityContext: the restricted profile
+    for kubelearn's runner, what cannot break it for a user's image (more where the
+    namespace's ``enforce`` level is ``restricted``). A template's settings win over them."""
+    if runner:
+        return POD_SECURITY, CONTAINER_SECURITY
+    if enforce == "restricted":
+        return RESTRICTED_USER_POD_SECURITY, USER_CONTAINER_SECURITY
+    return USER_POD_SECURITY, USER_CONTAINER_SECURITY
+
+
+def runs_runner_image(spec: ExperimentSpec, main: dict[str, Any]) -> bool:
+    """Whether a main container (as written in the template) runs kubelearn's runner: the
+    spec has an experiment function and the template gives no image of its own (the
+    container gets spec.image or the operator's runner image)."""
+    return spec.experiment_fn is not None and not main_containers.has_own_image(main)
+
+
 #: With a read-only root filesystem, the runner writes (model directory included) under /tmp.
 SCRATCH_VOLUME, SCRATCH_PATH = "kubelearn-tmp", "/tmp"
 #: The volume of the model directory's claim, mounted at the model directory.
@@ -79,13 +114,14 @@ def _mount_model_dir(pod_spec: dict[str, Any], main: dict[str, Any], claim: str,
                                    **(pod_spec.get("securityContext") or {})}
 
 
-def _secure(pod_spec: dict[str, Any], main: dict[str, Any]) -> None:
-    """Restricted by default: non-root, RuntimeDefault seccomp, no privilege escalation, no
-    capabilities, a read-only image with a scratch /tmp."""
-    pod_spec["securityContext"] = {**POD_SECURITY, **(pod_spec.get("securityContext") or {})}
-    for container in [*pod_spec["containers"], *(pod_spec.get("initContainers") or [])]:
-        container["securityContext"] = {**CONTAINER_SECURITY,
-                                        **(container.get("securityContext") or {})}
+def _secure(pod_spec: dict[str, Any], main: dict[str, Any], *, runner: bool = True,
+            enforce: str | None = None) -> None:
+    """The defaults of :func:`security_defaults` under the template's own settings, on the
+    pod and its main container (other containers are left as written); a read-only image
+    gets a scratch /tmp."""
+    pod_security, container_security = security_defaults(runner, enforce)
+    pod_spec["securityContext"] = {**pod_security, **(pod_spec.get("securityContext") or {})}
+    main["securityContext"] = {**container_security, **(main.get("securityContext") or {})}
     mounts = [dict(m) for m in main.get("volumeMounts") or []]
     if main["securityContext"].get("readOnlyRootFilesystem") and not any(
             m.get("mountPath", "").rstrip("/") == SCRATCH_PATH for m in mounts):
@@ -123,12 +159,14 @@ def replica_env(ref: ExperimentRef, spec: ExperimentSpec, tf_config_value: str, 
 
 
 def _main_container(containers: list[dict[str, Any]]) -> dict[str, Any]:
-    for container in containers:
-        if container.get("name") == contract.CONTAINER_NAME:
-            return container
-    if containers:
-        return containers[0]
-    container: dict[str, Any] = {"name": contract.CONTAINER_NAME}
+    """The main container (:func:`kubelearn_spec.containers.main_container_index`); one
+    named kubelearn is added to a template without containers."""
+    index = main_containers.main_container_index(containers)
+    if index is not None:
+        return containers[index]
+    if containers:  # the schema refuses several containers that name no main one
+        raise ValueError(main_containers.NO_MAIN_CONTAINER)
+    container: dict[str, Any] = {"name": main_containers.DEFAULT_CONTAINER_NAME}
     containers.append(container)
     return container
 
@@ -139,8 +177,11 @@ class PodBuilder:
     def __init__(self, ref: ExperimentRef, spec: ExperimentSpec, *,
                  cluster_domain: str | None = None, gang: bool = False,
                  inline_max: int = INLINE_CLUSTER_MAX_REPLICAS,
-                 encrypt_wire: bool = False, image_pull_policy: str | None = None) -> None:
+                 encrypt_wire: bool = False, image_pull_policy: str | None = None,
+                 enforce: str | None = None) -> None:
         self.ref = ref
+        #: The namespace's Pod Security enforce level, when known (see security_defaults).
+        self.enforce = enforce
         self.image_pull_policy = image_pull_policy
         self.encrypt_wire = encrypt_wire
         self.spec = spec
@@ -179,13 +220,14 @@ class PodBuilder:
         containers = [dict(c) for c in pod_spec.get("containers") or []]
         pod_spec["containers"] = containers
         main = _main_container(containers)
+        runner = runs_runner_image(self.spec, main)
         main.setdefault("image", self.spec.image)
         if self.image_pull_policy:
             main.setdefault("imagePullPolicy", self.image_pull_policy)
         main.setdefault("terminationMessagePath", contract.TERMINATION_LOG)
         # A replica that dies before writing its message still says why: its last log lines.
         main.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
-        if not main.get("command") and not main.get("args"):
+        if self.spec.experiment_fn is not None and not main_containers.own_command(main):
             main["command"] = contract.runner_command(self.spec)
         ours = replica_env(self.ref, self.spec, self.tf_config(role, index),
                            cluster_from_configmap=self.cluster_from_configmap,
@@ -199,7 +241,7 @@ class PodBuilder:
             assert self.spec.model_dir is not None
             _mount_model_dir(pod_spec, main, claim, self.spec.model_dir)
         _env_from_storage_secret(main, self.spec)
-        _secure(pod_spec, main)
+        _secure(pod_spec, main, runner=runner, enforce=self.enforce)
         scheduling = self.spec.run_policy.scheduling
         if scheduling and scheduling.priority_class:
             pod_spec.setdefault("priorityClassName", scheduling.priority_class)

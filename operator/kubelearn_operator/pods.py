@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubelearn_spec import containers as main_containers
 from kubelearn_spec import contract, names
 
 ACTIVE_PHASES = ("Pending", "Running", "Unknown")
@@ -42,9 +43,15 @@ class PodState:
         return self.phase in ACTIVE_PHASES and not self.deleting
 
 
-def _main_status(statuses: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def _main_status(pod: Mapping[str, Any], statuses: list[Mapping[str, Any]]
+                 ) -> Mapping[str, Any] | None:
+    """The main container's status (:mod:`kubelearn_spec.containers` decides which it is
+    from the pod's spec), else the first."""
+    containers = list((pod.get("spec") or {}).get("containers") or [])
+    index = main_containers.main_container_index(containers)
+    wanted = containers[index].get("name") if index is not None else contract.CONTAINER_NAME
     for status in statuses:
-        if status.get("name") == contract.CONTAINER_NAME:
+        if status.get("name") == wanted:
             return status
     return statuses[0] if statuses else None
 
@@ -73,7 +80,7 @@ def pod_state(pod: Mapping[str, Any]) -> PodState | None:
         return None
     status = pod.get("status") or {}
     statuses = list(status.get("containerStatuses") or [])
-    main = _main_status(statuses)
+    main = _main_status(pod, statuses)
     stuck_reason, stuck_message = _stuck(
         [*statuses, *(status.get("initContainerStatuses") or [])], main)
     exit_code = None

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from kubelearn import bounded_input, checkpoints, fs, hooks, paths, reporting
-from kubelearn.manifest import load_manifest
+from kubelearn.manifest import load_manifest, own_commands
 from kubelearn_spec import contract, names, policy
 from kubelearn_spec.model import ExperimentSpec, parse_manifest, scaled_manifest
 from kubelearn_spec.tfconfig import cluster_json, cluster_spec, tf_config, tf_config_task
@@ -285,8 +285,12 @@ class Launcher:
             self._cluster_dir = None
 
     # -- processes -------------------------------------------------------------------
-    def command(self) -> list[str]:
-        """What every replica runs: the pod's ``kubelearn run ...`` with this Python."""
+    def command(self, role: str | None = None) -> list[str]:
+        """What a replica of ``role`` runs: the pod's ``kubelearn run ...`` with this Python,
+        or without an experiment function the main container's own command and args."""
+        if self.spec.experiment_fn is None:
+            assert role is not None, "without an experiment function, each role has its own"
+            return own_commands(self.spec)[role]
         return [self.python, "-m", "kubelearn.cli", *contract.runner_command(self.spec)[1:]]
 
     def _spawn(self, replica: Replica) -> bool:
@@ -295,8 +299,9 @@ class Launcher:
         env = {**os.environ, **replica.env}
         try:
             replica.process = subprocess.Popen(
-                self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+                self.command(replica.role), env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
+                preexec_fn=_die_with_parent)
         except OSError as exc:
             replica.finished = True
             self.failure = self.failure or f"{replica.name} could not start: {one_line(exc)}"
@@ -659,6 +664,7 @@ def local_command(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         manifest, spec = load_manifest(args.manifest)
+        own_commands(spec)
     except SpecError as exc:
         print(f"kubelearn local: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubelearn import bounded_input
+from kubelearn_spec import containers as main_containers
 from kubelearn_spec.model import ExperimentSpec, parse_manifest
 from kubelearn_spec.names import KIND
 from kubelearn_spec.validate import SpecError
 
-__all__ = ["ExperimentSpec", "ManifestError", "load_spec", "parse"]
+__all__ = ["ExperimentSpec", "ManifestError", "load_spec", "own_commands", "parse"]
 
 
 class ManifestError(SpecError):
@@ -53,3 +54,31 @@ def load_manifest(path: str) -> tuple[Any, ExperimentSpec]:
 def load_spec(path: str) -> ExperimentSpec:
     """Reads and validates a manifest file (see :func:`load_manifest`)."""
     return load_manifest(path)[1]
+
+
+def own_commands(spec: ExperimentSpec) -> dict[str, list[str]]:
+    """Without an experiment function, what each role's replicas run locally: the main
+    container's command and args ({} with one: every replica runs ``kubelearn run``).
+    ``kubelearn local`` runs processes, not images, so an image's ENTRYPOINT is not known.
+
+    Raises:
+      SpecError: naming the main container of a role that gives no command.
+    """
+    if spec.experiment_fn is not None:
+        return {}
+    commands = {}
+    for role, replica in spec.replicas.items():
+        if not replica.replicas:
+            continue
+        containers = main_containers.template_containers(replica.template)
+        index = main_containers.main_container_index(containers)
+        command = main_containers.own_command(containers[index] if index is not None else {})
+        if not command:
+            where = f"spec.replicaSpecs.{role}.template"
+            if index is not None:
+                where += f".spec.containers[{index}].command"
+            raise SpecError(where, "a local run needs a command: kubelearn local runs "
+                                   "processes, not images (give the main container a "
+                                   "command, or spec.experimentFn)")
+        commands[role] = [str(part) for part in command]
+    return commands

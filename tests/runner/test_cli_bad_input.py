@@ -44,6 +44,12 @@ def _manifest(**spec_changes) -> dict:
             "metadata": {"name": "linear"}, "spec": spec}
 
 
+def _own(*containers) -> dict:
+    """A manifest without experimentFn whose worker's template has these containers."""
+    return _manifest(experimentFn=None, replicas=None, replicaSpecs={"worker": {
+        "template": {"spec": {"containers": list(containers)}}}})
+
+
 def _bomb() -> str:
     lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for i in range(1, 10):
@@ -83,6 +89,18 @@ LOCAL_CASES = {
         "bytes of YAML values with aliases expanded"),
     "an integer of 5000 digits": (yaml.safe_dump(_manifest()).replace(
         "worker: 1", "worker: 1" + "0" * 5000), "value cannot be read"),
+    "no experimentFn, the main container runs its image's entrypoint": (yaml.safe_dump(
+        _own({"name": "tensorflow", "image": "tensorflow/tensorflow:2.15.0"})),
+        "spec.replicaSpecs.worker.template.spec.containers[0].command: a local run needs "
+        "a command"),
+    "no experimentFn, only spec.image": (yaml.safe_dump(_manifest(
+        experimentFn=None, image="tensorflow/tensorflow:2.15.0")),
+        "spec.replicaSpecs.worker.template: a local run needs a command"),
+    "no experimentFn and nothing to run": (yaml.safe_dump(_own({"name": "tensorflow"})),
+                                           "spec.experimentFn: is required unless"),
+    "two containers, neither named tensorflow or kubelearn": (yaml.safe_dump(_own(
+        {"name": "proxy", "command": ["proxy"]}, {"name": "trainer", "command": ["x"]})),
+        "spec.replicaSpecs.worker.template.spec.containers: has several containers"),
     "mixed-type unknown keys": ("apiVersion: kubelearn.dev/v1alpha1\nkind: Experiment\n"
                                 "metadata: {name: x}\nspec: {experimentFn: 'a:b', "
                                 "replicas: {worker: 1}, 1: a, b: c}\n", "unknown field"),
@@ -274,3 +292,19 @@ def test_local_reads_no_scale_request_through_a_link_out_of_its_model_dir(tmp_pa
     assert elsewhere.read_text() == '{"replicas": 5}'
     assert not (model_dir / SCALE_FILE).is_symlink()
     assert launcher.scale_request() == 3
+
+
+def test_local_runs_the_main_container_command_without_an_experiment_fn(tmp_path):
+    """Without experimentFn, ``kubelearn local`` runs each main container's command and args
+    with TF_CONFIG, as a pod runs a user's own TensorFlow program."""
+    check = ("import json, os, sys; task = json.loads(os.environ['TF_CONFIG'])['task']; "
+             "sys.exit(0 if task == {'type': 'worker', 'index': 0} and "
+             "sys.argv[1:] == ['--epochs', '3'] else 7)")
+    manifest = tmp_path / "experiment.yaml"
+    manifest.write_text(yaml.safe_dump(_own(
+        {"name": "proxy", "image": "proxy:1", "command": ["false"]},
+        {"name": "tensorflow", "image": "tensorflow/tensorflow:2.15.0",
+         "command": [sys.executable, "-c", check], "args": ["--epochs", "3"]})))
+    proc = _cli(["local", str(manifest), "--model-dir", str(tmp_path / "m"), "--no-progress"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Succeeded" in proc.stdout

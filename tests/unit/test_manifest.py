@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kubelearn.local import Console, Launcher, cluster_for, task_env
-from kubelearn.manifest import ManifestError, load_spec, parse
+from kubelearn.manifest import ManifestError, load_spec, own_commands, parse
 from kubelearn_spec.validate import SpecError
 from tests import experiment_cases
 from tests.experiment_cases import Case
@@ -87,3 +87,15 @@ def test_replicas_run_the_schedule_of_the_spec():
     assert launcher.command() == ["py", "-m", "kubelearn.cli", "run", "--experiment-fn",
                                   "kubelearn.examples.linear:experiment_fn", "--schedule", "train"]
     assert {r.policy for r in launcher.replicas} == {"ExitCode"}  # the cluster's default
+
+
+def test_without_an_experiment_fn_each_role_runs_its_main_container_command():
+    containers = [{"name": "proxy", "command": ["proxy"]},
+                  {"name": "tensorflow", "image": "tf:2", "command": ["python", "train.py"],
+                   "args": ["--epochs", "3"]}]
+    spec = parse({**MINIMAL, "spec": {"replicaSpecs": {
+        "worker": {"template": {"spec": {"containers": containers}}},
+        "ps": {"replicas": 0}}}})
+    assert own_commands(spec) == {"worker": ["python", "train.py", "--epochs", "3"]}
+    launcher = Launcher(spec, "/m", Console(io.StringIO(), progress_tty=False), python="py")
+    assert launcher.command("worker") == ["python", "train.py", "--epochs", "3"]

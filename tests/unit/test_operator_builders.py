@@ -138,7 +138,8 @@ def test_template_security_settings_win_key_by_key() -> None:
     assert pod["securityContext"] == {"runAsNonRoot": False, "runAsUser": 1000,
                                       "seccompProfile": {"type": "RuntimeDefault"},
                                       "fsGroup": 65532, "fsGroupChangePolicy": "OnRootMismatch"}
-    assert pod["initContainers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # Containers other than the main one are left as written.
+    assert pod["initContainers"][0] == {"name": "fetch", "image": "busybox"}
     main = pod["containers"][0]
     assert main["securityContext"]["readOnlyRootFilesystem"] is False
     # A writable image needs no scratch volume; the user's mounts are kept as they are.
@@ -378,3 +379,96 @@ def test_tensorboard_over_a_url_reads_it_with_the_same_credentials() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     # TensorBoard lists the directory again for new runs: no listing cached for good.
     assert container["env"] == [{"name": "FSSPEC_S3", "value": '{"use_listings_cache": false}'}]
+
+
+# -- a user's own TensorFlow image (TFJob's conventions) -------------------------------------
+
+def _template_spec(*containers, fn="m:f", **pod):
+    spec = {"replicaSpecs": {"worker": {"template": {"spec": {
+        **pod, "containers": [dict(c) for c in containers]}}}}}
+    if fn:
+        spec["experimentFn"] = fn
+    return _spec(spec)
+
+
+SIDECAR = {"name": "proxy", "image": "proxy:1", "args": ["--listen", ":9000"],
+           "ports": [{"containerPort": 9000}]}
+TF = {"name": "tensorflow", "image": "tensorflow/tensorflow:2.15.0",
+      "command": ["python", "/code/train.py"]}
+
+
+def test_the_container_named_tensorflow_is_the_main_one_and_a_sidecar_is_left_as_written(
+        ) -> None:
+    pod = build_pod(REF, _template_spec(SIDECAR, {"name": "kubelearn", "image": "x:1"}, TF,
+                                        fn=None), "worker", 0)
+    sidecar, other, main = pod["spec"]["containers"]
+    assert sidecar == SIDECAR and other == {"name": "kubelearn", "image": "x:1"}
+    assert json.loads(_env(main)["TF_CONFIG"])["task"] == {"type": "worker", "index": 0}
+    assert main["ports"][0]["containerPort"] == contract.PORT
+    assert main["command"] == TF["command"] and main["image"] == TF["image"]
+    assert main["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert {"name": "kubelearn-model", "mountPath": "/tmp/kubelearn/ml/linear"} in \
+        main["volumeMounts"]
+
+
+def test_the_only_container_is_the_main_one_whatever_its_name() -> None:
+    pod = build_pod(REF, _template_spec({"name": "trainer", "image": "mine:1"}, fn=None),
+                    "worker", 0)
+    (main,) = pod["spec"]["containers"]
+    assert "TF_CONFIG" in _env(main) and main["name"] == "trainer"
+
+
+def test_without_an_experiment_fn_nothing_is_injected_and_the_entrypoint_runs() -> None:
+    pod = build_pod(REF, _template_spec({"name": "tensorflow", "image": "mine:1"}, fn=None),
+                    "worker", 0)
+    (main,) = pod["spec"]["containers"]
+    assert "command" not in main and "args" not in main
+
+
+def test_with_an_experiment_fn_a_main_container_without_a_command_runs_the_runner() -> None:
+    pod = build_pod(REF, _template_spec(SIDECAR, {"name": "tensorflow", "image": "mine:1"}),
+                    "worker", 0)
+    sidecar, main = pod["spec"]["containers"]
+    assert main["command"] == ["kubelearn", "run", "--experiment-fn", "m:f"]
+    assert sidecar == SIDECAR
+
+
+def test_a_user_image_gets_only_what_cannot_keep_it_from_starting() -> None:
+    pod = build_pod(REF, _template_spec(TF, fn=None), "worker", 0)["spec"]
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"},
+                                      "fsGroup": 65532, "fsGroupChangePolicy": "OnRootMismatch"}
+    (main,) = pod["containers"]
+    assert main["securityContext"] == {"allowPrivilegeEscalation": False,
+                                       "capabilities": {"drop": ["ALL"]}}
+    assert not any(m["mountPath"] == "/tmp" for m in main["volumeMounts"])
+    # The same with an experiment function: the image is still the user's.
+    with_fn = build_pod(REF, _template_spec(TF), "worker", 0)["spec"]
+    assert "runAsNonRoot" not in with_fn["securityContext"]
+
+
+def test_a_user_image_gets_what_a_restricted_namespace_enforces() -> None:
+    builder = PodBuilder(REF, _template_spec(TF, fn=None), enforce="restricted")
+    pod = builder.pod("worker", 0)["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == contract.RUNNER_UID
+    assert "readOnlyRootFilesystem" not in pod["containers"][0]["securityContext"]
+
+
+def test_the_template_security_wins_over_a_user_image_defaults() -> None:
+    asked = {**TF, "securityContext": {"readOnlyRootFilesystem": True, "runAsUser": 1000}}
+    pod = build_pod(REF, _template_spec(asked, fn=None, securityContext={
+        "runAsNonRoot": True}), "worker", 0)["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (main,) = pod["containers"]
+    assert main["securityContext"] == {"allowPrivilegeEscalation": False,
+                                       "capabilities": {"drop": ["ALL"]},
+                                       "readOnlyRootFilesystem": True, "runAsUser": 1000}
+    assert {"name": "kubelearn-tmp", "mountPath": "/tmp"} in main["volumeMounts"]
+
+
+def test_the_runner_image_with_a_sidecar_keeps_the_restricted_profile() -> None:
+    pod = build_pod(REF, _template_spec(SIDECAR, {"name": "kubelearn"}), "worker", 0)["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sidecar, main = pod["containers"]
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert main["image"] == "runner:1" and sidecar == SIDECAR

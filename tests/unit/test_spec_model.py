@@ -36,7 +36,7 @@ def test_every_rule_names_its_field_for_the_server() -> None:
     assert {r["fieldPath"] for r in name_rules} == {".metadata.name", ".spec.replicas.worker"}
     spec_rules = schema["properties"]["spec"]["x-kubernetes-validations"]
     assert {r["fieldPath"] for r in spec_rules} == {
-        ".replicas", ".tensorboard", ".storage", ".storage.secretName",
+        ".replicas", ".tensorboard", ".storage", ".storage.secretName", ".experimentFn",
         *(f".replicas.{role}" for role in names.ROLES)}
 
 
