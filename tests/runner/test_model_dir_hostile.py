@@ -55,18 +55,24 @@ def _gone(model_dir: Path, timeout: float = 20) -> list[int]:
     return left
 
 
-@pytest.mark.timeout(240)
-def test_fifos_where_files_are_polled_hold_nothing_up(tmp_path: Path) -> None:
-    model_dir = tmp_path / "out"
-    _fifos(model_dir, "scale.json", "progress.json", "eval_continuous/results.jsonl")
+def _succeeds(tmp_path: Path, model_dir: Path) -> Local:
+    """Runs the 300-step experiment into ``model_dir`` to its end: exit 0, no traceback."""
     run = Local(_manifest(tmp_path, 300), model_dir)
     try:
         code = run.finish(180)
     finally:
         run.kill()
     assert code == 0, run.log[-4000:]
-    assert "Experiment linear Succeeded" in run.log
     assert "Traceback" not in run.log, run.log[-4000:]
+    return run
+
+
+@pytest.mark.timeout(240)
+def test_fifos_where_files_are_polled_hold_nothing_up(tmp_path: Path) -> None:
+    model_dir = tmp_path / "out"
+    _fifos(model_dir, "scale.json", "progress.json", "eval_continuous/results.jsonl")
+    run = _succeeds(tmp_path, model_dir)
+    assert "Experiment linear Succeeded" in run.log
     # Polled every 0.2 s, said once.
     assert len(_warnings(run, "scale.json")) == 1, run.log[-4000:]
     assert "is a FIFO" in _warnings(run, "scale.json")[0]
@@ -82,13 +88,7 @@ def test_json_nested_thousands_deep_is_left_aside_without_quoting_it(tmp_path: P
     (model_dir / "scale.json").write_text(DEEP)
     (model_dir / "eval_continuous").mkdir()
     (model_dir / "eval_continuous" / "results.jsonl").write_text(DEEP[:3000] + "\n")
-    run = Local(_manifest(tmp_path, 300), model_dir)
-    try:
-        code = run.finish(180)
-    finally:
-        run.kill()
-    assert code == 0, run.log[-4000:]
-    assert "Traceback" not in run.log, run.log[-4000:]
+    run = _succeeds(tmp_path, model_dir)
     assert len(_warnings(run, "scale.json")) == 1, run.log[-4000:]
     assert "nested deeper than" in _warnings(run, "scale.json")[0]
     assert SECRET not in run.log
